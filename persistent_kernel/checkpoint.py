@@ -1,0 +1,225 @@
+"""One checkpoint written, one restored: what a manifest's ``content`` means.
+
+``write_checkpoint`` runs in the background writer (a forked child) or
+inline; it returns a plain, JSON-able :class:`CheckpointResult` so the
+writer can report it through a pipe. ``restore_checkpoint`` runs in the
+kernel at start. Neither knows anything of kernels or messages.
+
+The content of a manifest::
+
+    {"variables": {name: {"type": "pandas.core.frame.DataFrame",
+                          "group": 0 | null, "module": "numpy" | null}},
+     "groups":    [{"hash": ..., "size": ..., "parts": [...],
+                    "pickler": "pickle" | "dill", "names": [...]}],
+     "skipped":   {name: reason},
+     "notes":     [...]}
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dill
+
+from . import serializer
+from ._version import __version__
+from .errors import CorruptCheckpoint, NoCheckpoint
+from .store import BlobRef, Manifest, SessionStore
+
+
+def environment_info() -> dict[str, Any]:
+    """What a manifest records about the Python that wrote it."""
+    return {
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "dill": dill.__version__,
+        "persistent_kernel": __version__,
+    }
+
+
+@dataclass
+class CheckpointResult:
+    """What one checkpoint did. Plain data, so a writer process can send it."""
+
+    ok: bool
+    generation: int | None = None
+    created: float | None = None
+    size: int = 0  # bytes of state the generation holds
+    written: int = 0  # bytes written to disk for it
+    saved: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    unchanged: bool = False  # nothing differed from the previous generation
+    elapsed: float = 0.0
+    error: str | None = None
+    disk_error: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CheckpointResult:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def write_checkpoint(
+    session: SessionStore,
+    values: Mapping[str, Any],
+    skipped: Mapping[str, str],
+    info: Mapping[str, Any],
+    keep: int,
+    lock_timeout: float = 600.0,
+) -> CheckpointResult:
+    """Serialise *values* and commit them as a new generation of *session*.
+
+    *skipped* are names the namespace filter already left out, with reasons.
+    A namespace identical to the newest generation's commits nothing.
+    Raises only for storage failures (the previous generation is intact).
+    """
+    start = time.monotonic()
+    ser = serializer.serialize(values)
+    all_skipped = {**skipped, **ser.skipped}
+    with session.locked(lock_timeout):
+        refs = [session.write_blob(p.parts()) for p in ser.payloads]
+        content = _content(ser, refs, all_skipped)
+        try:
+            previous: Manifest | None = session.latest()[0]
+        except NoCheckpoint:
+            previous = None
+        written = sum(r.written for r in refs)
+        if previous is not None and previous.content == content:
+            manifest, unchanged = previous, True
+        else:
+            manifest = session.commit(content, refs, {**environment_info(), **info})
+            session.prune(keep)
+            unchanged = False
+    return CheckpointResult(
+        ok=True,
+        generation=manifest.generation,
+        created=manifest.created,
+        size=manifest.size,
+        written=written,
+        saved=sorted(content["variables"]),
+        skipped=dict(all_skipped),
+        notes=list(ser.notes),
+        unchanged=unchanged,
+        elapsed=time.monotonic() - start,
+    )
+
+
+def _content(
+    ser: serializer.Serialized, refs: list[BlobRef], skipped: Mapping[str, str]
+) -> dict[str, Any]:
+    variables: dict[str, Any] = {}
+    groups: list[dict[str, Any]] = []
+    for index, (payload, ref) in enumerate(zip(ser.payloads, refs, strict=True)):
+        groups.append(
+            {
+                "hash": ref.hash,
+                "size": ref.size,
+                "parts": list(ref.parts),
+                "pickler": payload.pickler,
+                "names": list(payload.names),
+            }
+        )
+        for name in payload.names:
+            variables[name] = {"type": ser.types[name], "group": index, "module": None}
+    for name, module in ser.modules.items():
+        variables[name] = {"type": ser.types[name], "group": None, "module": module}
+    return {
+        "variables": dict(sorted(variables.items())),
+        "groups": groups,
+        "skipped": dict(sorted(skipped.items())),
+        "notes": list(ser.notes),
+    }
+
+
+@dataclass
+class RestoreReport:
+    """What a restore brought back, and what it did not."""
+
+    generation: int | None = None
+    created: float | None = None
+    size: int = 0
+    restored: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # generations passed over, and why
+    waited: float = 0.0  # seconds spent waiting for a previous writer
+    elapsed: float = 0.0
+
+
+def _read_groups(session: SessionStore, manifest: Manifest) -> list[list[Any]]:
+    groups = manifest.content.get("groups")
+    if not isinstance(groups, list):
+        raise CorruptCheckpoint("its manifest lists no groups")
+    parts = []
+    for group in groups:
+        try:
+            ref = BlobRef(group["hash"], int(group["size"]), tuple(int(n) for n in group["parts"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptCheckpoint(f"a group entry is malformed ({exc!r})") from exc
+        if manifest.blobs.get(ref.hash) != ref.size:
+            raise CorruptCheckpoint(f"blob {ref.hash} is not listed in the manifest")
+        parts.append(session.read_blob(ref))
+    return parts
+
+
+def restore_checkpoint(session: SessionStore, into: dict[str, Any]) -> RestoreReport:
+    """Load the newest intact generation of *session* into *into*.
+
+    Every blob of a generation is read and checked before anything is
+    unpickled; a generation with a bad manifest or blob is passed over for
+    the next older one, and the report says why. A group that fails to
+    unpickle skips its own variables only. **Unpickling runs code.**
+    """
+    start = time.monotonic()
+    report = RestoreReport()
+    for generation in reversed(session.generations()):
+        try:
+            manifest = session.read_manifest(generation)
+            blobs = _read_groups(session, manifest)
+        except NoCheckpoint:
+            continue
+        except CorruptCheckpoint as exc:
+            report.problems.append(f"generation {generation} was passed over: {exc}")
+            continue
+        _load(manifest, blobs, into, report)
+        break
+    report.elapsed = time.monotonic() - start
+    return report
+
+
+def _load(
+    manifest: Manifest, blobs: list[list[Any]], into: dict[str, Any], report: RestoreReport
+) -> None:
+    content = manifest.content
+    report.generation, report.created, report.size = (
+        manifest.generation,
+        manifest.created,
+        manifest.size,
+    )
+    for name, reason in dict(content.get("skipped") or {}).items():
+        report.skipped[name] = f"not saved: {reason}"
+    for name, entry in dict(content.get("variables") or {}).items():
+        module = entry.get("module") if isinstance(entry, dict) else None
+        if module:
+            try:
+                into[name] = serializer.import_module(module)
+                report.restored.append(name)
+            except Exception as exc:
+                report.skipped[name] = f"module {module} could not be imported ({exc})"
+    for group, parts in zip(content["groups"], blobs, strict=True):
+        names = list(group.get("names", []))
+        try:
+            values = serializer.load_payload(group.get("pickler", ""), bytes(parts[0]), parts[1:])
+        except Exception as exc:
+            reason = f"could not be loaded ({serializer._reason(exc)})"
+            report.skipped.update(dict.fromkeys(names, reason))
+            continue
+        into.update(values)
+        report.restored.extend(values)
+    report.restored.sort()

@@ -1,0 +1,33 @@
+"""Every exception this package raises on purpose, in one place.
+
+Each subclasses the built-in exception a caller would already catch, the way
+``jupyter_client.kernelspec.NoSuchKernel`` subclasses ``KeyError``, so code
+that knows nothing of this package still handles them sensibly.
+"""
+
+from __future__ import annotations
+
+
+class PersistentKernelError(Exception):
+    """Base class of every error raised by persistent-kernel."""
+
+
+class NoCheckpoint(PersistentKernelError, LookupError):
+    """The session has no checkpoint (or none that can be read)."""
+
+
+class CorruptCheckpoint(PersistentKernelError, ValueError):
+    """A manifest or payload failed a check before anything was unpickled.
+
+    Raised for garbage or truncated manifests, unknown format versions,
+    payloads whose size or hash differ from what the manifest recorded, and
+    missing payload files.
+    """
+
+
+class StoreBusy(PersistentKernelError, TimeoutError):
+    """Another process holds the session lock longer than we may wait."""
+
+
+class CheckpointFailed(PersistentKernelError, RuntimeError):
+    """Writing a checkpoint failed; the previous checkpoint is untouched."""

@@ -1,0 +1,350 @@
+"""``PersistentKernel``: ipykernel's IPythonKernel that checkpoints and restores.
+
+The kernel is a thin shell over :mod:`checkpoint` and :mod:`store`:
+
+* a finished ``execute_request`` marks the namespace dirty;
+* when the kernel goes idle, a dirty namespace is checkpointed if
+  ``checkpoint_interval`` seconds have passed since the last checkpoint,
+  else a timer is set for when they will have; the timer re-checks that no
+  request is running, so a checkpoint always sees the namespace between
+  two cells;
+* the checkpoint is written by a detached forked writer (see
+  :mod:`snapshot`), so the next cell runs at once;
+* when the event loop stops (shutdown, restart, ``exit()``, SIGTERM), the
+  application calls :meth:`PersistentKernel.final_checkpoint`, which forks
+  one more writer for a dirty namespace. That writer outlives the kernel
+  and the next kernel waits for it before restoring.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ipykernel.ipkernel import IPythonKernel
+from jupyter_core.paths import jupyter_data_dir
+from tornado.ioloop import IOLoop
+from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default, observe
+
+from . import checkpoint, namespace, report, snapshot
+from .checkpoint import CheckpointResult, RestoreReport
+from .session import session_key
+from .store import SessionStore, Store, is_disk_error
+
+
+class PersistentKernel(IPythonKernel):
+    """An IPython kernel whose namespace survives restarts, crashes and shutdowns."""
+
+    implementation = "persistent-kernel"
+
+    checkpoint_interval = Float(
+        30.0,
+        help="""Seconds between automatic checkpoints. After a cell the namespace is
+        checkpointed once the kernel is idle and this long has passed since the last
+        checkpoint. 0 checkpoints every time the kernel goes idle after a cell.""",
+    ).tag(config=True)
+
+    checkpoint_dir = Unicode(
+        help="""Where checkpoints are stored. Default: <jupyter data dir>/persistent_kernel
+        (honours JUPYTER_DATA_DIR). Directories are created 0700, files 0600.""",
+    ).tag(config=True)
+
+    exclude = List(
+        Unicode(),
+        help="""Glob patterns of variable names never to save, e.g. ['password', '*_token'].
+        Checkpoints hold whatever the namespace holds: keep secrets out with this.""",
+    ).tag(config=True)
+
+    keep = Integer(
+        5,
+        help="""How many generations to keep per notebook. Generations share unchanged
+        data, so keeping more costs only what changed between them.""",
+    ).tag(config=True)
+
+    restore = Bool(
+        True, help="Restore the newest checkpoint of the same notebook when the kernel starts."
+    ).tag(config=True)
+
+    autosave = Bool(
+        True,
+        help="""Checkpoint automatically when idle and at shutdown. When off, only
+        `%persist save` writes a checkpoint.""",
+    ).tag(config=True)
+
+    background = CaselessStrEnum(
+        ["auto", "fork", "inline"],
+        default_value="auto",
+        help="""How checkpoints are written: 'fork' in a detached forked writer (the kernel
+        does not wait), 'inline' in the kernel process (it waits), 'auto' forks where
+        the platform allows it.""",
+    ).tag(config=True)
+
+    writer_wait = Float(
+        300.0,
+        help="""At start, how many seconds to wait at most for a writer still finishing
+        the previous kernel's final checkpoint before restoring.""",
+    ).tag(config=True)
+
+    @default("checkpoint_dir")
+    def _default_checkpoint_dir(self) -> str:
+        return os.path.join(jupyter_data_dir(), "persistent_kernel")
+
+    @observe("checkpoint_interval")
+    def _interval_changed(self, change: dict[str, Any]) -> None:
+        if getattr(self, "io_loop", None) is not None:
+            self._maybe_checkpoint()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        key, notebook = session_key(os.environ, os.getcwd())
+        self.session_key: str = key
+        self.notebook_path: str | None = notebook
+        self._dirty = False
+        self._busy = False
+        self._skip_dirty_once = False
+        self._last_checkpoint = time.monotonic()
+        self._timer: Any = None
+        self._writer: snapshot.Writer | None = None
+        self._writer_registration: tuple[int, Path] | None = None
+        self.last_result: CheckpointResult | None = None
+        self.restore_report: RestoreReport | None = None
+        self._pending_summary: str | None = None
+        self._warned_disk = False
+        if self.shell is not None:
+            # `%config PersistentKernel.x = y` reaches the configurables listed here.
+            self.shell.configurables.append(self)
+            from .magics import PersistMagics
+
+            self.shell.register_magics(PersistMagics(shell=self.shell, kernel=self))
+            self.shell.events.register("pre_run_cell", self._show_restore_summary)
+
+    # -- where ------------------------------------------------------------------
+
+    @property
+    def session_store(self) -> SessionStore:
+        return Store(self.checkpoint_dir).session(self.session_key)
+
+    def _use_fork(self) -> bool:
+        return self.background != "inline" and snapshot.fork_supported()
+
+    # -- restore ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Restore (before any request is served), then start serving."""
+        if self.restore:
+            try:
+                self._restore_at_start()
+            except Exception:
+                self.log.exception("persistent-kernel: restore failed; starting empty")
+        self._install_sigterm_handler()
+        super().start()
+
+    def _restore_at_start(self) -> None:
+        session = self.session_store
+        waited, alive = session.wait_for_writers(self.writer_wait)
+        if alive:
+            self.log.warning(
+                "persistent-kernel: %d writer(s) still busy after %.0f s; restoring the "
+                "newest complete checkpoint", alive, waited,
+            )  # fmt: skip
+        assert self.shell is not None
+        result = checkpoint.restore_checkpoint(session, self.shell.user_ns)
+        result.waited = waited
+        self.restore_report = result
+        if result.generation is None and not result.problems:
+            return
+        summary = report.restore_summary(result)
+        for line in summary.splitlines():
+            self.log.info("%s", line)
+        self._pending_summary = summary
+        if result.generation is not None:
+            self.last_result = CheckpointResult(
+                ok=True,
+                generation=result.generation,
+                created=result.created,
+                size=result.size,
+                saved=list(result.restored),
+                skipped=dict(result.skipped),
+                unchanged=True,
+            )
+        # What was restored is on disk already: nothing to write until a cell runs.
+        self._dirty = False
+
+    def _show_restore_summary(self, *args: Any) -> None:
+        if self._pending_summary:
+            summary, self._pending_summary = self._pending_summary, None
+            print(summary, flush=True)
+
+    # -- when -----------------------------------------------------------------------
+
+    async def execute_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        self._busy = True
+        try:
+            await super().execute_request(stream, ident, parent)
+        finally:
+            self._busy = False
+            if self._skip_dirty_once:
+                self._skip_dirty_once = False
+            else:
+                self._dirty = True
+
+    async def dispatch_shell(self, *args: Any, **kwargs: Any) -> None:
+        await super().dispatch_shell(*args, **kwargs)
+        if threading.current_thread() is threading.main_thread():
+            shell = self.shell
+            if shell is None or not shell.exit_now:
+                self._maybe_checkpoint()
+
+    def _maybe_checkpoint(self) -> None:
+        """Checkpoint now, or set a timer for when the interval has passed."""
+        if self._timer is not None:
+            self.io_loop.remove_timeout(self._timer)
+            self._timer = None
+        if not (self.autosave and self._dirty) or self._busy or self._writer is not None:
+            return
+        wait = self._last_checkpoint + self.checkpoint_interval - time.monotonic()
+        if wait <= 0:
+            self.start_checkpoint()
+        else:
+            self._timer = self.io_loop.call_later(wait, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._maybe_checkpoint()
+
+    # -- how --------------------------------------------------------------------------
+
+    def _job(self) -> tuple[snapshot.Job, SessionStore]:
+        assert self.shell is not None
+        values, skipped = namespace.select(
+            self.shell.user_ns, self.shell.user_ns_hidden, self.exclude
+        )
+        session = self.session_store
+        info = {"session": self.session_key, "notebook": self.notebook_path}
+
+        keep = self.keep
+
+        def job() -> dict[str, Any]:
+            return checkpoint.write_checkpoint(session, values, skipped, info, keep).to_dict()
+
+        return job, session
+
+    def start_checkpoint(self, *, detach: bool = True) -> snapshot.Writer:
+        """Snapshot the namespace now; in a forked writer unless told otherwise.
+
+        Marks the namespace clean: anything that changes after this instant
+        makes it dirty again.
+        """
+        job, session = self._job()
+        self._dirty = False
+        self._last_checkpoint = time.monotonic()
+        if not (detach and self._use_fork()):
+            writer = snapshot.run_inline(job)
+            self._on_writer_done(writer)
+            return writer
+        try:
+            session.ensure()
+            registration = session.register_writer()
+        except OSError as exc:
+            writer = snapshot.Writer(None, None, snapshot._failure(exc))
+            self._on_writer_done(writer)
+            return writer
+
+        def announced_job() -> dict[str, Any]:
+            try:
+                return job()
+            finally:
+                session.release_writer(*registration)
+
+        try:
+            writer = snapshot.start_forked(announced_job, inherit=[registration[0]])
+        finally:
+            os.close(registration[0])  # the writer holds its own copy of the lock
+        self._writer = writer
+        if writer.fd is not None and getattr(self, "io_loop", None) is not None:
+            self.io_loop.add_handler(
+                writer.fd, partial(self._on_writer_readable, writer), IOLoop.READ
+            )
+        return writer
+
+    def _on_writer_readable(self, writer: snapshot.Writer, fd: int, events: int) -> None:
+        if writer.poll():
+            self.io_loop.remove_handler(fd)
+            writer.finish()
+            self._on_writer_done(writer)
+
+    def wait_for_writer(self, timeout: float | None = None) -> None:
+        """Block until the running writer (if any) has reported."""
+        writer = self._writer
+        if writer is None or writer.fd is None:
+            return
+        self.io_loop.remove_handler(writer.fd)
+        if writer.wait(timeout) is None:  # still running: watch it again
+            self.io_loop.add_handler(
+                writer.fd, partial(self._on_writer_readable, writer), IOLoop.READ
+            )
+            return
+        self._on_writer_done(writer)
+
+    def _on_writer_done(self, writer: snapshot.Writer) -> None:
+        if self._writer is writer:
+            self._writer = None
+        data = writer.result or {"ok": False, "error": "no result"}
+        result = CheckpointResult.from_dict(data)
+        if not result.ok:
+            result.disk_error = data.get("errno") is not None and is_disk_error(
+                OSError(data.get("errno"), "")
+            )
+        self.last_result = result
+        if result.ok:
+            self._warned_disk = False
+            self.log.info(
+                "persistent-kernel: checkpoint %s %s: %d saved, %d skipped, %s written in %.2f s",
+                result.generation, "unchanged" if result.unchanged else "written",
+                len(result.saved), len(result.skipped), report.human_size(result.written),
+                result.elapsed,
+            )  # fmt: skip
+        else:
+            self._dirty = True  # try again later: the namespace was not saved
+            if not self._warned_disk:
+                self._warned_disk = True
+                self.log.warning("persistent-kernel: checkpoint failed: %s", result.error)
+        if getattr(self, "io_loop", None) is not None:
+            self.io_loop.add_callback(self._maybe_checkpoint)
+
+    # -- the end ----------------------------------------------------------------------
+
+    def final_checkpoint(self) -> None:
+        """Called once the event loop has stopped: checkpoint a dirty namespace.
+
+        The loop has stopped, so no cell is running. The writer is forked and
+        detached, so it completes even when jupyter_client SIGKILLs this
+        process group 2.5 s from now; the next kernel waits for it.
+        """
+        if not (self.autosave and self._dirty):
+            return
+        try:
+            self.start_checkpoint()
+        except Exception:
+            self.log.exception("persistent-kernel: final checkpoint failed")
+
+    def _install_sigterm_handler(self) -> None:
+        """SIGTERM between cells stops the loop, so the final checkpoint runs."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            if self._busy:  # mid-cell: the namespace is half-changed; just die
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            loop = getattr(self, "io_loop", None)
+            if loop is not None:
+                loop.asyncio_loop.call_soon_threadsafe(loop.stop)
+
+        signal.signal(signal.SIGTERM, on_sigterm)

@@ -1,0 +1,38 @@
+"""The application that launches :class:`~persistent_kernel.kernel.PersistentKernel`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ipykernel.kernelapp import IPKernelApp
+from traitlets import List, Type, Unicode, default
+
+
+class PersistentKernelApp(IPKernelApp):
+    """IPKernelApp that runs the persistent kernel and its final checkpoint."""
+
+    name = "persistent-kernel"
+
+    kernel_class = Type(
+        "persistent_kernel.kernel.PersistentKernel",
+        klass="ipykernel.kernelbase.Kernel",
+        help="The kernel class to run.",
+    ).tag(config=True)
+
+    config_files = List(Unicode())
+
+    @default("config_files")
+    def _config_files_default(self) -> list[str]:
+        # An app with its own name reads only <name>_config.py. Users configure
+        # kernels in ipython_kernel_config.py, so read that first, then ours.
+        return ["ipython_kernel_config.py", "persistent_kernel_config.py"]
+
+    def start(self) -> Any:
+        try:
+            return super().start()
+        finally:
+            if self.subapp is None and getattr(self, "kernel", None) is not None:
+                self.kernel.final_checkpoint()
+
+
+main = PersistentKernelApp.launch_instance

@@ -1,0 +1,13 @@
+"""Entry point of the kernelspec: ``python -m persistent_kernel.launcher -f CONNECTION``."""
+
+import sys
+
+if __name__ == "__main__":
+    # As ipykernel_launcher does: keep the working directory out of sys.path
+    # while the kernel's own modules load; IPython puts it back for the user.
+    if sys.path and sys.path[0] == "":
+        del sys.path[0]
+
+    from persistent_kernel.kernelapp import main
+
+    main()

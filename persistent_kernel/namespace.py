@@ -1,0 +1,109 @@
+"""Which names of the user namespace are saved.
+
+A pure filter: it looks at names, identities and types, never pickles.
+Everything it leaves out is either something IPython rebuilds by itself
+(history, ``get_ipython``), something that belongs to the running kernel
+(objects of ipykernel, IPython, zmq, tornado or jupyter_client types), a
+user exclude, or an object whose restored copy would mislead (open files,
+locks).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from types import ModuleType
+from typing import Any
+
+#: Names IPython and ipykernel put into every namespace.
+INTERNAL_NAMES = frozenset(
+    {
+        "In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_oh", "_ih", "_dh",
+        "get_ipython", "exit", "quit", "__session__", "__builtins__", "__builtin__",
+        "__name__", "__doc__", "__package__", "__loader__", "__spec__", "__file__",
+        "__cached__", "__annotations__",
+    }
+)  # fmt: skip
+
+#: Output and input history: ``_12`` and ``_i12``.
+_HISTORY = re.compile(r"_i?\d+\Z")
+
+#: Top-level packages whose objects belong to the running kernel.
+KERNEL_PACKAGES = frozenset({"ipykernel", "IPython", "zmq", "tornado", "jupyter_client"})
+
+_LOCK_TYPES: tuple[type, ...] = (
+    type(threading.Lock()),
+    type(threading.RLock()),
+    threading.Condition,
+    threading.Semaphore,
+    threading.Event,
+    threading.Thread,
+)
+
+
+def unsaveable_reason(value: Any) -> str | None:
+    """Why *value* must not be saved even if it could be pickled, or ``None``.
+
+    Open files: re-opening a file in its old mode (``"w"``) would truncate it.
+    Locks and threads: a restored copy would not be the one other code holds.
+    """
+    if isinstance(value, io.IOBase):
+        return "open file: reopening it on restore could truncate it"
+    if isinstance(value, _LOCK_TYPES):
+        return f"{type(value).__name__} belongs to threads that will not exist after a restart"
+    return None
+
+
+def _kernel_owned(value: Any) -> bool:
+    # A module the user imported (``import zmq``) comes back as an import;
+    # only instances of the kernel's own types are left out.
+    if isinstance(value, ModuleType):
+        return False
+    module = getattr(type(value), "__module__", None) or ""
+    return module.partition(".")[0] in KERNEL_PACKAGES
+
+
+def is_internal(name: str, value: Any, hidden: Mapping[str, Any]) -> bool:
+    """True for names that belong to IPython or the kernel, not to the user."""
+    if name in INTERNAL_NAMES or _HISTORY.match(name):
+        return True
+    if name in hidden and hidden[name] is value:
+        return True
+    return _kernel_owned(value)
+
+
+def matches_any(name: str, patterns: Iterable[str]) -> bool:
+    """True if *name* matches one of the glob *patterns* (case-sensitive)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def select(
+    user_ns: Mapping[str, Any],
+    hidden: Mapping[str, Any],
+    exclude: Iterable[str] = (),
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Split *user_ns* into what to save and what to skip.
+
+    Returns ``(to_save, skipped)``: ``to_save`` maps names to values;
+    ``skipped`` maps the names a user would expect to see saved but that are
+    not (excluded, open files, locks) to a one-line reason. Internals are
+    left out silently: nobody expects ``_i3`` back.
+    """
+    patterns = list(exclude)
+    to_save: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for name, value in list(user_ns.items()):
+        if is_internal(name, value, hidden):
+            continue
+        if matches_any(name, patterns):
+            skipped[name] = "excluded by configuration"
+            continue
+        reason = unsaveable_reason(value)
+        if reason is not None:
+            skipped[name] = reason
+            continue
+        to_save[name] = value
+    return to_save, skipped

@@ -1,0 +1,78 @@
+"""Plain-text lines shown to the user about checkpoints and restores."""
+
+from __future__ import annotations
+
+import time
+
+from .checkpoint import CheckpointResult, RestoreReport
+
+
+def human_size(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def short_list(names: list[str], limit: int = 12) -> str:
+    """Names joined by commas, cut to *limit* with a count of the rest."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f", ... ({len(names) - limit} more)"
+
+
+def restore_summary(report: RestoreReport) -> str:
+    """The lines shown above the first cell's output after a restore."""
+    lines: list[str] = []
+    if report.generation is not None:
+        count = len(report.restored)
+        lines.append(
+            f"persistent-kernel: restored {count} variable{'s' if count != 1 else ''} "
+            f"from checkpoint {report.generation} ({when(report.created)}, "
+            f"{human_size(report.size)})" + (f": {short_list(report.restored)}" if count else "")
+        )
+    for problem in report.problems:
+        lines.append(f"persistent-kernel: {problem}")
+    if report.skipped:
+        lines.append(f"persistent-kernel: {len(report.skipped)} not restored:")
+        lines.extend(f"  {name}: {reason}" for name, reason in report.skipped.items())
+    if report.waited >= 1:
+        lines.append(
+            f"persistent-kernel: waited {report.waited:.1f} s for the previous kernel's "
+            "final checkpoint"
+        )
+    return "\n".join(lines)
+
+
+def checkpoint_status(result: CheckpointResult | None, pending: bool, running: bool) -> str:
+    """What ``%persist`` prints."""
+    lines: list[str] = []
+    if result is None:
+        lines.append("No checkpoint written by this kernel yet.")
+    elif not result.ok:
+        lines.append(f"The last checkpoint failed: {result.error}")
+    else:
+        lines.append(
+            f"Last checkpoint: generation {result.generation}, {when(result.created)}, "
+            f"{human_size(result.size)} ({human_size(result.written)} written)"
+        )
+        lines.append(f"Saved ({len(result.saved)}): {short_list(result.saved, 30) or '-'}")
+        if result.skipped:
+            lines.append(f"Skipped ({len(result.skipped)}):")
+            lines.extend(f"  {name}: {reason}" for name, reason in result.skipped.items())
+        lines.extend(f"Note: {note}" for note in result.notes)
+    if running:
+        lines.append("A checkpoint is being written now.")
+    elif pending:
+        lines.append("Changes since then will be checkpointed when the kernel is idle.")
+    else:
+        lines.append("Nothing changed since the last checkpoint.")
+    return "\n".join(lines)

@@ -1,0 +1,260 @@
+"""Bytes from a namespace, and a namespace from bytes.
+
+The namespace is cut into *groups*: variables that share a mutable object
+(``l2 = l1``, an instance and its notebook-defined class) are pickled
+together so the sharing survives; every other variable is pickled alone, so
+one object that cannot be pickled never sinks the rest, and an unchanged
+variable yields the same bytes as last time (the store then skips it).
+
+Each variable is first pickled with the C pickler at protocol 5, with
+out-of-band buffers, so numpy arrays and pandas blocks are never copied.
+Anything defined in the notebook itself (``__main__`` functions, classes,
+lambdas) makes the C pickler give up and dill takes over for that variable:
+dill pickles those by value, and their globals as a reference to
+``__main__.__dict__``, so a restored function sees the restored namespace.
+
+Limits: sharing is detected through the picklers' memo, i.e. between
+objects that pickle reaches. Immutable values (str, bytes, numbers, tuples,
+frozensets) and objects imported from modules are not counted as sharing:
+their identity carries no meaning. Two views of one numpy buffer are
+restored as two arrays.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import pickle
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
+from typing import Any
+
+import dill
+
+PROTOCOL = 5
+
+#: Types whose identity carries no meaning; sharing one is not sharing.
+_VALUE_TYPES: frozenset[type] = frozenset(
+    {str, bytes, int, float, complex, bool, type(None), tuple, frozenset, range, slice,
+     type(Ellipsis), type(NotImplemented), pickle.PickleBuffer}
+)  # fmt: skip
+_GLOBAL_TYPES = (type, FunctionType, BuiltinFunctionType, MethodType, ModuleType)
+
+
+class _NeedsDill(Exception):
+    """The C pickler met something only dill pickles correctly."""
+
+
+def _defined_in_main(obj: Any) -> bool:
+    return getattr(obj, "__module__", None) == "__main__"
+
+
+class _FastPickler(pickle.Pickler):
+    """The C pickler, refusing what it would pickle *wrongly*.
+
+    The stdlib pickler saves a function or class of ``__main__`` by reference
+    (``__main__.f``), which succeeds now and fails at restore time, when the
+    name does not exist yet. Those are dill's job.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, FunctionType)) and _defined_in_main(obj):
+            raise _NeedsDill
+        return NotImplemented
+
+
+@dataclass
+class Payload:
+    """One group of variables, pickled: a pickle stream plus its buffers."""
+
+    names: list[str]
+    pickler: str  # "pickle" or "dill"
+    data: bytes
+    buffers: list[pickle.PickleBuffer] = field(default_factory=list)
+
+    def parts(self) -> list[memoryview]:
+        """The bytes to store, in order: the stream, then each buffer."""
+        return [memoryview(self.data), *(buf.raw() for buf in self.buffers)]
+
+
+@dataclass
+class Serialized:
+    """The result of :func:`serialize`."""
+
+    payloads: list[Payload]
+    modules: dict[str, str]  # variable name -> module name
+    types: dict[str, str]  # variable name -> qualified type name
+    skipped: dict[str, str]  # variable name -> reason
+    notes: list[str] = field(default_factory=list)
+
+
+def type_name(value: Any) -> str:
+    """``module.QualName`` of *value*'s type, as shown to users."""
+    tp = type(value)
+    module = getattr(tp, "__module__", "") or ""
+    qualname = getattr(tp, "__qualname__", tp.__name__)
+    return qualname if module == "builtins" else f"{module}.{qualname}"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "too deeply nested to pickle"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _dump(obj: Any, use_dill: bool) -> tuple[bytes, list[pickle.PickleBuffer], dict[int, Any]]:
+    """Pickle *obj*; return the stream, its buffers and the pickler's memo."""
+    buffers: list[pickle.PickleBuffer] = []
+    out = io.BytesIO()
+    pickler: Any
+    if use_dill:
+        pickler = dill.Pickler(out, protocol=PROTOCOL, buffer_callback=buffers.append)
+        pickler.dump(obj)
+        memo = dict(pickler.memo)
+    else:
+        pickler = _FastPickler(out, protocol=PROTOCOL, buffer_callback=buffers.append)
+        pickler.dump(obj)
+        memo = pickler.memo.copy()
+    return out.getvalue(), buffers, memo
+
+
+def _shared_candidates(memo: Mapping[int, Any], wrapper_id: int) -> dict[int, Any]:
+    """The memoised objects whose identity matters, keyed by id.
+
+    The objects are kept (not just their ids) so that an id cannot be reused
+    by a temporary of another variable while the groups are being formed.
+    """
+    keep: dict[int, Any] = {}
+    for key, (_, obj) in memo.items():
+        tp = type(obj)
+        if key == wrapper_id or tp in _VALUE_TYPES:
+            continue
+        if isinstance(obj, _GLOBAL_TYPES) and not _defined_in_main(obj):
+            continue
+        if tp.__name__.startswith("dtype") and tp.__module__.startswith("numpy"):
+            continue
+        keep[key] = obj
+    return keep
+
+
+@dataclass
+class _Single:
+    name: str
+    pickler: str
+    data: bytes
+    buffers: list[pickle.PickleBuffer]
+    shared: dict[int, Any]
+
+
+def _pickle_one(name: str, value: Any) -> _Single | str:
+    """Pickle ``{name: value}``; return the result or the reason it failed."""
+    wrapper = {name: value}
+    try:
+        data, buffers, memo = _dump(wrapper, use_dill=False)
+        pickler = "pickle"
+    except RecursionError as exc:
+        return _reason(exc)
+    except Exception as first:
+        try:
+            data, buffers, memo = _dump(wrapper, use_dill=True)
+            pickler = "dill"
+        except Exception as exc:
+            return _reason(exc if isinstance(first, _NeedsDill) else first)
+    return _Single(name, pickler, data, buffers, _shared_candidates(memo, id(wrapper)))
+
+
+class _Groups:
+    """Union-find over variable names."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, name: str) -> str:
+        root = self.parent.setdefault(name, name)
+        while root != self.parent[root]:
+            root = self.parent[root]
+        self.parent[name] = root
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def serialize(values: Mapping[str, Any]) -> Serialized:
+    """Pickle *values* into groups; never raises for a bad value.
+
+    Modules bound to names are recorded by name and re-imported on restore.
+    Values that cannot be pickled land in ``skipped`` with a reason.
+    """
+    modules: dict[str, str] = {}
+    types: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    singles: dict[str, _Single] = {}
+    owner: dict[int, str] = {}
+    groups = _Groups()
+    for name, value in values.items():
+        types[name] = type_name(value)
+        if isinstance(value, ModuleType) and sys.modules.get(value.__name__) is value:
+            modules[name] = value.__name__
+            continue
+        result = _pickle_one(name, value)
+        if isinstance(result, str):
+            skipped[name] = result
+            continue
+        singles[name] = result
+        groups.find(name)
+        for key in result.shared:
+            other = owner.setdefault(key, name)
+            if other != name:
+                groups.union(name, other)
+
+    members: dict[str, list[str]] = {}
+    for name in singles:
+        members.setdefault(groups.find(name), []).append(name)
+
+    payloads: list[Payload] = []
+    notes: list[str] = []
+    for names in members.values():
+        if len(names) == 1:
+            one = singles[names[0]]
+            payloads.append(Payload(names, one.pickler, one.data, one.buffers))
+            continue
+        use_dill = any(singles[n].pickler == "dill" for n in names)
+        try:
+            data, buffers, _ = _dump({n: values[n] for n in names}, use_dill)
+        except Exception as exc:
+            notes.append(
+                f"{', '.join(names)} share objects but could not be pickled together "
+                f"({_reason(exc)}); they were saved one by one and will not share them "
+                "after a restore"
+            )
+            for n in names:
+                one = singles[n]
+                payloads.append(Payload([n], one.pickler, one.data, one.buffers))
+            continue
+        payloads.append(Payload(names, "dill" if use_dill else "pickle", data, buffers))
+    return Serialized(payloads, modules, types, skipped, notes)
+
+
+def load_payload(pickler: str, data: bytes, buffers: list[Any]) -> dict[str, Any]:
+    """Unpickle one group. **This runs code**: load only checkpoints you trust.
+
+    *buffers* must be writable (bytearray, mmap) so restored arrays are too.
+    """
+    if pickler == "pickle":
+        result = pickle.loads(data, buffers=buffers)
+    elif pickler == "dill":
+        result = dill.loads(data, buffers=buffers)
+    else:
+        raise ValueError(f"unknown pickler {pickler!r}")
+    if not isinstance(result, dict):
+        raise ValueError("payload does not hold a namespace")
+    return result
+
+
+def import_module(name: str) -> ModuleType:
+    """Re-import a module that was bound to a variable."""
+    return importlib.import_module(name)

@@ -1,0 +1,445 @@
+"""The on-disk format: generations of small manifests over content-addressed blobs.
+
+Layout under the storage root (directories 0700, files 0600)::
+
+    sessions/<slug>-<hash>/          one per session key (notebook)
+        lock                         flock: one writer at a time
+        writers/<pid>-<token>        flock held by each live writer process
+        generations/00000042.json    manifest of generation 42
+        objects/<xxh3-128 hex>       blob: bytes named by their hash
+
+A blob is a sequence of *parts* (a pickle stream and its out-of-band
+buffers) stored back to back; the manifest records each part's size, so a
+part can be read straight into its own buffer. Blobs are immutable and
+shared between generations: an unchanged group of variables costs nothing
+to checkpoint again.
+
+A commit writes blobs first (temp file, fsync, rename), then the manifest
+(same), then fsyncs the directories. A crash at any instant leaves the
+previous generation whole; a reader only ever sees complete manifests.
+
+This module knows nothing of kernels or pickles: the CLI reads it with no
+kernel running, and it never unpickles anything. What a manifest's
+``content`` means is the business of :mod:`persistent_kernel.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import mmap
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from .errors import CorruptCheckpoint, NoCheckpoint, StoreBusy
+from .session import session_dirname
+
+#: Version of the manifest format this code writes. Readers refuse newer ones.
+FORMAT = 1
+HASH = "xxh3_128"
+_TMP = ".tmp-"
+_CHUNK = 1 << 28  # largest single write; Linux caps one write() near 2 GiB
+_MMAP_MIN = 1 << 20  # parts this large are read into anonymous mmaps
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """Where a blob is and how it splits into parts."""
+
+    hash: str
+    size: int
+    parts: tuple[int, ...]
+    written: int = 0  # bytes this commit had to write (0: already stored)
+
+
+@dataclass
+class Manifest:
+    """One committed generation, validated, nothing unpickled."""
+
+    generation: int
+    created: float
+    session: str
+    notebook: str | None
+    blobs: dict[str, int]
+    content: dict[str, Any]
+    raw: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        """Bytes of state this generation holds (its blobs, shared or not)."""
+        return sum(self.blobs.values())
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    view = view.cast("B")
+    offset = 0
+    while offset < len(view):
+        offset += os.write(fd, view[offset : offset + _CHUNK])
+
+
+def write_atomic(directory: Path, name: str, parts: Sequence[bytes | memoryview]) -> None:
+    """Write *parts* to ``directory/name`` so that it appears whole or not at all.
+
+    A uniquely named temp file is written, fsynced and renamed into place;
+    on any error it is removed and the error re-raised. The caller fsyncs
+    the directory once for a batch of files.
+    """
+    tmp = directory / f"{_TMP}{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            for part in parts:
+                _write_all(fd, memoryview(part))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, directory / name)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def blob_hash(parts: Sequence[bytes | memoryview]) -> str:
+    """The content address of a blob: xxh3-128 of its bytes, in hex."""
+    digest = xxhash.xxh3_128()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
+
+
+class SessionStore:
+    """The checkpoints of one session key."""
+
+    def __init__(self, path: Path, key: str | None = None) -> None:
+        self.path = path
+        self.key = key
+        self.generations_dir = path / "generations"
+        self.objects_dir = path / "objects"
+        self.writers_dir = path / "writers"
+
+    def __repr__(self) -> str:
+        return f"SessionStore({str(self.path)!r})"
+
+    def ensure(self) -> None:
+        """Create the session's directories (0700) if missing."""
+        for directory in (self.generations_dir, self.objects_dir, self.writers_dir):
+            _private_dir(directory)
+
+    # -- locking ------------------------------------------------------------------
+
+    @contextmanager
+    def locked(self, timeout: float) -> Iterator[None]:
+        """Hold the session's writer lock; raise :class:`StoreBusy` after *timeout*."""
+        self.ensure()
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StoreBusy(
+                            f"another process has been writing {self.path} "
+                            f"for more than {timeout:.0f} s"
+                        ) from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
+
+    def register_writer(self) -> tuple[int, Path]:
+        """Announce a writer: a file it holds an flock on for as long as it lives.
+
+        Call before forking the writer, so the announcement exists before the
+        kernel that forked it can exit; the forked writer inherits the lock.
+        A starting kernel waits for every announced writer
+        (:meth:`wait_for_writers`) before it restores.
+        """
+        self.ensure()
+        path = self.writers_dir / f"{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd, path
+
+    @staticmethod
+    def release_writer(fd: int, path: Path) -> None:
+        """Withdraw an announcement made by :meth:`register_writer`."""
+        with suppress(OSError):
+            path.unlink()
+        with suppress(OSError):
+            os.close(fd)
+
+    def running_writers(self) -> list[Path]:
+        """Announced writers that are still alive (their flock is held)."""
+        alive = []
+        with suppress(FileNotFoundError):
+            for entry in self.writers_dir.iterdir():
+                try:
+                    fd = os.open(entry, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    alive.append(entry)
+                else:  # its writer is gone: finished, or died before it could tidy up
+                    with suppress(OSError):
+                        entry.unlink()
+                finally:
+                    os.close(fd)
+        return alive
+
+    def wait_for_writers(self, timeout: float) -> tuple[float, int]:
+        """Wait until no announced writer is alive, at most *timeout* seconds.
+
+        Returns ``(seconds waited, writers still alive)``.
+        """
+        start = time.monotonic()
+        while True:
+            alive = self.running_writers()
+            waited = time.monotonic() - start
+            if not alive or waited >= timeout:
+                return waited, len(alive)
+            time.sleep(0.05)
+
+    # -- reading ------------------------------------------------------------------
+
+    def generations(self) -> list[int]:
+        """Numbers of the generations on disk, oldest first (valid or not)."""
+        try:
+            names = os.listdir(self.generations_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+
+    def manifest_path(self, generation: int) -> Path:
+        return self.generations_dir / f"{generation:08d}.json"
+
+    def read_manifest(self, generation: int) -> Manifest:
+        """Read and check one manifest; :class:`CorruptCheckpoint` if it is bad."""
+        path = self.manifest_path(generation)
+        try:
+            raw = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise NoCheckpoint(f"generation {generation} does not exist") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptCheckpoint(f"manifest {path.name} is not valid JSON ({exc})") from exc
+        return parse_manifest(raw, generation, path.name)
+
+    def latest(self) -> tuple[Manifest, list[str]]:
+        """The newest readable generation and what was wrong with newer ones."""
+        problems: list[str] = []
+        for generation in reversed(self.generations()):
+            try:
+                return self.read_manifest(generation), problems
+            except CorruptCheckpoint as exc:
+                problems.append(f"generation {generation}: {exc}")
+            except NoCheckpoint:
+                continue
+        raise NoCheckpoint("no checkpoint" + (f" ({'; '.join(problems)})" if problems else ""))
+
+    def has_blob(self, digest: str, size: int) -> bool:
+        try:
+            return (self.objects_dir / digest).stat().st_size == size
+        except OSError:
+            return False
+
+    def read_blob(self, ref: BlobRef) -> list[Any]:
+        """Read a blob into one buffer per part, checking size and hash first.
+
+        Nothing is unpickled here. Parts after the first are writable
+        (bytearray, or an anonymous mmap for large ones) so that arrays
+        restored from them are writable and need no further copy.
+        """
+        path = self.objects_dir / ref.hash
+        if sum(ref.parts) != ref.size:
+            raise CorruptCheckpoint(f"blob {ref.hash}: parts do not add up to its size")
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115
+        except FileNotFoundError:
+            raise CorruptCheckpoint(f"blob {ref.hash} is missing") from None
+        with f:
+            actual = os.fstat(f.fileno()).st_size
+            if actual != ref.size:
+                raise CorruptCheckpoint(
+                    f"blob {ref.hash} is {actual} bytes, the manifest says {ref.size}"
+                )
+            digest = xxhash.xxh3_128()
+            parts: list[Any] = []
+            for size in ref.parts:
+                buf: Any = mmap.mmap(-1, size) if size >= _MMAP_MIN else bytearray(size)
+                view = memoryview(buf)
+                got = 0
+                while got < size:
+                    n = f.readinto(view[got:])
+                    if not n:
+                        raise CorruptCheckpoint(f"blob {ref.hash} ended early")
+                    got += n
+                digest.update(view)
+                view.release()
+                parts.append(buf)
+        if digest.hexdigest() != ref.hash:
+            raise CorruptCheckpoint(f"blob {ref.hash} does not match its hash")
+        return parts
+
+    # -- writing (hold :meth:`locked`) -------------------------------------------
+
+    def write_blob(self, parts: Sequence[bytes | memoryview]) -> BlobRef:
+        """Store a blob unless an identical one is already stored."""
+        digest = blob_hash(parts)
+        sizes = tuple(memoryview(p).nbytes for p in parts)
+        size = sum(sizes)
+        if self.has_blob(digest, size):
+            return BlobRef(digest, size, sizes, written=0)
+        write_atomic(self.objects_dir, digest, parts)
+        return BlobRef(digest, size, sizes, written=size)
+
+    def commit(
+        self, content: dict[str, Any], blobs: Sequence[BlobRef], info: dict[str, Any]
+    ) -> Manifest:
+        """Make a new generation naming *blobs*; atomic. Returns its manifest."""
+        existing = self.generations()
+        generation = (existing[-1] if existing else 0) + 1
+        raw = {
+            "format": FORMAT,
+            "hash": HASH,
+            "generation": generation,
+            "created": time.time(),
+            **info,
+            "blobs": {ref.hash: ref.size for ref in blobs},
+            "content": content,
+        }
+        data = json.dumps(raw, indent=1, sort_keys=True).encode()
+        _fsync_dir(self.objects_dir)
+        write_atomic(self.generations_dir, f"{generation:08d}.json", [data])
+        _fsync_dir(self.generations_dir)
+        return parse_manifest(raw, generation, f"{generation:08d}.json")
+
+    def prune(self, keep: int) -> list[int]:
+        """Keep the newest *keep* generations; drop blobs no kept one names.
+
+        Also removes temp files left by writers that died. Returns the
+        generations removed.
+        """
+        generations = self.generations()
+        removed = generations[: max(0, len(generations) - max(1, keep))]
+        for generation in removed:
+            with suppress(FileNotFoundError):
+                self.manifest_path(generation).unlink()
+        referenced: set[str] = set()
+        for generation in generations[len(removed) :]:
+            with suppress(CorruptCheckpoint, NoCheckpoint):
+                referenced.update(self.read_manifest(generation).blobs)
+        for directory in (self.objects_dir, self.generations_dir):
+            with suppress(FileNotFoundError):
+                for entry in directory.iterdir():
+                    stale_tmp = entry.name.startswith(_TMP)
+                    orphan = directory == self.objects_dir and entry.name not in referenced
+                    if stale_tmp or orphan:
+                        with suppress(FileNotFoundError):
+                            entry.unlink()
+        return removed
+
+    def clear(self) -> None:
+        """Forget every checkpoint of this session."""
+        with suppress(FileNotFoundError):
+            shutil.rmtree(self.generations_dir)
+        with suppress(FileNotFoundError):
+            shutil.rmtree(self.objects_dir)
+
+    def disk_usage(self) -> int:
+        """Bytes this session takes on disk (blobs counted once)."""
+        total = 0
+        for directory in (self.objects_dir, self.generations_dir):
+            with suppress(FileNotFoundError):
+                total += sum(e.stat().st_size for e in directory.iterdir() if e.is_file())
+        return total
+
+
+def parse_manifest(raw: Any, generation: int, name: str) -> Manifest:
+    """Check a decoded manifest's shape; :class:`CorruptCheckpoint` if it is off."""
+    if not isinstance(raw, dict):
+        raise CorruptCheckpoint(f"manifest {name} is not a JSON object")
+    fmt = raw.get("format")
+    if fmt != FORMAT:
+        raise CorruptCheckpoint(
+            f"manifest {name} has format {fmt!r}; this version reads format {FORMAT}"
+        )
+    if raw.get("hash") != HASH:
+        raise CorruptCheckpoint(f"manifest {name} uses unknown hash {raw.get('hash')!r}")
+    blobs, content = raw.get("blobs"), raw.get("content")
+    valid = (
+        raw.get("generation") == generation
+        and isinstance(raw.get("created"), (int, float))
+        and isinstance(raw.get("session"), str)
+        and isinstance(blobs, dict)
+        and all(isinstance(k, str) and isinstance(v, int) for k, v in blobs.items())
+        and isinstance(content, dict)
+    )
+    if not valid:
+        raise CorruptCheckpoint(f"manifest {name} is incomplete or inconsistent")
+    return Manifest(
+        generation=generation,
+        created=float(raw["created"]),
+        session=raw["session"],
+        notebook=raw.get("notebook"),
+        blobs=dict(blobs),
+        content=content,
+        raw=raw,
+    )
+
+
+class Store:
+    """The storage root: one :class:`SessionStore` per session key."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.sessions_dir = self.root / "sessions"
+
+    def session(self, key: str) -> SessionStore:
+        return SessionStore(self.sessions_dir / session_dirname(key), key)
+
+    def sessions(self) -> list[SessionStore]:
+        """Every session directory under the root (keys read lazily)."""
+        try:
+            entries = sorted(self.sessions_dir.iterdir())
+        except FileNotFoundError:
+            return []
+        return [SessionStore(e) for e in entries if e.is_dir()]
+
+    def ensure(self) -> None:
+        _private_dir(self.root)
+        _private_dir(self.sessions_dir)
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    """True for the errors a full, read-only or vanished disk raises."""
+    return isinstance(exc, OSError) and exc.errno in {
+        errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EIO,
+    }  # fmt: skip
