@@ -56,6 +56,8 @@ class CheckpointResult:
     elapsed: float = 0.0
     error: str | None = None
     disk_error: bool = False
+    pause: float = 0.0  # seconds the kernel stopped for (filter + fork, or all if inline)
+    writer_private_bytes: int | None = None  # memory the forked writer did not share
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +95,9 @@ def write_checkpoint(
         written = sum(r.written for r in refs)
         if previous is not None and previous.content == content:
             manifest, unchanged = previous, True
+        elif previous is None and not content["variables"] and not content["skipped"]:
+            # An empty namespace with nothing before it: nothing worth a generation.
+            return CheckpointResult(ok=True, unchanged=True, elapsed=time.monotonic() - start)
         else:
             manifest = session.commit(content, refs, {**environment_info(), **info})
             session.prune(keep)
@@ -152,19 +157,37 @@ class RestoreReport:
     elapsed: float = 0.0
 
 
-def _read_groups(session: SessionStore, manifest: Manifest) -> list[list[Any]]:
+def _read_group(session: SessionStore, manifest: Manifest, group: Any) -> list[Any]:
+    try:
+        ref = BlobRef(group["hash"], int(group["size"]), tuple(int(n) for n in group["parts"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptCheckpoint(f"a group entry is malformed ({exc!r})") from exc
+    if manifest.blobs.get(ref.hash) != ref.size:
+        raise CorruptCheckpoint(f"blob {ref.hash} is not listed in the manifest")
+    return session.read_blob(ref)
+
+
+def _groups(manifest: Manifest) -> list[Any]:
     groups = manifest.content.get("groups")
     if not isinstance(groups, list):
         raise CorruptCheckpoint("its manifest lists no groups")
-    parts = []
-    for group in groups:
+    return groups
+
+
+def _read_groups(
+    session: SessionStore, manifest: Manifest, partial: RestoreReport | None = None
+) -> list[list[Any] | None]:
+    """Every group's parts; with *partial*, a damaged group is ``None`` and noted."""
+    parts: list[list[Any] | None] = []
+    for group in _groups(manifest):
         try:
-            ref = BlobRef(group["hash"], int(group["size"]), tuple(int(n) for n in group["parts"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptCheckpoint(f"a group entry is malformed ({exc!r})") from exc
-        if manifest.blobs.get(ref.hash) != ref.size:
-            raise CorruptCheckpoint(f"blob {ref.hash} is not listed in the manifest")
-        parts.append(session.read_blob(ref))
+            parts.append(_read_group(session, manifest, group))
+        except CorruptCheckpoint as exc:
+            if partial is None:
+                raise
+            names = [str(n) for n in group.get("names", [])] if isinstance(group, dict) else []
+            partial.skipped.update(dict.fromkeys(names, f"its data is damaged ({exc})"))
+            parts.append(None)
     return parts
 
 
@@ -178,9 +201,11 @@ def restore_checkpoint(session: SessionStore, into: dict[str, Any]) -> RestoreRe
     """
     start = time.monotonic()
     report = RestoreReport()
+    newest_readable: Manifest | None = None
     for generation in reversed(session.generations()):
         try:
             manifest = session.read_manifest(generation)
+            newest_readable = newest_readable or manifest
             blobs = _read_groups(session, manifest)
         except NoCheckpoint:
             continue
@@ -189,12 +214,26 @@ def restore_checkpoint(session: SessionStore, into: dict[str, Any]) -> RestoreRe
             continue
         _load(manifest, blobs, into, report)
         break
+    else:
+        if newest_readable is not None:
+            # No generation is whole (they share a damaged blob): bring back
+            # what is intact in the newest rather than nothing.
+            try:
+                blobs = _read_groups(session, newest_readable, partial=report)
+            except CorruptCheckpoint:
+                pass
+            else:
+                report.problems.append(
+                    f"no generation was intact; restored what is left of generation "
+                    f"{newest_readable.generation}"
+                )
+                _load(newest_readable, blobs, into, report)
     report.elapsed = time.monotonic() - start
     return report
 
 
 def _load(
-    manifest: Manifest, blobs: list[list[Any]], into: dict[str, Any], report: RestoreReport
+    manifest: Manifest, blobs: list[list[Any] | None], into: dict[str, Any], report: RestoreReport
 ) -> None:
     content = manifest.content
     report.generation, report.created, report.size = (
@@ -213,6 +252,8 @@ def _load(
             except Exception as exc:
                 report.skipped[name] = f"module {module} could not be imported ({exc})"
     for group, parts in zip(content["groups"], blobs, strict=True):
+        if parts is None:  # damaged: already reported
+            continue
         names = list(group.get("names", []))
         try:
             values = serializer.load_payload(group.get("pickler", ""), bytes(parts[0]), parts[1:])

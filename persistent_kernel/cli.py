@@ -29,7 +29,7 @@ def default_root() -> str:
 
 def list_sessions(root: str) -> list[dict[str, Any]]:
     """One record per session that has a readable checkpoint, newest first."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for session in Store(root).sessions():
         generations = session.generations()
         try:

@@ -156,7 +156,7 @@ class PersistentKernel(IPythonKernel):
         result = checkpoint.restore_checkpoint(session, self.shell.user_ns)
         result.waited = waited
         self.restore_report = result
-        if result.generation is None and not result.problems:
+        if not (result.restored or result.skipped or result.problems):
             return
         summary = report.restore_summary(result)
         for line in summary.splitlines():
@@ -240,11 +240,13 @@ class PersistentKernel(IPythonKernel):
         Marks the namespace clean: anything that changes after this instant
         makes it dirty again.
         """
+        began = time.perf_counter()
         job, session = self._job()
         self._dirty = False
         self._last_checkpoint = time.monotonic()
         if not (detach and self._use_fork()):
             writer = snapshot.run_inline(job)
+            writer.pause = time.perf_counter() - began
             self._on_writer_done(writer)
             return writer
         try:
@@ -265,6 +267,7 @@ class PersistentKernel(IPythonKernel):
             writer = snapshot.start_forked(announced_job, inherit=[registration[0]])
         finally:
             os.close(registration[0])  # the writer holds its own copy of the lock
+        writer.pause = time.perf_counter() - began
         self._writer = writer
         if writer.fd is not None and getattr(self, "io_loop", None) is not None:
             self.io_loop.add_handler(
@@ -296,6 +299,7 @@ class PersistentKernel(IPythonKernel):
             self._writer = None
         data = writer.result or {"ok": False, "error": "no result"}
         result = CheckpointResult.from_dict(data)
+        result.pause = writer.pause
         if not result.ok:
             result.disk_error = data.get("errno") is not None and is_disk_error(
                 OSError(data.get("errno"), "")

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from ipykernel.kernelapp import IPKernelApp
 from traitlets import List, Type, Unicode, default
+
+from .kernel import PersistentKernel
 
 
 class PersistentKernelApp(IPKernelApp):
     """IPKernelApp that runs the persistent kernel and its final checkpoint."""
 
     name = "persistent-kernel"
+    # Listed so that command-line options such as --PersistentKernel.exclude=[...]
+    # are parsed with the trait's own type (and shown by --help-all).
+    classes: ClassVar[list[Any]] = [*IPKernelApp.classes, PersistentKernel]
 
     kernel_class = Type(
         "persistent_kernel.kernel.PersistentKernel",

@@ -50,7 +50,7 @@ def unsaveable_reason(value: Any) -> str | None:
     Open files: re-opening a file in its old mode (``"w"``) would truncate it.
     Locks and threads: a restored copy would not be the one other code holds.
     """
-    if isinstance(value, io.IOBase):
+    if isinstance(value, io.IOBase) and not isinstance(value, (io.StringIO, io.BytesIO)):
         return "open file: reopening it on restore could truncate it"
     if isinstance(value, _LOCK_TYPES):
         return f"{type(value).__name__} belongs to threads that will not exist after a restart"

@@ -128,14 +128,16 @@ def _shared_candidates(memo: Mapping[int, Any], wrapper_id: int) -> dict[int, An
     by a temporary of another variable while the groups are being formed.
     """
     keep: dict[int, Any] = {}
+    numpy = sys.modules.get("numpy")
+    numpy_dtype = getattr(numpy, "dtype", None)
     for key, (_, obj) in memo.items():
         tp = type(obj)
         if key == wrapper_id or tp in _VALUE_TYPES:
             continue
         if isinstance(obj, _GLOBAL_TYPES) and not _defined_in_main(obj):
             continue
-        if tp.__name__.startswith("dtype") and tp.__module__.startswith("numpy"):
-            continue
+        if numpy_dtype is not None and isinstance(obj, numpy_dtype):
+            continue  # numpy shares one dtype object among all arrays of a type
         keep[key] = obj
     return keep
 
@@ -153,6 +155,8 @@ def _pickle_one(name: str, value: Any) -> _Single | str:
     """Pickle ``{name: value}``; return the result or the reason it failed."""
     wrapper = {name: value}
     try:
+        if _defined_in_main(type(value)):
+            raise _NeedsDill  # an instance of a notebook class: dill, without a wasted try
         data, buffers, memo = _dump(wrapper, use_dill=False)
         pickler = "pickle"
     except RecursionError as exc:

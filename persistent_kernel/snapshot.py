@@ -51,6 +51,21 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     }
 
 
+def private_bytes() -> int | None:
+    """Memory this process has of its own (not shared with the kernel), in bytes.
+
+    For a forked writer, this is what copy-on-write cost: the pages it
+    touched or allocated. Linux only; ``None`` elsewhere.
+    """
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return None
+    kib = sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty") if k in fields)
+    return kib * 1024
+
+
 def run_job(job: Job) -> dict[str, Any]:
     """Run *job*, turning any exception into a failure result."""
     try:
@@ -67,6 +82,7 @@ class Writer:
         self.pid = pid  # the detached writer's pid, when forked
         self.result = result
         self.started = time.monotonic()
+        self.pause = 0.0  # seconds the kernel stopped to start this writer
         self._buffer = b""
 
     @property
@@ -149,6 +165,7 @@ def _writer_main(job: Job, wfd: int, keep: Sequence[int]) -> None:
         sys.stdout = sys.stderr = open(devnull, "w", closefd=False)  # noqa: SIM115
         result = run_job(job)
         result["pid"] = os.getpid()
+        result["writer_private_bytes"] = private_bytes()
         data = json.dumps(result, default=str).encode()
         view = memoryview(data)
         while view:

@@ -50,6 +50,7 @@ HASH = "xxh3_128"
 _TMP = ".tmp-"
 _CHUNK = 1 << 28  # largest single write; Linux caps one write() near 2 GiB
 _MMAP_MIN = 1 << 20  # parts this large are read into anonymous mmaps
+_REVERIFY_MAX = 1 << 20  # stored blobs up to this size are re-hashed before reuse
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,12 @@ class Manifest:
 
 
 def _private_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create *path* and any missing parents, each 0700 (existing ones are left as they are)."""
+    if not path.is_dir():
+        if not path.parent.is_dir():
+            _private_dir(path.parent)
+        with suppress(FileExistsError):
+            path.mkdir(mode=0o700)
     return path
 
 
@@ -146,7 +152,7 @@ class SessionStore:
 
     def ensure(self) -> None:
         """Create the session's directories (0700) if missing."""
-        for directory in (self.generations_dir, self.objects_dir, self.writers_dir):
+        for directory in (self.path, self.generations_dir, self.objects_dir, self.writers_dir):
             _private_dir(directory)
 
     # -- locking ------------------------------------------------------------------
@@ -182,9 +188,12 @@ class SessionStore:
         (:meth:`wait_for_writers`) before it restores.
         """
         self.ensure()
-        path = self.writers_dir / f"{os.getpid()}-{secrets.token_hex(4)}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        tmp, path = self.writers_dir / f"{_TMP}{name}", self.writers_dir / name
+        # Locked before it gets its real name: a scan must never see it unlocked.
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(tmp, path)
         return fd, path
 
     @staticmethod
@@ -200,6 +209,8 @@ class SessionStore:
         alive = []
         with suppress(FileNotFoundError):
             for entry in self.writers_dir.iterdir():
+                if entry.name.startswith(_TMP):
+                    continue
                 try:
                     fd = os.open(entry, os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
@@ -287,6 +298,7 @@ class SessionStore:
         with f:
             actual = os.fstat(f.fileno()).st_size
             if actual != ref.size:
+                self._quarantine(path)
                 raise CorruptCheckpoint(
                     f"blob {ref.hash} is {actual} bytes, the manifest says {ref.size}"
                 )
@@ -305,17 +317,45 @@ class SessionStore:
                 view.release()
                 parts.append(buf)
         if digest.hexdigest() != ref.hash:
+            self._quarantine(path)
             raise CorruptCheckpoint(f"blob {ref.hash} does not match its hash")
         return parts
 
+    def _quarantine(self, path: Path) -> None:
+        """Move a damaged blob aside, so the next checkpoint writes it afresh.
+
+        Blobs are trusted by name and size when a checkpoint reuses them (reading
+        them back would cost as much as writing them); one found damaged must
+        not be reused by every later generation.
+        """
+        with suppress(OSError):
+            os.replace(path, path.with_name(f"{_TMP}corrupt-{path.name}"))
+
     # -- writing (hold :meth:`locked`) -------------------------------------------
+
+    def _intact(self, digest: str, size: int) -> bool:
+        """Whether a stored blob can be reused for *digest*.
+
+        Small blobs are read back and hashed (cheap); large ones are trusted by
+        name and size, since reading them back would cost as much as writing
+        them. A large blob found damaged at restore is quarantined, so the
+        next checkpoint writes it afresh.
+        """
+        if not self.has_blob(digest, size):
+            return False
+        if size > _REVERIFY_MAX:
+            return True
+        try:
+            return blob_hash([(self.objects_dir / digest).read_bytes()]) == digest
+        except OSError:
+            return False
 
     def write_blob(self, parts: Sequence[bytes | memoryview]) -> BlobRef:
         """Store a blob unless an identical one is already stored."""
         digest = blob_hash(parts)
         sizes = tuple(memoryview(p).nbytes for p in parts)
         size = sum(sizes)
-        if self.has_blob(digest, size):
+        if self._intact(digest, size):
             return BlobRef(digest, size, sizes, written=0)
         write_atomic(self.objects_dir, digest, parts)
         return BlobRef(digest, size, sizes, written=size)
@@ -402,7 +442,7 @@ def parse_manifest(raw: Any, generation: int, name: str) -> Manifest:
         and all(isinstance(k, str) and isinstance(v, int) for k, v in blobs.items())
         and isinstance(content, dict)
     )
-    if not valid:
+    if not valid or not isinstance(blobs, dict) or not isinstance(content, dict):
         raise CorruptCheckpoint(f"manifest {name} is incomplete or inconsistent")
     return Manifest(
         generation=generation,

@@ -1,0 +1,326 @@
+"""write_checkpoint / restore_checkpoint: the serializer and the store together."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from persistent_kernel.checkpoint import (
+    CheckpointResult,
+    RestoreReport,
+    restore_checkpoint,
+    write_checkpoint,
+)
+from persistent_kernel.store import SessionStore, Store
+
+KEY = "/home/user/analysis.ipynb"
+INFO = {"session": KEY, "notebook": KEY}
+MB = 1 << 20
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> SessionStore:
+    return Store(tmp_path / "store").session(KEY)
+
+
+def write(
+    session: SessionStore,
+    values: dict[str, Any],
+    skipped: dict[str, str] | None = None,
+    keep: int = 10,
+) -> CheckpointResult:
+    result = write_checkpoint(session, values, skipped or {}, INFO, keep=keep)
+    assert result.ok
+    return result
+
+
+def restore(session: SessionStore) -> tuple[dict[str, Any], RestoreReport]:
+    into: dict[str, Any] = {}
+    return into, restore_checkpoint(session, into)
+
+
+def blob_of(session: SessionStore, name: str, generation: int | None = None) -> Path:
+    """The blob file holding variable *name* in *generation* (default: newest)."""
+    manifest = session.read_manifest(generation or session.generations()[-1])
+    (group,) = [g for g in manifest.content["groups"] if name in g["names"]]
+    return session.objects_dir / group["hash"]
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+BLOB_DAMAGE: dict[str, Callable[[Path], None]] = {
+    "flipped bit": flip_a_bit,
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:-3]),
+    "missing": Path.unlink,
+}
+
+#: Tags of the Tracked objects unpickled so far: proof of what was loaded.
+LOADS: list[str] = []
+
+
+def _record_load(tag: str) -> Tracked:
+    LOADS.append(tag)
+    return Tracked(tag)
+
+
+class Tracked:
+    """An object that logs every time it is unpickled."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def __reduce__(self) -> Any:
+        return _record_load, (self.tag,)
+
+
+@pytest.fixture
+def loads() -> list[str]:
+    LOADS.clear()
+    return LOADS
+
+
+@pytest.fixture
+def fly_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """A module created on the fly, importable until a test removes it."""
+    module = types.ModuleType("pk_test_fly_module")
+    exec("class Gone:\n    def __init__(self, v):\n        self.v = v\n", module.__dict__)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return module
+
+
+# -- round trip ------------------------------------------------------------------------
+
+
+def sample_state() -> dict[str, Any]:
+    shared = [1, 2, 3]
+    return {
+        "n": 42,
+        "text": "héllo",
+        "shared": shared,
+        "holder": {"inner": shared},
+        "arr": np.arange(1000, dtype=np.float32).reshape(10, 100),
+        "df": pd.DataFrame({"a": range(5), "b": list("abcde")}),
+        "np": np,
+        "nothing": None,
+    }
+
+
+def test_round_trip_into_a_fresh_dict(session: SessionStore) -> None:
+    def gen() -> Any:
+        yield 1
+
+    state = sample_state()
+    already_skipped = {"fh": "open file: reopening it on restore could truncate it"}
+    result = write(session, {**state, "gen": gen()}, already_skipped)
+    assert result.generation == 1
+    assert not result.unchanged
+    assert result.saved == sorted(state)
+    assert set(result.skipped) == {"fh", "gen"}
+    assert result.written == result.size > 0
+
+    into, report = restore(session)
+    assert report.generation == 1
+    assert report.created == result.created
+    assert report.size == result.size
+    assert report.problems == []
+    assert report.restored == sorted(state)
+    assert set(into) == set(state)
+    assert set(report.skipped) == {"fh", "gen"}
+    assert all(reason.startswith("not saved: ") for reason in report.skipped.values())
+    assert "truncate" in report.skipped["fh"]
+
+    for name in ("n", "text", "shared", "holder", "nothing"):
+        assert into[name] == state[name]
+    assert into["holder"]["inner"] is into["shared"]
+    np.testing.assert_array_equal(into["arr"], state["arr"])
+    assert into["arr"].flags.writeable
+    pd.testing.assert_frame_equal(into["df"], state["df"])
+    assert into["np"] is np
+
+
+def test_result_is_plain_data(session: SessionStore) -> None:
+    result = write(session, {"a": [1]})
+    again = CheckpointResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again == result
+    assert CheckpointResult.from_dict({"ok": False, "unknown_field": 1}).ok is False
+
+
+def test_empty_namespace_makes_no_first_generation(session: SessionStore) -> None:
+    result = write(session, {})
+    assert result.generation is None
+    assert session.generations() == []
+
+
+def test_no_checkpoint_restores_nothing(session: SessionStore) -> None:
+    into, report = restore(session)
+    assert into == {}
+    assert report.generation is None
+    assert report.problems == []
+
+
+# -- what is written ---------------------------------------------------------------------
+
+
+def test_identical_state_commits_nothing(session: SessionStore) -> None:
+    """Equal (not identical) values a second time: no new generation, nothing written."""
+    first = write(session, sample_state())
+    second = write(session, sample_state())
+    assert second.unchanged
+    assert second.generation == first.generation == 1
+    assert second.written == 0
+    assert second.size == first.size
+    assert session.generations() == [1]
+
+    third = write(session, {**sample_state(), "n": 43})
+    assert not third.unchanged
+    assert third.generation == 2
+    assert session.generations() == [1, 2]
+
+
+def test_small_change_next_to_a_big_array_writes_little(session: SessionStore) -> None:
+    big = np.random.default_rng(0).random(20 * MB // 8)
+    first = write(session, {"big": big, "small": [1, 2]})
+    assert first.written >= big.nbytes
+
+    second = write(session, {"big": big, "small": [1, 2, 3]})
+    assert second.generation == 2
+    assert second.size >= big.nbytes
+    assert second.written < 64 * 1024
+
+    into, _ = restore(session)
+    assert into["small"] == [1, 2, 3]
+    np.testing.assert_array_equal(into["big"], big)
+
+
+def test_old_generations_are_pruned(session: SessionStore) -> None:
+    for i in range(4):
+        write(session, {"i": i}, keep=2)
+    assert session.generations() == [3, 4]
+    assert len(list(session.objects_dir.iterdir())) == 2
+    into, _ = restore(session)
+    assert into == {"i": 3}
+
+
+# -- damage -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", BLOB_DAMAGE.values(), ids=BLOB_DAMAGE.keys())
+def test_damaged_blob_falls_back_without_unpickling(
+    session: SessionStore, loads: list[str], damage: Callable[[Path], None]
+) -> None:
+    """Every blob is checked before any is unpickled.
+
+    Generation 2's first group (a Tracked object) is intact, its second is
+    damaged: the restore must pass over generation 2 without running the
+    intact group's unpickling code, then load generation 1.
+    """
+    write(session, {"t": Tracked("gen1"), "a": [1]})
+    write(session, {"t": Tracked("gen2"), "a": [2]})
+    damage(blob_of(session, "a", generation=2))
+
+    into, report = restore(session)
+    assert loads == ["gen1"]
+    assert report.generation == 1
+    assert into["a"] == [1]
+    assert into["t"].tag == "gen1"
+    assert len(report.problems) == 1
+    assert "generation 2" in report.problems[0]
+
+
+def test_damaged_manifest_falls_back(session: SessionStore, loads: list[str]) -> None:
+    write(session, {"t": Tracked("gen1")})
+    write(session, {"t": Tracked("gen2")})
+    session.manifest_path(2).write_bytes(b'{"format": 1, "trunc')
+    into, report = restore(session)
+    assert loads == ["gen1"]
+    assert report.generation == 1
+    assert into["t"].tag == "gen1"
+    assert len(report.problems) == 1
+    assert "generation 2" in report.problems[0]
+
+
+def test_every_generation_damaged(session: SessionStore) -> None:
+    write(session, {"a": [1]})
+    write(session, {"a": [2]})
+    for generation in (1, 2):
+        blob_of(session, "a", generation).unlink()
+    into, report = restore(session)
+    assert into == {}
+    # both passed over; then what is left of the newest (nothing) is reported
+    assert report.generation == 2 and "damaged" in report.skipped["a"]
+    assert len(report.problems) == 3 and "no generation was intact" in report.problems[-1]
+
+
+def test_group_that_fails_to_unpickle_skips_only_its_names(
+    session: SessionStore, fly_module: types.ModuleType
+) -> None:
+    """A valid blob whose pickle raises on load: its class vanished since."""
+    bad = fly_module.Gone(1)
+    write(session, {"bad": bad, "bad_too": [bad], "good": [1, 2], "other": {"x": 1}})
+    del fly_module.Gone
+
+    into, report = restore(session)
+    assert into == {"good": [1, 2], "other": {"x": 1}}
+    assert report.restored == ["good", "other"]
+    assert set(report.skipped) == {"bad", "bad_too"}
+    assert all("could not be loaded" in reason for reason in report.skipped.values())
+    assert report.problems == []
+    assert report.generation == 1
+
+
+def test_module_that_cannot_be_imported_is_skipped(
+    session: SessionStore, fly_module: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(session, {"mod": fly_module, "x": 1})
+    monkeypatch.delitem(sys.modules, fly_module.__name__)
+    into, report = restore(session)
+    assert into == {"x": 1}
+    assert "could not be imported" in report.skipped["mod"]
+
+
+@pytest.mark.parametrize("damage", BLOB_DAMAGE.values(), ids=BLOB_DAMAGE.keys())
+def test_checkpoint_after_blob_damage_is_restorable(
+    session: SessionStore, damage: Callable[[Path], None]
+) -> None:
+    """A checkpoint that reports success can be restored, even if a blob it
+    would reuse was damaged on disk since it was first written."""
+    write(session, {"a": [1, 2, 3], "b": "kept"})
+    damage(blob_of(session, "a"))
+
+    result = write(session, {"a": [1, 2, 3], "b": "kept"})
+
+    into, report = restore(session)
+    assert report.generation == result.generation
+    assert into == {"a": [1, 2, 3], "b": "kept"}
+
+
+def test_damaged_large_blob_is_quarantined_and_rewritten(session: SessionStore) -> None:
+    """Large blobs are reused on trust (name and size); one found damaged at
+    restore is moved aside, so the next checkpoint writes it again."""
+    big = np.arange(2 * MB // 8, dtype=np.int64)
+    write(session, {"big": big, "small": 1})
+    flip_a_bit(blob_of(session, "big"))
+
+    into, report = restore(session)
+    # no generation is whole: what is intact in the newest comes back
+    assert "does not match its hash" in report.problems[0]
+    assert "no generation was intact" in report.problems[-1]
+    assert into == {"small": 1} and "damaged" in report.skipped["big"]
+
+    result = write(session, {"big": big, "small": 1})
+    assert result.written >= big.nbytes
+    into, report = restore(session)
+    assert report.generation == result.generation
+    assert np.array_equal(into["big"], big) and into["small"] == 1

@@ -1,0 +1,358 @@
+"""The kernel end to end: real kernel processes through jupyter_client."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from persistent_kernel.store import Store
+
+from .harness import KernelHarness
+
+SEED = """
+import numpy as np
+import pandas as pd
+a = [100, 'aa']
+b = {"x": 100, "y": '200'}
+df1 = pd.DataFrame({"i": np.arange(999), "s": [str(i) for i in range(999)]})
+"""
+CHECK_SEED = "print(a, b, df1.shape, int(df1['i'].sum()), np.__name__, pd.__name__)"
+SEED_OUT = "[100, 'aa'] {'x': 100, 'y': '200'} (999, 2) 498501 numpy pandas"
+NOW = ["--PersistentKernel.checkpoint_interval=0"]
+
+
+def test_seed_survives_restart(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run(SEED).check()
+    kernels.wait_generations(kernels.session(), 1)
+    kernel.restart()
+    out = kernel.run(CHECK_SEED).check()
+    assert SEED_OUT in out.stdout
+    assert "restored 5 variables from checkpoint 1" in out.stdout
+    assert "a, b, df1, np, pd" in out.stdout
+    # the summary is shown once, on the first cell only
+    assert "restored" not in kernel.run("print('second')").check().stdout
+
+
+def test_shutdown_then_new_kernel_restores(kernels: KernelHarness) -> None:
+    # a long interval: only the final checkpoint at shutdown can save this
+    kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=3600"])
+    kernel.run(SEED).check()
+    assert kernels.session().generations() == []
+    kernel.shutdown()
+    kernel = kernels.start()
+    assert SEED_OUT in kernel.run(CHECK_SEED).check().stdout
+
+
+def test_restart_with_long_interval_saves_at_shutdown(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=3600"])
+    kernel.run(SEED).check()
+    kernel.restart()
+    assert SEED_OUT in kernel.run(CHECK_SEED).check().stdout
+
+
+def test_sigkill_after_checkpoint(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run(SEED).check()
+    kernels.wait_generations(kernels.session(), 1)
+    kernel.kill()
+    kernel = kernels.start()
+    assert SEED_OUT in kernel.run(CHECK_SEED).check().stdout
+
+
+def test_exit_in_a_cell(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=3600"])
+    kernel.run(SEED).check()
+    kernel.kc.execute("exit()")
+    deadline = time.monotonic() + 30
+    while kernel.km.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not kernel.km.is_alive()
+    kernel.shutdown()
+    kernel = kernels.start()
+    assert SEED_OUT in kernel.run(CHECK_SEED).check().stdout
+
+
+def test_interval_is_honoured(kernels: KernelHarness) -> None:
+    interval = 4.0
+    kernel = kernels.start(args=[f"--PersistentKernel.checkpoint_interval={interval}"])
+    session = kernels.session()
+    started = time.monotonic()
+    kernel.run("x = 1").check()
+    time.sleep(1.0)
+    if time.monotonic() - started < interval - 0.5:
+        assert session.generations() == [], "checkpointed before the interval passed"
+    kernels.wait_generations(session, 1, timeout=30)
+    assert time.monotonic() - started >= interval - 0.5
+    # nothing changed since: no new generation however long we wait
+    kernel.kc.kernel_info()
+    kernel.kc.complete("x.")
+    time.sleep(interval + 1.5)
+    assert session.generations() == [1]
+
+
+def test_nothing_written_while_nothing_changed(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run("x = [1, 2, 3]").check()
+    session = kernels.session()
+    kernels.wait_generations(session, 1)
+    before = {p.name: p.stat().st_mtime_ns for p in session.objects_dir.iterdir()}
+    kernel.run("y = len(x)").check()  # a cell that binds the same value again ...
+    kernel.run("y = 3").check()
+    kernels.wait_generations(session, 2)
+    time.sleep(1)
+    # ... commits nothing new: no new generation and no blob rewritten
+    assert session.generations() == [1, 2]
+    after = {p.name: p.stat().st_mtime_ns for p in session.objects_dir.iterdir()}
+    assert {k: after[k] for k in before} == before
+
+
+def test_excludes_from_argv(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=[*NOW, "--PersistentKernel.exclude=['secret*', 'token']"])
+    kernel.run("secret_key = 's3cr3t'\ntoken = 'abc'\nkept = 1").check()
+    kernels.wait_generations(kernels.session(), 1)
+    blobs = b"".join(p.read_bytes() for p in kernels.session().objects_dir.iterdir())
+    assert b"s3cr3t" not in blobs
+    kernel.restart()
+    out = kernel.run("print(kept, 'secret_key' in dir(), 'token' in dir())").check()
+    assert "1 False False" in out.stdout
+    assert "excluded by configuration" in out.stdout
+
+
+def test_unpicklable_objects_are_isolated(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run(
+        """
+import socket, sqlite3, threading
+gen = (i for i in range(3))
+sock = socket.socket()
+conn = sqlite3.connect(":memory:")
+lock = threading.Lock()
+fh = open("data.txt", "w")
+class Bad:
+    def __reduce__(self):
+        raise RuntimeError("no pickling me")
+bad = Bad()
+deep = []
+cur = deep
+for _ in range(100000):
+    cur.append([])
+    cur = cur[0]
+good = {"still": "here"}
+"""
+    ).check()
+    kernels.wait_generations(kernels.session(), 1)
+    status = kernel.run("%persist").check().stdout
+    for name in ("gen", "sock", "conn", "lock", "fh", "bad", "deep"):
+        assert f"  {name}: " in status, (name, status)
+    assert "open file" in status and "no pickling me" in status and "too deeply nested" in status
+    kernel.run("sock.close(); conn.close(); fh.close()").check()
+    kernel.restart()
+    out = kernel.run("print(good, Bad.__name__)").check()
+    assert "{'still': 'here'} Bad" in out.stdout
+
+
+def test_shared_references_and_notebook_definitions(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run(
+        """
+import numpy as np
+import collections as co
+from os import path as osp
+l1 = [1, 2]
+l2 = l1
+d = {'k': l1}
+class P:
+    def hello(self):
+        return "hi " + str(factor)
+p = P()
+factor = 3
+square = lambda v: v * v * factor
+def scaled(v):
+    return square(v) + len(l1)
+"""
+    ).check()
+    kernels.wait_generations(kernels.session(), 1)
+    kernel.restart()
+    out = kernel.run(
+        "l1.append(9)\n"
+        "print(l2 is l1, d['k'] is l1, l2, isinstance(p, P), p.hello(), square(2), scaled(2),"
+        " np.__name__, co.OrderedDict.__name__, osp.__name__)\n"
+        "factor = 10\nprint(square(2))"
+    ).check()
+    assert "True True [1, 2, 9] True hi 3 12 15 numpy OrderedDict posixpath" in out.stdout
+    # a restored function sees the live globals, not a frozen copy
+    assert out.stdout.strip().endswith("40")
+
+
+def test_two_notebooks_in_one_folder(kernels: KernelHarness) -> None:
+    first = kernels.start("one.ipynb", args=NOW)
+    second = kernels.start("two.ipynb", args=NOW)
+    first.run("who = 'one'").check()
+    second.run("who = 'two'").check()
+    kernels.wait_generations(kernels.session("one.ipynb"), 1)
+    kernels.wait_generations(kernels.session("two.ipynb"), 1)
+    first.restart()
+    second.restart()
+    assert first.value("who") == "'one'"
+    assert second.value("who") == "'two'"
+
+
+def test_session_env_override_and_no_notebook(kernels: KernelHarness) -> None:
+    shared = {"PERSISTENT_KERNEL_SESSION": "my-analysis"}
+    kernel = kernels.start("one.ipynb", args=NOW, env=shared)
+    kernel.run("z = 42").check()
+    kernel.shutdown()
+    other = kernels.start("renamed.ipynb", env=shared)
+    assert other.value("z") == "42"
+    # no notebook path at all: keyed by the working directory
+    console = kernels.start(None, args=NOW)
+    console.run("c = 'cwd'").check()
+    console.shutdown()
+    assert kernels.start(None).value("c") == "'cwd'"
+
+
+def test_persist_clear_gives_a_clean_start(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run("kept = 1").check()
+    kernels.wait_generations(kernels.session(), 1)
+    out = kernel.run("%persist clear").check()
+    assert "cleared" in out.stdout
+    assert kernels.session().generations() == []
+    kernel.restart()
+    assert kernel.run("print('kept' in dir())").check().stdout.strip() == "False"
+
+
+def test_persist_save_and_status(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=3600"])
+    kernel.run("v = list(range(10))").check()
+    status = kernel.run("%persist").check().stdout
+    assert "No checkpoint written" in status and "when the kernel is idle" in status
+    saved = kernel.run("%persist save").check().stdout
+    assert "Checkpoint 1 written" in saved
+    # returns after the commit: the generation is on disk when the cell ends
+    assert kernels.session().generations() == [1]
+    status = kernel.run("%persist").check().stdout
+    assert "generation 1" in status and "v" in status
+    assert "invalid choice: 'bogus'" in kernel.run("%persist bogus").stderr
+
+
+def test_restore_false(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run("gone = 1").check()
+    kernels.wait_generations(kernels.session(), 1)
+    kernel.shutdown()
+    kernel = kernels.start(args=["--PersistentKernel.restore=False"])
+    assert kernel.value("'gone' in dir()") == "False"
+
+
+def test_config_from_ipython_kernel_config(kernels: KernelHarness, jupyter_env: dict) -> None:
+    profile = jupyter_env["IPYTHONDIR"] / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_kernel_config.py").write_text(
+        "c.PersistentKernel.checkpoint_interval = 0\nc.PersistentKernel.exclude = ['hidden_*']\n"
+    )
+    kernel = kernels.start()
+    assert kernel.value("get_ipython().kernel.checkpoint_interval") == "0.0"
+    kernel.run("hidden_x = 1\nshown = 2").check()
+    kernel.run("%persist save").check()
+    manifest, _ = kernels.session().latest()
+    assert "shown" in manifest.content["variables"]
+    assert "hidden_x" not in manifest.content["variables"]
+
+
+def test_config_at_runtime(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=3600"])
+    kernel.run("%config PersistentKernel.checkpoint_interval = 0").check()
+    assert kernel.value("get_ipython().kernel.checkpoint_interval") == "0.0"
+    kernel.run("x = 5").check()
+    kernels.wait_generations(kernels.session(), 1, timeout=20)
+
+
+def test_slow_final_checkpoint_survives_restart(kernels: KernelHarness) -> None:
+    """A final checkpoint that takes longer than jupyter_client's 2.5 s budget."""
+    kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=3600"])
+    kernel.run(
+        """
+import time
+class Slow:
+    def __init__(self, v):
+        self.v = v
+    def __reduce__(self):
+        time.sleep(5)
+        return (Slow, (self.v,))
+s = Slow('made it')
+"""
+    ).check()
+    began = time.monotonic()
+    kernel.restart()
+    assert kernel.value("s.v") == "'made it'"
+    assert time.monotonic() - began >= 5  # the new kernel did wait for the writer
+
+
+def test_persist_list_json(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run("alpha = 1\nbeta = [1, 2]").check()
+    kernels.wait_generations(kernels.session(), 1)
+    out = subprocess.run(
+        [sys.executable, "-m", "persistent_kernel", "list", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ,
+    )
+    rows = json.loads(out.stdout)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["notebook"] == str(kernels.cwd / "notebook.ipynb")
+    assert row["variables"] == ["alpha", "beta"]
+    assert row["generations"] == 1 and row["size"] > 0
+
+
+def test_checkpoint_files_are_private(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run("x = 1").check()
+    session = kernels.session()
+    kernels.wait_generations(session, 1)
+    for path in [session.path, *session.path.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+    assert Store(kernels.root).sessions()[0].path == session.path
+
+
+def test_ipykernel_features_keep_working(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run("import os\nvalue = 41").check()
+    reply = kernel.kc.complete("os.pa", 5, reply=True, timeout=30)
+    assert "path" in reply["content"]["matches"]
+    reply = kernel.kc.inspect("value", 5, reply=True, timeout=30)
+    assert reply["content"]["found"]
+    kernel.kc.is_complete("for i in x:")
+    assert kernel.kc.get_shell_msg(timeout=30)["content"]["status"] == "incomplete"
+    out = kernel.run("from IPython.display import display, HTML\ndisplay(HTML('<b>x</b>'))")
+    assert out.check().results
+    # inline plots come back as images
+    images = []
+    kernel.kc.execute_interactive(
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()",
+        output_hook=lambda m: images.append(m["content"].get("data", {}).get("image/png")),
+        timeout=60,
+    )
+    assert any(images)
+    # comms
+    kernel.kc.comm_info()
+    assert kernel.kc.get_shell_msg(timeout=30)["content"]["status"] == "ok"
+    # an interrupt stops a long cell and the kernel stays usable
+    kernel.kc.execute("import time\ntime.sleep(30)")
+    time.sleep(1)
+    kernel.km.interrupt_kernel()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        msg = kernel.kc.get_shell_msg(timeout=20)
+        if msg["msg_type"] == "execute_reply":
+            assert msg["content"]["status"] == "error"
+            break
+    assert kernel.value("value + 1") == "42"

@@ -1,0 +1,385 @@
+"""serializer.serialize(): a namespace cut into independently pickled groups."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os.path
+import pickle
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from persistent_kernel.serializer import Payload, Serialized, load_payload, serialize
+
+
+def group_names(ser: Serialized) -> list[set[str]]:
+    return [set(p.names) for p in ser.payloads]
+
+
+def payload_of(ser: Serialized, name: str) -> Payload:
+    (payload,) = [p for p in ser.payloads if name in p.names]
+    return payload
+
+
+def load(payload: Payload) -> dict[str, Any]:
+    """Unpickle *payload* the way a restore does: buffers copied into bytearrays."""
+    return load_payload(
+        payload.pickler, payload.data, [bytearray(b.raw()) for b in payload.buffers]
+    )
+
+
+def load_all(ser: Serialized) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for payload in ser.payloads:
+        out.update(load(payload))
+    return out
+
+
+def dump_payloads(ser: Serialized, path: Path) -> None:
+    """Write *ser*'s payloads as plain bytes, for another process to load."""
+    plain = [
+        (p.names, p.pickler, p.data, [bytes(b.raw()) for b in p.buffers]) for p in ser.payloads
+    ]
+    path.write_bytes(pickle.dumps(plain))
+
+
+def run_python(script: str, *args: str, cwd: Path) -> Any:
+    """Run *script* in a fresh interpreter as ``__main__``; return its JSON stdout."""
+    path = cwd / f"script_{abs(hash(script))}.py"
+    path.write_text(textwrap.dedent(script))
+    proc = subprocess.run(
+        [sys.executable, str(path), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+#: Loads payloads written by dump_payloads into this process's ``__main__``.
+LOAD_INTO_MAIN = """
+    import pickle, sys
+    from persistent_kernel.serializer import load_payload
+    with open(sys.argv[1], "rb") as f:
+        plain = pickle.load(f)
+    for names, pickler, data, buffers in plain:
+        globals().update(load_payload(pickler, data, [bytearray(b) for b in buffers]))
+"""
+
+
+# -- sharing --------------------------------------------------------------------------
+
+
+def test_variables_sharing_a_list_are_pickled_together() -> None:
+    l1 = [1, 2]
+    ns = {"l1": l1, "l2": l1, "d": {"k": l1}, "equal_copy": [1, 2], "n": 5}
+    ser = serialize(ns)
+    assert sorted(map(sorted, group_names(ser))) == [["d", "l1", "l2"], ["equal_copy"], ["n"]]
+    restored = load(payload_of(ser, "l1"))
+    assert restored["l1"] == [1, 2]
+    assert restored["l2"] is restored["l1"]
+    assert restored["d"]["k"] is restored["l1"]
+
+
+def test_sharing_is_transitive() -> None:
+    """a shares with b, b with c: all three are one group."""
+    x, y = [1], [2]
+    ser = serialize({"a": [x], "b": [x, y], "c": {"y": y}, "z": [3]})
+    assert sorted(map(sorted, group_names(ser))) == [["a", "b", "c"], ["z"]]
+    restored = load(payload_of(ser, "a"))
+    assert restored["a"][0] is restored["b"][0]
+    assert restored["b"][1] is restored["c"]["y"]
+
+
+def test_unrelated_variables_are_separate_payloads() -> None:
+    ns = {"a": [1], "b": {"x": 1}, "c": "text", "d": (1, 2), "e": {1, 2}, "f": 3.5}
+    ser = serialize(ns)
+    assert sorted(map(sorted, group_names(ser))) == [[n] for n in sorted(ns)]
+    assert load_all(ser) == ns
+
+
+def test_shared_immutables_are_not_sharing() -> None:
+    """Identity of strings, tuples, numbers carries no meaning: no grouping."""
+    text = "some string " * 10
+    pair = ("a", 1)
+    ser = serialize({"s1": text, "s2": text, "t1": pair, "t2": pair, "big": 10**30})
+    assert len(ser.payloads) == 5
+
+
+def test_shared_imported_classes_and_functions_are_not_sharing() -> None:
+    ns = {
+        "od1": collections.OrderedDict(a=1),
+        "od2": collections.OrderedDict(b=2),
+        "join1": os.path.join,
+        "join2": os.path.join,
+    }
+    ser = serialize(ns)
+    assert len(ser.payloads) == 4
+    assert load_all(ser) == ns
+
+
+# -- what cannot be pickled -------------------------------------------------------------
+
+
+class RaisesOnReduce:
+    def __reduce__(self) -> Any:
+        raise RuntimeError("refusing to be pickled")
+
+
+def deeply_nested(depth: int) -> list[Any]:
+    outer: list[Any] = []
+    current = outer
+    for _ in range(depth):
+        inner: list[Any] = []
+        current.append(inner)
+        current = inner
+    return outer
+
+
+@pytest.fixture
+def unpicklables() -> Iterator[dict[str, Any]]:
+    """One of each kind of value that cannot be pickled, closed afterwards."""
+
+    def gen() -> Iterator[int]:
+        yield 1
+
+    with socket.socket() as sock, closing(sqlite3.connect(":memory:")) as conn:
+        yield {
+            "gen": gen(),
+            "sock": sock,
+            "conn": conn,
+            "raiser": RaisesOnReduce(),
+            "deep": deeply_nested(100_000),
+        }
+
+
+EXPECTED_REASON = {
+    "gen": "generator",
+    "sock": "socket",
+    "conn": "Connection",
+    "raiser": "refusing to be pickled",
+    "deep": "deeply nested",
+}
+
+
+def test_unpicklable_values_are_skipped_and_the_rest_saved(unpicklables: dict[str, Any]) -> None:
+    good = {"before": [1, 2, 3], "after": {"k": "v"}, "arr": np.arange(4)}
+    ns = {"before": good["before"], **unpicklables, "after": good["after"], "arr": good["arr"]}
+    ser = serialize(ns)
+    assert set(ser.skipped) == set(unpicklables)
+    for name, fragment in EXPECTED_REASON.items():
+        assert fragment in ser.skipped[name], (name, ser.skipped[name])
+    restored = load_all(ser)
+    assert set(restored) == set(good)
+    assert restored["before"] == good["before"]
+    assert restored["after"] == good["after"]
+    np.testing.assert_array_equal(restored["arr"], good["arr"])
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_REASON))
+def test_each_unpicklable_alone_is_skipped(name: str, unpicklables: dict[str, Any]) -> None:
+    ser = serialize({name: unpicklables[name], "ok": 1})
+    assert list(ser.skipped) == [name]
+    assert EXPECTED_REASON[name] in ser.skipped[name]
+    assert load_all(ser) == {"ok": 1}
+
+
+# -- modules and types --------------------------------------------------------------------
+
+
+def test_modules_bound_to_names_are_recorded_not_pickled() -> None:
+    """``import numpy as np``, ``import os.path as osp``: recorded by module name."""
+    ser = serialize({"np": np, "osp": os.path, "coll": collections, "x": 1})
+    assert ser.modules == {"np": "numpy", "osp": os.path.__name__, "coll": "collections"}
+    assert group_names(ser) == [{"x"}]
+    assert ser.types["np"] == "module"
+
+
+def test_types_are_recorded() -> None:
+    ser = serialize(
+        {"x": 1, "df": pd.DataFrame({"a": [1]}), "arr": np.zeros(2), "o": RaisesOnReduce()}
+    )
+    assert ser.types["x"] == "int"
+    assert ser.types["arr"] == "numpy.ndarray"
+    assert ser.types["df"].startswith("pandas.")
+    assert ser.types["df"].endswith(".DataFrame")
+    assert ser.types["o"] == f"{__name__}.RaisesOnReduce"  # recorded even when skipped
+
+
+# -- numpy and pandas --------------------------------------------------------------------
+
+
+def test_numpy_arrays_travel_as_out_of_band_buffers() -> None:
+    arr = np.arange(1 << 17, dtype=np.float64)  # 1 MiB
+    payload = payload_of(serialize({"arr": arr}), "arr")
+    assert payload.buffers
+    assert sum(b.raw().nbytes for b in payload.buffers) == arr.nbytes
+    assert len(payload.data) < arr.nbytes // 100
+    parts = payload.parts()
+    assert bytes(parts[0]) == payload.data
+    assert sum(p.nbytes for p in parts[1:]) == arr.nbytes
+    restored = load(payload)["arr"]
+    np.testing.assert_array_equal(restored, arr)
+    assert restored.flags.writeable
+
+
+def test_arrays_sharing_only_a_dtype_are_not_grouped() -> None:
+    """Every float64 array has the same dtype object; that is not sharing.
+
+    Grouping them would make one small array drag every other array of
+    its dtype into each checkpoint.
+    """
+    ser = serialize({"a": np.arange(10.0), "b": np.ones(5), "c": np.zeros(3, dtype=np.int32)})
+    assert sorted(map(sorted, group_names(ser))) == [["a"], ["b"], ["c"]]
+
+
+def test_one_array_twice_in_one_variable_stays_one_array() -> None:
+    base = np.arange(6)
+    ser = serialize({"pair": [base, base]})
+    restored = load_all(ser)["pair"]
+    assert restored[0] is restored[1]
+
+
+def test_pandas_round_trip() -> None:
+    df = pd.DataFrame({"a": np.arange(1000), "b": np.linspace(0, 1, 1000), "c": ["x"] * 1000})
+    ser = serialize({"df": df})
+    assert ser.skipped == {}
+    pd.testing.assert_frame_equal(load_all(ser)["df"], df)
+
+
+# -- load_payload --------------------------------------------------------------------------
+
+
+def test_load_payload_rejects_unknown_pickler() -> None:
+    with pytest.raises(ValueError, match="unknown pickler"):
+        load_payload("marshal", pickle.dumps({}), [])
+
+
+def test_load_payload_rejects_non_namespace() -> None:
+    with pytest.raises(ValueError, match="namespace"):
+        load_payload("pickle", pickle.dumps([1, 2]), [])
+
+
+# -- other processes --------------------------------------------------------------------
+
+
+def test_round_trip_through_a_fresh_process(tmp_path: Path) -> None:
+    """Payloads of plain data and arrays load in an interpreter that never saw them."""
+    shared = [1, 2, 3]
+    ns = {
+        "numbers": list(range(50)),
+        "nested": {"a": {"b": [1.5, None, True]}, "t": (1, "x")},
+        "text": "héllo",
+        "blob": b"\x00\xff" * 10,
+        "shared_a": shared,
+        "shared_b": {"inner": shared},
+        "floats": np.linspace(0, 1, 5000),
+        "ints": np.arange(12, dtype=np.int32).reshape(3, 4),
+        "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+    }
+    ser = serialize(ns)
+    assert ser.skipped == {}
+    dump_payloads(ser, tmp_path / "payloads.pkl")
+    report = run_python(
+        LOAD_INTO_MAIN
+        + """
+    import json
+    import numpy as np
+    out = {}
+    for name in ("numbers", "nested", "text", "blob", "shared_a", "shared_b"):
+        out[name] = repr(globals()[name])
+    for name in ("floats", "ints", "fortran"):
+        arr = globals()[name]
+        out[name] = [str(arr.dtype), list(arr.shape), arr.tolist(), arr.flags.writeable]
+    out["still_shared"] = shared_b["inner"] is shared_a
+    print(json.dumps(out))
+    """,
+        str(tmp_path / "payloads.pkl"),
+        cwd=tmp_path,
+    )
+    for name in ("numbers", "nested", "text", "blob", "shared_a", "shared_b"):
+        assert report[name] == repr(ns[name])
+    for name in ("floats", "ints", "fortran"):
+        arr = ns[name]
+        assert report[name] == [str(arr.dtype), list(arr.shape), arr.tolist(), True]
+    assert report["still_shared"] is True
+
+
+MAIN_DEFINITIONS = """
+    import json, sys
+    from persistent_kernel.serializer import serialize
+
+    SCALE = 3
+
+    class P:
+        def __init__(self, v):
+            self.v = v
+
+        def scaled(self):
+            return self.v * SCALE
+
+    p = P(2)
+    inc = lambda x: x + 1
+
+    def times_scale(x):
+        return x * SCALE
+
+    ns = {"P": P, "p": p, "inc": inc, "times_scale": times_scale, "SCALE": SCALE}
+    ser = serialize(ns)
+    with open(sys.argv[1], "wb") as f:
+        import pickle
+        f.write(pickle.dumps(
+            [(q.names, q.pickler, q.data, [bytes(b.raw()) for b in q.buffers])
+             for q in ser.payloads]
+        ))
+    print(json.dumps({
+        "pickler": {n: q.pickler for q in ser.payloads for n in q.names},
+        "groups": sorted(sorted(q.names) for q in ser.payloads),
+        "skipped": ser.skipped,
+    }))
+"""
+
+
+def test_main_definitions_need_dill(tmp_path: Path) -> None:
+    """Classes, instances, lambdas and functions of ``__main__`` go through dill.
+
+    Written by one process, loaded into the ``__main__`` of another that
+    never defined them: the class comes back by value, the instance is of
+    that very class, and functions read the restored module globals.
+    """
+    payloads = str(tmp_path / "main.pkl")
+    written = run_python(MAIN_DEFINITIONS, payloads, cwd=tmp_path)
+    assert written["skipped"] == {}
+    for name in ("P", "p", "inc", "times_scale"):
+        assert written["pickler"][name] == "dill"
+    assert written["pickler"]["SCALE"] == "pickle"
+    assert ["P", "p"] in written["groups"]
+
+    loaded = run_python(
+        LOAD_INTO_MAIN
+        + """
+    import json
+    before = [inc(1), times_scale(2), p.scaled(), type(p) is P]
+    SCALE = 10
+    after = [times_scale(2), p.scaled()]
+    print(json.dumps({"before": before, "after": after}))
+    """,
+        payloads,
+        cwd=tmp_path,
+    )
+    assert loaded["before"] == [2, 6, 6, True]
+    assert loaded["after"] == [20, 20]

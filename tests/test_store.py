@@ -1,0 +1,536 @@
+"""The on-disk format: blobs, manifests, generations, pruning, locks, writers."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import mmap
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import xxhash
+
+from persistent_kernel import store as store_module
+from persistent_kernel.errors import CorruptCheckpoint, NoCheckpoint, StoreBusy
+from persistent_kernel.session import session_dirname
+from persistent_kernel.store import (
+    FORMAT,
+    HASH,
+    BlobRef,
+    Manifest,
+    SessionStore,
+    Store,
+    blob_hash,
+    write_atomic,
+)
+
+KEY = "/home/user/analysis.ipynb"
+INFO = {"session": KEY, "notebook": KEY}
+BIG = 2 * (1 << 20)  # a part this large is read into an mmap
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> SessionStore:
+    s = Store(tmp_path / "root").session(KEY)
+    s.ensure()
+    return s
+
+
+def commit(session: SessionStore, *blobs: list[bytes], tag: str = "") -> Manifest:
+    """Write *blobs* and commit a generation naming them."""
+    refs = [session.write_blob(parts) for parts in blobs]
+    content = {"tag": tag, "groups": [{"hash": r.hash, "parts": list(r.parts)} for r in refs]}
+    return session.commit(content, refs, INFO)
+
+
+def ref_of(manifest: Manifest, index: int = 0) -> BlobRef:
+    group = manifest.content["groups"][index]
+    return BlobRef(group["hash"], manifest.blobs[group["hash"]], tuple(group["parts"]))
+
+
+def blob_path(session: SessionStore, ref: BlobRef) -> Path:
+    return session.objects_dir / ref.hash
+
+
+def close_parts(parts: list[Any]) -> None:
+    for part in parts:
+        if isinstance(part, mmap.mmap):
+            part.close()
+
+
+# -- writing and reading back ---------------------------------------------------------
+
+
+def test_commit_then_read_back(session: SessionStore) -> None:
+    parts = [b"pickle stream", b"x" * 100, os.urandom(BIG)]
+    before = time.time()
+    committed = commit(session, parts, tag="first")
+    assert committed.generation == 1
+    assert session.generations() == [1]
+
+    manifest = session.read_manifest(1)
+    assert manifest.generation == 1
+    assert manifest.session == KEY
+    assert manifest.notebook == KEY
+    assert before <= manifest.created <= time.time()
+    assert manifest.content == committed.content
+    assert manifest.content["tag"] == "first"
+    assert manifest.raw["format"] == FORMAT
+    assert manifest.raw["hash"] == HASH
+    size = sum(map(len, parts))
+    assert manifest.blobs == {blob_hash(parts): size}
+    assert manifest.size == size
+
+    ref = ref_of(manifest)
+    assert ref.parts == tuple(map(len, parts))
+    read = session.read_blob(ref)
+    try:
+        assert [bytes(p) for p in read] == parts
+        for part in read[1:]:
+            assert not memoryview(part).readonly
+        assert isinstance(read[2], mmap.mmap)
+    finally:
+        close_parts(read)
+
+
+def test_generations_are_numbered_in_order(session: SessionStore) -> None:
+    for i in range(3):
+        assert commit(session, [f"g{i}".encode()]).generation == i + 1
+    assert session.generations() == [1, 2, 3]
+    manifest, problems = session.latest()
+    assert (manifest.generation, problems) == (3, [])
+
+
+def test_blob_is_named_by_the_hash_of_its_bytes(session: SessionStore) -> None:
+    ref = session.write_blob([b"ab", b"", b"cde"])
+    assert ref.hash == xxhash.xxh3_128(b"abcde").hexdigest()
+    assert ref.hash == blob_hash([b"abcde"])
+    assert (ref.size, ref.parts, ref.written) == (5, (2, 0, 3), 5)
+    assert blob_path(session, ref).read_bytes() == b"abcde"
+    assert [bytes(p) for p in session.read_blob(ref)] == [b"ab", b"", b"cde"]
+
+
+def test_identical_blob_is_written_once(session: SessionStore) -> None:
+    parts = [b"stream", b"buffer" * 1000]
+    first = session.write_blob(parts)
+    inode = blob_path(session, first).stat().st_ino
+    second = session.write_blob([memoryview(b"stream"), bytearray(b"buffer" * 1000)])
+    assert first.written == first.size > 0
+    assert second.written == 0
+    assert second.hash == first.hash
+    assert blob_path(session, first).stat().st_ino == inode
+    assert os.listdir(session.objects_dir) == [first.hash]
+
+
+def test_generations_share_blobs(session: SessionStore) -> None:
+    shared, other = [b"shared" * 100], [b"other"]
+    one = commit(session, shared)
+    two = commit(session, shared, other)
+    assert set(one.blobs) < set(two.blobs)
+    assert len(os.listdir(session.objects_dir)) == 2
+    assert session.read_manifest(1).blobs.keys() <= session.read_manifest(2).blobs.keys()
+
+
+def test_write_atomic_leaves_nothing_on_error(tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        write_atomic(tmp_path, "target", [b"some bytes", object()])  # type: ignore[list-item]
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_atomic_replaces_whole_file(tmp_path: Path) -> None:
+    write_atomic(tmp_path, "f", [b"old contents that are long"])
+    write_atomic(tmp_path, "f", [b"new", memoryview(b" bytes")])
+    assert (tmp_path / "f").read_bytes() == b"new bytes"
+    assert os.listdir(tmp_path) == ["f"]
+
+
+# -- pruning ---------------------------------------------------------------------------
+
+
+def test_prune_keeps_newest_and_drops_unreferenced_blobs(session: SessionStore) -> None:
+    shared = [b"shared by all"]
+    manifests = [commit(session, shared, [f"own {i}".encode()]) for i in range(5)]
+    own = [ref_of(m, 1) for m in manifests]
+    stale = [session.objects_dir / ".tmp-123-deadbeef", session.generations_dir / ".tmp-9-aa"]
+    for path in stale:
+        path.write_bytes(b"half written")
+
+    removed = session.prune(keep=2)
+
+    assert removed == [1, 2, 3]
+    assert session.generations() == [4, 5]
+    remaining = set(os.listdir(session.objects_dir))
+    assert remaining == {blob_hash(shared), own[3].hash, own[4].hash}
+    for path in stale:
+        assert not path.exists()
+    for generation in (4, 5):  # what is kept is still whole
+        manifest = session.read_manifest(generation)
+        for index in range(2):
+            assert session.read_blob(ref_of(manifest, index))
+
+
+def test_prune_always_keeps_the_newest(session: SessionStore) -> None:
+    for i in range(3):
+        commit(session, [str(i).encode()])
+    assert session.prune(keep=0) == [1, 2]
+    assert session.generations() == [3]
+    assert len(os.listdir(session.objects_dir)) == 1
+
+
+def test_prune_with_room_to_spare_removes_nothing(session: SessionStore) -> None:
+    commit(session, [b"a"])
+    commit(session, [b"b"])
+    assert session.prune(keep=5) == []
+    assert session.generations() == [1, 2]
+    assert len(os.listdir(session.objects_dir)) == 2
+
+
+def test_clear_and_disk_usage(session: SessionStore) -> None:
+    commit(session, [b"x" * 1000])
+    commit(session, [b"x" * 1000])  # same blob: counted once
+    manifests = sum(p.stat().st_size for p in session.generations_dir.iterdir())
+    assert session.disk_usage() == 1000 + manifests
+    session.clear()
+    assert session.generations() == []
+    assert session.disk_usage() == 0
+    with pytest.raises(NoCheckpoint):
+        session.latest()
+
+
+# -- permissions ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """The umask most users have (022), so permissions come from the code, not luck."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_directories_are_0700_and_files_0600(tmp_path: Path, usual_umask: None) -> None:
+    """Everything under the storage root is private, created the way the kernel does.
+
+    The kernel goes straight to ``Store(root).session(key)`` and writes;
+    nothing calls ``Store.ensure()`` first.
+    """
+    root = tmp_path / "root"
+    session = Store(root).session(KEY)
+    with session.locked(timeout=5):
+        commit(session, [b"data", b"more"])
+    fd, _ = session.register_writer()
+    try:
+        modes = {
+            path.relative_to(tmp_path): stat.S_IMODE(path.stat().st_mode)
+            for path in root.rglob("*")
+        }
+    finally:
+        os.close(fd)
+    assert any(p.parent.name == "objects" for p in modes)
+    assert any(p.parent.name == "writers" for p in modes)
+    wrong = {
+        str(p): oct(mode)
+        for p, mode in modes.items()
+        if mode != (0o700 if (tmp_path / p).is_dir() else 0o600)
+    }
+    assert wrong == {}
+
+
+def test_store_ensure_makes_root_private(tmp_path: Path, usual_umask: None) -> None:
+    store = Store(tmp_path / "a" / "root")
+    store.ensure()
+    assert stat.S_IMODE(store.root.stat().st_mode) == 0o700
+    assert stat.S_IMODE(store.sessions_dir.stat().st_mode) == 0o700
+
+
+def test_store_lists_its_sessions(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert store.sessions() == []
+    for key in ("/a/x.ipynb", "/b/x.ipynb"):
+        s = store.session(key)
+        assert s.path.name == session_dirname(key)
+        assert s.key == key
+        s.ensure()
+    assert sorted(s.path for s in store.sessions()) == sorted(
+        store.session(k).path for k in ("/a/x.ipynb", "/b/x.ipynb")
+    )
+
+
+# -- corruption ---------------------------------------------------------------------------
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+def extend(path: Path) -> None:
+    path.write_bytes(path.read_bytes() + b"\0")
+
+
+BLOB_DAMAGE: dict[str, Callable[[Path], None]] = {
+    "flipped bit": flip_a_bit,
+    "truncated": truncate,
+    "extended": extend,
+    "missing": Path.unlink,
+}
+
+
+@pytest.mark.parametrize("damage", BLOB_DAMAGE.values(), ids=BLOB_DAMAGE.keys())
+def test_damaged_blob_is_detected(session: SessionStore, damage: Callable[[Path], None]) -> None:
+    manifest = commit(session, [b"stream" * 50, b"buffer" * 50])
+    ref = ref_of(manifest)
+    damage(blob_path(session, ref))
+    with pytest.raises(CorruptCheckpoint, match=ref.hash):
+        session.read_blob(ref)
+
+
+def test_blob_whose_parts_do_not_add_up_is_corrupt(session: SessionStore) -> None:
+    ref = session.write_blob([b"abc", b"def"])
+    with pytest.raises(CorruptCheckpoint):
+        session.read_blob(BlobRef(ref.hash, ref.size, (2, 2)))
+
+
+def set_field(field: str, value: Any) -> Callable[[Path], None]:
+    def rewrite(path: Path) -> None:
+        raw = json.loads(path.read_bytes())
+        raw[field] = value
+        path.write_text(json.dumps(raw))
+
+    return rewrite
+
+
+def drop_field(field: str) -> Callable[[Path], None]:
+    def rewrite(path: Path) -> None:
+        raw = json.loads(path.read_bytes())
+        del raw[field]
+        path.write_text(json.dumps(raw))
+
+    return rewrite
+
+
+MANIFEST_DAMAGE: dict[str, Callable[[Path], None]] = {
+    "garbage": lambda p: p.write_bytes(b"\x00\x9f\xff not json \xfe\x01"),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "empty": lambda p: p.write_bytes(b""),
+    "not an object": lambda p: p.write_text("[1, 2, 3]"),
+    "unknown format": set_field("format", FORMAT + 1),
+    "no format": drop_field("format"),
+    "unknown hash": set_field("hash", "md5"),
+    "wrong generation": set_field("generation", 7),
+    "blobs not a dict": set_field("blobs", ["abc"]),
+    "blob size not int": set_field("blobs", {"abc": "12"}),
+    "no content": drop_field("content"),
+    "no session": drop_field("session"),
+}
+
+
+@pytest.mark.parametrize("damage", MANIFEST_DAMAGE.values(), ids=MANIFEST_DAMAGE.keys())
+def test_damaged_manifest_is_detected(
+    session: SessionStore, damage: Callable[[Path], None]
+) -> None:
+    commit(session, [b"x"])
+    damage(session.manifest_path(1))
+    with pytest.raises(CorruptCheckpoint):
+        session.read_manifest(1)
+
+
+@pytest.mark.parametrize("damage", MANIFEST_DAMAGE.values(), ids=MANIFEST_DAMAGE.keys())
+def test_latest_falls_back_past_a_damaged_manifest(
+    session: SessionStore, damage: Callable[[Path], None]
+) -> None:
+    commit(session, [b"old"], tag="good")
+    commit(session, [b"new"], tag="bad")
+    damage(session.manifest_path(2))
+    manifest, problems = session.latest()
+    assert manifest.generation == 1
+    assert manifest.content["tag"] == "good"
+    assert len(problems) == 1
+    assert problems[0].startswith("generation 2")
+
+
+def test_latest_with_every_manifest_damaged(session: SessionStore) -> None:
+    commit(session, [b"a"])
+    commit(session, [b"b"])
+    for generation in (1, 2):
+        session.manifest_path(generation).write_text("{")
+    with pytest.raises(NoCheckpoint, match=r"generation 2.*generation 1"):
+        session.latest()
+
+
+def test_no_checkpoint(session: SessionStore) -> None:
+    with pytest.raises(NoCheckpoint):
+        session.latest()
+    with pytest.raises(NoCheckpoint):
+        session.read_manifest(1)
+    assert Store(session.path / "nowhere").session("k").generations() == []
+
+
+def test_stray_files_are_not_generations(session: SessionStore) -> None:
+    commit(session, [b"a"])
+    for name in ("notes.json", "0002.json.bak", ".tmp-1-ab", "x0003.json"):
+        (session.generations_dir / name).write_text("{}")
+    assert session.generations() == [1]
+
+
+# -- locking -----------------------------------------------------------------------------
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+if sys.argv[2] == "stdin":
+    sys.stdin.read()
+else:
+    time.sleep(float(sys.argv[2]))
+"""
+
+REGISTER_WRITER = """
+import sys, time
+from pathlib import Path
+from persistent_kernel.store import SessionStore
+fd, path = SessionStore(Path(sys.argv[1])).register_writer()
+print(path, flush=True)
+if sys.argv[2] == "stdin":
+    sys.stdin.read()
+else:
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+@contextmanager
+def child(script: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Run *script*; yield it and its first line of output once it has printed it.
+
+    A child told to wait on ``stdin`` exits when the block ends (stdin is closed).
+    """
+    with subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            yield proc, proc.stdout.readline().strip()
+        finally:
+            if proc.poll() is None and "stdin" not in args:
+                proc.kill()
+
+
+def test_lock_held_by_another_process_raises_store_busy(session: SessionStore) -> None:
+    with child(HOLD_LOCK, str(session.path / "lock"), "stdin") as (proc, line):
+        assert line == "held"
+        start = time.monotonic()
+        with pytest.raises(StoreBusy), session.locked(timeout=0.3):
+            pytest.fail("got the lock while another process holds it")
+        assert time.monotonic() - start >= 0.3
+        assert proc.poll() is None
+    with session.locked(timeout=5):  # the child is gone: free again
+        pass
+
+
+def test_lock_is_acquired_once_the_holder_exits(session: SessionStore) -> None:
+    with child(HOLD_LOCK, str(session.path / "lock"), "0.5") as (proc, line):
+        assert line == "held"
+        start = time.monotonic()
+        with session.locked(timeout=30):
+            waited = time.monotonic() - start
+            assert proc.wait(timeout=5) == 0
+        assert 0.2 < waited < 30
+
+
+def test_lock_excludes_a_second_holder_in_this_process(session: SessionStore) -> None:
+    with session.locked(timeout=1), pytest.raises(StoreBusy), session.locked(timeout=0.1):
+        pass
+
+
+# -- the writer registry ----------------------------------------------------------------
+
+
+def test_running_writers_sees_a_live_writer(session: SessionStore) -> None:
+    with child(REGISTER_WRITER, str(session.path), "stdin") as (_, line):
+        path = Path(line)
+        assert path.parent == session.writers_dir
+        assert path.name.split("-")[0].isdigit()
+        assert session.running_writers() == [path]
+        waited, alive = session.wait_for_writers(timeout=0.2)
+        assert alive == 1
+        assert waited >= 0.2
+        assert path.exists()
+
+
+def test_wait_for_writers_returns_when_the_writer_exits(session: SessionStore) -> None:
+    """The child exits without withdrawing its announcement; its file is tidied."""
+    with child(REGISTER_WRITER, str(session.path), "1.0") as (proc, line):
+        path = Path(line)
+        assert session.running_writers() == [path]
+        waited, alive = session.wait_for_writers(timeout=60)
+        assert alive == 0
+        assert 0.5 < waited < 60
+        assert proc.wait(timeout=5) == 0
+    assert not path.exists()
+    assert os.listdir(session.writers_dir) == []
+
+
+def test_dead_writers_registry_file_is_cleaned_up(session: SessionStore) -> None:
+    with child(REGISTER_WRITER, str(session.path), "60") as (proc, line):
+        path = Path(line)
+        proc.kill()
+        proc.wait(timeout=5)
+        assert path.exists()
+        assert session.running_writers() == []
+        assert not path.exists()
+        assert session.wait_for_writers(timeout=10)[1] == 0
+
+
+def test_register_and_release_in_process(session: SessionStore) -> None:
+    fd, path = session.register_writer()
+    assert session.running_writers() == [path]
+    SessionStore.release_writer(fd, path)
+    assert not path.exists()
+    assert session.running_writers() == []
+
+
+def test_registration_survives_a_concurrent_scan(
+    session: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A starting kernel may scan the registry while a writer registers.
+
+    ``register_writer`` creates its file and only then locks it. A scan in
+    that instant (simulated here by running one just before the lock is
+    taken) must not mistake the new writer for a dead one and delete it,
+    or ``wait_for_writers`` would not wait for that writer.
+    """
+    real_flock = fcntl.flock
+    scans: list[list[Path]] = []
+
+    def flock(fd: int, operation: int) -> None:
+        if operation == fcntl.LOCK_EX and not scans:
+            scans.append(session.running_writers())
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(store_module.fcntl, "flock", flock)
+    fd, path = session.register_writer()
+    try:
+        assert scans, "register_writer took no exclusive lock"
+        assert path.exists()
+        assert session.running_writers() == [path]
+    finally:
+        SessionStore.release_writer(fd, path)
