@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from ipykernel.kernelapp import IPKernelApp
 from traitlets import List, Type, Unicode, default
@@ -16,7 +16,7 @@ class PersistentKernelApp(IPKernelApp):
     name = "persistent-kernel"
     # Listed so that command-line options such as --PersistentKernel.exclude=[...]
     # are parsed with the trait's own type (and shown by --help-all).
-    classes: ClassVar[list[Any]] = [*IPKernelApp.classes, PersistentKernel]
+    classes = [*IPKernelApp.classes, PersistentKernel]  # noqa: RUF012
 
     kernel_class = Type(
         "persistent_kernel.kernel.PersistentKernel",
