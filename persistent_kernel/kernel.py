@@ -159,8 +159,10 @@ class PersistentKernel(IPythonKernel):
         if not (result.restored or result.skipped or result.problems):
             return
         summary = report.restore_summary(result)
+        # Warning level: the server's log shows it by default, as it shows the
+        # kernel's other start-up notices.
         for line in summary.splitlines():
-            self.log.info("%s", line)
+            self.log.warning("%s", line)
         self._pending_summary = summary
         if result.generation is not None:
             self.last_result = CheckpointResult(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -59,6 +60,19 @@ def test_sigkill_after_checkpoint(kernels: KernelHarness) -> None:
     kernel.run(SEED).check()
     kernels.wait_generations(kernels.session(), 1)
     kernel.kill()
+    kernel = kernels.start()
+    assert SEED_OUT in kernel.run(CHECK_SEED).check().stdout
+
+
+def test_sigterm_between_cells_saves(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=3600"])
+    kernel.run(SEED).check()
+    os.kill(kernel.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while kernel.km.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not kernel.km.is_alive()
+    kernel.shutdown()
     kernel = kernels.start()
     assert SEED_OUT in kernel.run(CHECK_SEED).check().stdout
 
