@@ -18,8 +18,9 @@ The content of a manifest::
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -75,10 +76,14 @@ def write_checkpoint(
     info: Mapping[str, Any],
     keep: int,
     lock_timeout: float = 600.0,
+    carried: Sequence[CarriedGroup] = (),
 ) -> CheckpointResult:
     """Serialise *values* and commit them as a new generation of *session*.
 
     *skipped* are names the namespace filter already left out, with reasons.
+    *carried* are groups an earlier restore could not load (an interrupt, a
+    class that is missing here): they are kept in the new generation as they
+    were, byte for byte, unless one of their names has been bound again.
     A namespace identical to the newest generation's commits nothing.
     Raises only for storage failures (the previous generation is intact).
     """
@@ -88,6 +93,20 @@ def write_checkpoint(
     with session.locked(lock_timeout):
         refs = [session.write_blob(p.parts()) for p in ser.payloads]
         content = _content(ser, refs, all_skipped)
+        for group in carried:
+            names = group.record["names"]
+            ref = group.ref()
+            if any(n in values or n in all_skipped for n in names):
+                continue  # the user has bound the name again: the new value wins
+            if not session.has_blob(ref.hash, ref.size):
+                continue
+            content["groups"].append(group.record)
+            refs.append(BlobRef(ref.hash, ref.size, ref.parts))
+            index = len(content["groups"]) - 1
+            for name in names:
+                entry = dict(group.variables.get(name, {"type": "?", "module": None}))
+                content["variables"][name] = {**entry, "group": index, "carried": True}
+        content["variables"] = dict(sorted(content["variables"].items()))
         try:
             previous: Manifest | None = session.latest()[0]
         except NoCheckpoint:
@@ -144,6 +163,46 @@ def _content(
 
 
 @dataclass
+class CarriedGroup:
+    """A group of a manifest that was not loaded, to keep in later generations."""
+
+    record: dict[str, Any]  # the manifest's group entry
+    variables: dict[str, Any]  # the manifest's variable entries for its names
+
+    def ref(self) -> BlobRef:
+        r = self.record
+        return BlobRef(r["hash"], int(r["size"]), tuple(int(n) for n in r["parts"]))
+
+
+class RestoreInterrupted(Exception):
+    """Raised inside a restore when :attr:`RestoreProgress.stop` is set."""
+
+
+class RestoreProgress:
+    """Shared between a restoring thread and the kernel that waits for it.
+
+    The restoring side adds to :attr:`done`; the kernel reads it and may set
+    :attr:`stop` (an interrupt), which ends the restore at the next chunk read
+    or before the next group is unpickled. Plain attributes: one writer each.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.done = 0
+        self.generation: int | None = None
+        self.stop = threading.Event()
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self.stop.is_set():
+            raise RestoreInterrupted
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+
+@dataclass
 class RestoreReport:
     """What a restore brought back, and what it did not."""
 
@@ -155,16 +214,20 @@ class RestoreReport:
     problems: list[str] = field(default_factory=list)  # generations passed over, and why
     waited: float = 0.0  # seconds spent waiting for a previous writer
     elapsed: float = 0.0
+    interrupted: bool = False
+    carried: list[CarriedGroup] = field(default_factory=list)  # groups not loaded, intact
 
 
-def _read_group(session: SessionStore, manifest: Manifest, group: Any) -> list[Any]:
+def _read_group(
+    session: SessionStore, manifest: Manifest, group: Any, progress: RestoreProgress | None
+) -> list[Any]:
     try:
         ref = BlobRef(group["hash"], int(group["size"]), tuple(int(n) for n in group["parts"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptCheckpoint(f"a group entry is malformed ({exc!r})") from exc
     if manifest.blobs.get(ref.hash) != ref.size:
         raise CorruptCheckpoint(f"blob {ref.hash} is not listed in the manifest")
-    return session.read_blob(ref)
+    return session.read_blob(ref, progress.advance if progress is not None else None)
 
 
 def _groups(manifest: Manifest) -> list[Any]:
@@ -175,13 +238,18 @@ def _groups(manifest: Manifest) -> list[Any]:
 
 
 def _read_groups(
-    session: SessionStore, manifest: Manifest, partial: RestoreReport | None = None
+    session: SessionStore,
+    manifest: Manifest,
+    progress: RestoreProgress | None,
+    partial: RestoreReport | None = None,
 ) -> list[list[Any] | None]:
     """Every group's parts; with *partial*, a damaged group is ``None`` and noted."""
     parts: list[list[Any] | None] = []
+    if progress is not None:
+        progress.generation, progress.total, progress.done = manifest.generation, manifest.size, 0
     for group in _groups(manifest):
         try:
-            parts.append(_read_group(session, manifest, group))
+            parts.append(_read_group(session, manifest, group, progress))
         except CorruptCheckpoint as exc:
             if partial is None:
                 raise
@@ -191,35 +259,63 @@ def _read_groups(
     return parts
 
 
-def restore_checkpoint(session: SessionStore, into: dict[str, Any]) -> RestoreReport:
+def restore_checkpoint(
+    session: SessionStore, into: dict[str, Any], progress: RestoreProgress | None = None
+) -> RestoreReport:
     """Load the newest intact generation of *session* into *into*.
 
     Every blob of a generation is read and checked before anything is
     unpickled; a generation with a bad manifest or blob is passed over for
     the next older one, and the report says why. A group that fails to
     unpickle skips its own variables only. **Unpickling runs code.**
+
+    Setting ``progress.stop`` interrupts: while blobs are read nothing has
+    been loaded yet and nothing is; once unpickling has begun, the groups
+    already loaded stay. Either way the report says so.
     """
     start = time.monotonic()
     report = RestoreReport()
+    try:
+        _restore(session, into, progress, report)
+    except RestoreInterrupted:
+        report.interrupted = True
+        report.problems.append(
+            "the restore was interrupted"
+            + (
+                f"; {len(report.restored)} variable(s) were loaded before it stopped"
+                if report.restored
+                else " before anything was loaded"
+            )
+        )
+    report.elapsed = time.monotonic() - start
+    return report
+
+
+def _restore(
+    session: SessionStore,
+    into: dict[str, Any],
+    progress: RestoreProgress | None,
+    report: RestoreReport,
+) -> None:
     newest_readable: Manifest | None = None
     for generation in reversed(session.generations()):
         try:
             manifest = session.read_manifest(generation)
             newest_readable = newest_readable or manifest
-            blobs = _read_groups(session, manifest)
+            blobs = _read_groups(session, manifest, progress)
         except NoCheckpoint:
             continue
         except CorruptCheckpoint as exc:
             report.problems.append(f"generation {generation} was passed over: {exc}")
             continue
-        _load(manifest, blobs, into, report)
+        _load(manifest, blobs, into, report, progress)
         break
     else:
         if newest_readable is not None:
             # No generation is whole (they share a damaged blob): bring back
             # what is intact in the newest rather than nothing.
             try:
-                blobs = _read_groups(session, newest_readable, partial=report)
+                blobs = _read_groups(session, newest_readable, progress, partial=report)
             except CorruptCheckpoint:
                 pass
             else:
@@ -227,13 +323,15 @@ def restore_checkpoint(session: SessionStore, into: dict[str, Any]) -> RestoreRe
                     f"no generation was intact; restored what is left of generation "
                     f"{newest_readable.generation}"
                 )
-                _load(newest_readable, blobs, into, report)
-    report.elapsed = time.monotonic() - start
-    return report
+                _load(newest_readable, blobs, into, report, progress)
 
 
 def _load(
-    manifest: Manifest, blobs: list[list[Any] | None], into: dict[str, Any], report: RestoreReport
+    manifest: Manifest,
+    blobs: list[list[Any] | None],
+    into: dict[str, Any],
+    report: RestoreReport,
+    progress: RestoreProgress | None,
 ) -> None:
     content = manifest.content
     report.generation, report.created, report.size = (
@@ -254,13 +352,25 @@ def _load(
     for group, parts in zip(content["groups"], blobs, strict=True):
         if parts is None:  # damaged: already reported
             continue
+        if progress is not None and progress.stop.is_set():
+            report.restored.sort()
+            index = content["groups"].index(group)
+            report.carried.extend(_carry(content, g) for g in content["groups"][index:])
+            raise RestoreInterrupted
         names = list(group.get("names", []))
         try:
             values = serializer.load_payload(group.get("pickler", ""), bytes(parts[0]), parts[1:])
         except Exception as exc:
-            reason = f"could not be loaded ({serializer._reason(exc)})"
+            reason = f"could not be loaded ({serializer.describe_error(exc)})"
             report.skipped.update(dict.fromkeys(names, reason))
+            report.carried.append(_carry(content, group))
             continue
         into.update(values)
         report.restored.extend(values)
     report.restored.sort()
+
+
+def _carry(content: dict[str, Any], group: dict[str, Any]) -> CarriedGroup:
+    variables = content.get("variables", {})
+    names = group.get("names", [])
+    return CarriedGroup(dict(group), {n: variables[n] for n in names if n in variables})

@@ -18,6 +18,8 @@ The kernel is a thin shell over :mod:`checkpoint` and :mod:`store`:
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import signal
 import threading
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
+from IPython.display import display
 from jupyter_core.paths import jupyter_data_dir
 from tornado.ioloop import IOLoop
 from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default, observe
@@ -114,6 +117,9 @@ class PersistentKernel(IPythonKernel):
         self.last_result: CheckpointResult | None = None
         self.restore_report: RestoreReport | None = None
         self._pending_summary: str | None = None
+        self._restore_done: concurrent.futures.Future[None] | None = None
+        self._restore_progress: checkpoint.RestoreProgress | None = None
+        self._carried: list[checkpoint.CarriedGroup] = []
         self._warned_disk = False
         if self.shell is not None:
             # `%config PersistentKernel.x = y` reaches the configurables listed here.
@@ -135,14 +141,66 @@ class PersistentKernel(IPythonKernel):
     # -- restore ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Restore (before any request is served), then start serving."""
-        if self.restore:
-            try:
-                self._restore_at_start()
-            except Exception:
-                self.log.exception("persistent-kernel: restore failed; starting empty")
-        self._install_sigterm_handler()
+        """Start serving, with the restore running beside it.
+
+        The restore starts here, not in ``__init__`` (ipykernel hides whatever
+        is in the namespace before its init code runs), in a thread, so that
+        ``kernel_info`` is answered at once however large the checkpoint
+        (servers give up on a kernel that stays silent for 60 s). No cell
+        runs before the restore is done: :meth:`execute_request` waits for it
+        and shows its progress.
+        """
         super().start()
+        self._install_sigterm_handler()
+        if self.restore:
+            self._restore_progress = checkpoint.RestoreProgress()
+            self._restore_done = concurrent.futures.Future()
+            threading.Thread(
+                target=self._restore_thread, name="persistent-kernel-restore", daemon=True
+            ).start()
+
+    @property
+    def restoring(self) -> bool:
+        """True while the start-up restore is still running."""
+        return self._restore_done is not None and not self._restore_done.done()
+
+    def _restore_thread(self) -> None:
+        assert self._restore_done is not None
+        try:
+            self._restore_at_start()
+        except BaseException:
+            self.log.exception("persistent-kernel: restore failed; starting empty")
+        finally:
+            self._restore_done.set_result(None)
+
+    async def _wait_for_restore(self) -> None:
+        """Hold the first cell until the restore is done; show progress; obey interrupts."""
+        assert self._restore_done is not None and self._restore_progress is not None
+        progress = self._restore_progress
+        done = asyncio.wrap_future(self._restore_done)
+        previous = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, lambda signum, frame: progress.stop.set())
+        shown = None
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(done), timeout=1.0)
+                    break
+                except asyncio.TimeoutError:
+                    text = (
+                        f"persistent-kernel: restoring checkpoint {progress.generation or ''}: "
+                        f"{report.human_size(progress.done)} of "
+                        f"{report.human_size(progress.total)} ({progress.fraction:.0%}); "
+                        "interrupt to stop and keep what is loaded"
+                    )
+                    if shown is None:
+                        shown = display({"text/plain": text}, raw=True, display_id=True)
+                    else:
+                        shown.update({"text/plain": text}, raw=True)
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, previous)
 
     def _restore_at_start(self) -> None:
         session = self.session_store
@@ -153,9 +211,10 @@ class PersistentKernel(IPythonKernel):
                 "newest complete checkpoint", alive, waited,
             )  # fmt: skip
         assert self.shell is not None
-        result = checkpoint.restore_checkpoint(session, self.shell.user_ns)
+        result = checkpoint.restore_checkpoint(session, self.shell.user_ns, self._restore_progress)
         result.waited = waited
         self.restore_report = result
+        self._carried = list(result.carried)
         if not (result.restored or result.skipped or result.problems):
             return
         summary = report.restore_summary(result)
@@ -187,6 +246,8 @@ class PersistentKernel(IPythonKernel):
     async def execute_request(self, stream: Any, ident: Any, parent: Any) -> None:
         self._busy = True
         try:
+            if self.restoring:
+                await self._wait_for_restore()
             await super().execute_request(stream, ident, parent)
         finally:
             self._busy = False
@@ -209,6 +270,8 @@ class PersistentKernel(IPythonKernel):
             self._timer = None
         if not (self.autosave and self._dirty) or self._busy or self._writer is not None:
             return
+        if self.restoring:  # a checkpoint now would save half a namespace
+            return
         wait = self._last_checkpoint + self.checkpoint_interval - time.monotonic()
         if wait <= 0:
             self.start_checkpoint()
@@ -229,10 +292,12 @@ class PersistentKernel(IPythonKernel):
         session = self.session_store
         info = {"session": self.session_key, "notebook": self.notebook_path}
 
-        keep = self.keep
+        keep, carried = self.keep, list(self._carried)
 
         def job() -> dict[str, Any]:
-            return checkpoint.write_checkpoint(session, values, skipped, info, keep).to_dict()
+            return checkpoint.write_checkpoint(
+                session, values, skipped, info, keep, carried=carried
+            ).to_dict()
 
         return job, session
 
@@ -332,7 +397,7 @@ class PersistentKernel(IPythonKernel):
         detached, so it completes even when jupyter_client SIGKILLs this
         process group 2.5 s from now; the next kernel waits for it.
         """
-        if not (self.autosave and self._dirty):
+        if not (self.autosave and self._dirty) or self.restoring:
             return
         try:
             self.start_checkpoint()

@@ -77,6 +77,7 @@ class PersistMagics(Magics):
             session.clear()
         kernel._dirty = False
         kernel._skip_dirty_once = True
+        kernel._carried = []
         kernel.last_result = None
         print(
             "Checkpoints of this notebook cleared: restart the kernel to start clean. "

@@ -44,6 +44,12 @@ def restore_summary(report: RestoreReport) -> str:
     if report.skipped:
         lines.append(f"persistent-kernel: {len(report.skipped)} not restored:")
         lines.extend(f"  {name}: {reason}" for name, reason in report.skipped.items())
+    if report.carried:
+        count = sum(len(g.record.get("names", [])) for g in report.carried)
+        lines.append(
+            f"persistent-kernel: the {count} variable(s) not loaded stay in later checkpoints "
+            "until you assign those names"
+        )
     if report.waited >= 1:
         lines.append(
             f"persistent-kernel: waited {report.waited:.1f} s for the previous kernel's "

@@ -98,7 +98,7 @@ def type_name(value: Any) -> str:
     return qualname if module == "builtins" else f"{module}.{qualname}"
 
 
-def _reason(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     if isinstance(exc, RecursionError):
         return "too deeply nested to pickle"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -160,13 +160,13 @@ def _pickle_one(name: str, value: Any) -> _Single | str:
         data, buffers, memo = _dump(wrapper, use_dill=False)
         pickler = "pickle"
     except RecursionError as exc:
-        return _reason(exc)
+        return describe_error(exc)
     except Exception as first:
         try:
             data, buffers, memo = _dump(wrapper, use_dill=True)
             pickler = "dill"
         except Exception as exc:
-            return _reason(exc if isinstance(first, _NeedsDill) else first)
+            return describe_error(exc if isinstance(first, _NeedsDill) else first)
     return _Single(name, pickler, data, buffers, _shared_candidates(memo, id(wrapper)))
 
 
@@ -232,7 +232,7 @@ def serialize(values: Mapping[str, Any]) -> Serialized:
         except Exception as exc:
             notes.append(
                 f"{', '.join(names)} share objects but could not be pickled together "
-                f"({_reason(exc)}); they were saved one by one and will not share them "
+                f"({describe_error(exc)}); they were saved one by one and will not share them "
                 "after a restore"
             )
             for n in names:

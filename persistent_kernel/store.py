@@ -33,7 +33,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +48,7 @@ from .session import session_dirname
 FORMAT = 1
 HASH = "xxh3_128"
 _TMP = ".tmp-"
-_CHUNK = 1 << 28  # largest single write; Linux caps one write() near 2 GiB
+_CHUNK = 1 << 26  # largest single read or write: bounds one call, paces progress
 _MMAP_MIN = 1 << 20  # parts this large are read into anonymous mmaps
 _REVERIFY_MAX = 1 << 20  # stored blobs up to this size are re-hashed before reuse
 
@@ -281,12 +281,14 @@ class SessionStore:
         except OSError:
             return False
 
-    def read_blob(self, ref: BlobRef) -> list[Any]:
+    def read_blob(self, ref: BlobRef, on_read: Callable[[int], None] | None = None) -> list[Any]:
         """Read a blob into one buffer per part, checking size and hash first.
 
         Nothing is unpickled here. Parts after the first are writable
         (bytearray, or an anonymous mmap for large ones) so that arrays
         restored from them are writable and need no further copy.
+        *on_read* is called with the byte count of each chunk read; an
+        exception it raises stops the read.
         """
         path = self.objects_dir / ref.hash
         if sum(ref.parts) != ref.size:
@@ -309,10 +311,12 @@ class SessionStore:
                 view = memoryview(buf)
                 got = 0
                 while got < size:
-                    n = f.readinto(view[got:])
+                    n = f.readinto(view[got : got + _CHUNK])
                     if not n:
                         raise CorruptCheckpoint(f"blob {ref.hash} ended early")
                     got += n
+                    if on_read is not None:
+                        on_read(n)
                 digest.update(view)
                 view.release()
                 parts.append(buf)

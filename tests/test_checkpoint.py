@@ -324,3 +324,29 @@ def test_damaged_large_blob_is_quarantined_and_rewritten(session: SessionStore) 
     into, report = restore(session)
     assert report.generation == result.generation
     assert np.array_equal(into["big"], big) and into["small"] == 1
+
+
+def test_groups_that_did_not_load_are_carried_forward(
+    session: SessionStore, fly_module: types.ModuleType
+) -> None:
+    """A variable whose class is missing here is not lost by the next checkpoint:
+    it is kept byte for byte until its name is assigned again."""
+    write(session, {"obj": fly_module.Gone(7), "x": 1})
+    gone = fly_module.Gone
+    del fly_module.Gone
+    into, report = restore(session)
+    assert into == {"x": 1} and [g.record["names"] for g in report.carried] == [["obj"]]
+
+    result = write_checkpoint(session, {"x": 2}, {}, INFO, keep=10, carried=report.carried)
+    assert "obj" in result.saved and result.written < 100
+    fly_module.Gone = gone  # the class is back (the package was installed again)
+    into, report = restore(session)
+    assert into["x"] == 2 and into["obj"].v == 7 and report.carried == []
+
+    # assigning the name again drops the carried bytes in favour of the new value
+    del fly_module.Gone
+    _, report = restore(session)
+    fresh = write_checkpoint(session, {"obj": "new"}, {}, INFO, keep=10, carried=report.carried)
+    assert fresh.ok
+    fly_module.Gone = gone
+    assert restore(session)[0] == {"obj": "new"}

@@ -370,3 +370,59 @@ def test_ipykernel_features_keep_working(kernels: KernelHarness) -> None:
             assert msg["content"]["status"] == "error"
             break
     assert kernel.value("value + 1") == "42"
+
+
+SLOW_LOAD = """
+import time
+def slow_make_{n}(v):
+    time.sleep({seconds})
+    return v
+class SlowLoad{n}:
+    def __init__(self, v):
+        self.v = v
+    def __reduce__(self):
+        return (slow_make_{n}, (self.v,))
+s{n} = SlowLoad{n}('payload {n}')
+"""
+
+
+def test_kernel_answers_while_restoring_and_first_cell_waits(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run(SLOW_LOAD.format(n=1, seconds=6)).check()
+    kernels.wait_generations(kernels.session(), 1)
+    kernel.restart()  # returns once kernel_info is answered
+    began = time.monotonic()
+    out = kernel.run("print(s1)").check()
+    # the first cell waited for the 6 s restore, showing its progress meanwhile
+    assert time.monotonic() - began >= 3
+    assert "payload 1" in out.stdout
+    assert any("restoring checkpoint 1" in r for r in out.results), out.results
+
+
+def test_interrupting_a_restore_keeps_what_was_loaded(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run(SLOW_LOAD.format(n=1, seconds=4) + SLOW_LOAD.format(n=2, seconds=4)).check()
+    manifest, _ = kernels.wait_generations(kernels.session(), 1) and kernels.session().latest()
+    assert len(manifest.content["groups"]) >= 2  # s1 and s2 load one after the other
+    kernel.restart()
+    # s1 takes 4 s to load; the interrupt lands while it loads, before s2 starts
+    msg_id = kernel.kc.execute("print('after', 's1' in dir(), 's2' in dir())")
+    time.sleep(2)
+    kernel.km.interrupt_kernel()
+    text = ""
+    while True:
+        msg = kernel.kc.get_iopub_msg(timeout=60)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream":
+            text += msg["content"]["text"]
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    assert "after True False" in text, text
+    assert "the restore was interrupted" in text and "were loaded before it stopped" in text
+    assert "stay in later checkpoints" in text
+    # later checkpoints keep s2 as it was, so the next start brings it back
+    kernel.run("more = 1").check()
+    kernels.wait_generations(kernels.session(), 2)
+    kernel.restart()
+    assert kernel.value("(s1, s2, more)") == "('payload 1', 'payload 2', 1)"
