@@ -28,7 +28,7 @@ import dill
 
 from . import serializer
 from ._version import __version__
-from .errors import CorruptCheckpoint, NoCheckpoint
+from .errors import CorruptCheckpoint, NoCheckpoint, UntrustedCheckpoint
 from .store import BlobRef, Manifest, SessionStore
 
 
@@ -250,7 +250,7 @@ def _read_groups(
     for group in _groups(manifest):
         try:
             parts.append(_read_group(session, manifest, group, progress))
-        except CorruptCheckpoint as exc:
+        except (CorruptCheckpoint, UntrustedCheckpoint) as exc:
             if partial is None:
                 raise
             names = [str(n) for n in group.get("names", [])] if isinstance(group, dict) else []
@@ -305,7 +305,7 @@ def _restore(
             blobs = _read_groups(session, manifest, progress)
         except NoCheckpoint:
             continue
-        except CorruptCheckpoint as exc:
+        except (CorruptCheckpoint, UntrustedCheckpoint) as exc:
             report.problems.append(f"generation {generation} was passed over: {exc}")
             continue
         _load(manifest, blobs, into, report, progress)
@@ -316,7 +316,7 @@ def _restore(
             # what is intact in the newest rather than nothing.
             try:
                 blobs = _read_groups(session, newest_readable, progress, partial=report)
-            except CorruptCheckpoint:
+            except (CorruptCheckpoint, UntrustedCheckpoint):
                 pass
             else:
                 report.problems.append(

@@ -25,6 +25,14 @@ class CorruptCheckpoint(PersistentKernelError, ValueError):
     """
 
 
+class UntrustedCheckpoint(PersistentKernelError, PermissionError):
+    """A checkpoint that is not provably ours; it is never unpickled.
+
+    Raised for manifests without a valid signature, and for files or
+    directories owned by another user or writable by group or others.
+    """
+
+
 class StoreBusy(PersistentKernelError, TimeoutError):
     """Another process holds the session lock longer than we may wait."""
 

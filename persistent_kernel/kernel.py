@@ -120,7 +120,11 @@ class PersistentKernel(IPythonKernel):
         self._restore_done: concurrent.futures.Future[None] | None = None
         self._restore_progress: checkpoint.RestoreProgress | None = None
         self._carried: list[checkpoint.CarriedGroup] = []
-        self._warned_disk = False
+        self._failures = 0  # checkpoints failed in a row
+        self._writer_deaths = 0  # of which the forked writer died without a word
+        self._fork_broken = False
+        self._retry_at = 0.0
+        self._pending_notices: list[str] = []
         if self.shell is not None:
             # `%config PersistentKernel.x = y` reaches the configurables listed here.
             self.shell.configurables.append(self)
@@ -136,7 +140,7 @@ class PersistentKernel(IPythonKernel):
         return Store(self.checkpoint_dir).session(self.session_key)
 
     def _use_fork(self) -> bool:
-        return self.background != "inline" and snapshot.fork_supported()
+        return self.background != "inline" and snapshot.fork_supported() and not self._fork_broken
 
     # -- restore ------------------------------------------------------------------
 
@@ -240,6 +244,8 @@ class PersistentKernel(IPythonKernel):
         if self._pending_summary:
             summary, self._pending_summary = self._pending_summary, None
             print(summary, flush=True)
+        while self._pending_notices:
+            print(self._pending_notices.pop(0), flush=True)
 
     # -- when -----------------------------------------------------------------------
 
@@ -272,7 +278,8 @@ class PersistentKernel(IPythonKernel):
             return
         if self.restoring:  # a checkpoint now would save half a namespace
             return
-        wait = self._last_checkpoint + self.checkpoint_interval - time.monotonic()
+        now = time.monotonic()
+        wait = max(self._last_checkpoint + self.checkpoint_interval, self._retry_at) - now
         if wait <= 0:
             self.start_checkpoint()
         else:
@@ -367,26 +374,55 @@ class PersistentKernel(IPythonKernel):
         data = writer.result or {"ok": False, "error": "no result"}
         result = CheckpointResult.from_dict(data)
         result.pause = writer.pause
-        if not result.ok:
-            result.disk_error = data.get("errno") is not None and is_disk_error(
-                OSError(data.get("errno"), "")
-            )
+        errno_ = data.get("errno")
+        result.disk_error = (
+            not result.ok and errno_ is not None and is_disk_error(OSError(errno_, ""))
+        )
         self.last_result = result
         if result.ok:
-            self._warned_disk = False
-            self.log.info(
-                "persistent-kernel: checkpoint %s %s: %d saved, %d skipped, %s written in %.2f s",
-                result.generation, "unchanged" if result.unchanged else "written",
-                len(result.saved), len(result.skipped), report.human_size(result.written),
-                result.elapsed,
-            )  # fmt: skip
+            self._on_checkpoint_ok(result)
         else:
-            self._dirty = True  # try again later: the namespace was not saved
-            if not self._warned_disk:
-                self._warned_disk = True
-                self.log.warning("persistent-kernel: checkpoint failed: %s", result.error)
+            self._on_checkpoint_failed(result, errno_, died=writer.died)
         if getattr(self, "io_loop", None) is not None:
             self.io_loop.add_callback(self._maybe_checkpoint)
+
+    def _on_checkpoint_ok(self, result: CheckpointResult) -> None:
+        self.log.info(
+            "persistent-kernel: checkpoint %s %s: %d saved, %d skipped, %s written in %.2f s",
+            result.generation, "unchanged" if result.unchanged else "written",
+            len(result.saved), len(result.skipped), report.human_size(result.written),
+            result.elapsed,
+        )  # fmt: skip
+        if self._failures:
+            self._notice("persistent-kernel: checkpoints are being saved again.")
+        self._failures = self._writer_deaths = 0
+        self._retry_at = 0.0
+
+    def _on_checkpoint_failed(self, result: CheckpointResult, errno_: Any, died: bool) -> None:
+        """Keep the namespace dirty, back off, and tell the user once."""
+        self._dirty = True
+        self._failures += 1
+        self._retry_at = time.monotonic() + min(300.0, 5.0 * 2 ** (self._failures - 1))
+        if died:
+            self._writer_deaths += 1
+            if self._writer_deaths >= 3 and self._use_fork():
+                self._fork_broken = True
+                self.log.warning(
+                    "persistent-kernel: the background writer died %d times in a row; "
+                    "checkpoints are now written inline",
+                    self._writer_deaths,
+                )
+        sentence = report.failure_sentence(result.error or "", errno_, self.checkpoint_dir)
+        self.log.warning("persistent-kernel: %s (%s)", sentence, result.error)
+        if self._failures == 1:
+            self._notice(
+                f"persistent-kernel: {sentence}. Your previous checkpoint is kept, and saving "
+                "resumes by itself once this is fixed."
+            )
+
+    def _notice(self, text: str) -> None:
+        """Show *text* above the next cell's output (once)."""
+        self._pending_notices.append(text)
 
     # -- the end ----------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 
 from .checkpoint import CheckpointResult, RestoreReport
@@ -27,6 +28,19 @@ def short_list(names: list[str], limit: int = 12) -> str:
     if len(names) <= limit:
         return ", ".join(names)
     return ", ".join(names[:limit]) + f", ... ({len(names) - limit} more)"
+
+
+def failure_sentence(error: str, errno_: int | None, directory: str) -> str:
+    """One plain sentence for a failed checkpoint."""
+    if errno_ in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk holding {directory} is full, so no checkpoint could be written"
+    if errno_ == errno.EROFS:
+        return f"{directory} is on a read-only disk, so no checkpoint could be written"
+    if errno_ in (errno.EACCES, errno.EPERM):
+        return f"permission to write in {directory} was denied, so no checkpoint could be written"
+    if errno_ == errno.ENOENT:
+        return f"{directory} has vanished, so no checkpoint could be written"
+    return f"a checkpoint could not be written ({error})"
 
 
 def restore_summary(report: RestoreReport) -> str:

@@ -83,6 +83,7 @@ class Writer:
         self.result = result
         self.started = time.monotonic()
         self.pause = 0.0  # seconds the kernel stopped to start this writer
+        self.died = False  # the writer exited without reporting (killed, crashed)
         self._buffer = b""
 
     @property
@@ -128,6 +129,7 @@ class Writer:
         except ValueError:
             result = None
         if not isinstance(result, dict):
+            self.died = True
             result = {"ok": False, "error": "the background writer died before reporting"}
         self.result = result
 

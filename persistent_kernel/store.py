@@ -41,8 +41,9 @@ from typing import Any
 
 import xxhash
 
-from .errors import CorruptCheckpoint, NoCheckpoint, StoreBusy
+from .errors import CorruptCheckpoint, NoCheckpoint, StoreBusy, UntrustedCheckpoint
 from .session import session_dirname
+from .trust import Signer, check_private, check_private_path, read_private
 
 #: Version of the manifest format this code writes. Readers refuse newer ones.
 FORMAT = 1
@@ -140,9 +141,10 @@ def blob_hash(parts: Sequence[bytes | memoryview]) -> str:
 class SessionStore:
     """The checkpoints of one session key."""
 
-    def __init__(self, path: Path, key: str | None = None) -> None:
+    def __init__(self, path: Path, key: str | None = None, signer: Signer | None = None) -> None:
         self.path = path
         self.key = key
+        self.signer = signer or Signer(path.parent.parent)
         self.generations_dir = path / "generations"
         self.objects_dir = path / "objects"
         self.writers_dir = path / "writers"
@@ -256,11 +258,16 @@ class SessionStore:
         """Read and check one manifest; :class:`CorruptCheckpoint` if it is bad."""
         path = self.manifest_path(generation)
         try:
-            raw = json.loads(path.read_bytes())
+            check_private_path(self.path, f"the checkpoint directory {self.path}")
+            check_private_path(self.generations_dir, f"the directory {self.generations_dir}")
+            raw = json.loads(read_private(path, f"manifest {path.name}"))
         except FileNotFoundError:
             raise NoCheckpoint(f"generation {generation} does not exist") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise CorruptCheckpoint(f"manifest {path.name} is not valid JSON ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise CorruptCheckpoint(f"manifest {path.name} is not a JSON object")
+        self.signer.verify(raw, path.name)
         return parse_manifest(raw, generation, path.name)
 
     def latest(self) -> tuple[Manifest, list[str]]:
@@ -269,7 +276,7 @@ class SessionStore:
         for generation in reversed(self.generations()):
             try:
                 return self.read_manifest(generation), problems
-            except CorruptCheckpoint as exc:
+            except (CorruptCheckpoint, UntrustedCheckpoint) as exc:
                 problems.append(f"generation {generation}: {exc}")
             except NoCheckpoint:
                 continue
@@ -294,11 +301,15 @@ class SessionStore:
         if sum(ref.parts) != ref.size:
             raise CorruptCheckpoint(f"blob {ref.hash}: parts do not add up to its size")
         try:
-            f = open(path, "rb", buffering=0)  # noqa: SIM115
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             raise CorruptCheckpoint(f"blob {ref.hash} is missing") from None
-        with f:
-            actual = os.fstat(f.fileno()).st_size
+        except OSError as exc:
+            raise UntrustedCheckpoint(f"blob {ref.hash} cannot be opened safely ({exc})") from exc
+        with open(fd, "rb", buffering=0) as f:
+            st = os.fstat(f.fileno())
+            check_private(st, f"blob {ref.hash}")
+            actual = st.st_size
             if actual != ref.size:
                 self._quarantine(path)
                 raise CorruptCheckpoint(
@@ -379,6 +390,7 @@ class SessionStore:
             "blobs": {ref.hash: ref.size for ref in blobs},
             "content": content,
         }
+        raw["signature"] = self.signer.sign(raw)
         data = json.dumps(raw, indent=1, sort_keys=True).encode()
         _fsync_dir(self.objects_dir)
         write_atomic(self.generations_dir, f"{generation:08d}.json", [data])
@@ -398,7 +410,7 @@ class SessionStore:
                 self.manifest_path(generation).unlink()
         referenced: set[str] = set()
         for generation in generations[len(removed) :]:
-            with suppress(CorruptCheckpoint, NoCheckpoint):
+            with suppress(CorruptCheckpoint, NoCheckpoint, UntrustedCheckpoint):
                 referenced.update(self.read_manifest(generation).blobs)
         for directory in (self.objects_dir, self.generations_dir):
             with suppress(FileNotFoundError):
@@ -465,9 +477,10 @@ class Store:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.sessions_dir = self.root / "sessions"
+        self.signer = Signer(self.root)
 
     def session(self, key: str) -> SessionStore:
-        return SessionStore(self.sessions_dir / session_dirname(key), key)
+        return SessionStore(self.sessions_dir / session_dirname(key), key, self.signer)
 
     def sessions(self) -> list[SessionStore]:
         """Every session directory under the root (keys read lazily)."""
@@ -475,7 +488,7 @@ class Store:
             entries = sorted(self.sessions_dir.iterdir())
         except FileNotFoundError:
             return []
-        return [SessionStore(e) for e in entries if e.is_dir()]
+        return [SessionStore(e, None, self.signer) for e in entries if e.is_dir()]
 
     def ensure(self) -> None:
         _private_dir(self.root)

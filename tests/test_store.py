@@ -31,6 +31,7 @@ from persistent_kernel.store import (
     blob_hash,
     write_atomic,
 )
+from persistent_kernel.trust import Signer
 
 KEY = "/home/user/analysis.ipynb"
 INFO = {"session": KEY, "notebook": KEY}
@@ -306,11 +307,18 @@ def test_blob_whose_parts_do_not_add_up_is_corrupt(session: SessionStore) -> Non
         session.read_blob(BlobRef(ref.hash, ref.size, (2, 2)))
 
 
+def resign(path: Path, raw: dict[str, Any]) -> None:
+    """Write *raw* to manifest *path*, validly signed, as a writer with the
+    user's secret would (e.g. a newer version of the package)."""
+    raw["signature"] = Signer(path.parents[3]).sign(raw)
+    path.write_text(json.dumps(raw))
+
+
 def set_field(field: str, value: Any) -> Callable[[Path], None]:
     def rewrite(path: Path) -> None:
         raw = json.loads(path.read_bytes())
         raw[field] = value
-        path.write_text(json.dumps(raw))
+        resign(path, raw)
 
     return rewrite
 
@@ -319,7 +327,7 @@ def drop_field(field: str) -> Callable[[Path], None]:
     def rewrite(path: Path) -> None:
         raw = json.loads(path.read_bytes())
         del raw[field]
-        path.write_text(json.dumps(raw))
+        resign(path, raw)
 
     return rewrite
 
