@@ -9,7 +9,7 @@ The content of a manifest::
 
     {"variables": {name: {"type": "pandas.core.frame.DataFrame",
                           "group": 0 | null, "module": "numpy" | null}},
-     "groups":    [{"hash": ..., "size": ..., "parts": [...],
+     "groups":    [{"parts": [[hash, size], ...], "size": ...,
                     "pickler": "pickle" | "dill", "names": [...]}],
      "skipped":   {name: reason},
      "notes":     [...]}
@@ -17,14 +17,13 @@ The content of a manifest::
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import dill
 
 from . import serializer
 from ._version import __version__
@@ -34,11 +33,57 @@ from .store import BlobRef, Manifest, SessionStore
 
 def environment_info() -> dict[str, Any]:
     """What a manifest records about the Python that wrote it."""
+    import dill
+
     return {
         "python": ".".join(map(str, sys.version_info[:3])),
         "dill": dill.__version__,
         "persistent_kernel": __version__,
     }
+
+
+def package_versions(type_names: Iterable[str]) -> dict[str, str]:
+    """Installed versions of the packages that *type_names* come from.
+
+    ``{"pandas": "2.2.3", "numpy": "2.1.0"}`` for ``pandas.core.frame.DataFrame``
+    and friends; built-in and notebook types have no package and are left out.
+    """
+    versions: dict[str, str] = {}
+    for name in type_names:
+        top = name.partition(".")[0]
+        if "." not in name or top in versions or top in ("__main__", "builtins"):
+            continue
+        version = _version_of(top)
+        if version is not None:
+            versions[top] = version
+    return dict(sorted(versions.items()))
+
+
+def _version_of(top_level: str) -> str | None:
+    module = sys.modules.get(top_level)
+    version = getattr(module, "__version__", None)
+    if isinstance(version, str):
+        return version
+    try:
+        return importlib.metadata.version(top_level)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+
+
+def version_changes(manifest: Manifest) -> list[str]:
+    """What differs between the Python that wrote *manifest* and this one:
+    Python, dill, and the packages its variables' types come from."""
+    saved: dict[str, Any] = {k: manifest.raw.get(k) for k in ("python", "dill")}
+    saved.update(manifest.content.get("packages") or {})
+    here = environment_info()
+    changes = []
+    for name, then in saved.items():
+        if not isinstance(then, str):
+            continue
+        now = here[name] if name in here else _version_of(name)
+        if now != then:
+            changes.append(f"{name} {then} (now {now or 'not installed'})")
+    return changes
 
 
 @dataclass
@@ -91,17 +136,18 @@ def write_checkpoint(
     ser = serializer.serialize(values)
     all_skipped = {**skipped, **ser.skipped}
     with session.locked(lock_timeout):
-        refs = [session.write_blob(p.parts()) for p in ser.payloads]
+        # One blob per part: a changed array rewrites that array's bytes only.
+        refs = [[session.write_blob([part]) for part in p.parts()] for p in ser.payloads]
         content = _content(ser, refs, all_skipped)
         for group in carried:
             names = group.record["names"]
-            ref = group.ref()
+            carried_refs = group.refs()
             if any(n in values or n in all_skipped for n in names):
                 continue  # the user has bound the name again: the new value wins
-            if not session.has_blob(ref.hash, ref.size):
+            if not all(session.has_blob(r.hash, r.size) for r in carried_refs):
                 continue
             content["groups"].append(group.record)
-            refs.append(BlobRef(ref.hash, ref.size, ref.parts))
+            refs.append(carried_refs)
             index = len(content["groups"]) - 1
             for name in names:
                 entry = dict(group.variables.get(name, {"type": "?", "module": None}))
@@ -111,14 +157,15 @@ def write_checkpoint(
             previous: Manifest | None = session.latest()[0]
         except NoCheckpoint:
             previous = None
-        written = sum(r.written for r in refs)
+        written = sum(r.written for parts in refs for r in parts)
         if previous is not None and previous.content == content:
             manifest, unchanged = previous, True
         elif previous is None and not content["variables"] and not content["skipped"]:
             # An empty namespace with nothing before it: nothing worth a generation.
             return CheckpointResult(ok=True, unchanged=True, elapsed=time.monotonic() - start)
         else:
-            manifest = session.commit(content, refs, {**environment_info(), **info})
+            blobs = [r for parts in refs for r in parts]
+            manifest = session.commit(content, blobs, {**environment_info(), **info})
             session.prune(keep)
             unchanged = False
     return CheckpointResult(
@@ -136,16 +183,15 @@ def write_checkpoint(
 
 
 def _content(
-    ser: serializer.Serialized, refs: list[BlobRef], skipped: Mapping[str, str]
+    ser: serializer.Serialized, refs: list[list[BlobRef]], skipped: Mapping[str, str]
 ) -> dict[str, Any]:
     variables: dict[str, Any] = {}
     groups: list[dict[str, Any]] = []
-    for index, (payload, ref) in enumerate(zip(ser.payloads, refs, strict=True)):
+    for index, (payload, parts) in enumerate(zip(ser.payloads, refs, strict=True)):
         groups.append(
             {
-                "hash": ref.hash,
-                "size": ref.size,
-                "parts": list(ref.parts),
+                "parts": [[ref.hash, ref.size] for ref in parts],
+                "size": sum(ref.size for ref in parts),
                 "pickler": payload.pickler,
                 "names": list(payload.names),
             }
@@ -159,6 +205,7 @@ def _content(
         "groups": groups,
         "skipped": dict(sorted(skipped.items())),
         "notes": list(ser.notes),
+        "packages": package_versions(ser.types.values()),
     }
 
 
@@ -169,9 +216,21 @@ class CarriedGroup:
     record: dict[str, Any]  # the manifest's group entry
     variables: dict[str, Any]  # the manifest's variable entries for its names
 
-    def ref(self) -> BlobRef:
-        r = self.record
-        return BlobRef(r["hash"], int(r["size"]), tuple(int(n) for n in r["parts"]))
+    def refs(self) -> list[BlobRef]:
+        return group_refs(self.record)
+
+
+def group_refs(group: Any) -> list[BlobRef]:
+    """The blobs of a manifest's group entry, one per part (stream, then buffers)."""
+    try:
+        return [BlobRef(str(h), int(n), (int(n),)) for h, n in group["parts"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptCheckpoint(f"a group entry is malformed ({exc!r})") from exc
+
+
+def group_id(group: Any) -> str:
+    """A stable name for a group: the hash of its pickle stream."""
+    return str(group_refs(group)[0].hash) if group.get("parts") else ""
 
 
 class RestoreInterrupted(Exception):
@@ -215,19 +274,22 @@ class RestoreReport:
     waited: float = 0.0  # seconds spent waiting for a previous writer
     elapsed: float = 0.0
     interrupted: bool = False
+    versions: list[str] = field(default_factory=list)  # "pandas 2.2.0 (now 3.1.1)"
     carried: list[CarriedGroup] = field(default_factory=list)  # groups not loaded, intact
 
 
 def _read_group(
     session: SessionStore, manifest: Manifest, group: Any, progress: RestoreProgress | None
 ) -> list[Any]:
-    try:
-        ref = BlobRef(group["hash"], int(group["size"]), tuple(int(n) for n in group["parts"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CorruptCheckpoint(f"a group entry is malformed ({exc!r})") from exc
-    if manifest.blobs.get(ref.hash) != ref.size:
-        raise CorruptCheckpoint(f"blob {ref.hash} is not listed in the manifest")
-    return session.read_blob(ref, progress.advance if progress is not None else None)
+    refs = group_refs(group)
+    if not refs:
+        raise CorruptCheckpoint("a group entry has no parts")
+    buffers = []
+    for ref in refs:
+        if manifest.blobs.get(ref.hash) != ref.size:
+            raise CorruptCheckpoint(f"blob {ref.hash} is not listed in the manifest")
+        buffers.extend(session.read_blob(ref, progress.advance if progress is not None else None))
+    return buffers
 
 
 def _groups(manifest: Manifest) -> list[Any]:
@@ -308,7 +370,7 @@ def _restore(
         except (CorruptCheckpoint, UntrustedCheckpoint) as exc:
             report.problems.append(f"generation {generation} was passed over: {exc}")
             continue
-        _load(manifest, blobs, into, report, progress)
+        _load(session, manifest, blobs, into, report, progress)
         break
     else:
         if newest_readable is not None:
@@ -323,10 +385,11 @@ def _restore(
                     f"no generation was intact; restored what is left of generation "
                     f"{newest_readable.generation}"
                 )
-                _load(newest_readable, blobs, into, report, progress)
+                _load(session, newest_readable, blobs, into, report, progress)
 
 
 def _load(
+    session: SessionStore,
     manifest: Manifest,
     blobs: list[list[Any] | None],
     into: dict[str, Any],
@@ -339,6 +402,7 @@ def _load(
         manifest.created,
         manifest.size,
     )
+    report.versions = version_changes(manifest)
     for name, reason in dict(content.get("skipped") or {}).items():
         report.skipped[name] = f"not saved: {reason}"
     for name, entry in dict(content.get("variables") or {}).items():
@@ -349,6 +413,7 @@ def _load(
                 report.restored.append(name)
             except Exception as exc:
                 report.skipped[name] = f"module {module} could not be imported ({exc})"
+    poisoned = session.poisoned()
     for group, parts in zip(content["groups"], blobs, strict=True):
         if parts is None:  # damaged: already reported
             continue
@@ -358,6 +423,12 @@ def _load(
             report.carried.extend(_carry(content, g) for g in content["groups"][index:])
             raise RestoreInterrupted
         names = list(group.get("names", []))
+        if group_id(group) in poisoned:
+            reason = "loading it crashed the kernel at an earlier start, so it was left alone"
+            report.skipped.update(dict.fromkeys(names, reason))
+            report.carried.append(_carry(content, group))
+            continue
+        session.begin_loading(group_id(group))
         try:
             values = serializer.load_payload(group.get("pickler", ""), bytes(parts[0]), parts[1:])
         except Exception as exc:
@@ -365,6 +436,8 @@ def _load(
             report.skipped.update(dict.fromkeys(names, reason))
             report.carried.append(_carry(content, group))
             continue
+        finally:
+            session.end_loading()
         into.update(values)
         report.restored.extend(values)
     report.restored.sort()

@@ -34,7 +34,7 @@ from jupyter_core.paths import jupyter_data_dir
 from tornado.ioloop import IOLoop
 from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default, observe
 
-from . import checkpoint, namespace, report, snapshot
+from . import checkpoint, namespace, report, serializer, snapshot
 from .checkpoint import CheckpointResult, RestoreReport
 from .session import session_key
 from .store import SessionStore, Store, is_disk_error
@@ -126,6 +126,7 @@ class PersistentKernel(IPythonKernel):
         self._retry_at = 0.0
         self._pending_notices: list[str] = []
         if self.shell is not None:
+            serializer.import_dill()  # now that __main__ is the notebook's namespace
             # `%config PersistentKernel.x = y` reaches the configurables listed here.
             self.shell.configurables.append(self)
             from .magics import PersistMagics
@@ -402,7 +403,7 @@ class PersistentKernel(IPythonKernel):
         """Keep the namespace dirty, back off, and tell the user once."""
         self._dirty = True
         self._failures += 1
-        self._retry_at = time.monotonic() + min(300.0, 5.0 * 2 ** (self._failures - 1))
+        self._retry_at = time.monotonic() + min(60.0, 5.0 * 2 ** (self._failures - 1))
         if died:
             self._writer_deaths += 1
             if self._writer_deaths >= 3 and self._use_fork():

@@ -32,7 +32,9 @@ INTERNAL_NAMES = frozenset(
 _HISTORY = re.compile(r"_i?\d+\Z")
 
 #: Top-level packages whose objects belong to the running kernel.
-KERNEL_PACKAGES = frozenset({"ipykernel", "IPython", "zmq", "tornado", "jupyter_client"})
+KERNEL_PACKAGES = frozenset(
+    {"ipykernel", "IPython", "zmq", "tornado", "jupyter_client", "persistent_kernel"}
+)
 
 _LOCK_TYPES: tuple[type, ...] = (
     type(threading.Lock()),

@@ -53,6 +53,10 @@ def restore_summary(report: RestoreReport) -> str:
             f"from checkpoint {report.generation} ({when(report.created)}, "
             f"{human_size(report.size)})" + (f": {short_list(report.restored)}" if count else "")
         )
+    if report.versions:
+        lines.append(
+            "persistent-kernel: the checkpoint was saved with " + ", ".join(report.versions)
+        )
     for problem in report.problems:
         lines.append(f"persistent-kernel: {problem}")
     if report.skipped:

@@ -13,6 +13,12 @@ lambdas) makes the C pickler give up and dill takes over for that variable:
 dill pickles those by value, and their globals as a reference to
 ``__main__.__dict__``, so a restored function sees the restored namespace.
 
+dill is imported on first use, never at import time: dill binds
+``__main__`` when it is first imported, and the kernel imports this module
+before IPython has put the notebook's namespace in ``sys.modules["__main__"]``
+(``dill.dump_module()`` in a notebook would then save the launcher instead).
+The kernel imports dill once its shell exists (:func:`import_dill`).
+
 Limits: sharing is detected through the picklers' memo, i.e. between
 objects that pickle reaches. Immutable values (str, bytes, numbers, tuples,
 frozensets) and objects imported from modules are not counted as sharing:
@@ -24,14 +30,13 @@ from __future__ import annotations
 
 import importlib
 import io
+import itertools
 import pickle
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 from typing import Any
-
-import dill
 
 PROTOCOL = 5
 
@@ -71,7 +76,7 @@ class Payload:
 
     names: list[str]
     pickler: str  # "pickle" or "dill"
-    data: bytes
+    data: bytes | memoryview
     buffers: list[pickle.PickleBuffer] = field(default_factory=list)
 
     def parts(self) -> list[memoryview]:
@@ -105,34 +110,58 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _dump(obj: Any, use_dill: bool) -> tuple[bytes, list[pickle.PickleBuffer], dict[int, Any]]:
-    """Pickle *obj*; return the stream, its buffers and the pickler's memo."""
+def _dump(obj: Any, use_dill: bool) -> tuple[memoryview, list[pickle.PickleBuffer], list[Any]]:
+    """Pickle *obj*; return the stream, its buffers and every object pickled.
+
+    The objects are collected through ``persistent_id``, which both picklers
+    call once per object they meet: set to ``list.append`` it costs a C call
+    per object, where copying the C pickler's memo afterwards costs several
+    times the pickling itself on a million small objects.
+    """
     buffers: list[pickle.PickleBuffer] = []
+    seen: list[Any] = []
     out = io.BytesIO()
     pickler: Any
     if use_dill:
+        import dill
+
         pickler = dill.Pickler(out, protocol=PROTOCOL, buffer_callback=buffers.append)
-        pickler.dump(obj)
-        memo = dict(pickler.memo)
     else:
         pickler = _FastPickler(out, protocol=PROTOCOL, buffer_callback=buffers.append)
-        pickler.dump(obj)
-        memo = pickler.memo.copy()
-    return out.getvalue(), buffers, memo
+    pickler.persistent_id = seen.append  # returns None: nothing is made persistent
+    pickler.dump(obj)
+    return out.getbuffer(), buffers, seen
 
 
-def _shared_candidates(memo: Mapping[int, Any], wrapper_id: int) -> dict[int, Any]:
-    """The memoised objects whose identity matters, keyed by id.
+class _IdentityMatters(dict[type, bool]):
+    """type -> whether sharing an object of that type is sharing (C-speed lookups)."""
+
+    def __missing__(self, tp: type) -> bool:
+        self[tp] = tp not in _VALUE_TYPES
+        return self[tp]
+
+
+_IDENTITY_MATTERS = _IdentityMatters()
+
+
+def _shared_candidates(seen: list[Any], wrapper_id: int) -> dict[int, Any]:
+    """The objects pickled whose identity matters, keyed by id.
 
     The objects are kept (not just their ids) so that an id cannot be reused
     by a temporary of another variable while the groups are being formed.
+    The first pass (type lookups through ``compress``) runs at C speed; only
+    objects of types that can be shared are looked at one by one.
     """
     keep: dict[int, Any] = {}
     numpy = sys.modules.get("numpy")
     numpy_dtype = getattr(numpy, "dtype", None)
-    for key, (_, obj) in memo.items():
-        tp = type(obj)
-        if key == wrapper_id or tp in _VALUE_TYPES:
+    # A module's globals (``__main__.__dict__`` for every notebook function) are
+    # saved by reference: everyone "shares" them, which is no reason to group.
+    module_dicts = {id(getattr(m, "__dict__", None)) for m in list(sys.modules.values())}
+    flags = map(_IDENTITY_MATTERS.__getitem__, map(type, seen))
+    for obj in itertools.compress(seen, flags):
+        key = id(obj)
+        if key == wrapper_id or key in keep or key in module_dicts:
             continue
         if isinstance(obj, _GLOBAL_TYPES) and not _defined_in_main(obj):
             continue
@@ -146,7 +175,7 @@ def _shared_candidates(memo: Mapping[int, Any], wrapper_id: int) -> dict[int, An
 class _Single:
     name: str
     pickler: str
-    data: bytes
+    data: memoryview
     buffers: list[pickle.PickleBuffer]
     shared: dict[int, Any]
 
@@ -157,17 +186,17 @@ def _pickle_one(name: str, value: Any) -> _Single | str:
     try:
         if _defined_in_main(type(value)):
             raise _NeedsDill  # an instance of a notebook class: dill, without a wasted try
-        data, buffers, memo = _dump(wrapper, use_dill=False)
+        data, buffers, seen = _dump(wrapper, use_dill=False)
         pickler = "pickle"
     except RecursionError as exc:
         return describe_error(exc)
     except Exception as first:
         try:
-            data, buffers, memo = _dump(wrapper, use_dill=True)
+            data, buffers, seen = _dump(wrapper, use_dill=True)
             pickler = "dill"
         except Exception as exc:
             return describe_error(exc if isinstance(first, _NeedsDill) else first)
-    return _Single(name, pickler, data, buffers, _shared_candidates(memo, id(wrapper)))
+    return _Single(name, pickler, data, buffers, _shared_candidates(seen, id(wrapper)))
 
 
 class _Groups:
@@ -251,6 +280,8 @@ def load_payload(pickler: str, data: bytes, buffers: list[Any]) -> dict[str, Any
     if pickler == "pickle":
         result = pickle.loads(data, buffers=buffers)
     elif pickler == "dill":
+        import dill
+
         result = dill.loads(data, buffers=buffers)
     else:
         raise ValueError(f"unknown pickler {pickler!r}")
@@ -262,3 +293,12 @@ def load_payload(pickler: str, data: bytes, buffers: list[Any]) -> dict[str, Any
 def import_module(name: str) -> ModuleType:
     """Re-import a module that was bound to a variable."""
     return importlib.import_module(name)
+
+
+def import_dill() -> None:
+    """Import dill now that ``sys.modules["__main__"]`` is the notebook's namespace.
+
+    Called by the kernel once its shell exists, so forked writers find dill
+    imported and bound to the right ``__main__``.
+    """
+    import dill  # noqa: F401

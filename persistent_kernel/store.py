@@ -92,6 +92,22 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
+def _private_buffer(size: int) -> mmap.mmap:
+    """Writable anonymous memory that a later fork() copies on write.
+
+    ``mmap.mmap(-1, n)`` alone is MAP_SHARED: a forked writer would see the
+    kernel's later changes to a restored array and could save a mix of two
+    cells. MAP_PRIVATE keeps the snapshot a snapshot; huge pages, where the
+    kernel offers them, make filling it faster. Unlike bytearray, nothing is
+    zero-filled first.
+    """
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        with suppress(OSError):
+            buf.madvise(mmap.MADV_HUGEPAGE)
+    return buf
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -107,7 +123,9 @@ def _write_all(fd: int, view: memoryview) -> None:
         offset += os.write(fd, view[offset : offset + _CHUNK])
 
 
-def write_atomic(directory: Path, name: str, parts: Sequence[bytes | memoryview]) -> None:
+def write_atomic(
+    directory: Path, name: str, parts: Sequence[bytes | memoryview], sync: bool = True
+) -> None:
     """Write *parts* to ``directory/name`` so that it appears whole or not at all.
 
     A uniquely named temp file is written, fsynced and renamed into place;
@@ -120,7 +138,8 @@ def write_atomic(directory: Path, name: str, parts: Sequence[bytes | memoryview]
         try:
             for part in parts:
                 _write_all(fd, memoryview(part))
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, directory / name)
@@ -241,6 +260,43 @@ class SessionStore:
                 return waited, len(alive)
             time.sleep(0.05)
 
+    # -- crash markers --------------------------------------------------------------
+
+    def begin_loading(self, digest: str) -> None:
+        """Leave a marker naming the blob about to be unpickled.
+
+        If the process dies while unpickling it (a segfault in an extension,
+        the OOM killer), the marker outlives it and the next start knows
+        which blob to leave alone. Not fsynced: it must survive the process,
+        not the machine.
+        """
+        with suppress(OSError):  # best effort: a read-only disk must not stop a restore
+            write_atomic(self.path, "loading", [digest.encode()], sync=False)
+
+    def end_loading(self) -> None:
+        with suppress(OSError):
+            (self.path / "loading").unlink()
+
+    def poisoned(self) -> set[str]:
+        """Blobs whose unpickling killed a kernel; a marker left behind is added first."""
+        marker, poison_file = self.path / "loading", self.path / "poisoned"
+        try:
+            poison = set(json.loads(read_private(poison_file)))
+        except (FileNotFoundError, ValueError, TypeError):
+            poison = set()
+        try:
+            crashed = read_private(marker).decode("ascii", "replace").strip()
+        except FileNotFoundError:
+            return poison
+        if crashed:
+            poison.add(crashed)
+            with suppress(OSError):
+                data = json.dumps(sorted(poison)).encode()
+                write_atomic(self.path, "poisoned", [data], sync=False)
+        with suppress(OSError):
+            marker.unlink()
+        return poison
+
     # -- reading ------------------------------------------------------------------
 
     def generations(self) -> list[int]:
@@ -318,7 +374,7 @@ class SessionStore:
             digest = xxhash.xxh3_128()
             parts: list[Any] = []
             for size in ref.parts:
-                buf: Any = mmap.mmap(-1, size) if size >= _MMAP_MIN else bytearray(size)
+                buf: Any = _private_buffer(size) if size >= _MMAP_MIN else bytearray(size)
                 view = memoryview(buf)
                 got = 0
                 while got < size:
@@ -428,6 +484,9 @@ class SessionStore:
             shutil.rmtree(self.generations_dir)
         with suppress(FileNotFoundError):
             shutil.rmtree(self.objects_dir)
+        for name in ("loading", "poisoned"):
+            with suppress(FileNotFoundError):
+                (self.path / name).unlink()
 
     def disk_usage(self) -> int:
         """Bytes this session takes on disk (blobs counted once)."""

@@ -39,11 +39,12 @@ class Output:
 class Kernel:
     """One kernel process and a blocking client connected to it."""
 
-    def __init__(self, km: KernelManager) -> None:
+    def __init__(self, km: KernelManager, wait: bool = True) -> None:
         self.km = km
         self.kc: BlockingKernelClient = km.client()
         self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=120)
+        if wait:
+            self.kc.wait_for_ready(timeout=120)
 
     @property
     def pid(self) -> int:
@@ -115,12 +116,16 @@ class KernelHarness:
         notebook: str | None = "notebook.ipynb",
         args: Iterable[str] = (),
         env: dict[str, str] | None = None,
+        wait: bool = True,
     ) -> Kernel:
-        """Start a kernel serving *notebook* (a path relative to cwd), or none."""
+        """Start a kernel serving *notebook* (a path relative to cwd), or none.
+
+        With ``wait=False``, return without waiting for ``kernel_info``.
+        """
         km = KernelManager(kernel_name=KERNEL_NAME)
         full_env = {**self.env(notebook), **(env or {})}
         km.start_kernel(cwd=str(self.cwd), env=full_env, extra_arguments=list(args))
-        kernel = Kernel(km)
+        kernel = Kernel(km, wait)
         self.started.append(kernel)
         return kernel
 

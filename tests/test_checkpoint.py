@@ -48,10 +48,11 @@ def restore(session: SessionStore) -> tuple[dict[str, Any], RestoreReport]:
 
 
 def blob_of(session: SessionStore, name: str, generation: int | None = None) -> Path:
-    """The blob file holding variable *name* in *generation* (default: newest)."""
+    """The largest blob of variable *name* in *generation* (default: newest)."""
     manifest = session.read_manifest(generation or session.generations()[-1])
     (group,) = [g for g in manifest.content["groups"] if name in g["names"]]
-    return session.objects_dir / group["hash"]
+    digest, _ = max(group["parts"], key=lambda part: part[1])
+    return session.objects_dir / digest
 
 
 def flip_a_bit(path: Path) -> None:
@@ -350,3 +351,32 @@ def test_groups_that_did_not_load_are_carried_forward(
     assert fresh.ok
     fly_module.Gone = gone
     assert restore(session)[0] == {"obj": "new"}
+
+
+def test_manifest_records_versions_and_a_restore_names_changes(session: SessionStore) -> None:
+    from persistent_kernel.checkpoint import version_changes
+
+    write(session, {"df": pd.DataFrame({"a": [1]}), "arr": np.zeros(3), "n": 1})
+    manifest, _ = session.latest()
+    assert manifest.content["packages"] == {"numpy": np.__version__, "pandas": pd.__version__}
+    assert manifest.raw["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert version_changes(manifest) == []
+
+    manifest.raw["python"] = "3.0.1"
+    manifest.content["packages"] = {"pandas": "0.1.0", "pk_not_installed_pkg": "1.0"}
+    changes = version_changes(manifest)
+    assert f"python 3.0.1 (now {manifest.raw['python'] and sys.version.split()[0]})" in changes
+    assert f"pandas 0.1.0 (now {pd.__version__})" in changes
+    assert "pk_not_installed_pkg 1.0 (now not installed)" in changes
+
+
+def test_changing_one_array_in_a_list_rewrites_that_array_only(session: SessionStore) -> None:
+    """Each out-of-band buffer is its own blob: one changed block of four costs one block."""
+    blocks = [np.full(MB // 8 * 4, i, dtype=np.float64) for i in range(4)]  # 4 x 4 MiB
+    first = write(session, {"blocks": blocks})
+    assert first.written >= 16 * MB
+    blocks[2] = blocks[2] + 10
+    second = write(session, {"blocks": blocks})
+    assert 4 * MB <= second.written < 5 * MB
+    into, _ = restore(session)
+    assert [float(b[0]) for b in into["blocks"]] == [0.0, 1.0, 12.0, 3.0]

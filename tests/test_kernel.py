@@ -426,3 +426,11 @@ def test_interrupting_a_restore_keeps_what_was_loaded(kernels: KernelHarness) ->
     kernels.wait_generations(kernels.session(), 2)
     kernel.restart()
     assert kernel.value("(s1, s2, more)") == "('payload 1', 'payload 2', 1)"
+
+
+def test_dill_dump_module_in_the_kernel_saves_the_notebook(kernels: KernelHarness) -> None:
+    """The kernel imports dill only once __main__ is the notebook's namespace."""
+    kernel = kernels.start(args=NOW)
+    kernel.run("import dill\nmarker_value = 41\ndill.dump_module('session.pkl')").check()
+    out = kernel.run("print(dill.load_module_asdict('session.pkl')['marker_value'])").check()
+    assert out.stdout.strip().endswith("41")

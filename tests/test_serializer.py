@@ -49,7 +49,8 @@ def load_all(ser: Serialized) -> dict[str, Any]:
 def dump_payloads(ser: Serialized, path: Path) -> None:
     """Write *ser*'s payloads as plain bytes, for another process to load."""
     plain = [
-        (p.names, p.pickler, p.data, [bytes(b.raw()) for b in p.buffers]) for p in ser.payloads
+        (p.names, p.pickler, bytes(p.data), [bytes(b.raw()) for b in p.buffers])
+        for p in ser.payloads
     ]
     path.write_bytes(pickle.dumps(plain))
 
@@ -230,7 +231,7 @@ def test_numpy_arrays_travel_as_out_of_band_buffers() -> None:
     assert sum(b.raw().nbytes for b in payload.buffers) == arr.nbytes
     assert len(payload.data) < arr.nbytes // 100
     parts = payload.parts()
-    assert bytes(parts[0]) == payload.data
+    assert bytes(parts[0]) == bytes(payload.data)
     assert sum(p.nbytes for p in parts[1:]) == arr.nbytes
     restored = load(payload)["arr"]
     np.testing.assert_array_equal(restored, arr)
@@ -343,7 +344,7 @@ MAIN_DEFINITIONS = """
     with open(sys.argv[1], "wb") as f:
         import pickle
         f.write(pickle.dumps(
-            [(q.names, q.pickler, q.data, [bytes(b.raw()) for b in q.buffers])
+            [(q.names, q.pickler, bytes(q.data), [bytes(b.raw()) for b in q.buffers])
              for q in ser.payloads]
         ))
     print(json.dumps({

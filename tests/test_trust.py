@@ -53,7 +53,7 @@ def plant(session: SessionStore, marker: Path, signer: Signer | None) -> None:
     digest = blob_hash([data])
     write_atomic(session.objects_dir, digest, [data])
     generation = (session.generations() or [0])[-1] + 1
-    group = {"hash": digest, "size": len(data), "parts": [len(data)], "pickler": "pickle"}
+    group = {"parts": [[digest, len(data)]], "size": len(data), "pickler": "pickle"}
     raw: dict[str, Any] = {
         "format": 1,
         "hash": "xxh3_128",
@@ -104,7 +104,7 @@ def test_edited_manifest_is_refused(session: SessionStore, marker: Path) -> None
     path = session.manifest_path(1)
     raw = json.loads(path.read_bytes())
     raw["blobs"] = {digest: len(data)}
-    raw["content"]["groups"][0].update(hash=digest, size=len(data), parts=[len(data)])
+    raw["content"]["groups"][0].update(size=len(data), parts=[[digest, len(data)]])
     path.write_text(json.dumps(raw))
     into, report = restore(session)
     assert not marker.exists() and into == {}
