@@ -21,8 +21,8 @@ import importlib.metadata
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import serializer
@@ -122,6 +122,7 @@ def write_checkpoint(
     keep: int,
     lock_timeout: float = 600.0,
     carried: Sequence[CarriedGroup] = (),
+    on_variable: Callable[[str], None] | None = None,
 ) -> CheckpointResult:
     """Serialise *values* and commit them as a new generation of *session*.
 
@@ -133,7 +134,9 @@ def write_checkpoint(
     Raises only for storage failures (the previous generation is intact).
     """
     start = time.monotonic()
-    ser = serializer.serialize(values)
+    ser = serializer.serialize(values, on_variable)
+    if on_variable is not None:
+        on_variable("")
     all_skipped = {**skipped, **ser.skipped}
     with session.locked(lock_timeout):
         # One blob per part: a changed array rewrites that array's bytes only.
@@ -275,6 +278,8 @@ class RestoreReport:
     elapsed: float = 0.0
     interrupted: bool = False
     versions: list[str] = field(default_factory=list)  # "pandas 2.2.0 (now 3.1.1)"
+    # name -> {"type": ..., "size": bytes of its group or None}, from the manifest
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
     carried: list[CarriedGroup] = field(default_factory=list)  # groups not loaded, intact
 
 
@@ -353,6 +358,48 @@ def restore_checkpoint(
     return report
 
 
+def load_generation(
+    session: SessionStore,
+    generation: int | None = None,
+    names: Sequence[str] | None = None,
+    progress: RestoreProgress | None = None,
+) -> tuple[dict[str, Any], RestoreReport]:
+    """Load one generation (default: the newest) into a new dict, nothing else.
+
+    With *names*, only the groups holding those variables are read and
+    unpickled (their group-mates come along: they share objects). Raises
+    :class:`NoCheckpoint`, :class:`CorruptCheckpoint` or
+    :class:`UntrustedCheckpoint` for a generation that cannot be read whole.
+    **Unpickling runs code.**
+    """
+    start = time.monotonic()
+    if generation is None:
+        manifest, _ = session.latest()
+    else:
+        manifest = session.read_manifest(generation)
+    if names is not None:
+        wanted = set(names)
+        missing = wanted - set(manifest.content.get("variables", {}))
+        if missing:
+            raise NoCheckpoint(
+                f"generation {manifest.generation} has no variable {', '.join(sorted(missing))}"
+            )
+        groups = [g for g in _groups(manifest) if wanted & set(g.get("names", []))]
+        variables = {
+            n: v
+            for n, v in manifest.content.get("variables", {}).items()
+            if n in wanted or any(n in g.get("names", []) for g in groups)
+        }
+        content = {**manifest.content, "groups": groups, "variables": variables, "skipped": {}}
+        manifest = replace(manifest, content=content)
+    values: dict[str, Any] = {}
+    report = RestoreReport()
+    blobs = _read_groups(session, manifest, progress)
+    _load(session, manifest, blobs, values, report, progress)
+    report.elapsed = time.monotonic() - start
+    return values, report
+
+
 def _restore(
     session: SessionStore,
     into: dict[str, Any],
@@ -403,6 +450,14 @@ def _load(
         manifest.size,
     )
     report.versions = version_changes(manifest)
+    groups = content.get("groups") or []
+    for name, entry in dict(content.get("variables") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        index = entry.get("group")
+        group = groups[index] if isinstance(index, int) and 0 <= index < len(groups) else None
+        size = group.get("size") if isinstance(group, dict) else None
+        report.details[name] = {"type": entry.get("type", "?"), "size": size}
     for name, reason in dict(content.get("skipped") or {}).items():
         report.skipped[name] = f"not saved: {reason}"
     for name, entry in dict(content.get("variables") or {}).items():

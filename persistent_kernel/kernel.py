@@ -125,6 +125,7 @@ class PersistentKernel(IPythonKernel):
         self._fork_broken = False
         self._retry_at = 0.0
         self._pending_notices: list[str] = []
+        self._crashers: dict[str, tuple[int, str]] = {}  # name -> (id of value, reason)
         if self.shell is not None:
             serializer.import_dill()  # now that __main__ is the notebook's namespace
             # `%config PersistentKernel.x = y` reaches the configurables listed here.
@@ -242,9 +243,16 @@ class PersistentKernel(IPythonKernel):
         self._dirty = False
 
     def _show_restore_summary(self, *args: Any) -> None:
-        if self._pending_summary:
-            summary, self._pending_summary = self._pending_summary, None
-            print(summary, flush=True)
+        if self._pending_summary and self.restore_report is not None:
+            self._pending_summary = None
+            report_ = self.restore_report
+            display(
+                {
+                    "text/plain": report.restore_text(report_),
+                    "text/html": report.restore_html(report_),
+                },
+                raw=True,
+            )
         while self._pending_notices:
             print(self._pending_notices.pop(0), flush=True)
 
@@ -292,19 +300,25 @@ class PersistentKernel(IPythonKernel):
 
     # -- how --------------------------------------------------------------------------
 
-    def _job(self) -> tuple[snapshot.Job, SessionStore]:
+    def _job(self, beacon: snapshot.Beacon | None) -> tuple[snapshot.Job, SessionStore]:
         assert self.shell is not None
         values, skipped = namespace.select(
             self.shell.user_ns, self.shell.user_ns_hidden, self.exclude
         )
+        for name, (ident, reason) in list(self._crashers.items()):
+            if name in values and id(values[name]) == ident:
+                del values[name]
+                skipped[name] = reason
+            else:  # bound to something else since: worth a try again
+                del self._crashers[name]
         session = self.session_store
         info = {"session": self.session_key, "notebook": self.notebook_path}
-
         keep, carried = self.keep, list(self._carried)
+        on_variable = beacon.set if beacon is not None else None
 
         def job() -> dict[str, Any]:
             return checkpoint.write_checkpoint(
-                session, values, skipped, info, keep, carried=carried
+                session, values, skipped, info, keep, carried=carried, on_variable=on_variable
             ).to_dict()
 
         return job, session
@@ -316,10 +330,12 @@ class PersistentKernel(IPythonKernel):
         makes it dirty again.
         """
         began = time.perf_counter()
-        job, session = self._job()
+        forked = detach and self._use_fork()
+        beacon = snapshot.Beacon() if forked else None
+        job, session = self._job(beacon)
         self._dirty = False
         self._last_checkpoint = time.monotonic()
-        if not (detach and self._use_fork()):
+        if not forked:
             writer = snapshot.run_inline(job)
             writer.pause = time.perf_counter() - began
             self._on_writer_done(writer)
@@ -343,6 +359,7 @@ class PersistentKernel(IPythonKernel):
         finally:
             os.close(registration[0])  # the writer holds its own copy of the lock
         writer.pause = time.perf_counter() - began
+        writer.beacon = beacon
         self._writer = writer
         if writer.fd is not None and getattr(self, "io_loop", None) is not None:
             self.io_loop.add_handler(
@@ -383,7 +400,8 @@ class PersistentKernel(IPythonKernel):
         if result.ok:
             self._on_checkpoint_ok(result)
         else:
-            self._on_checkpoint_failed(result, errno_, died=writer.died)
+            culprit = writer.beacon.get() if writer.died and writer.beacon is not None else ""
+            self._on_checkpoint_failed(result, errno_, died=writer.died, culprit=culprit)
         if getattr(self, "io_loop", None) is not None:
             self.io_loop.add_callback(self._maybe_checkpoint)
 
@@ -399,9 +417,24 @@ class PersistentKernel(IPythonKernel):
         self._failures = self._writer_deaths = 0
         self._retry_at = 0.0
 
-    def _on_checkpoint_failed(self, result: CheckpointResult, errno_: Any, died: bool) -> None:
+    def _on_checkpoint_failed(
+        self, result: CheckpointResult, errno_: Any, died: bool, culprit: str = ""
+    ) -> None:
         """Keep the namespace dirty, back off, and tell the user once."""
         self._dirty = True
+        if culprit and self.shell is not None:
+            # The writer died pickling these: leave them out (while they are the
+            # same objects) and try again at once without them.
+            reason = "pickling it crashed the background writer"
+            for name in culprit.split(","):
+                if name in self.shell.user_ns:
+                    self._crashers[name] = (id(self.shell.user_ns[name]), reason)
+            self.log.warning("persistent-kernel: the writer died while saving %s", culprit)
+            self._notice(
+                f"persistent-kernel: saving {culprit} crashed the background writer; "
+                "it is left out of checkpoints until you assign it again."
+            )
+            return
         self._failures += 1
         self._retry_at = time.monotonic() + min(60.0, 5.0 * 2 ** (self._failures - 1))
         if died:

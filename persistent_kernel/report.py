@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import html
 import time
 
 from .checkpoint import CheckpointResult, RestoreReport
@@ -74,6 +75,56 @@ def restore_summary(report: RestoreReport) -> str:
             "final checkpoint"
         )
     return "\n".join(lines)
+
+
+START_CLEAN = "To start clean: %persist clear, then restart the kernel."
+_FOLD_AFTER = 12  # rows shown unfolded
+
+
+def restore_text(report: RestoreReport) -> str:
+    """The plain-text report shown in consoles (and logged)."""
+    summary = restore_summary(report)
+    return f"{summary}\n{START_CLEAN}" if report.generation is not None else summary
+
+
+def _row(cells: tuple[str, ...]) -> str:
+    return (
+        "<tr>"
+        + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in cells)
+        + "</tr>"
+    )
+
+
+def restore_html(report: RestoreReport) -> str:
+    """A compact HTML report for notebooks: the summary, then a table of
+    name, type, size and status, folded when it is long."""
+    rows: list[tuple[str, ...]] = []
+    for name in report.restored:
+        detail = report.details.get(name, {})
+        size = detail.get("size")
+        rows.append(
+            (name, str(detail.get("type", "")), human_size(size) if size else "", "restored")
+        )
+    for name, reason in report.skipped.items():
+        detail = report.details.get(name, {})
+        rows.append((name, str(detail.get("type", "")), "", f"not restored: {reason}"))
+    # the summary's own lines, without the per-variable ones the table shows
+    lines = [
+        html.escape(line.removeprefix("persistent-kernel: "))
+        for line in restore_summary(report).splitlines()
+        if not line.startswith("  ") and not line.endswith("not restored:")
+    ]
+    head = "<br>".join(lines)
+    opened = " open" if len(rows) <= _FOLD_AFTER else ""
+    summary = f"{len(report.restored)} restored, {len(report.skipped)} not restored"
+    table = "".join(_row(row) for row in rows)
+    return (
+        "<div class='persistent-kernel-restore'>"
+        f"<b>persistent-kernel</b>: {head}"
+        f"<details{opened}><summary>{summary}</summary><table>"
+        + _row(("name", "type", "size", "status")).replace("td", "th")
+        + f"{table}</table></details><small>{html.escape(START_CLEAN)}</small></div>"
+    )
 
 
 def checkpoint_status(result: CheckpointResult | None, pending: bool, running: bool) -> str:

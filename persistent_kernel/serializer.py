@@ -33,7 +33,7 @@ import io
 import itertools
 import pickle
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 from typing import Any
@@ -133,15 +133,29 @@ def _dump(obj: Any, use_dill: bool) -> tuple[memoryview, list[pickle.PickleBuffe
     return out.getbuffer(), buffers, seen
 
 
-class _IdentityMatters(dict[type, bool]):
-    """type -> whether sharing an object of that type is sharing (C-speed lookups)."""
+class _TypeFlags(dict[type, bool]):
+    """type -> bool, computed once per type by *rule*; lookups run at C speed."""
+
+    def __init__(self, rule: Callable[[type], bool]) -> None:
+        super().__init__()
+        self.rule = rule
 
     def __missing__(self, tp: type) -> bool:
-        self[tp] = tp not in _VALUE_TYPES
-        return self[tp]
+        self[tp] = flag = self.rule(tp)
+        return flag
 
 
-_IDENTITY_MATTERS = _IdentityMatters()
+def _is_numpy_dtype(tp: type) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and issubclass(tp, numpy.dtype)
+
+
+#: Could sharing an object of this type be sharing? (Not for immutable values.)
+_IDENTITY_MATTERS = _TypeFlags(lambda tp: tp not in _VALUE_TYPES)
+#: Must an object of this type be looked at one by one? Functions and classes
+#: count only when defined in the notebook; numpy shares one dtype object among
+#: all arrays of a type, which is no sharing.
+_NEEDS_A_LOOK = _TypeFlags(lambda tp: issubclass(tp, _GLOBAL_TYPES) or _is_numpy_dtype(tp))
 
 
 def _shared_candidates(seen: list[Any], wrapper_id: int) -> dict[int, Any]:
@@ -149,25 +163,19 @@ def _shared_candidates(seen: list[Any], wrapper_id: int) -> dict[int, Any]:
 
     The objects are kept (not just their ids) so that an id cannot be reused
     by a temporary of another variable while the groups are being formed.
-    The first pass (type lookups through ``compress``) runs at C speed; only
-    objects of types that can be shared are looked at one by one.
+    Everything runs at C speed (``compress`` over per-type flags, ``dict(zip)``)
+    except a look at the few functions, classes and dtypes met.
     """
-    keep: dict[int, Any] = {}
-    numpy = sys.modules.get("numpy")
-    numpy_dtype = getattr(numpy, "dtype", None)
+    kept = list(itertools.compress(seen, map(_IDENTITY_MATTERS.__getitem__, map(type, seen))))
+    keep: dict[int, Any] = dict(zip(map(id, kept), kept, strict=True))
+    keep.pop(wrapper_id, None)
     # A module's globals (``__main__.__dict__`` for every notebook function) are
     # saved by reference: everyone "shares" them, which is no reason to group.
-    module_dicts = {id(getattr(m, "__dict__", None)) for m in list(sys.modules.values())}
-    flags = map(_IDENTITY_MATTERS.__getitem__, map(type, seen))
-    for obj in itertools.compress(seen, flags):
-        key = id(obj)
-        if key == wrapper_id or key in keep or key in module_dicts:
-            continue
-        if isinstance(obj, _GLOBAL_TYPES) and not _defined_in_main(obj):
-            continue
-        if numpy_dtype is not None and isinstance(obj, numpy_dtype):
-            continue  # numpy shares one dtype object among all arrays of a type
-        keep[key] = obj
+    for module in list(sys.modules.values()):
+        keep.pop(id(getattr(module, "__dict__", None)), None)
+    for obj in itertools.compress(kept, map(_NEEDS_A_LOOK.__getitem__, map(type, kept))):
+        if _is_numpy_dtype(type(obj)) or not _defined_in_main(obj):
+            keep.pop(id(obj), None)
     return keep
 
 
@@ -216,11 +224,15 @@ class _Groups:
         self.parent[self.find(a)] = self.find(b)
 
 
-def serialize(values: Mapping[str, Any]) -> Serialized:
+def serialize(
+    values: Mapping[str, Any], on_variable: Callable[[str], None] | None = None
+) -> Serialized:
     """Pickle *values* into groups; never raises for a bad value.
 
     Modules bound to names are recorded by name and re-imported on restore.
     Values that cannot be pickled land in ``skipped`` with a reason.
+    *on_variable* is told each name (or comma-joined group) before it is
+    pickled, so that a process killed while pickling can be blamed on it.
     """
     modules: dict[str, str] = {}
     types: dict[str, str] = {}
@@ -233,16 +245,18 @@ def serialize(values: Mapping[str, Any]) -> Serialized:
         if isinstance(value, ModuleType) and sys.modules.get(value.__name__) is value:
             modules[name] = value.__name__
             continue
+        if on_variable is not None:
+            on_variable(name)
         result = _pickle_one(name, value)
         if isinstance(result, str):
             skipped[name] = result
             continue
         singles[name] = result
         groups.find(name)
-        for key in result.shared:
-            other = owner.setdefault(key, name)
-            if other != name:
-                groups.union(name, other)
+        shared = result.shared.keys()
+        for key in shared & owner.keys():  # set operations: C speed for big variables
+            groups.union(name, owner[key])
+        owner.update(dict.fromkeys(shared, name))
 
     members: dict[str, list[str]] = {}
     for name in singles:
@@ -256,6 +270,8 @@ def serialize(values: Mapping[str, Any]) -> Serialized:
             payloads.append(Payload(names, one.pickler, one.data, one.buffers))
             continue
         use_dill = any(singles[n].pickler == "dill" for n in names)
+        if on_variable is not None:
+            on_variable(",".join(names))
         try:
             data, buffers, _ = _dump({n: values[n] for n in names}, use_dill)
         except Exception as exc:
@@ -272,17 +288,27 @@ def serialize(values: Mapping[str, Any]) -> Serialized:
     return Serialized(payloads, modules, types, skipped, notes)
 
 
-def load_payload(pickler: str, data: bytes, buffers: list[Any]) -> dict[str, Any]:
+def load_payload(
+    pickler: str, data: bytes, buffers: list[Any], main: ModuleType | None = None
+) -> dict[str, Any]:
     """Unpickle one group. **This runs code**: load only checkpoints you trust.
 
     *buffers* must be writable (bytearray, mmap) so restored arrays are too.
+    *main* is the module whose namespace notebook functions get as their
+    globals (default: this process's ``__main__``, as dill binds it), so a
+    namespace can be loaded somewhere other than ``__main__``.
     """
     if pickler == "pickle":
         result = pickle.loads(data, buffers=buffers)
     elif pickler == "dill":
         import dill
 
-        result = dill.loads(data, buffers=buffers)
+        if main is None:
+            result = dill.loads(data, buffers=buffers)
+        else:
+            unpickler = dill.Unpickler(io.BytesIO(data), buffers=buffers)
+            unpickler._main = main  # as dill.load_module does: `__main__` globals resolve here
+            result = unpickler.load()
     else:
         raise ValueError(f"unknown pickler {pickler!r}")
     if not isinstance(result, dict):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import json
+import mmap
 import os
 import select
 import signal
@@ -36,6 +37,29 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 Job = Callable[[], dict[str, Any]]
+
+
+class Beacon:
+    """A page of memory shared with a forked writer, naming what it is doing.
+
+    The writer sets it before pickling each variable; if the writer dies
+    (a crash in an extension's ``__reduce__``, the OOM killer), the kernel
+    reads the name of the variable it died on. Anonymous MAP_SHARED memory:
+    no file, no system call per update.
+    """
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._mem = mmap.mmap(-1, self.SIZE, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+
+    def set(self, text: str) -> None:
+        data = text.encode("utf-8", "replace")[: self.SIZE - 1]
+        self._mem[: len(data) + 1] = data + b"\0"
+
+    def get(self) -> str:
+        raw = self._mem[: self.SIZE]
+        return raw[: raw.index(b"\0")].decode("utf-8", "replace") if b"\0" in raw else ""
 
 
 def fork_supported() -> bool:
@@ -84,6 +108,7 @@ class Writer:
         self.started = time.monotonic()
         self.pause = 0.0  # seconds the kernel stopped to start this writer
         self.died = False  # the writer exited without reporting (killed, crashed)
+        self.beacon: Beacon | None = None  # what the writer was saving, if it says
         self._buffer = b""
 
     @property

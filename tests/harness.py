@@ -26,7 +26,9 @@ class Output:
 
     stdout: str = ""
     stderr: str = ""
+    text: str = ""  # stdout and text/plain displays, in the order they came
     results: list[str] = field(default_factory=list)
+    html: list[str] = field(default_factory=list)
     error: str | None = None
     payload: list[Any] = field(default_factory=list)
 
@@ -59,10 +61,14 @@ class Kernel:
             if kind == "stream":
                 if content["name"] == "stdout":
                     out.stdout += content["text"]
+                    out.text += content["text"]
                 else:
                     out.stderr += content["text"]
-            elif kind in ("execute_result", "display_data"):
-                out.results.append(content["data"].get("text/plain", ""))
+            elif kind in ("execute_result", "display_data", "update_display_data"):
+                plain = content["data"].get("text/plain", "")
+                out.results.append(plain)
+                out.text += plain + "\n"
+                out.html.append(content["data"].get("text/html", ""))
             elif kind == "error":
                 out.error = "\n".join(
                     [f"{content['ename']}: {content['evalue']}", *content["traceback"]]

@@ -31,11 +31,14 @@ def test_seed_survives_restart(kernels: KernelHarness) -> None:
     kernels.wait_generations(kernels.session(), 1)
     kernel.restart()
     out = kernel.run(CHECK_SEED).check()
-    assert SEED_OUT in out.stdout
-    assert "restored 5 variables from checkpoint 1" in out.stdout
-    assert "a, b, df1, np, pd" in out.stdout
+    assert SEED_OUT in out.text
+    assert "restored 5 variables from checkpoint 1" in out.text
+    assert "a, b, df1, np, pd" in out.text
     # the summary is shown once, on the first cell only
-    assert "restored" not in kernel.run("print('second')").check().stdout
+    assert "restored" not in kernel.run("print('second')").check().text
+    html = out.html[0]
+    assert "<table>" in html and "<td style='text-align:left'>df1</td>" in html
+    assert "pandas.DataFrame" in html.replace(".core.frame", "") and "%persist clear" in html
 
 
 def test_shutdown_then_new_kernel_restores(kernels: KernelHarness) -> None:
@@ -45,14 +48,14 @@ def test_shutdown_then_new_kernel_restores(kernels: KernelHarness) -> None:
     assert kernels.session().generations() == []
     kernel.shutdown()
     kernel = kernels.start()
-    assert SEED_OUT in kernel.run(CHECK_SEED).check().stdout
+    assert SEED_OUT in kernel.run(CHECK_SEED).check().text
 
 
 def test_restart_with_long_interval_saves_at_shutdown(kernels: KernelHarness) -> None:
     kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=3600"])
     kernel.run(SEED).check()
     kernel.restart()
-    assert SEED_OUT in kernel.run(CHECK_SEED).check().stdout
+    assert SEED_OUT in kernel.run(CHECK_SEED).check().text
 
 
 def test_sigkill_after_checkpoint(kernels: KernelHarness) -> None:
@@ -61,7 +64,7 @@ def test_sigkill_after_checkpoint(kernels: KernelHarness) -> None:
     kernels.wait_generations(kernels.session(), 1)
     kernel.kill()
     kernel = kernels.start()
-    assert SEED_OUT in kernel.run(CHECK_SEED).check().stdout
+    assert SEED_OUT in kernel.run(CHECK_SEED).check().text
 
 
 def test_sigterm_between_cells_saves(kernels: KernelHarness) -> None:
@@ -74,7 +77,7 @@ def test_sigterm_between_cells_saves(kernels: KernelHarness) -> None:
     assert not kernel.km.is_alive()
     kernel.shutdown()
     kernel = kernels.start()
-    assert SEED_OUT in kernel.run(CHECK_SEED).check().stdout
+    assert SEED_OUT in kernel.run(CHECK_SEED).check().text
 
 
 def test_exit_in_a_cell(kernels: KernelHarness) -> None:
@@ -87,7 +90,7 @@ def test_exit_in_a_cell(kernels: KernelHarness) -> None:
     assert not kernel.km.is_alive()
     kernel.shutdown()
     kernel = kernels.start()
-    assert SEED_OUT in kernel.run(CHECK_SEED).check().stdout
+    assert SEED_OUT in kernel.run(CHECK_SEED).check().text
 
 
 def test_interval_is_honoured(kernels: KernelHarness) -> None:
@@ -132,8 +135,8 @@ def test_excludes_from_argv(kernels: KernelHarness) -> None:
     assert b"s3cr3t" not in blobs
     kernel.restart()
     out = kernel.run("print(kept, 'secret_key' in dir(), 'token' in dir())").check()
-    assert "1 False False" in out.stdout
-    assert "excluded by configuration" in out.stdout
+    assert "1 False False" in out.text
+    assert "excluded by configuration" in out.text
 
 
 def test_unpicklable_objects_are_isolated(kernels: KernelHarness) -> None:
@@ -159,14 +162,14 @@ good = {"still": "here"}
 """
     ).check()
     kernels.wait_generations(kernels.session(), 1)
-    status = kernel.run("%persist").check().stdout
+    status = kernel.run("%persist").check().text
     for name in ("gen", "sock", "conn", "lock", "fh", "bad", "deep"):
         assert f"  {name}: " in status, (name, status)
     assert "open file" in status and "no pickling me" in status and "too deeply nested" in status
     kernel.run("sock.close(); conn.close(); fh.close()").check()
     kernel.restart()
     out = kernel.run("print(good, Bad.__name__)").check()
-    assert "{'still': 'here'} Bad" in out.stdout
+    assert "{'still': 'here'} Bad" in out.text
 
 
 def test_shared_references_and_notebook_definitions(kernels: KernelHarness) -> None:
@@ -197,9 +200,9 @@ def scaled(v):
         " np.__name__, co.OrderedDict.__name__, osp.__name__)\n"
         "factor = 10\nprint(square(2))"
     ).check()
-    assert "True True [1, 2, 9] True hi 3 12 15 numpy OrderedDict posixpath" in out.stdout
+    assert "True True [1, 2, 9] True hi 3 12 15 numpy OrderedDict posixpath" in out.text
     # a restored function sees the live globals, not a frozen copy
-    assert out.stdout.strip().endswith("40")
+    assert out.text.strip().endswith("40")
 
 
 def test_two_notebooks_in_one_folder(kernels: KernelHarness) -> None:
@@ -234,22 +237,22 @@ def test_persist_clear_gives_a_clean_start(kernels: KernelHarness) -> None:
     kernel.run("kept = 1").check()
     kernels.wait_generations(kernels.session(), 1)
     out = kernel.run("%persist clear").check()
-    assert "cleared" in out.stdout
+    assert "cleared" in out.text
     assert kernels.session().generations() == []
     kernel.restart()
-    assert kernel.run("print('kept' in dir())").check().stdout.strip() == "False"
+    assert kernel.run("print('kept' in dir())").check().text.strip() == "False"
 
 
 def test_persist_save_and_status(kernels: KernelHarness) -> None:
     kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=3600"])
     kernel.run("v = list(range(10))").check()
-    status = kernel.run("%persist").check().stdout
+    status = kernel.run("%persist").check().text
     assert "No checkpoint written" in status and "when the kernel is idle" in status
-    saved = kernel.run("%persist save").check().stdout
+    saved = kernel.run("%persist save").check().text
     assert "Checkpoint 1 written" in saved
     # returns after the commit: the generation is on disk when the cell ends
     assert kernels.session().generations() == [1]
-    status = kernel.run("%persist").check().stdout
+    status = kernel.run("%persist").check().text
     assert "generation 1" in status and "v" in status
     assert "invalid choice: 'bogus'" in kernel.run("%persist bogus").stderr
 
@@ -395,7 +398,7 @@ def test_kernel_answers_while_restoring_and_first_cell_waits(kernels: KernelHarn
     out = kernel.run("print(s1)").check()
     # the first cell waited for the 6 s restore, showing its progress meanwhile
     assert time.monotonic() - began >= 3
-    assert "payload 1" in out.stdout
+    assert "payload 1" in out.text
     assert any("restoring checkpoint 1" in r for r in out.results), out.results
 
 
@@ -416,6 +419,8 @@ def test_interrupting_a_restore_keeps_what_was_loaded(kernels: KernelHarness) ->
             continue
         if msg["msg_type"] == "stream":
             text += msg["content"]["text"]
+        elif msg["msg_type"] == "display_data":
+            text += msg["content"]["data"]["text/plain"]
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             break
     assert "after True False" in text, text
@@ -433,4 +438,4 @@ def test_dill_dump_module_in_the_kernel_saves_the_notebook(kernels: KernelHarnes
     kernel = kernels.start(args=NOW)
     kernel.run("import dill\nmarker_value = 41\ndill.dump_module('session.pkl')").check()
     out = kernel.run("print(dill.load_module_asdict('session.pkl')['marker_value'])").check()
-    assert out.stdout.strip().endswith("41")
+    assert out.text.strip().endswith("41")
