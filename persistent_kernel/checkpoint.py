@@ -280,6 +280,7 @@ class RestoreReport:
     versions: list[str] = field(default_factory=list)  # "pandas 2.2.0 (now 3.1.1)"
     # name -> {"type": ..., "size": bytes of its group or None}, from the manifest
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    renamed_from: str | None = None  # the notebook's old path, if it was renamed
     carried: list[CarriedGroup] = field(default_factory=list)  # groups not loaded, intact
 
 

@@ -34,7 +34,7 @@ from jupyter_core.paths import jupyter_data_dir
 from tornado.ioloop import IOLoop
 from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default, observe
 
-from . import checkpoint, namespace, report, serializer, snapshot
+from . import checkpoint, namespace, notebook, report, serializer, snapshot
 from .checkpoint import CheckpointResult, RestoreReport
 from .session import session_key
 from .store import SessionStore, Store, is_disk_error
@@ -210,6 +210,7 @@ class PersistentKernel(IPythonKernel):
 
     def _restore_at_start(self) -> None:
         session = self.session_store
+        renamed_from = self._adopt_renamed(session)
         waited, alive = session.wait_for_writers(self.writer_wait)
         if alive:
             self.log.warning(
@@ -219,6 +220,7 @@ class PersistentKernel(IPythonKernel):
         assert self.shell is not None
         result = checkpoint.restore_checkpoint(session, self.shell.user_ns, self._restore_progress)
         result.waited = waited
+        result.renamed_from = renamed_from
         self.restore_report = result
         self._carried = list(result.carried)
         if not (result.restored or result.skipped or result.problems):
@@ -241,6 +243,22 @@ class PersistentKernel(IPythonKernel):
             )
         # What was restored is on disk already: nothing to write until a cell runs.
         self._dirty = False
+
+    def _adopt_renamed(self, session: SessionStore) -> str | None:
+        """Take over the checkpoints of the notebook this one was renamed from."""
+        if self.notebook_path is None or session.generations():
+            return None
+        found = notebook.find_renamed(Store(self.checkpoint_dir), self.notebook_path)
+        if found is None:
+            return None
+        old, old_path = found
+        old.wait_for_writers(self.writer_wait)
+        try:
+            notebook.adopt(old, session)
+        except OSError as exc:
+            self.log.warning("persistent-kernel: could not adopt %s: %s", old.path, exc)
+            return None
+        return old_path
 
     def _show_restore_summary(self, *args: Any) -> None:
         if self._pending_summary and self.restore_report is not None:
@@ -312,11 +330,13 @@ class PersistentKernel(IPythonKernel):
             else:  # bound to something else since: worth a try again
                 del self._crashers[name]
         session = self.session_store
-        info = {"session": self.session_key, "notebook": self.notebook_path}
+        info: dict[str, Any] = {"session": self.session_key, "notebook": self.notebook_path}
         keep, carried = self.keep, list(self._carried)
         on_variable = beacon.set if beacon is not None else None
 
         def job() -> dict[str, Any]:
+            # Read in the writer, not the kernel: a notebook with outputs can be large.
+            info["notebook_cells"] = notebook.cell_ids(info["notebook"])
             return checkpoint.write_checkpoint(
                 session, values, skipped, info, keep, carried=carried, on_variable=on_variable
             ).to_dict()

@@ -54,6 +54,11 @@ def restore_summary(report: RestoreReport) -> str:
             f"from checkpoint {report.generation} ({when(report.created)}, "
             f"{human_size(report.size)})" + (f": {short_list(report.restored)}" if count else "")
         )
+    if report.renamed_from:
+        lines.append(
+            f"persistent-kernel: this notebook was renamed from {report.renamed_from}; "
+            "its checkpoints came along"
+        )
     if report.versions:
         lines.append(
             "persistent-kernel: the checkpoint was saved with " + ", ".join(report.versions)

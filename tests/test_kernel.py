@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from persistent_kernel.store import Store
 
@@ -439,3 +440,31 @@ def test_dill_dump_module_in_the_kernel_saves_the_notebook(kernels: KernelHarnes
     kernel.run("import dill\nmarker_value = 41\ndill.dump_module('session.pkl')").check()
     out = kernel.run("print(dill.load_module_asdict('session.pkl')['marker_value'])").check()
     assert out.text.strip().endswith("41")
+
+
+def write_notebook(path: Path, ids: list[str]) -> None:
+    cells = [{"id": i, "cell_type": "code", "source": "", "metadata": {}, "outputs": [],
+              "execution_count": None} for i in ids]  # fmt: skip
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4,
+                                "nbformat_minor": 5}))  # fmt: skip
+
+
+def test_a_renamed_notebook_keeps_its_state(kernels: KernelHarness) -> None:
+    write_notebook(kernels.cwd / "draft.ipynb", ["c1", "c2", "c3"])
+    write_notebook(kernels.cwd / "other.ipynb", ["o1", "o2"])
+    for name, value in (("draft.ipynb", "'mine'"), ("other.ipynb", "'theirs'")):
+        kernel = kernels.start(name, args=NOW)
+        kernel.run(f"x = {value}").check()
+        kernels.wait_generations(kernels.session(name), 1)
+        kernel.shutdown()
+    # "Duplicate": the original stays, so the copy starts clean
+    (kernels.cwd / "copy.ipynb").write_text((kernels.cwd / "draft.ipynb").read_text())
+    assert kernels.start("copy.ipynb").value("'x' in dir()") == "False"
+    # a rename (the server passes the new path at the next start) keeps its state
+    (kernels.cwd / "draft.ipynb").rename(kernels.cwd / "final.ipynb")
+    (kernels.cwd / "other.ipynb").unlink()  # gone too, but its cells are not ours
+    kernel = kernels.start("final.ipynb")
+    out = kernel.run("print(x)").check()
+    assert out.text.strip().endswith("mine")
+    assert f"renamed from {kernels.cwd / 'draft.ipynb'}" in out.text
+    assert kernels.session("draft.ipynb").generations() == []
