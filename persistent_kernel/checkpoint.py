@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from types import ModuleType
 from typing import Any
 
 from . import serializer
@@ -364,6 +365,7 @@ def load_generation(
     generation: int | None = None,
     names: Sequence[str] | None = None,
     progress: RestoreProgress | None = None,
+    main: ModuleType | None = None,
 ) -> tuple[dict[str, Any], RestoreReport]:
     """Load one generation (default: the newest) into a new dict, nothing else.
 
@@ -371,7 +373,11 @@ def load_generation(
     unpickled (their group-mates come along: they share objects). Raises
     :class:`NoCheckpoint`, :class:`CorruptCheckpoint` or
     :class:`UntrustedCheckpoint` for a generation that cannot be read whole.
-    **Unpickling runs code.**
+    Notebook functions get *main*'s namespace as their globals (default:
+    this process's ``__main__``); put the values into it for them to see
+    each other. Unlike a restore it leaves no crash marker, so a load that
+    dies outside the kernel does not make the kernel skip that data at its
+    next start. **Unpickling runs code.**
     """
     start = time.monotonic()
     if generation is None:
@@ -396,7 +402,7 @@ def load_generation(
     values: dict[str, Any] = {}
     report = RestoreReport()
     blobs = _read_groups(session, manifest, progress)
-    _load(session, manifest, blobs, values, report, progress)
+    _load(session, manifest, blobs, values, report, progress, main=main, markers=False)
     report.elapsed = time.monotonic() - start
     return values, report
 
@@ -443,7 +449,11 @@ def _load(
     into: dict[str, Any],
     report: RestoreReport,
     progress: RestoreProgress | None,
+    main: ModuleType | None = None,
+    markers: bool = True,
 ) -> None:
+    """Unpickle *blobs* into *into*. *markers*: leave a crash marker while a
+    group is unpickled, and skip groups whose unpickling killed a kernel."""
     content = manifest.content
     report.generation, report.created, report.size = (
         manifest.generation,
@@ -469,7 +479,7 @@ def _load(
                 report.restored.append(name)
             except Exception as exc:
                 report.skipped[name] = f"module {module} could not be imported ({exc})"
-    poisoned = session.poisoned()
+    poisoned = session.poisoned() if markers else set()
     for group, parts in zip(content["groups"], blobs, strict=True):
         if parts is None:  # damaged: already reported
             continue
@@ -484,16 +494,20 @@ def _load(
             report.skipped.update(dict.fromkeys(names, reason))
             report.carried.append(_carry(content, group))
             continue
-        session.begin_loading(group_id(group))
+        if markers:
+            session.begin_loading(group_id(group))
         try:
-            values = serializer.load_payload(group.get("pickler", ""), bytes(parts[0]), parts[1:])
+            values = serializer.load_payload(
+                group.get("pickler", ""), bytes(parts[0]), parts[1:], main
+            )
         except Exception as exc:
             reason = f"could not be loaded ({serializer.describe_error(exc)})"
             report.skipped.update(dict.fromkeys(names, reason))
             report.carried.append(_carry(content, group))
             continue
         finally:
-            session.end_loading()
+            if markers:
+                session.end_loading()
         into.update(values)
         report.restored.extend(values)
     report.restored.sort()
@@ -503,3 +517,45 @@ def _carry(content: dict[str, Any], group: dict[str, Any]) -> CarriedGroup:
     variables = content.get("variables", {})
     names = group.get("names", [])
     return CarriedGroup(dict(group), {n: variables[n] for n in names if n in variables})
+
+
+def variable_fingerprints(manifest: Manifest) -> dict[str, str]:
+    """name -> what identifies its saved bytes (its group's part hashes, or
+    its module), so two generations can be compared without unpickling."""
+    groups = manifest.content.get("groups") or []
+    prints: dict[str, str] = {}
+    for name, entry in dict(manifest.content.get("variables") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        index = entry.get("group")
+        if entry.get("module"):
+            prints[name] = f"module:{entry['module']}"
+        elif isinstance(index, int) and 0 <= index < len(groups):
+            prints[name] = ",".join(h for h, _ in groups[index].get("parts", []))
+    return prints
+
+
+def history(session: SessionStore) -> list[dict[str, Any]]:
+    """The readable generations, oldest first, each with the variables added,
+    changed and removed since the one before. Nothing is unpickled."""
+    rows: list[dict[str, Any]] = []
+    before: dict[str, str] = {}
+    for generation in session.generations():
+        try:
+            manifest = session.read_manifest(generation)
+        except (NoCheckpoint, CorruptCheckpoint, UntrustedCheckpoint):
+            continue
+        now = variable_fingerprints(manifest)
+        rows.append(
+            {
+                "generation": generation,
+                "created": manifest.created,
+                "size": manifest.size,
+                "variables": sorted(now),
+                "added": sorted(set(now) - set(before)),
+                "changed": sorted(n for n in set(now) & set(before) if now[n] != before[n]),
+                "removed": sorted(set(before) - set(now)),
+            }
+        )
+        before = now
+    return rows

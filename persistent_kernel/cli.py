@@ -1,9 +1,22 @@
-"""``persistent-kernel``: install the kernelspec, look at checkpoints.
+"""``persistent-kernel``: install the kernelspec; look at, export and remove checkpoints.
 
 Each subcommand is a function that returns data; ``main`` only parses
-flags, calls it and prints. Nothing here starts a kernel or unpickles.
+flags, calls it and prints the data (as text, or as JSON with ``--json``).
+Nothing here starts a kernel. Only ``export`` unpickles: it loads a
+checkpoint (one signed with your secret) to write it out again as one file.
 
-Exit codes: 0 success, 1 an operation failed, 2 bad usage.
+A session is named by its key as ``list`` shows it, or by the path of its
+notebook (for a console: its working directory), or by its directory name
+under ``sessions/``. Every subcommand that reads checkpoints takes
+``--checkpoint-dir`` (default: the kernel's default, :func:`default_root`).
+
+Exit codes:
+  0  success
+  1  the operation failed (I/O error, corrupt or untrusted checkpoint, session in use)
+  2  bad usage (unknown subcommand or flag, bad value)
+  3  no such session, generation or variable
+
+Errors are printed to stderr as one sentence.
 """
 
 from __future__ import annotations
@@ -11,20 +24,107 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import sys
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from jupyter_core.paths import jupyter_data_dir
 
-from . import kernelspec, report
-from .errors import CorruptCheckpoint, NoCheckpoint
-from .store import Store
+from . import exchange, kernelspec, report
+from .checkpoint import history
+from .errors import (
+    CorruptCheckpoint,
+    NoCheckpoint,
+    NoSuchVariable,
+    PersistentKernelError,
+    StoreBusy,
+    UntrustedCheckpoint,
+)
+from .session import resolve_session_arg
+from .store import Manifest, SessionStore, Store
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+
+EXIT_CODES = """\
+exit codes:
+  0  success
+  1  the operation failed (I/O error, corrupt or untrusted checkpoint, session in use)
+  2  bad usage (unknown subcommand or flag, bad value)
+  3  no such session, generation or variable"""
+
+#: How long rm and prune wait for a kernel writing a checkpoint of the session.
+LOCK_TIMEOUT = 60.0
 
 
 def default_root() -> str:
     """The storage root the kernel uses when ``checkpoint_dir`` is not set."""
     return os.path.join(jupyter_data_dir(), "persistent_kernel")
+
+
+# -- finding sessions --------------------------------------------------------------------
+
+
+def find_session(root: str, arg: str, cwd: str | None = None) -> SessionStore:
+    """The session *arg* names: a session key, a notebook or folder path, or a
+    session directory name. :class:`NoCheckpoint` if there is none."""
+    store = Store(root)
+    here = os.getcwd() if cwd is None else cwd
+    absolute = os.path.normpath(os.path.join(here, os.path.expanduser(arg)))
+    for key in dict.fromkeys([resolve_session_arg(arg, here), absolute]):
+        session = store.session(key)
+        if session.path.is_dir():
+            return session
+    if arg and "/" not in arg and arg not in (".", ".."):
+        directory = store.sessions_dir / arg
+        if directory.is_dir():
+            return SessionStore(directory, None, store.signer)
+    raise NoCheckpoint(f"there are no checkpoints of {arg} in {root}")
+
+
+def _label(session: SessionStore, manifest: Manifest | None = None) -> str:
+    if manifest is not None:
+        return manifest.session
+    return session.key or session.path.name
+
+
+def _manifest(session: SessionStore, generation: int | None) -> tuple[Manifest, list[str]]:
+    """The chosen generation's manifest (default: the newest readable one)."""
+    if generation is not None:
+        try:
+            return session.read_manifest(generation), []
+        except NoCheckpoint:
+            raise NoCheckpoint(f"{_label(session)} has no generation {generation}") from None
+    if not session.generations():
+        raise NoCheckpoint(f"{_label(session)} has no checkpoints")
+    try:
+        return session.latest()
+    except NoCheckpoint as exc:
+        raise CorruptCheckpoint(f"no checkpoint of {_label(session)} can be read ({exc})") from exc
+
+
+def _describe(session: SessionStore) -> dict[str, Any]:
+    """What a removal reports about a session; nothing unpickled."""
+    try:
+        manifest: Manifest | None = session.latest()[0]
+    except NoCheckpoint:
+        manifest = None
+    return {
+        "session": _label(session, manifest),
+        "notebook": manifest.notebook if manifest else None,
+        "directory": str(session.path),
+        "generations": len(session.generations()),
+        "newest": manifest.created if manifest else None,
+        "disk_usage": session.disk_usage(),
+    }
+
+
+# -- subcommands: each returns data ------------------------------------------------------
 
 
 def list_sessions(root: str) -> list[dict[str, Any]]:
@@ -55,6 +155,240 @@ def list_sessions(root: str) -> list[dict[str, Any]]:
     return rows
 
 
+def show_session(root: str, arg: str, generation: int | None = None) -> dict[str, Any]:
+    """The variables of one generation (default: the newest) with type, size and
+    status, from its manifest alone.
+
+    ``size`` is the size of the variable's group: variables that share objects
+    are saved together (``shared_with``), and a module bound to a name is
+    saved as its name (size 0).
+    """
+    session = find_session(root, arg)
+    manifest, problems = _manifest(session, generation)
+    content = manifest.content
+    variables, groups, skipped = _parts(manifest)
+    rows: list[dict[str, Any]] = []
+    for name, entry in variables.items():
+        module = entry.get("module")
+        group = groups[entry["group"]] if not module else {}
+        rows.append(
+            {
+                "name": name,
+                "type": entry.get("type", "?"),
+                "status": "saved",
+                "reason": None,
+                "size": 0 if module else group.get("size"),
+                "module": module,
+                "shared_with": [n for n in group.get("names", []) if n != name],
+                "carried": bool(entry.get("carried")),
+            }
+        )
+    for name, reason in skipped.items():
+        rows.append(
+            {
+                "name": name,
+                "type": None,
+                "status": "skipped",
+                "reason": str(reason),
+                "size": None,
+                "module": None,
+                "shared_with": [],
+                "carried": False,
+            }
+        )
+    rows.sort(key=lambda r: str(r["name"]))
+    return {
+        "session": manifest.session,
+        "notebook": manifest.notebook,
+        "directory": str(session.path),
+        "generation": manifest.generation,
+        "generations": session.generations(),
+        "created": manifest.created,
+        "size": manifest.size,
+        "python": manifest.raw.get("python"),
+        "dill": manifest.raw.get("dill"),
+        "persistent_kernel": manifest.raw.get("persistent_kernel"),
+        "packages": dict(content.get("packages") or {}),
+        "variables": rows,
+        "notes": [str(n) for n in content.get("notes") or []],
+        "problems": problems,
+    }
+
+
+def _parts(manifest: Manifest) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
+    """A manifest's variables, groups and skipped names, checked for shape."""
+    content = manifest.content
+    variables = content.get("variables") or {}
+    groups = content.get("groups") or []
+    skipped = content.get("skipped") or {}
+    shaped = isinstance(variables, dict) and isinstance(groups, list) and isinstance(skipped, dict)
+    if shaped:
+        shaped = all(
+            isinstance(entry, dict) and (entry.get("module") or _group_of(entry, groups))
+            for entry in variables.values()
+        )
+    if not shaped:
+        raise CorruptCheckpoint(f"the manifest of generation {manifest.generation} is malformed")
+    return variables, groups, skipped
+
+
+def _group_of(entry: dict[str, Any], groups: list[Any]) -> dict[str, Any] | None:
+    index = entry.get("group")
+    if isinstance(index, int) and 0 <= index < len(groups) and isinstance(groups[index], dict):
+        return dict(groups[index])
+    return None
+
+
+def session_history(root: str, arg: str) -> dict[str, Any]:
+    """The generations kept, oldest first, each with the variables added,
+    changed and removed since the readable generation before it (``previous``),
+    as :func:`persistent_kernel.checkpoint.history` compares them.
+
+    A variable counts as changed when its group's saved bytes differ, so a
+    change to one of several variables sharing objects shows on all of them.
+    The oldest generation kept lists everything as added. A generation whose
+    manifest is unreadable is listed too, with ``error``, and compared with
+    nothing.
+    """
+    session = find_session(root, arg)
+    numbers = session.generations()
+    if not numbers:
+        raise NoCheckpoint(f"{_label(session)} has no checkpoints")
+    readable = {row["generation"]: row for row in history(session)}
+    rows: list[dict[str, Any]] = []
+    previous: int | None = None
+    for number in numbers:
+        if number in readable:
+            rows.append({**readable[number], "previous": previous, "error": None})
+            previous = number
+            continue
+        try:
+            session.read_manifest(number)
+        except (CorruptCheckpoint, UntrustedCheckpoint) as exc:
+            rows.append(
+                {"generation": number, "created": None, "size": None, "variables": [],
+                 "added": [], "changed": [], "removed": [], "previous": None,
+                 "error": str(exc)}
+            )  # fmt: skip
+        except NoCheckpoint:  # pruned meanwhile
+            pass
+    described = _describe(session)
+    return {
+        "session": described["session"],
+        "notebook": described["notebook"],
+        "directory": str(session.path),
+        "generations": rows,
+    }
+
+
+def export_session(
+    root: str,
+    arg: str,
+    path: str,
+    generation: int | None = None,
+    names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Write a generation (default: the newest intact) to *path* as one file that
+    ``dill.load_module`` loads without this package; see :mod:`.exchange`."""
+    session = find_session(root, arg)
+    if generation is not None:
+        _manifest(session, generation)  # "no such generation", worded for this session
+    elif not session.generations():
+        raise NoCheckpoint(f"{_label(session)} has no checkpoints")
+    try:
+        result = exchange.export_generation(session, path, generation, names or None)
+    except (NoCheckpoint, NoSuchVariable) as exc:
+        raise type(exc)(f"{_label(session)}: {exc}") from exc
+    return {"session": _label(session), **result.to_dict()}
+
+
+def remove_session(root: str, arg: str, lock_timeout: float = LOCK_TIMEOUT) -> dict[str, Any]:
+    """Delete a session's checkpoints and its directory, holding its lock.
+
+    :class:`StoreBusy` if a kernel is writing a checkpoint of it. A kernel
+    still running on that notebook starts a new checkpoint after its next
+    change (``%persist clear`` there forgets it from inside).
+    """
+    session = find_session(root, arg)
+    removed = _describe(session)
+    _remove(session, lock_timeout)
+    return removed
+
+
+def _remove(session: SessionStore, lock_timeout: float) -> None:
+    with session.locked(lock_timeout):
+        if session.running_writers():
+            raise StoreBusy(
+                f"a kernel is writing a checkpoint of {_label(session)}; try again when it is done"
+            )
+        shutil.rmtree(session.path)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or a sum like ``1d12h``."""
+    compact = text.strip().lower()
+    if not compact or _DURATION.sub("", compact):
+        raise ValueError(f"{text!r} is not a duration like 30d, 12h or 90m")
+    return sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(compact))
+
+
+def _newest_time(session: SessionStore, newest: float | None) -> float:
+    """When the session last checkpointed: its newest readable manifest, else the
+    newest file of it (for a session whose manifests are all unreadable)."""
+    if newest is not None:
+        return newest
+    times = [session.path.stat().st_mtime]
+    for directory in (session.generations_dir, session.objects_dir):
+        try:
+            times.extend(e.stat().st_mtime for e in directory.iterdir())
+        except OSError:
+            continue
+    return max(times)
+
+
+def prune_sessions(
+    root: str,
+    older_than: float,
+    dry_run: bool = False,
+    now: float | None = None,
+    lock_timeout: float = LOCK_TIMEOUT,
+) -> dict[str, Any]:
+    """Delete every session whose newest checkpoint is more than *older_than*
+    seconds old (``dry_run``: only say which). A session in use is left alone
+    and listed under ``failed``."""
+    now = time.time() if now is None else now
+    removed: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    for session in Store(root).sessions():
+        try:
+            info = _describe(session)
+            age = now - _newest_time(session, info["newest"])
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        if age <= older_than:
+            continue
+        info["age"] = age
+        if not dry_run:
+            try:
+                _remove(session, lock_timeout)
+            except OSError as exc:
+                failed.append({**info, "error": _sentence(exc)})
+                continue
+        removed.append(info)
+    return {"older_than": older_than, "dry_run": dry_run, "removed": removed, "failed": failed}
+
+
+# -- printing ----------------------------------------------------------------------------
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=1))
+
+
 def _print_sessions(rows: list[dict[str, Any]]) -> None:
     if not rows:
         print("No checkpoints.")
@@ -71,14 +405,146 @@ def _print_sessions(rows: list[dict[str, Any]]) -> None:
             print(f"  warning: {problem}")
 
 
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return [
+        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
+        for row in rows
+    ]
+
+
+def _print_show(data: dict[str, Any]) -> None:
+    print(f"Session:    {data['session']}")
+    print(
+        f"Generation: {data['generation']} (of {len(data['generations'])} kept), "
+        f"{report.when(data['created'])}, {report.human_size(data['size'])}"
+    )
+    print(
+        f"Written by: Python {data['python']}, dill {data['dill']}, "
+        f"persistent_kernel {data['persistent_kernel']}"
+    )
+    rows = [["NAME", "TYPE", "SIZE", "STATUS"]]
+    for var in data["variables"]:
+        if var["status"] == "skipped":
+            status = f"skipped: {var['reason']}"
+        elif var["module"]:
+            status = f"saved (import {var['module']})"
+        elif var["shared_with"]:
+            status = f"saved (with {', '.join(var['shared_with'])})"
+        else:
+            status = "saved"
+        if var["carried"]:
+            status += ", carried over: not loaded at the last restore"
+        size = "-" if var["size"] is None else report.human_size(var["size"])
+        rows.append([var["name"], var["type"] or "-", size, status])
+    for line in _table(rows):
+        print(f"  {line}")
+    for note in data["notes"]:
+        print(f"Note: {note}")
+    for problem in data["problems"]:
+        print(f"Warning: {problem}")
+
+
+def _print_history(data: dict[str, Any]) -> None:
+    print(f"Session: {data['session']}")
+    rows = [["GEN", "CREATED", "SIZE", "CHANGES"]]
+    for row in data["generations"]:
+        if row["error"]:
+            rows.append([str(row["generation"]), "-", "-", f"unreadable: {row['error']}"])
+            continue
+        changes = "; ".join(
+            f"{label} {report.short_list(row[key], 8)}"
+            for key, label in (("added", "added"), ("changed", "changed"), ("removed", "removed"))
+            if row[key]
+        )
+        rows.append(
+            [
+                str(row["generation"]),
+                report.when(row["created"]),
+                report.human_size(row["size"]),
+                changes or "no variable changed",
+            ]
+        )
+    for line in _table(rows):
+        print(f"  {line}")
+
+
+def _print_export(data: dict[str, Any]) -> None:
+    print(
+        f"Exported {len(data['written'])} variable(s) from generation {data['generation']} of "
+        f"{data['session']} to {data['path']}: {report.short_list(data['written'], 20) or '-'}"
+    )
+    for name, reason in data["skipped"].items():
+        print(f"  not exported {name}: {reason}")
+    for problem in data["problems"]:
+        print(f"Warning: {problem}")
+    print(f"Load them with: import dill; dill.load_module({data['path']!r})")
+
+
+def _print_removed(data: dict[str, Any]) -> None:
+    print(
+        f"Removed the checkpoints of {data['session']} ({data['generations']} generation(s), "
+        f"{report.human_size(data['disk_usage'])} on disk)."
+    )
+
+
+def _print_prune(data: dict[str, Any]) -> None:
+    verb = "Would remove" if data["dry_run"] else "Removed"
+    for row in data["removed"]:
+        newest = report.when(row["newest"]) if row["newest"] else "none readable"
+        print(
+            f"{verb} {row['session']} (newest checkpoint {newest}, "
+            f"{report.human_size(row['disk_usage'])} on disk)"
+        )
+    if not data["removed"] and not data["failed"]:
+        print("No session is that old.")
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def _generation(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a generation number (1, 2, ...)")
+    return int(text)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="persistent-kernel",
         description="Manage the Python (persistent) Jupyter kernel and its checkpoints.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    inst = sub.add_parser("install", help="install the kernelspec for this Python")
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument(
+        "--checkpoint-dir", default=None, help="storage root (default: the kernel's default)"
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON")
+    session = argparse.ArgumentParser(add_help=False)
+    session.add_argument("session", metavar="SESSION|NOTEBOOK", help="session key or notebook path")
+
+    def add(name: str, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            parents=list(parents),
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    inst = add("install", "install the kernelspec for this Python")
     where = inst.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="install for the current user")
     where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix")
@@ -88,32 +554,102 @@ def build_parser() -> argparse.ArgumentParser:
         "--display-name", default=kernelspec.DISPLAY_NAME, help="name shown in Jupyter"
     )
 
-    lst = sub.add_parser("list", help="list sessions with checkpoints (nothing is unpickled)")
-    lst.add_argument("--json", action="store_true", help="print JSON")
-    lst.add_argument(
-        "--checkpoint-dir", default=None, help="storage root (default: the kernel's default)"
-    )
+    add("list", "list sessions with checkpoints (nothing is unpickled)", as_json, store)
+
+    show = add(
+        "show", "show a generation's variables: type, size, status (nothing is unpickled)",
+        session, as_json, store,
+    )  # fmt: skip
+    show.add_argument("--generation", type=_generation, help="generation (default: the newest)")
+
+    add(
+        "history", "list the generations kept, with the variables each added, changed, removed",
+        session, as_json, store,
+    )  # fmt: skip
+
+    export = add(
+        "export",
+        "write a generation to one file that plain dill.load_module(PATH) loads "
+        "(this loads the checkpoint, which runs its code)",
+        session, as_json, store,
+    )  # fmt: skip
+    export.add_argument("path", metavar="PATH", help="the file to write (replaced if it exists)")
+    export.add_argument("names", metavar="NAME", nargs="*", help="variables to export (all)")
+    export.add_argument("--generation", type=_generation, help="generation (default: the newest)")
+
+    add("rm", "delete a session's checkpoints", session, as_json, store)
+
+    prune = add(
+        "prune", "delete the sessions whose newest checkpoint is older than DURATION",
+        as_json, store,
+    )  # fmt: skip
+    prune.add_argument(
+        "--older-than", type=_duration, required=True, metavar="DURATION",
+        help="age such as 30d, 12h, 90m (units s, m, h, d, w)",
+    )  # fmt: skip
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     return parser
 
 
+def _sentence(exc: BaseException) -> str:
+    """An error as one plain sentence."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text
+
+
+def _fail(exc: BaseException, code: int) -> NoReturn:
+    print(f"persistent-kernel: {_sentence(exc)}", file=sys.stderr)
+    raise SystemExit(code) from exc
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Call the subcommand *args* names; print its data. Returns the exit code."""
+    root = getattr(args, "checkpoint_dir", None) or default_root()
+    printers: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
+        "list": (lambda: list_sessions(root), _print_sessions),
+        "show": (lambda: show_session(root, args.session, args.generation), _print_show),
+        "history": (lambda: session_history(root, args.session), _print_history),
+        "export": (
+            lambda: export_session(root, args.session, args.path, args.generation, args.names),
+            _print_export,
+        ),
+        "rm": (lambda: remove_session(root, args.session), _print_removed),
+        "prune": (lambda: prune_sessions(root, args.older_than, args.dry_run), _print_prune),
+    }
+    if args.command == "install":
+        path = kernelspec.install(
+            user=args.user,
+            prefix=args.prefix,
+            sys_prefix=args.sys_prefix,
+            name=args.name,
+            display_name=args.display_name,
+        )
+        print(f"Installed kernelspec {args.name} in {path}")
+        return EXIT_OK
+    compute, show = printers[args.command]
+    data = compute()
+    if args.json:
+        _print_json(data)
+    else:
+        show(data)
+    failed = data.get("failed") if isinstance(data, dict) else None
+    for row in failed or []:
+        print(
+            f"persistent-kernel: {row['session']} was not removed: {row['error']}", file=sys.stderr
+        )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    """The ``persistent-kernel`` command; exits with the codes in :data:`EXIT_CODES`."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "install":
-            path = kernelspec.install(
-                user=args.user,
-                prefix=args.prefix,
-                sys_prefix=args.sys_prefix,
-                name=args.name,
-                display_name=args.display_name,
-            )
-            print(f"Installed kernelspec {args.name} in {path}")
-        elif args.command == "list":
-            rows = list_sessions(args.checkpoint_dir or default_root())
-            if args.json:
-                print(json.dumps(rows, indent=1))
-            else:
-                _print_sessions(rows)
-    except OSError as exc:
-        print(f"persistent-kernel: {exc}", file=sys.stderr)
-        raise SystemExit(1) from exc
+        code = _run(args)
+    except (NoCheckpoint, NoSuchVariable) as exc:
+        _fail(exc, EXIT_NOT_FOUND)
+    except (PersistentKernelError, OSError) as exc:
+        _fail(exc, EXIT_FAILED)
+    if code != EXIT_OK:
+        raise SystemExit(code)

@@ -39,3 +39,11 @@ class StoreBusy(PersistentKernelError, TimeoutError):
 
 class CheckpointFailed(PersistentKernelError, RuntimeError):
     """Writing a checkpoint failed; the previous checkpoint is untouched."""
+
+
+class NoSuchVariable(PersistentKernelError, LookupError):
+    """A generation was asked for a variable it never held."""
+
+
+class ExportFailed(PersistentKernelError, RuntimeError):
+    """A generation could not be written out as a file; nothing was replaced."""

@@ -126,6 +126,7 @@ class PersistentKernel(IPythonKernel):
         self._retry_at = 0.0
         self._pending_notices: list[str] = []
         self._crashers: dict[str, tuple[int, str]] = {}  # name -> (id of value, reason)
+        self._settings: dict[str, Any] | None = None
         if self.shell is not None:
             serializer.import_dill()  # now that __main__ is the notebook's namespace
             # `%config PersistentKernel.x = y` reaches the configurables listed here.
@@ -140,6 +141,18 @@ class PersistentKernel(IPythonKernel):
     @property
     def session_store(self) -> SessionStore:
         return Store(self.checkpoint_dir).session(self.session_key)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """This notebook's ``%persist exclude``/``include`` lists, read once."""
+        if self._settings is None:
+            self._settings = self.session_store.read_settings()
+        return self._settings
+
+    def update_settings(self, settings: dict[str, Any]) -> None:
+        """Keep *settings* for this notebook, across restarts."""
+        self.session_store.write_settings(settings)
+        self._settings = settings
 
     def _use_fork(self) -> bool:
         return self.background != "inline" and snapshot.fork_supported() and not self._fork_broken
@@ -321,7 +334,10 @@ class PersistentKernel(IPythonKernel):
     def _job(self, beacon: snapshot.Beacon | None) -> tuple[snapshot.Job, SessionStore]:
         assert self.shell is not None
         values, skipped = namespace.select(
-            self.shell.user_ns, self.shell.user_ns_hidden, self.exclude
+            self.shell.user_ns,
+            self.shell.user_ns_hidden,
+            [*self.exclude, *self.settings.get("exclude", [])],
+            self.settings.get("include", []),
         )
         for name, (ident, reason) in list(self._crashers.items()):
             if name in values and id(values[name]) == ident:

@@ -1,16 +1,41 @@
-"""``%persist``: a thin shell over the kernel's checkpoint policy and the store."""
+"""``%persist``: a thin shell over the kernel's checkpoint policy and the store.
+
+One small method per subcommand; parsing by IPython's ``magic_arguments``,
+so ``%persist?`` documents them all.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from . import report
+from . import checkpoint, report
+from .errors import PersistentKernelError
 
 if TYPE_CHECKING:
     from .kernel import PersistentKernel
+
+COMMANDS = {
+    "status": "the last checkpoint (when, generation, size, saved, skipped and why); "
+    "whether one is pending",
+    "save": "checkpoint now; returns once the checkpoint is committed",
+    "history": "the generations kept: when, size, variables added / changed / removed",
+    "restore": "restore [GENERATION] [NAME ...]: bring back a generation (default: the "
+    "newest), or some of its variables, into the live namespace",
+    "exclude": "exclude NAME|GLOB ...: never save these names (kept for this notebook "
+    "across restarts)",
+    "include": "include NAME|GLOB ...: save these names again, even if configured out",
+    "off": "stop automatic checkpoints in this kernel (%persist save still works)",
+    "on": "resume automatic checkpoints",
+    "clear": "forget this notebook's checkpoints, so the next start is clean",
+    "export": "export PATH [NAME ...]: checkpoint, then write one file that plain "
+    "dill.load_module(PATH) loads anywhere with dill and the same libraries",
+    "import": "import PATH: load a file made by export or by dill.dump_module into the "
+    "namespace; this runs the file's code, so import only files you trust",
+}
 
 
 @magics_class
@@ -26,37 +51,41 @@ class PersistMagics(Magics):
         "command",
         nargs="?",
         default="status",
-        choices=["status", "save", "clear"],
-        help="""status (default): the last checkpoint (when, generation, size, what was
-        saved and skipped, why) and whether one is pending.
-        save: checkpoint now; returns once the checkpoint is committed.
-        clear: forget this notebook's checkpoints, so the next start is clean.""",
+        choices=list(COMMANDS),
+        help="; ".join(f"{name}: {text}" for name, text in COMMANDS.items()).replace("%", "%%"),
     )
+    @argument("args", nargs="*", help="what the command works on (see above)")
     @line_magic
     def persist(self, line: str) -> None:
         """Show or control this notebook's checkpoints."""
         args = parse_argstring(self.persist, line)
-        getattr(self, f"_{args.command}")()
+        try:
+            getattr(self, f"_{args.command}")(list(args.args))
+        except PersistentKernelError as exc:
+            raise UsageError(str(exc)) from exc
 
-    def _status(self) -> None:
+    def _no_args(self, args: list[str], command: str) -> None:
+        if args:
+            raise UsageError(f"%persist {command} takes no arguments")
+
+    # -- subcommands --------------------------------------------------------------
+
+    def _status(self, args: list[str]) -> None:
+        self._no_args(args, "status")
         kernel = self.kernel
         kernel.wait_for_writer(timeout=0)
         print(f"Session: {kernel.session_key}")
+        if not kernel.autosave:
+            print("Automatic checkpoints are off (%persist on resumes them).")
         print(
             report.checkpoint_status(
                 kernel.last_result, pending=kernel._dirty, running=kernel._writer is not None
             )
         )
 
-    def _save(self) -> None:
-        kernel = self.kernel
-        kernel.wait_for_writer()
-        writer = kernel.start_checkpoint()
-        if not writer.done:
-            kernel.wait_for_writer()
-        # This cell's own changes are in the checkpoint just written.
-        kernel._skip_dirty_once = True
-        result = kernel.last_result
+    def _save(self, args: list[str]) -> None:
+        self._no_args(args, "save")
+        result = self._checkpoint_now()
         if result is not None and result.ok:
             state = "unchanged" if result.unchanged else "written"
             print(
@@ -69,7 +98,78 @@ class PersistMagics(Magics):
             error = result.error if result is not None else "no result"
             print(f"The checkpoint failed: {error}. The previous checkpoint is unchanged.")
 
-    def _clear(self) -> None:
+    def _checkpoint_now(self) -> checkpoint.CheckpointResult | None:
+        kernel = self.kernel
+        kernel.wait_for_writer()
+        writer = kernel.start_checkpoint()
+        if not writer.done:
+            kernel.wait_for_writer()
+        # This cell's own changes are in the checkpoint just written.
+        kernel._skip_dirty_once = True
+        return kernel.last_result
+
+    def _history(self, args: list[str]) -> None:
+        self._no_args(args, "history")
+        rows = checkpoint.history(self.kernel.session_store)
+        if not rows:
+            print("No checkpoints yet.")
+        for row in rows:
+            changes = "; ".join(
+                f"{label} {report.short_list(row[key], 8)}"
+                for key, label in (("added", "+"), ("changed", "~"), ("removed", "-"))
+                if row[key]
+            )
+            print(
+                f"{row['generation']:>4}  {report.when(row['created'])}  "
+                f"{report.human_size(row['size']):>10}  {changes or 'no change'}"
+            )
+
+    def _restore(self, args: list[str]) -> None:
+        generation = int(args.pop(0)) if args and args[0].isdigit() else None
+        session = self.kernel.session_store
+        values, rep = checkpoint.load_generation(session, generation, args or None)
+        if args:
+            values = {name: values[name] for name in args if name in values}
+        assert self.shell is not None
+        self.shell.user_ns.update(values)
+        print(
+            f"Restored {len(values)} variable(s) from generation {rep.generation} "
+            f"({report.when(rep.created)}): {report.short_list(sorted(values))}"
+        )
+        for name, reason in rep.skipped.items():
+            if not args or name in args:
+                print(f"  not restored {name}: {reason}")
+
+    def _exclude(self, args: list[str]) -> None:
+        if not args:
+            raise UsageError("%persist exclude needs names or globs")
+        settings = dict(self.kernel.settings)
+        exclude = [p for p in settings.get("exclude", []) if p not in args] + args
+        include = [p for p in settings.get("include", []) if p not in args]
+        self.kernel.update_settings({**settings, "exclude": exclude, "include": include})
+        print(f"Not saved from now on, in this notebook: {', '.join(exclude)}")
+
+    def _include(self, args: list[str]) -> None:
+        if not args:
+            raise UsageError("%persist include needs names or globs")
+        settings = dict(self.kernel.settings)
+        exclude = [p for p in settings.get("exclude", []) if p not in args]
+        include = [p for p in settings.get("include", []) if p not in args] + args
+        self.kernel.update_settings({**settings, "exclude": exclude, "include": include})
+        print(f"Saved again from now on: {', '.join(args)}")
+
+    def _off(self, args: list[str]) -> None:
+        self._no_args(args, "off")
+        self.kernel.autosave = False
+        print("Automatic checkpoints are off in this kernel; %persist save still works.")
+
+    def _on(self, args: list[str]) -> None:
+        self._no_args(args, "on")
+        self.kernel.autosave = True
+        print("Automatic checkpoints are on.")
+
+    def _clear(self, args: list[str]) -> None:
+        self._no_args(args, "clear")
         kernel = self.kernel
         kernel.wait_for_writer()
         session = kernel.session_store
@@ -82,4 +182,33 @@ class PersistMagics(Magics):
         print(
             "Checkpoints of this notebook cleared: restart the kernel to start clean. "
             "Cells you run from now on are checkpointed again."
+        )
+
+    def _export(self, args: list[str]) -> None:
+        from . import exchange
+
+        if not args:
+            raise UsageError("%persist export needs a path")
+        path, names = args[0], args[1:]
+        result = self._checkpoint_now()
+        if result is None or not result.ok:
+            raise UsageError("the checkpoint to export could not be written")
+        exported = exchange.export_generation(self.kernel.session_store, path, None, names or None)
+        print(
+            f"Exported {len(exported.written)} variable(s) to {path}: load them anywhere with "
+            f"dill.load_module({path!r})"
+        )
+        for name, reason in exported.skipped.items():
+            print(f"  not exported {name}: {reason}")
+
+    def _import(self, args: list[str]) -> None:
+        from . import exchange
+
+        if len(args) != 1:
+            raise UsageError("%persist import takes one path")
+        assert self.shell is not None
+        imported = exchange.import_file(args[0], self.shell.user_ns)
+        print(
+            f"Imported {len(imported.imported)} variable(s) from {args[0]} (this ran the file's "
+            f"code, as loading any pickle does): {report.short_list(sorted(imported.imported))}"
         )

@@ -86,21 +86,25 @@ def select(
     user_ns: Mapping[str, Any],
     hidden: Mapping[str, Any],
     exclude: Iterable[str] = (),
+    include: Iterable[str] = (),
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Split *user_ns* into what to save and what to skip.
+
+    A name matching an *exclude* glob is skipped unless it also matches an
+    *include* glob (``%persist include`` overrides configured excludes).
 
     Returns ``(to_save, skipped)``: ``to_save`` maps names to values;
     ``skipped`` maps the names a user would expect to see saved but that are
     not (excluded, open files, locks) to a one-line reason. Internals are
     left out silently: nobody expects ``_i3`` back.
     """
-    patterns = list(exclude)
+    patterns, overrides = list(exclude), list(include)
     to_save: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for name, value in list(user_ns.items()):
         if is_internal(name, value, hidden):
             continue
-        if matches_any(name, patterns):
+        if matches_any(name, patterns) and not matches_any(name, overrides):
             skipped[name] = "excluded by configuration"
             continue
         reason = unsaveable_reason(value)

@@ -260,6 +260,21 @@ class SessionStore:
                 return waited, len(alive)
             time.sleep(0.05)
 
+    # -- settings -----------------------------------------------------------------
+
+    def read_settings(self) -> dict[str, Any]:
+        """Per-session preferences (``%persist exclude``/``include``); {} if none."""
+        try:
+            data = json.loads(read_private(self.path / "settings.json"))
+        except (OSError, ValueError, UntrustedCheckpoint):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def write_settings(self, settings: dict[str, Any]) -> None:
+        self.ensure()
+        data = json.dumps(settings, indent=1, sort_keys=True).encode()
+        write_atomic(self.path, "settings.json", [data])
+
     # -- crash markers --------------------------------------------------------------
 
     def begin_loading(self, digest: str) -> None:

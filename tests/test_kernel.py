@@ -468,3 +468,69 @@ def test_a_renamed_notebook_keeps_its_state(kernels: KernelHarness) -> None:
     assert out.text.strip().endswith("mine")
     assert f"renamed from {kernels.cwd / 'draft.ipynb'}" in out.text
     assert kernels.session("draft.ipynb").generations() == []
+
+
+def test_persist_history_and_restore_an_earlier_generation(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=3600"])
+    for cell in ("a = 1\nb = [1]", "a = 2\nc = 'new'", "del b"):
+        kernel.run(cell).check()
+        kernel.run("%persist save").check()
+    history = kernel.run("%persist history").check().stdout.splitlines()
+    assert len(history) == 3
+    assert "+ a, b" in history[0]
+    assert "+ c" in history[1] and "~ a" in history[1]
+    assert "- b" in history[2]
+    out = kernel.run("%persist restore 1 b").check().stdout
+    assert "Restored 1 variable(s) from generation 1" in out
+    assert kernel.value("(a, b, c)") == "(2, [1], 'new')"  # only b came back
+    kernel.run("%persist restore 1").check()
+    assert kernel.value("a") == "1"
+    assert "no variable zzz" in kernel.run("%persist restore 1 zzz").stderr
+
+
+def test_persist_exclude_include_are_kept_across_restarts(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=[*NOW, "--PersistentKernel.exclude=['cfg_*']"])
+    kernel.run("%persist exclude token* password").check()
+    kernel.run("token_a = 'x'\npassword = 'y'\ncfg_one = 1\nkept = 2").check()
+    kernel.run("%persist include cfg_one").check()
+    kernel.run("%persist save").check()
+    manifest, _ = kernels.session().latest()
+    assert set(manifest.content["variables"]) == {"kept", "cfg_one"}
+    kernel.restart()  # the notebook's own lists survive the restart
+    kernel.run("token_b = 'z'\n%persist save").check()
+    manifest, _ = kernels.session().latest()
+    assert "token_b" not in manifest.content["variables"]
+    assert "kept" in manifest.content["variables"]
+
+
+def test_persist_off_on_and_help(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run("%persist off").check()
+    kernel.run("x = 1").check()
+    time.sleep(1.0)
+    assert kernels.session().generations() == []
+    assert "Automatic checkpoints are off" in kernel.run("%persist").check().stdout
+    kernel.run("%persist on").check()
+    kernel.run("y = 2").check()
+    kernels.wait_generations(kernels.session(), 1)
+    doc = kernel.kc.inspect("%persist", 8, detail_level=0, reply=True, timeout=30)
+    text = doc["content"]["data"]["text/plain"]
+    for command in ("status", "save", "history", "restore", "exclude", "include", "off",
+                    "on", "clear", "export", "import"):  # fmt: skip
+        assert f"{command}:" in text, command
+
+
+def test_persist_export_then_import_in_another_notebook(kernels: KernelHarness) -> None:
+    """The .RData workflow: export from one notebook, import into another."""
+    kernel = kernels.start("one.ipynb", args=["--PersistentKernel.checkpoint_interval=3600"])
+    kernel.run(
+        "import numpy as np\nSCALE = 3\ndef scaled(v):\n    return v * SCALE\n"
+        "arr = np.arange(5)\nshared = [1]\nholder = {'s': shared}"
+    ).check()
+    out = kernel.run("%persist export session.pkl").check().text
+    assert "Exported" in out and "dill.load_module('session.pkl')" in out
+    assert (kernels.cwd / "session.pkl").stat().st_mode & 0o777 == 0o600
+    other = kernels.start("two.ipynb", args=["--PersistentKernel.checkpoint_interval=3600"])
+    out = other.run("%persist import session.pkl").check().text
+    assert "Imported" in out and "ran the file's code" in out
+    assert other.value("(scaled(2), int(arr.sum()), holder['s'] is shared)") == "(6, 10, True)"
