@@ -92,12 +92,17 @@ class Kernel:
         if self.km.has_kernel:
             self.km.shutdown_kernel(now=False)
 
+    def wait_dead(self, timeout: float = 30) -> None:
+        """Wait for the kernel process to exit; fail the test if it does not."""
+        deadline = time.monotonic() + timeout
+        while self.km.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not self.km.is_alive(), "the kernel did not exit"
+
     def kill(self) -> None:
         """SIGKILL the kernel process, as the OOM killer would."""
         os.kill(self.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while self.km.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self.wait_dead()
         self.kc.stop_channels()
         self.km.cleanup_resources()
 

@@ -8,11 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from persistent_kernel.store import Store
 
-from .harness import KernelHarness
+from .harness import Kernel, KernelHarness
 
 SEED = """
 import numpy as np
@@ -68,27 +71,21 @@ def test_sigkill_after_checkpoint(kernels: KernelHarness) -> None:
     assert SEED_OUT in kernel.run(CHECK_SEED).check().text
 
 
-def test_sigterm_between_cells_saves(kernels: KernelHarness) -> None:
-    kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=3600"])
-    kernel.run(SEED).check()
-    os.kill(kernel.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while kernel.km.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not kernel.km.is_alive()
-    kernel.shutdown()
-    kernel = kernels.start()
-    assert SEED_OUT in kernel.run(CHECK_SEED).check().text
+ENDINGS: dict[str, Callable[[Kernel], object]] = {
+    "SIGTERM between cells": lambda kernel: os.kill(kernel.pid, signal.SIGTERM),
+    "exit() in a cell": lambda kernel: kernel.kc.execute("exit()"),
+}
 
 
-def test_exit_in_a_cell(kernels: KernelHarness) -> None:
+@pytest.mark.parametrize("end", ENDINGS.values(), ids=ENDINGS.keys())
+def test_the_kernel_ending_by_itself_saves(
+    kernels: KernelHarness, end: Callable[[Kernel], object]
+) -> None:
+    # a long interval: only the final checkpoint can save this
     kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=3600"])
     kernel.run(SEED).check()
-    kernel.kc.execute("exit()")
-    deadline = time.monotonic() + 30
-    while kernel.km.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not kernel.km.is_alive()
+    end(kernel)
+    kernel.wait_dead()
     kernel.shutdown()
     kernel = kernels.start()
     assert SEED_OUT in kernel.run(CHECK_SEED).check().text

@@ -67,7 +67,7 @@ def test_a_restore_that_crashes_the_kernel_is_skipped_next_time(kernels: KernelH
     kernel.shutdown()
 
     crashing = kernels.start(wait=False)  # restores in a thread: os.abort() kills it
-    wait_until(lambda: not crashing.km.is_alive(), what="the kernel to die restoring")
+    crashing.wait_dead()
     crashing.shutdown()
 
     kernel = kernels.start()
@@ -98,14 +98,20 @@ def leftovers(session: SessionStore) -> list[Path]:
     return [p for p in session.path.rglob(".tmp-*") if "corrupt" not in p.name]
 
 
+def first_checkpoint_on(kernels: KernelHarness, disk: Path) -> tuple[Kernel, SessionStore]:
+    """A kernel checkpointing under *disk*, once it has its first generation."""
+    root = disk / "ckpt"
+    kernel = kernels.start(args=[*NOW, f"--PersistentKernel.checkpoint_dir={root}"])
+    session = Store(root).session(kernels.session().key or "")
+    kernel.run("first = 'kept'").check()
+    kernels.wait_generations(session, 1)
+    return kernel, session
+
+
 @needs_root
 def test_full_disk_keeps_the_kernel_working(kernels: KernelHarness, tmp_path: Path) -> None:
     with tmpfs(tmp_path / "small", "32m") as disk:
-        root = disk / "ckpt"
-        kernel = kernels.start(args=[*NOW, f"--PersistentKernel.checkpoint_dir={root}"])
-        session = Store(root).session(kernels.session().key or "")
-        kernel.run("first = 'kept'").check()
-        kernels.wait_generations(session, 1)
+        kernel, session = first_checkpoint_on(kernels, disk)
 
         filler = disk / "filler"
         with open(filler, "wb") as f, contextlib.suppress(OSError):
@@ -133,11 +139,7 @@ def test_full_disk_keeps_the_kernel_working(kernels: KernelHarness, tmp_path: Pa
 @needs_root
 def test_read_only_disk_keeps_the_kernel_working(kernels: KernelHarness, tmp_path: Path) -> None:
     with tmpfs(tmp_path / "ro", "16m") as disk:
-        root = disk / "ckpt"
-        kernel = kernels.start(args=[*NOW, f"--PersistentKernel.checkpoint_dir={root}"])
-        session = Store(root).session(kernels.session().key or "")
-        kernel.run("first = 'kept'").check()
-        kernels.wait_generations(session, 1)
+        kernel, session = first_checkpoint_on(kernels, disk)
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         kernel.run("second = 2").check()
         wait_until(lambda: quiet_value(kernel, "get_ipython().kernel._failures") != "0",
