@@ -436,7 +436,9 @@ class PersistentKernel(IPythonKernel):
         if result.ok:
             self._on_checkpoint_ok(result)
         else:
-            culprit = writer.beacon.get() if writer.died and writer.beacon is not None else ""
+            # A crash while pickling a variable is blamed on it; a kill (the OOM
+            # killer) is not, and counts towards writing inline instead.
+            culprit = writer.beacon.get() if writer.crashed and writer.beacon is not None else ""
             self._on_checkpoint_failed(result, errno_, died=writer.died, culprit=culprit)
         if getattr(self, "io_loop", None) is not None:
             self.io_loop.add_callback(self._maybe_checkpoint)

@@ -23,6 +23,7 @@ it does itself: the job must not take locks other threads may hold.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import json
 import mmap
@@ -108,6 +109,7 @@ class Writer:
         self.started = time.monotonic()
         self.pause = 0.0  # seconds the kernel stopped to start this writer
         self.died = False  # the writer exited without reporting (killed, crashed)
+        self.crashed = False  # ... and it was a crash (a fatal signal), not a kill
         self.beacon: Beacon | None = None  # what the writer was saving, if it says
         self._buffer = b""
 
@@ -155,7 +157,10 @@ class Writer:
             result = None
         if not isinstance(result, dict):
             self.died = True
-            result = {"ok": False, "error": "the background writer died before reporting"}
+            # faulthandler wrote this into the pipe: a crash, not a kill
+            self.crashed = b"Fatal Python error" in self._buffer
+            how = "crashed" if self.crashed else "was killed"
+            result = {"ok": False, "error": f"the background writer {how} before reporting"}
         self.result = result
 
 
@@ -183,6 +188,9 @@ def _writer_main(job: Job, wfd: int, keep: Sequence[int]) -> None:
     code = 0
     try:
         _close_fds_except([wfd, *keep])
+        # A fatal signal (SIGSEGV in an extension, abort()) leaves its mark in
+        # the pipe; SIGKILL (the OOM killer, a user) leaves nothing.
+        faulthandler.enable(file=wfd, all_threads=False)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         gc.disable()

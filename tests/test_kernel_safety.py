@@ -205,14 +205,21 @@ expected = (version, checksum())
 """
 
 
+def processes_of(connection_file: str) -> list[psutil.Process]:
+    """The kernel and every writer it forked (they share its command line)."""
+    return [
+        proc
+        for proc in psutil.process_iter(["cmdline"])
+        if connection_file in " ".join(proc.info["cmdline"] or [])
+    ]
+
+
 def kill_kernel_and_writers(connection_file: str) -> int:
-    """SIGKILL the kernel and every writer it forked (they share its command line)."""
     killed = 0
-    for proc in psutil.process_iter(["cmdline"]):
-        if connection_file in " ".join(proc.info["cmdline"] or []):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(signal.SIGKILL)
-                killed += 1
+    for proc in processes_of(connection_file):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
     return killed
 
 
@@ -301,3 +308,25 @@ def test_two_kernels_on_one_notebook_never_tear_a_generation(kernels: KernelHarn
         assert report.problems == [] and report.generation == generation, report.problems
         assert into["sig"] == (into["who"], into["step"]), (generation, into["sig"])
         assert float(into["data"][0]) == into["step"]  # type: ignore[index]
+
+
+def test_a_writer_that_keeps_dying_switches_to_inline(kernels: KernelHarness) -> None:
+    """Every writer is killed while it works (nothing to blame, as when the OOM
+    killer keeps picking them): after three in a row the kernel writes inline."""
+    kernel = kernels.start(args=NOW)
+    kernel.run("import numpy as np\nblocks = [np.zeros(2**24) for _ in range(4)]").check()
+    kernels.wait_generations(kernels.session(), 1, timeout=120)
+    kernel.run("for b in blocks:\n    b += 1").check()
+    deadline = time.monotonic() + 120  # backoff: 5 + 10 s between the three tries
+    while quiet_value(kernel, "get_ipython().kernel._fork_broken") != "True":
+        assert time.monotonic() < deadline, "the kernel never stopped forking"
+        for proc in processes_of(kernel.km.connection_file):
+            if proc.pid != kernel.pid:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+        time.sleep(0.02)
+    assert quiet_value(kernel, "get_ipython().kernel._writer_deaths") == "3"
+    # inline from now on: the next checkpoint is written by the kernel itself
+    kernels.wait_generations(kernels.session(), 2, timeout=120)
+    kernel.restart()
+    assert kernel.value("float(blocks[0][0])") == "1.0"
