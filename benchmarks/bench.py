@@ -1,0 +1,962 @@
+#!/usr/bin/env python
+"""Benchmark the persistent kernel against dill and raw I/O, in real kernels.
+
+    .venv/bin/python benchmarks/bench.py            # full run (~1 GiB state, 3 repeats)
+    .venv/bin/python benchmarks/bench.py --quick    # smoke run, small sizes, 1 repeat
+    .venv/bin/python benchmarks/bench.py --gib 2 --repeat 5
+
+Every workload is built in real kernels started through jupyter_client: ours
+(``python-persistent``) and the stock ``python3`` kernel (ipykernel), with
+every Jupyter and IPython directory and the checkpoint directory in one temp
+dir under /tmp, removed at the end. The peers run in the stock kernel,
+timed inside it (see ``_pkbench_kernel.py``):
+
+* ``dill.dump_module`` / ``dill.load_module`` of the notebook's ``__main__``
+  (the file fsynced); dill blocks the kernel for the whole dump;
+* raw bytes: ``ndarray.tofile`` + flush + fsync and ``np.fromfile`` for
+  arrays; for other state, plain ``pickle`` (dumps + write + fsync, read +
+  loads), since objects have no raw form.
+
+Per workload and repeat, in this order (one kernel alive at a time, each
+workload and repeat with a checkpoint dir of its own):
+
+1. ours: build, ``%persist save`` (writer time, kernel pause, bytes written,
+   the writer's private memory), [latency of ``pass``], [``x = 1`` and a
+   second save], then a timed shutdown of the now clean session;
+2. ours again, same session (``autosave=False``, so reading the report does
+   not trigger a final checkpoint): ``restore_report`` from the first cell
+   (which waits for the restore), and the restored values are compared with
+   the originals;
+3. stock: build, dill dump (with its peak RSS growth), raw write, [latency],
+   timed shutdown;
+4. stock, fresh: ``dill.load_module`` (values compared with the originals);
+5. stock, fresh: raw read.
+
+After every kernel, the harness waits until no process carrying that
+kernel's connection file is left (a detached writer is a fork of the kernel
+and keeps its command line), and kills by pid any that outlives 600 s.
+
+The kernels that restore or read (2, 4, 5) pre-import numpy, pandas and
+dill (``IPKernelApp.exec_lines``; IPython hides those names, so they are
+not part of any namespace), so no restore or read time includes importing
+them. Page cache is warm: everything is read right after it was written.
+Results: medians over ``--repeat`` runs; a Markdown table on stdout,
+everything as JSON in ``benchmarks/results.json``, progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from _pkbench_kernel import MARK  # noqa: E402
+
+OURS, STOCK = "python-persistent", "python3"
+PREIMPORT = "--IPKernelApp.exec_lines=import numpy, pandas, dill"
+MiB, GiB = 1 << 20, 1 << 30
+CELL_TIMEOUT = 1800.0
+LATENCY_CELLS = 50
+
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# -- workloads ------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    key: str
+    title: str
+    setup: list[str]  # cells run before the memory baseline (imports)
+    build: list[str]  # cells that create the state
+    names: list[str]  # the state's variables
+    raw_kind: str  # "arrays" or "pickle"
+    raw_names: list[str]  # what the raw peer writes (pickle cannot take modules)
+    latency: bool = False  # also measure per-cell latency and the incremental checkpoint
+
+
+def workloads(gib: float, objects_scale: float) -> list[Workload]:
+    n = max(1, int(gib * GiB / 4 / 8))  # float64 elements per array, 4 arrays
+    rows = max(1, int(gib * 50e6 / 80))  # ~50 MB DataFrame: 10 columns of 8 bytes
+    n_table = max(1, int(1_000_000 * objects_scale))
+    n_records = max(1, int(500_000 * objects_scale))
+    arrays = "\n".join(f"arr{i} = np.random.default_rng({i}).random({n})" for i in range(4))
+    frame = (
+        f"frame = pd.DataFrame({{f'c{{i}}': np.random.default_rng(10 + i).random({rows}) "
+        f"for i in range(9)}} | {{'id': np.arange({rows})}})"
+    )
+    return [
+        Workload(
+            key="seed",
+            title="W1 seed session",
+            setup=["import numpy as np\nimport pandas as pd"],
+            build=[
+                "a = [100, 'aa']\n"
+                'b = {"x": 100, "y": \'200\'}\n'
+                "df1 = pd.DataFrame({'id': np.arange(999), 'value': np.linspace(0, 1, 999), "
+                "'label': [f'row{i}' for i in range(999)]})"
+            ],
+            names=["a", "b", "df1", "np", "pd"],
+            raw_kind="pickle",
+            raw_names=["a", "b", "df1"],
+        ),
+        Workload(
+            key="arrays",
+            title=f"W2 {_size(4 * n * 8)} arrays + {_size(rows * 80)} DataFrame",
+            setup=["import numpy as np\nimport pandas as pd"],
+            build=[arrays + "\n" + frame],
+            names=["arr0", "arr1", "arr2", "arr3", "frame", "np", "pd"],
+            raw_kind="arrays",
+            raw_names=["arr0", "arr1", "arr2", "arr3", "frame"],
+            latency=True,
+        ),
+        Workload(
+            key="objects",
+            title=f"W3 {n_table:,} str->tuple + {n_records:,} dicts",
+            setup=[],
+            build=[
+                f"table = {{f'key{{i:07d}}': (i, f'value-{{i}}', i * 0.5) "
+                f"for i in range({n_table})}}\n"
+                f"records = [{{'id': i, 'name': f'name-{{i}}', 'score': i / 7}} "
+                f"for i in range({n_records})]"
+            ],
+            names=["table", "records"],
+            raw_kind="pickle",
+            raw_names=["table", "records"],
+        ),
+    ]
+
+
+# -- kernels ------------------------------------------------------------------------------
+
+
+class KernelError(RuntimeError):
+    pass
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class Kernel:
+    """One kernel started through jupyter_client's KernelManager."""
+
+    def __init__(
+        self, bench: Bench, name: str, label: str, extra: list[str], session: str, ckdir: Path
+    ) -> None:
+        from jupyter_client.manager import KernelManager
+
+        self.bench, self.name, self.label = bench, name, label
+        self.closed = False
+        self.km = KernelManager(kernel_name=name)
+        self._log = open(bench.root / "logs" / f"{label}.log", "ab")  # noqa: SIM115
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+        env["PERSISTENT_KERNEL_SESSION"] = session
+        if name == OURS:
+            extra = [
+                f"--PersistentKernel.checkpoint_dir={ckdir}",
+                "--PersistentKernel.checkpoint_interval=3600",  # no autosave in the way
+                *extra,
+            ]
+        env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+        start = time.perf_counter()
+        self.km.start_kernel(
+            extra_arguments=extra,
+            env=env,
+            cwd=str(bench.root / "cwd"),
+            stdout=self._log,
+            stderr=self._log,
+        )
+        bench.live.append(self)
+        self.connection_file = self.km.connection_file
+        self.pid: int = self.km.provisioner.pid  # type: ignore[union-attr]
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        try:
+            self.kc.wait_for_ready(timeout=180)
+        except RuntimeError as exc:
+            raise KernelError(f"{label}: kernel did not start: {exc}\n{self.log_tail()}") from exc
+        self.started = start
+        self.ready = time.perf_counter() - start
+
+    def since_start(self) -> float:
+        return time.perf_counter() - self.started
+
+    def log_tail(self, n: int = 3000) -> str:
+        self._log.flush()
+        path = self.bench.root / "logs" / f"{self.label}.log"
+        return path.read_text(errors="replace")[-n:]
+
+    def run(self, code: str, timeout: float = CELL_TIMEOUT) -> list[Any]:
+        """Execute *code*; return the objects the cell emitted (see _pkbench_kernel)."""
+        out: list[str] = []
+        errors: list[str] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream" and content.get("name") == "stdout":
+                out.append(content["text"])
+            elif kind == "error":
+                errors.append(_ANSI.sub("", "\n".join(content.get("traceback", []))))
+
+        reply = self.kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+        if reply["content"]["status"] != "ok":
+            c = reply["content"]
+            raise KernelError(
+                f"{self.label}: cell failed: {c.get('ename')}: {c.get('evalue')}\n"
+                f"--- cell ---\n{code[:500]}\n--- traceback ---\n{''.join(errors)[-3000:]}"
+            )
+        text = "".join(out)
+        return [
+            json.loads(line[len(MARK) :]) for line in text.splitlines() if line.startswith(MARK)
+        ]
+
+    def call(self, expr: str, timeout: float = CELL_TIMEOUT) -> Any:
+        """Run ``_pkbench_kernel.<expr>`` in the kernel; its one emitted object."""
+        got = self.run(f"__import__('_pkbench_kernel').{expr}", timeout)
+        if len(got) != 1:
+            raise KernelError(f"{self.label}: {expr} emitted {len(got)} results")
+        return got[0]
+
+    def latency(self, n: int) -> list[float]:
+        """Round trips of ``pass``: execute_request sent -> reply and idle status received."""
+        kc = self.kc
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            msg_id = kc.execute("pass", store_history=True)
+            while True:
+                msg = kc.get_shell_msg(timeout=60)
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    break
+            while True:
+                msg = kc.get_iopub_msg(timeout=60)
+                if (
+                    msg["parent_header"].get("msg_id") == msg_id
+                    and msg["msg_type"] == "status"
+                    and msg["content"]["execution_state"] == "idle"
+                ):
+                    break
+            times.append(time.perf_counter() - start)
+        return times
+
+    def timed_shutdown(self) -> dict[str, float]:
+        """shutdown_request on the control channel; time to its reply and to process exit."""
+        process = self.km.provisioner.process  # type: ignore[union-attr]
+        start = time.perf_counter()
+        msg_id = self.kc.shutdown()
+        reply_at = None
+        with contextlib.suppress(Exception):
+            while True:
+                msg = self.kc.control_channel.get_msg(timeout=30)
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    reply_at = time.perf_counter() - start
+                    break
+        process.wait(timeout=120)
+        exit_at = time.perf_counter() - start
+        # A writer forked by the final checkpoint outlives the kernel and keeps its
+        # command line: any process with our connection file now is one.
+        left = self.bench.strays(self.connection_file.encode())
+        self.close()
+        return {
+            "reply": reply_at if reply_at is not None else float("nan"),
+            "exit": exit_at,
+            "writers_left": len(left),
+        }
+
+    def close(self) -> None:
+        """Stop the kernel (gracefully, then by force) and release everything."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            self.kc.stop_channels()
+        try:
+            if self.km.is_alive():
+                self.km.shutdown_kernel(now=False)
+            else:
+                self.km.shutdown_kernel(now=True)  # reaps and removes the connection file
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.km.shutdown_kernel(now=True)
+        with contextlib.suppress(ValueError):
+            self.bench.live.remove(self)
+        self._log.close()
+
+
+# -- sampling the forked writer from outside ------------------------------------------
+
+
+def _private_bytes(pid: int) -> int | None:
+    """Private_Clean + Private_Dirty of *pid* (as persistent_kernel.snapshot counts it)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return None
+    kib = sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty") if k in fields)
+    return kib * 1024
+
+
+class WriterSampler:
+    """Peak private memory of the kernel's forked writer, sampled from outside.
+
+    The package reports ``writer_private_bytes`` once, when the writer's job
+    has returned; memory it used and freed before then is not in it. This
+    finds the writer (a process with the kernel's exact command line that is
+    not the kernel: fork copies it) and samples its smaps_rollup every 5 ms.
+    """
+
+    def __init__(self, kernel_pid: int) -> None:
+        self.kernel_pid = kernel_pid
+        with open(f"/proc/{kernel_pid}/cmdline", "rb") as f:
+            self.cmdline = f.read()
+        self.peak = 0
+        self.samples = 0
+        self.pids: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _find(self) -> list[int]:
+        """Processes with the kernel's command line that are not the kernel or its children.
+
+        That leaves out the short-lived intermediate child of the double fork
+        (its parent is the kernel): reading its smaps while it forks or exits
+        would hold its memory map lock and lengthen the kernel's pause.
+        """
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == self.kernel_pid:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+                if ppid == self.kernel_pid:
+                    continue
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if f.read() == self.cmdline:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in self._find():
+                value = _private_bytes(pid)
+                if value is not None:
+                    self.pids.add(pid)
+                    self.samples += 1
+                    self.peak = max(self.peak, value)
+            self._stop.wait(0.005)
+
+    def __enter__(self) -> WriterSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def _tree(path: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            p = Path(dirpath) / name
+            with contextlib.suppress(FileNotFoundError):
+                st = p.stat()
+                out[str(p.relative_to(path))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _written(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> int:
+    """Bytes of files that are new or changed between two _tree snapshots."""
+    return sum(v[0] for k, v in after.items() if before.get(k) != v)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.root = Path(tempfile.mkdtemp(prefix="pk-bench-"))
+        self.live: list[Kernel] = []
+        self.prefault_seconds = 0.0
+        for sub in ("jupyter/data", "jupyter/runtime", "jupyter/config", "ipython", "logs"):
+            (self.root / sub).mkdir(parents=True)
+        for sub in ("cwd", "checkpoints", "files"):
+            (self.root / sub).mkdir()
+        # Read by jupyter_client here and inherited by the kernels. The data dir
+        # is empty, so the kernelspecs come from this environment's share/jupyter.
+        os.environ["JUPYTER_DATA_DIR"] = str(self.root / "jupyter/data")
+        os.environ["JUPYTER_RUNTIME_DIR"] = str(self.root / "jupyter/runtime")
+        os.environ["JUPYTER_CONFIG_DIR"] = str(self.root / "jupyter/config")
+        os.environ["IPYTHONDIR"] = str(self.root / "ipython")
+
+    def prefault(self, nbytes: float) -> None:
+        """Touch *nbytes* of fresh memory in this process and free it, just before a timed step.
+
+        This machine is a VM with a free-page-reporting balloon: memory freed
+        for ~2 s goes back to the host, and the next touch of it costs a host
+        fault (measured here: 2 GiB took 4.3 s to touch the first time, 0.23 s
+        right after, 1.0 s after a 2 s pause). Touching the memory a timed
+        step is about to take (a restore, a read, the page cache of a write)
+        right before it puts every side on the same footing.
+        """
+        import numpy as np
+
+        start = time.perf_counter()
+        chunk = np.ones(max(1, int(nbytes)) // 8 + 1)
+        del chunk
+        self.prefault_seconds += time.perf_counter() - start
+
+    @contextlib.contextmanager
+    def kernel_ctx(
+        self, name: str, label: str, session: str, ckdir: Path, extra: list[str] | None = None
+    ) -> Iterator[Kernel]:
+        k = Kernel(self, name, label, list(extra or []), session, ckdir)
+        try:
+            yield k
+        finally:
+            k.close()
+            self.wait_for_strays(k.connection_file.encode())
+
+    def strays(self, marker: bytes) -> list[int]:
+        """Processes other than this one whose command line contains *marker*.
+
+        A detached checkpoint writer is a fork of its kernel, so it carries the
+        kernel's command line, connection file included, for as long as it runs.
+        """
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if marker in f.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+        return found
+
+    def wait_for_strays(self, marker: bytes, timeout: float = 600) -> None:
+        """Wait for writers that outlive their kernel; kill (by pid) any left after *timeout*."""
+        deadline = time.monotonic() + timeout
+        while (pids := self.strays(marker)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in pids:
+            log(f"warning: killing leftover process {pid}")
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+    def cleanup(self) -> None:
+        for k in list(self.live):
+            with contextlib.suppress(Exception):
+                k.close()
+        # Any process still started from our temp dir (a kernel or a detached
+        # writer: both carry a connection file path from it).
+        self.wait_for_strays(str(self.root).encode(), timeout=120)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- one workload, one repeat --------------------------------------------------
+
+    def run_workload(self, w: Workload, rep: int) -> dict[str, Any]:
+        m: dict[str, Any] = {}
+        session = f"bench-{w.key}-{rep}"
+        ckdir = store_path = self.root / "checkpoints" / f"{w.key}-{rep}"
+        dill_file = self.root / "files" / f"{w.key}-{rep}.dill"
+        raw_file = self.root / "files" / f"{w.key}-{rep}.raw"
+        tag = f"{w.key} #{rep + 1}"
+        try:
+            # 1. ours: build, checkpoint, [latency, incremental], clean shutdown
+            log(f"{tag}: ours: start + build")
+            with self.kernel_ctx(OURS, f"{w.key}-{rep}-ours", session, ckdir) as k:
+                original, m["state_rss"] = self._build(k, w)
+                log(f"{tag}: ours: %persist save")
+                pre = 1.5 * m["state_rss"] + 128 * MiB  # what the next timed step may touch
+                self.prefault(pre)
+                before = _tree(store_path)
+                with WriterSampler(k.pid) as sampler:
+                    r = k.call("persist_save()")["result"]
+                self._check_ok(r, "first checkpoint")
+                m["ours.elapsed"], m["ours.pause"] = r["elapsed"], r["pause"]
+                m["ours.written"], m["ours.size"] = r["written"], r["size"]
+                m["ours.disk_written"] = _written(before, _tree(store_path))
+                m["ours.private"] = r["writer_private_bytes"]
+                m["ours.private_peak"] = max(sampler.peak, r["writer_private_bytes"] or 0)
+                m["ours.private_samples"] = sampler.samples
+                if w.latency:
+                    log(f"{tag}: ours: {LATENCY_CELLS} x `pass`")
+                    m["ours.latency"] = statistics.median(k.latency(LATENCY_CELLS))
+                    log(f"{tag}: ours: x = 1, %persist save")
+                    k.run("x = 1")
+                    before = _tree(store_path)
+                    r2 = k.call("persist_save()")["result"]
+                    self._check_ok(r2, "incremental checkpoint")
+                    m["incr.elapsed"], m["incr.written"] = r2["elapsed"], r2["written"]
+                    m["incr.pause"] = r2["pause"]
+                    m["incr.disk_written"] = _written(before, _tree(store_path))
+                    m["incr.unchanged"] = r2["unchanged"]
+                log(f"{tag}: ours: clean shutdown")
+                before = _tree(store_path)
+                sd = k.timed_shutdown()
+            after = _tree(store_path)  # the kernel_ctx waited for any writer it left
+            m["ours.shutdown"], m["ours.shutdown_reply"] = sd["exit"], sd["reply"]
+            m["ours.shutdown_writers"] = sd["writers_left"]
+            m["ours.shutdown_written"] = _written(before, after)
+            m["ours.shutdown_new_files"] = sorted(k2 for k2 in after if k2 not in before)
+
+            # 2. ours: restart on the same session, read the restore report
+            log(f"{tag}: ours: restart + restore")
+            extra = ["--PersistentKernel.autosave=False", PREIMPORT]
+            self.prefault(pre)
+            with self.kernel_ctx(OURS, f"{w.key}-{rep}-ours-restore", session, ckdir, extra) as k:
+                m["ours.restart_ready"] = k.ready
+                # The restore runs in a thread beside the kernel's start-up (kernel_info
+                # is answered at once); the first cell waits for it. So "end to end" is
+                # kernel start -> first cell done, on both sides.
+                rr = k.call("restore_report()")
+                m["ours.restart_e2e"] = k.since_start()
+                m["ours.restore"], m["ours.restore_waited"] = rr["elapsed"], rr["waited"]
+                m["ours.restore_problems"] = rr["problems"]
+                m["ours.restore_ok"] = self._same(k, w, original, "ours restore")
+
+            # 3. stock: build, dill dump, raw write, [latency], shutdown
+            log(f"{tag}: stock: start + build")
+            with self.kernel_ctx(STOCK, f"{w.key}-{rep}-stock", session, ckdir) as k:
+                self._build(k, w, original)
+                log(f"{tag}: stock: dill.dump_module")
+                self.prefault(pre)
+                d = k.call(f"dill_dump({str(dill_file)!r})")
+                m["dill.dump"], m["dill.size"] = d["elapsed"], d["size"]
+                m["dill.extra_rss"], m["dill.peak_mode"] = d["extra_rss"], d["peak_mode"]
+                m["dill.protocol"] = d["protocol"]
+                log(f"{tag}: stock: raw write")
+                self.prefault(pre)
+                rw = k.call(f"raw_write({str(raw_file)!r}, {w.raw_names!r}, {w.raw_kind!r})")
+                m["raw.write"], m["raw.size"], m["raw.dumps"] = (
+                    rw["elapsed"],
+                    rw["size"],
+                    rw["dumps"],
+                )
+                layout = rw["layout"]
+                if w.latency:
+                    log(f"{tag}: stock: {LATENCY_CELLS} x `pass`")
+                    m["stock.latency"] = statistics.median(k.latency(LATENCY_CELLS))
+                log(f"{tag}: stock: shutdown")
+                sd = k.timed_shutdown()
+                m["stock.shutdown"], m["stock.shutdown_reply"] = sd["exit"], sd["reply"]
+
+            # 4. stock, fresh: dill.load_module
+            log(f"{tag}: stock: fresh kernel + dill.load_module")
+            self.prefault(pre)
+            with self.kernel_ctx(
+                STOCK, f"{w.key}-{rep}-dill-load", session, ckdir, [PREIMPORT]
+            ) as k:
+                m["stock.ready"] = k.ready
+                m["dill.load"] = k.call(f"dill_load({str(dill_file)!r})")["elapsed"]
+                m["dill.restart_e2e"] = k.since_start()
+                m["dill.load_ok"] = self._same(k, w, original, "dill.load_module")
+
+            # 5. stock, fresh: raw read
+            log(f"{tag}: stock: fresh kernel + raw read")
+            self.prefault(pre)
+            with self.kernel_ctx(
+                STOCK, f"{w.key}-{rep}-raw-read", session, ckdir, [PREIMPORT]
+            ) as k:
+                rd = k.call(f"raw_read({str(raw_file)!r}, {w.raw_kind!r}, {layout!r})")
+                m["raw.read"] = rd["elapsed"]
+                if rd["bytes"] != rd["size"]:
+                    raise KernelError(f"raw read got {rd['bytes']} of {rd['size']} bytes")
+        finally:
+            for path in (dill_file, raw_file):
+                path.unlink(missing_ok=True)
+            shutil.rmtree(store_path, ignore_errors=True)
+        return m
+
+    def _build(
+        self, k: Kernel, w: Workload, expect: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], int]:
+        for cell in w.setup:
+            k.run(cell)
+        base = k.call("rss()")["VmRSS"]
+        for cell in w.build:
+            k.run(cell)
+        grown = k.call("rss()")["VmRSS"] - base
+        fp = k.call(f"fingerprint({w.names!r})")
+        if expect is not None and fp != expect:
+            raise KernelError(f"{k.label}: the stock kernel built a different state")
+        return fp, grown
+
+    def _same(self, k: Kernel, w: Workload, original: dict[str, Any], what: str) -> bool:
+        fp = k.call(f"fingerprint({w.names!r})")
+        if fp != original:
+            bad = [n for n in w.names if fp.get(n) != original.get(n)]
+            log(f"warning: {what} did not bring back the same {', '.join(bad)}")
+            return False
+        return True
+
+    @staticmethod
+    def _check_ok(result: dict[str, Any] | None, what: str) -> None:
+        if not result or not result.get("ok"):
+            raise KernelError(f"{what} failed: {result and result.get('error')}")
+
+
+# -- report -----------------------------------------------------------------------------
+
+
+def _size(n: float | None) -> str:
+    if n is None or n != n:
+        return "n/a"
+    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def _time(s: float | None) -> str:
+    if s is None or s != s:
+        return "n/a"
+    if abs(s) >= 1:
+        return f"{s:.2f} s"
+    if abs(s) >= 1e-3:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e6:.0f} µs"
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> Any:
+    values = [r[key] for r in runs if key in r]
+    if not values:
+        return None
+    if all(isinstance(v, bool) for v in values):
+        return all(values)
+    if all(isinstance(v, (int, float)) and v is not None for v in values):
+        return statistics.median(values)
+    return values[-1]
+
+
+@dataclass
+class Row:
+    measure: str
+    ours: float | None
+    peer: float | None
+    peer_name: str
+    fmt: Callable[[float | None], str]
+    target: str = "—"
+    check: Callable[[float, float | None], bool] | None = None
+
+    def cells(self) -> dict[str, Any]:
+        ratio = (
+            self.ours / self.peer
+            if self.ours is not None and self.peer not in (None, 0) and self.peer == self.peer
+            else None
+        )
+        met = None
+        if self.check is not None and self.ours is not None:
+            met = bool(self.check(self.ours, self.peer))
+        return {
+            "measure": self.measure,
+            "ours": self.ours,
+            "ours_text": self.fmt(self.ours),
+            "peer": self.peer,
+            "peer_name": self.peer_name,
+            "peer_text": f"{self.fmt(self.peer)} ({self.peer_name})" if self.peer_name else "—",
+            "ratio": ratio,
+            "ratio_text": f"{ratio:.3g}x" if ratio is not None else "—",
+            "target": self.target,
+            "met": met,
+            "met_text": "—" if met is None else ("met" if met else "**missed**"),
+        }
+
+
+def build_rows(med: dict[str, dict[str, Any]], wls: list[Workload]) -> list[Row]:
+    rows: list[Row] = []
+
+    def add(measure: str, ours: Any, peer: Any, peer_name: str, fmt: Any, **target: Any) -> None:
+        rows.append(Row(measure, ours, peer, peer_name, fmt, **target))
+
+    for w in wls:
+        m = med[w.key]
+        t = w.title.split(" ", 1)[0]
+        state = m["state_rss"]
+        faster5 = {"target": ">= 5x faster", "check": lambda o, p: o * 5 <= p}
+        add(
+            f"{t}: checkpoint wall time (writer)",
+            m["ours.elapsed"],
+            m["dill.dump"],
+            "dill.dump_module",
+            _time,
+            **(faster5 if w.key == "objects" else {}),
+        )
+        raw_name = "tofile+fsync" if w.raw_kind == "arrays" else "pickle.dumps+write+fsync"
+        within15 = {"target": "<= 1.5x raw", "check": lambda o, p: o <= 1.5 * p}
+        add(
+            f"{t}: checkpoint wall time vs raw write",
+            m["ours.elapsed"],
+            m["raw.write"],
+            raw_name,
+            _time,
+            **(within15 if w.key == "arrays" else {}),
+        )
+        add(
+            f"{t}: kernel pause",
+            m["ours.pause"],
+            m["dill.dump"],
+            "dill.dump_module, blocks",
+            _time,
+            target="<= 3% of dill",
+            check=lambda o, p: o <= 0.03 * p,
+        )
+        add(f"{t}: bytes written", m["ours.disk_written"], m["dill.size"], "dill file", _size)
+        mem = {
+            "target": f"<= 10% of state ({_size(state)})",
+            "check": lambda o, p, s=state: o <= 0.1 * s,
+        }
+        add(
+            f"{t}: extra memory during checkpoint (writer_private_bytes)",
+            m["ours.private"],
+            m["dill.extra_rss"],
+            "dill peak RSS growth",
+            _size,
+            **mem,
+        )
+        add(
+            f"{t}: extra memory during checkpoint (writer peak, sampled)",
+            m["ours.private_peak"],
+            m["dill.extra_rss"],
+            "dill peak RSS growth",
+            _size,
+            **mem,
+        )
+        read_name = "np.fromfile" if w.raw_kind == "arrays" else "read+pickle.loads"
+        add(
+            f"{t}: restore time vs raw read",
+            m["ours.restore"],
+            m["raw.read"],
+            read_name,
+            _time,
+            target="<= 1.3x raw",
+            check=lambda o, p: o <= 1.3 * p,
+        )
+        add(
+            f"{t}: restore time vs dill",
+            m["ours.restore"],
+            m["dill.load"],
+            "dill.load_module",
+            _time,
+            target="< dill",
+            check=lambda o, p: o < p,
+        )
+        add(
+            f"{t}: kernel start to first cell done, state restored",
+            m["ours.restart_e2e"],
+            m["dill.restart_e2e"],
+            "stock start + dill.load_module cell",
+            _time,
+        )
+        if w.latency:
+            add(
+                "W4 after `x = 1`: bytes written",
+                m["incr.disk_written"],
+                m["ours.disk_written"],
+                "our full checkpoint",
+                _size,
+                target="<= 1 MiB",
+                check=lambda o, p: o <= MiB,
+            )
+            add(
+                "W4 after `x = 1`: checkpoint wall time",
+                m["incr.elapsed"],
+                m["ours.elapsed"],
+                "our full checkpoint",
+                _time,
+                target="<= 15% of full",
+                check=lambda o, p: o <= 0.15 * p,
+            )
+            add(
+                f"{t}: round trip of `pass` (median of {LATENCY_CELLS})",
+                m["ours.latency"],
+                m["stock.latency"],
+                "stock python3",
+                _time,
+                target="<= +5 ms over stock",
+                check=lambda o, p: o - p <= 0.005,
+            )
+        add(
+            f"{t}: clean shutdown, bytes written",
+            m["ours.shutdown_written"],
+            None,
+            "",
+            _size,
+            target="0 B",
+            check=lambda o, p: o == 0,
+        )
+        add(
+            f"{t}: clean shutdown, request to process exit",
+            m["ours.shutdown"],
+            m["stock.shutdown"],
+            "stock python3",
+            _time,
+            target="< 50 ms",
+            check=lambda o, p: o < 0.05,
+        )
+        add(
+            f"{t}: clean shutdown, time added over stock",
+            m["ours.shutdown"] - m["stock.shutdown"],
+            None,
+            "",
+            _time,
+        )
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = "| measure | ours | peer | ratio | target | met/missed |\n|---|---:|---:|---:|---|---|\n"
+    return head + "\n".join(
+        f"| {r['measure']} | {r['ours_text']} | {r['peer_text']} | {r['ratio_text']} "
+        f"| {r['target']} | {r['met_text']} |"
+        for r in rows
+    )
+
+
+def environment() -> dict[str, Any]:
+    import dill
+    import ipykernel
+    import jupyter_client
+    import numpy
+    import pandas
+
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *a], cwd=REPO, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except Exception:
+            return "?"
+
+    mem = "?"
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        mem = f.readline().split(":", 1)[1].strip()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "memory": mem,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+        "dill": dill.__version__,
+        "ipykernel": ipykernel.__version__,
+        "jupyter_client": jupyter_client.__version__,
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "git_dirty_files": git("status", "--porcelain", "--", "persistent_kernel").splitlines(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat (smoke run)")
+    parser.add_argument("--gib", type=float, default=None, help="size of the big state (1.0)")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per workload (3)")
+    parser.add_argument(
+        "--json", type=Path, default=HERE / "results.json", help="where to write the JSON"
+    )
+    args = parser.parse_args(argv)
+    gib = args.gib if args.gib is not None else (0.05 if args.quick else 1.0)
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    objects_scale = 0.05 if args.quick else 1.0
+    wls = workloads(gib, objects_scale)
+    command = shlex.join([sys.executable, *sys.argv])
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    bench = Bench(args)
+    log(f"temp dir {bench.root}; gib={gib} repeat={repeat} objects_scale={objects_scale}")
+    runs: dict[str, list[dict[str, Any]]] = {w.key: [] for w in wls}
+    try:
+        for rep in range(repeat):
+            for w in wls:
+                runs[w.key].append(bench.run_workload(w, rep))
+    finally:
+        bench.cleanup()
+        log("cleaned up")
+
+    med = {key: {k: _median(rs, k) for k in rs[0]} for key, rs in runs.items()}
+    rows = [r.cells() for r in build_rows(med, wls)]
+    table = markdown(rows)
+    notes = [
+        f"Medians over {repeat} run(s). Workloads: " + "; ".join(w.title for w in wls) + ".",
+        "Peers run in the stock python3 kernel; restore/read kernels pre-import numpy, "
+        "pandas, dill (import time excluded on both sides); page cache warm.",
+        "ours = persistent kernel; bytes written = size of new/changed files in the "
+        "session's checkpoint dir (manifest included); state = RSS growth of the kernel "
+        "while the workload's variables were created.",
+        "Extra memory: writer_private_bytes is what the package reports (Private_* of the "
+        "writer when its job has returned); 'writer peak, sampled' is the maximum of the same "
+        "quantity sampled every 5 ms from outside while the writer ran.",
+        "This machine is a VM whose balloon returns free memory to the host; right before each "
+        "timed step that allocates, the harness touches and frees that much memory so that no "
+        "side pays the host's first-touch faults (see Bench.prefault).",
+    ]
+    verified = all(
+        med[w.key].get("ours.restore_ok") and med[w.key].get("dill.load_ok") for w in wls
+    )
+    if not verified:
+        notes.append("WARNING: some restore did not bring back identical values (see JSON).")
+    print(table)
+    print()
+    for note in notes:
+        print(f"- {note}")
+    result = {
+        "command": command,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": {
+            "gib": gib,
+            "repeat": repeat,
+            "objects_scale": objects_scale,
+            "quick": args.quick,
+            "latency_cells": LATENCY_CELLS,
+            "prefault_seconds": bench.prefault_seconds,
+            "workloads": {w.key: w.title for w in wls},
+        },
+        "environment": environment(),
+        "rows": rows,
+        "notes": notes,
+        "medians": med,
+        "runs": runs,
+    }
+    args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
