@@ -81,6 +81,9 @@ SAVED = ["Point", "SCALE", "arr", "df", "holder", "l1", "l2", "np", "osp", "p", 
 LOADER = """
 import sys
 sys.path.append(sys.argv[1])  # site-packages only: not the repository, no .pth files
+# Where the package is installed (not editable) it sits in site-packages too:
+# make it unimportable, so anything in the file that needs it fails to load.
+sys.modules["persistent_kernel"] = None
 try:
     import persistent_kernel  # noqa: F401
     importable = True
@@ -143,7 +146,8 @@ def session(store: Path) -> SessionStore:
 
 
 def isolated_python(script: str, *args: str, cwd: Path) -> Any:
-    """Run *script* with site-packages but without this package; its JSON stdout."""
+    """Run *script* with site-packages but without this package (the script
+    blocks its import); its JSON stdout."""
     site_packages = sysconfig.get_paths()["purelib"]
     proc = subprocess.run(
         [sys.executable, "-I", "-S", "-c", textwrap.dedent(script), site_packages, *args],
