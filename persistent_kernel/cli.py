@@ -34,7 +34,6 @@ from typing import Any, NoReturn
 from jupyter_core.paths import jupyter_data_dir
 
 from . import exchange, kernelspec, report
-from .checkpoint import history
 from .errors import (
     CorruptCheckpoint,
     NoCheckpoint,
@@ -43,6 +42,7 @@ from .errors import (
     StoreBusy,
     UntrustedCheckpoint,
 )
+from .restore import history
 from .session import resolve_session_arg
 from .store import Manifest, SessionStore, Store
 
@@ -242,7 +242,7 @@ def _group_of(entry: dict[str, Any], groups: list[Any]) -> dict[str, Any] | None
 def session_history(root: str, arg: str) -> dict[str, Any]:
     """The generations kept, oldest first, each with the variables added,
     changed and removed since the readable generation before it (``previous``),
-    as :func:`persistent_kernel.checkpoint.history` compares them.
+    as :func:`persistent_kernel.restore.history` compares them.
 
     A variable counts as changed when its group's saved bytes differ, so a
     change to one of several variables sharing objects shows on all of them.

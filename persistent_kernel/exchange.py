@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from . import checkpoint, namespace, serializer
+from . import namespace, restore, serializer
 from .errors import (
     CorruptCheckpoint,
     ExportFailed,
@@ -154,7 +154,7 @@ def _load(
     generation: int | None,
     names: list[str] | None,
     module: types.ModuleType,
-) -> tuple[Manifest, dict[str, Any], checkpoint.RestoreReport, list[str]]:
+) -> tuple[Manifest, dict[str, Any], restore.RestoreReport, list[str]]:
     """Load a generation into a dict whose notebook functions see *module*'s globals."""
     if generation is not None:
         manifest = session.read_manifest(generation)
@@ -181,7 +181,7 @@ def _load_one(
     manifest: Manifest,
     names: list[str] | None,
     module: types.ModuleType,
-) -> tuple[dict[str, Any], checkpoint.RestoreReport]:
+) -> tuple[dict[str, Any], restore.RestoreReport]:
     saved = set(manifest.content.get("variables") or {})
     if names is not None:
         known = saved | set(manifest.content.get("skipped") or {})
@@ -192,8 +192,8 @@ def _load_one(
             )
         names = [n for n in names if n in saved]
         if not names:  # only variables that were never saved: nothing to load
-            return {}, checkpoint.RestoreReport()
-    return checkpoint.load_generation(session, manifest.generation, names, main=module)
+            return {}, restore.RestoreReport()
+    return restore.load_generation(session, manifest.generation, names, main=module)
 
 
 def _not_saved(manifest: Manifest, names: list[str] | None) -> dict[str, str]:

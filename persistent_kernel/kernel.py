@@ -34,8 +34,9 @@ from jupyter_core.paths import jupyter_data_dir
 from tornado.ioloop import IOLoop
 from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default, observe
 
-from . import checkpoint, namespace, notebook, report, serializer, snapshot
-from .checkpoint import CheckpointResult, RestoreReport
+from . import checkpoint, namespace, notebook, report, restore, serializer, snapshot
+from .checkpoint import CheckpointResult
+from .restore import RestoreReport
 from .session import session_key
 from .store import SessionStore, Store, is_disk_error
 
@@ -118,7 +119,7 @@ class PersistentKernel(IPythonKernel):
         self.restore_report: RestoreReport | None = None
         self._pending_summary: str | None = None
         self._restore_done: concurrent.futures.Future[None] | None = None
-        self._restore_progress: checkpoint.RestoreProgress | None = None
+        self._restore_progress: restore.RestoreProgress | None = None
         self._carried: list[checkpoint.CarriedGroup] = []
         self._failures = 0  # checkpoints failed in a row
         self._writer_deaths = 0  # of which the forked writer died without a word
@@ -172,7 +173,7 @@ class PersistentKernel(IPythonKernel):
         super().start()
         self._install_sigterm_handler()
         if self.restore:
-            self._restore_progress = checkpoint.RestoreProgress()
+            self._restore_progress = restore.RestoreProgress()
             self._restore_done = concurrent.futures.Future()
             threading.Thread(
                 target=self._restore_thread, name="persistent-kernel-restore", daemon=True
@@ -231,7 +232,7 @@ class PersistentKernel(IPythonKernel):
                 "newest complete checkpoint", alive, waited,
             )  # fmt: skip
         assert self.shell is not None
-        result = checkpoint.restore_checkpoint(session, self.shell.user_ns, self._restore_progress)
+        result = restore.restore_checkpoint(session, self.shell.user_ns, self._restore_progress)
         result.waited = waited
         result.renamed_from = renamed_from
         self.restore_report = result

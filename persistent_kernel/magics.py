@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from . import checkpoint, report
+from . import checkpoint, report, restore
 from .errors import PersistentKernelError
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ class PersistMagics(Magics):
 
     def _history(self, args: list[str]) -> None:
         self._no_args(args, "history")
-        rows = checkpoint.history(self.kernel.session_store)
+        rows = restore.history(self.kernel.session_store)
         if not rows:
             print("No checkpoints yet.")
         for row in rows:
@@ -127,7 +127,7 @@ class PersistMagics(Magics):
     def _restore(self, args: list[str]) -> None:
         generation = int(args.pop(0)) if args and args[0].isdigit() else None
         session = self.kernel.session_store
-        values, rep = checkpoint.load_generation(session, generation, args or None)
+        values, rep = restore.load_generation(session, generation, args or None)
         if args:
             values = {name: values[name] for name in args if name in values}
         assert self.shell is not None

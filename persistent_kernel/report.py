@@ -6,7 +6,8 @@ import errno
 import html
 import time
 
-from .checkpoint import CheckpointResult, RestoreReport
+from .checkpoint import CheckpointResult
+from .restore import RestoreReport
 
 
 def human_size(n: float) -> str:

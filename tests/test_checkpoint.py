@@ -13,12 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from persistent_kernel.checkpoint import (
-    CheckpointResult,
-    RestoreReport,
-    restore_checkpoint,
-    write_checkpoint,
-)
+from persistent_kernel.checkpoint import CheckpointResult, write_checkpoint
+from persistent_kernel.restore import RestoreReport, restore_checkpoint
 from persistent_kernel.store import SessionStore, Store
 
 KEY = "/home/user/analysis.ipynb"
@@ -354,7 +350,7 @@ def test_groups_that_did_not_load_are_carried_forward(
 
 
 def test_manifest_records_versions_and_a_restore_names_changes(session: SessionStore) -> None:
-    from persistent_kernel.checkpoint import version_changes
+    from persistent_kernel.restore import version_changes
 
     write(session, {"df": pd.DataFrame({"a": [1]}), "arr": np.zeros(3), "n": 1})
     manifest, _ = session.latest()

@@ -16,8 +16,8 @@ from typing import Any
 import dill
 import pytest
 
-from persistent_kernel import checkpoint
-from persistent_kernel.checkpoint import load_generation, write_checkpoint
+from persistent_kernel import checkpoint, restore
+from persistent_kernel.checkpoint import write_checkpoint
 from persistent_kernel.errors import (
     CorruptCheckpoint,
     ExportFailed,
@@ -25,6 +25,7 @@ from persistent_kernel.errors import (
     NoSuchVariable,
 )
 from persistent_kernel.exchange import ExportResult, export_generation, import_file
+from persistent_kernel.restore import load_generation
 from persistent_kernel.store import SessionStore, Store
 
 KEY = "/home/user/notebook.ipynb"
@@ -354,7 +355,7 @@ def test_import_a_bad_file_changes_nothing(tmp_path: Path) -> None:
     assert into == {"a": 1}
 
 
-# -- checkpoint.load_generation, as export uses it ------------------------------------
+# -- restore.load_generation, as export uses it ---------------------------------------
 
 
 def test_load_generation_into_another_main(session: SessionStore) -> None:
@@ -383,6 +384,6 @@ def test_restore_still_uses_crash_markers(session: SessionStore) -> None:
     marker.write_text(checkpoint.group_id(session.read_manifest(2).content["groups"][0]))
     marker.chmod(0o600)
     into: dict[str, Any] = {}
-    report = checkpoint.restore_checkpoint(session, into)
+    report = restore.restore_checkpoint(session, into)
     assert not marker.exists()
     assert any("crashed the kernel" in reason for reason in report.skipped.values())

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from persistent_kernel.checkpoint import load_generation
+from persistent_kernel.restore import load_generation
 from persistent_kernel.store import SessionStore, Store
 
 from .harness import Kernel, KernelHarness

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from persistent_kernel.checkpoint import RestoreReport, restore_checkpoint, write_checkpoint
+from persistent_kernel.checkpoint import write_checkpoint
 from persistent_kernel.errors import UntrustedCheckpoint
+from persistent_kernel.restore import RestoreReport, restore_checkpoint
 from persistent_kernel.store import SessionStore, Store, blob_hash, write_atomic
 from persistent_kernel.trust import Signer
 

@@ -1,0 +1,362 @@
+"""Checkpoints read back: restore at start, one generation on demand, history.
+
+``restore_checkpoint`` runs in the kernel at start (in a thread beside the
+event loop); ``load_generation`` serves ``%persist restore`` and export;
+``history`` compares generations from their manifests alone. The manifest
+format is :mod:`persistent_kernel.checkpoint`'s. **Unpickling runs code**:
+only manifests the store has verified as ours are loaded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from types import ModuleType
+from typing import Any
+
+from . import serializer
+from .checkpoint import CarriedGroup, environment_info, group_id, group_refs, installed_version
+from .errors import CorruptCheckpoint, NoCheckpoint, UntrustedCheckpoint
+from .store import Manifest, SessionStore
+
+
+def version_changes(manifest: Manifest) -> list[str]:
+    """What differs between the Python that wrote *manifest* and this one:
+    Python, dill, and the packages its variables' types come from."""
+    saved: dict[str, Any] = {k: manifest.raw.get(k) for k in ("python", "dill")}
+    saved.update(manifest.content.get("packages") or {})
+    here = environment_info()
+    changes = []
+    for name, then in saved.items():
+        if not isinstance(then, str):
+            continue
+        now = here[name] if name in here else installed_version(name)
+        if now != then:
+            changes.append(f"{name} {then} (now {now or 'not installed'})")
+    return changes
+
+
+class RestoreInterrupted(Exception):
+    """Raised inside a restore when :attr:`RestoreProgress.stop` is set."""
+
+
+class RestoreProgress:
+    """Shared between a restoring thread and the kernel that waits for it.
+
+    The restoring side adds to :attr:`done`; the kernel reads it and may set
+    :attr:`stop` (an interrupt), which ends the restore at the next chunk read
+    or before the next group is unpickled. Plain attributes: one writer each.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.done = 0
+        self.generation: int | None = None
+        self.stop = threading.Event()
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self.stop.is_set():
+            raise RestoreInterrupted
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+
+@dataclass
+class RestoreReport:
+    """What a restore brought back, and what it did not."""
+
+    generation: int | None = None
+    created: float | None = None
+    size: int = 0
+    restored: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # generations passed over, and why
+    waited: float = 0.0  # seconds spent waiting for a previous writer
+    elapsed: float = 0.0
+    interrupted: bool = False
+    versions: list[str] = field(default_factory=list)  # "pandas 2.2.0 (now 3.1.1)"
+    # name -> {"type": ..., "size": bytes of its group or None}, from the manifest
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    renamed_from: str | None = None  # the notebook's old path, if it was renamed
+    carried: list[CarriedGroup] = field(default_factory=list)  # groups not loaded, intact
+
+
+def _read_group(
+    session: SessionStore, manifest: Manifest, group: Any, progress: RestoreProgress | None
+) -> list[Any]:
+    refs = group_refs(group)
+    if not refs:
+        raise CorruptCheckpoint("a group entry has no parts")
+    buffers = []
+    for ref in refs:
+        if manifest.blobs.get(ref.hash) != ref.size:
+            raise CorruptCheckpoint(f"blob {ref.hash} is not listed in the manifest")
+        buffers.extend(session.read_blob(ref, progress.advance if progress is not None else None))
+    return buffers
+
+
+def _groups(manifest: Manifest) -> list[Any]:
+    groups = manifest.content.get("groups")
+    if not isinstance(groups, list):
+        raise CorruptCheckpoint("its manifest lists no groups")
+    return groups
+
+
+def _read_groups(
+    session: SessionStore,
+    manifest: Manifest,
+    progress: RestoreProgress | None,
+    partial: RestoreReport | None = None,
+) -> list[list[Any] | None]:
+    """Every group's parts; with *partial*, a damaged group is ``None`` and noted."""
+    parts: list[list[Any] | None] = []
+    if progress is not None:
+        progress.generation, progress.total, progress.done = manifest.generation, manifest.size, 0
+    for group in _groups(manifest):
+        try:
+            parts.append(_read_group(session, manifest, group, progress))
+        except (CorruptCheckpoint, UntrustedCheckpoint) as exc:
+            if partial is None:
+                raise
+            names = [str(n) for n in group.get("names", [])] if isinstance(group, dict) else []
+            partial.skipped.update(dict.fromkeys(names, f"its data is damaged ({exc})"))
+            parts.append(None)
+    return parts
+
+
+def restore_checkpoint(
+    session: SessionStore, into: dict[str, Any], progress: RestoreProgress | None = None
+) -> RestoreReport:
+    """Load the newest intact generation of *session* into *into*.
+
+    Every blob of a generation is read and checked before anything is
+    unpickled; a generation with a bad manifest or blob is passed over for
+    the next older one, and the report says why. A group that fails to
+    unpickle skips its own variables only. **Unpickling runs code.**
+
+    Setting ``progress.stop`` interrupts: while blobs are read nothing has
+    been loaded yet and nothing is; once unpickling has begun, the groups
+    already loaded stay. Either way the report says so.
+    """
+    start = time.monotonic()
+    report = RestoreReport()
+    try:
+        _restore(session, into, progress, report)
+    except RestoreInterrupted:
+        report.interrupted = True
+        report.problems.append(
+            "the restore was interrupted"
+            + (
+                f"; {len(report.restored)} variable(s) were loaded before it stopped"
+                if report.restored
+                else " before anything was loaded"
+            )
+        )
+    report.elapsed = time.monotonic() - start
+    return report
+
+
+def load_generation(
+    session: SessionStore,
+    generation: int | None = None,
+    names: Sequence[str] | None = None,
+    progress: RestoreProgress | None = None,
+    main: ModuleType | None = None,
+) -> tuple[dict[str, Any], RestoreReport]:
+    """Load one generation (default: the newest) into a new dict, nothing else.
+
+    With *names*, only the groups holding those variables are read and
+    unpickled (their group-mates come along: they share objects). Raises
+    :class:`NoCheckpoint`, :class:`CorruptCheckpoint` or
+    :class:`UntrustedCheckpoint` for a generation that cannot be read whole.
+    Notebook functions get *main*'s namespace as their globals (default:
+    this process's ``__main__``); put the values into it for them to see
+    each other. Unlike a restore it leaves no crash marker, so a load that
+    dies outside the kernel does not make the kernel skip that data at its
+    next start. **Unpickling runs code.**
+    """
+    start = time.monotonic()
+    if generation is None:
+        manifest, _ = session.latest()
+    else:
+        manifest = session.read_manifest(generation)
+    if names is not None:
+        wanted = set(names)
+        missing = wanted - set(manifest.content.get("variables", {}))
+        if missing:
+            raise NoCheckpoint(
+                f"generation {manifest.generation} has no variable {', '.join(sorted(missing))}"
+            )
+        groups = [g for g in _groups(manifest) if wanted & set(g.get("names", []))]
+        variables = {
+            n: v
+            for n, v in manifest.content.get("variables", {}).items()
+            if n in wanted or any(n in g.get("names", []) for g in groups)
+        }
+        content = {**manifest.content, "groups": groups, "variables": variables, "skipped": {}}
+        manifest = replace(manifest, content=content)
+    values: dict[str, Any] = {}
+    report = RestoreReport()
+    blobs = _read_groups(session, manifest, progress)
+    _load(session, manifest, blobs, values, report, progress, main=main, markers=False)
+    report.elapsed = time.monotonic() - start
+    return values, report
+
+
+def _restore(
+    session: SessionStore,
+    into: dict[str, Any],
+    progress: RestoreProgress | None,
+    report: RestoreReport,
+) -> None:
+    newest_readable: Manifest | None = None
+    for generation in reversed(session.generations()):
+        try:
+            manifest = session.read_manifest(generation)
+            newest_readable = newest_readable or manifest
+            blobs = _read_groups(session, manifest, progress)
+        except NoCheckpoint:
+            continue
+        except (CorruptCheckpoint, UntrustedCheckpoint) as exc:
+            report.problems.append(f"generation {generation} was passed over: {exc}")
+            continue
+        _load(session, manifest, blobs, into, report, progress)
+        break
+    else:
+        if newest_readable is not None:
+            # No generation is whole (they share a damaged blob): bring back
+            # what is intact in the newest rather than nothing.
+            try:
+                blobs = _read_groups(session, newest_readable, progress, partial=report)
+            except (CorruptCheckpoint, UntrustedCheckpoint):
+                pass
+            else:
+                report.problems.append(
+                    f"no generation was intact; restored what is left of generation "
+                    f"{newest_readable.generation}"
+                )
+                _load(session, newest_readable, blobs, into, report, progress)
+
+
+def _load(
+    session: SessionStore,
+    manifest: Manifest,
+    blobs: list[list[Any] | None],
+    into: dict[str, Any],
+    report: RestoreReport,
+    progress: RestoreProgress | None,
+    main: ModuleType | None = None,
+    markers: bool = True,
+) -> None:
+    """Unpickle *blobs* into *into*. *markers*: leave a crash marker while a
+    group is unpickled, and skip groups whose unpickling killed a kernel."""
+    content = manifest.content
+    report.generation, report.created, report.size = (
+        manifest.generation,
+        manifest.created,
+        manifest.size,
+    )
+    report.versions = version_changes(manifest)
+    groups = content.get("groups") or []
+    for name, entry in dict(content.get("variables") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        index = entry.get("group")
+        group = groups[index] if isinstance(index, int) and 0 <= index < len(groups) else None
+        size = group.get("size") if isinstance(group, dict) else None
+        report.details[name] = {"type": entry.get("type", "?"), "size": size}
+    for name, reason in dict(content.get("skipped") or {}).items():
+        report.skipped[name] = f"not saved: {reason}"
+    for name, entry in dict(content.get("variables") or {}).items():
+        module = entry.get("module") if isinstance(entry, dict) else None
+        if module:
+            try:
+                into[name] = serializer.import_module(module)
+                report.restored.append(name)
+            except Exception as exc:
+                report.skipped[name] = f"module {module} could not be imported ({exc})"
+    poisoned = session.poisoned() if markers else set()
+    for group, parts in zip(content["groups"], blobs, strict=True):
+        if parts is None:  # damaged: already reported
+            continue
+        if progress is not None and progress.stop.is_set():
+            report.restored.sort()
+            index = content["groups"].index(group)
+            report.carried.extend(_carry(content, g) for g in content["groups"][index:])
+            raise RestoreInterrupted
+        names = list(group.get("names", []))
+        if group_id(group) in poisoned:
+            reason = "loading it crashed the kernel at an earlier start, so it was left alone"
+            report.skipped.update(dict.fromkeys(names, reason))
+            report.carried.append(_carry(content, group))
+            continue
+        if markers:
+            session.begin_loading(group_id(group))
+        try:
+            values = serializer.load_payload(
+                group.get("pickler", ""), bytes(parts[0]), parts[1:], main
+            )
+        except Exception as exc:
+            reason = f"could not be loaded ({serializer.describe_error(exc)})"
+            report.skipped.update(dict.fromkeys(names, reason))
+            report.carried.append(_carry(content, group))
+            continue
+        finally:
+            if markers:
+                session.end_loading()
+        into.update(values)
+        report.restored.extend(values)
+    report.restored.sort()
+
+
+def _carry(content: dict[str, Any], group: dict[str, Any]) -> CarriedGroup:
+    variables = content.get("variables", {})
+    names = group.get("names", [])
+    return CarriedGroup(dict(group), {n: variables[n] for n in names if n in variables})
+
+
+def variable_fingerprints(manifest: Manifest) -> dict[str, str]:
+    """name -> what identifies its saved bytes (its group's part hashes, or
+    its module), so two generations can be compared without unpickling."""
+    groups = manifest.content.get("groups") or []
+    prints: dict[str, str] = {}
+    for name, entry in dict(manifest.content.get("variables") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        index = entry.get("group")
+        if entry.get("module"):
+            prints[name] = f"module:{entry['module']}"
+        elif isinstance(index, int) and 0 <= index < len(groups):
+            prints[name] = ",".join(h for h, _ in groups[index].get("parts", []))
+    return prints
+
+
+def history(session: SessionStore) -> list[dict[str, Any]]:
+    """The readable generations, oldest first, each with the variables added,
+    changed and removed since the one before. Nothing is unpickled."""
+    rows: list[dict[str, Any]] = []
+    before: dict[str, str] = {}
+    for generation in session.generations():
+        try:
+            manifest = session.read_manifest(generation)
+        except (NoCheckpoint, CorruptCheckpoint, UntrustedCheckpoint):
+            continue
+        now = variable_fingerprints(manifest)
+        rows.append(
+            {
+                "generation": generation,
+                "created": manifest.created,
+                "size": manifest.size,
+                "variables": sorted(now),
+                "added": sorted(set(now) - set(before)),
+                "changed": sorted(n for n in set(now) & set(before) if now[n] != before[n]),
+                "removed": sorted(set(before) - set(now)),
+            }
+        )
+        before = now
+    return rows
