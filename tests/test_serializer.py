@@ -384,3 +384,19 @@ def test_main_definitions_need_dill(tmp_path: Path) -> None:
     )
     assert loaded["before"] == [2, 6, 6, True]
     assert loaded["after"] == [20, 20]
+
+
+def test_flat_containers_skip_tracking_but_still_share_themselves() -> None:
+    """A dict of atoms and tuples of atoms is pickled without tracking its
+    items; bound to two names it is still one group, and a container holding
+    something mutable is still looked into."""
+    from persistent_kernel import serializer
+
+    flat = {f"k{i}": (i, str(i), float(i)) for i in range(1000)}
+    inner = {"mutable": [1]}
+    nested = {"t": (1, inner)}  # a tuple holding a dict: not flat
+    assert serializer._flat(flat) and not serializer._flat(nested)
+    assert not serializer._flat([{"a": 1}])  # dicts inside: identity matters
+    ser = serialize({"flat": flat, "alias": flat, "nested": nested, "inner": inner})
+    groups = sorted(sorted(p.names) for p in ser.payloads)
+    assert groups == [["alias", "flat"], ["inner", "nested"]]
