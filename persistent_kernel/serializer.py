@@ -193,7 +193,7 @@ def _flat(value: Any) -> bool:
     return True
 
 
-def _shared_candidates(seen: list[Any], wrapper_id: int) -> dict[int, Any]:
+def _shared_candidates(seen: list[Any], ignore: set[int]) -> dict[int, Any]:
     """The objects pickled whose identity matters, keyed by id.
 
     The objects are kept (not just their ids) so that an id cannot be reused
@@ -203,11 +203,8 @@ def _shared_candidates(seen: list[Any], wrapper_id: int) -> dict[int, Any]:
     """
     kept = list(itertools.compress(seen, map(_IDENTITY_MATTERS.__getitem__, map(type, seen))))
     keep: dict[int, Any] = dict(zip(map(id, kept), kept, strict=True))
-    keep.pop(wrapper_id, None)
-    # A module's globals (``__main__.__dict__`` for every notebook function) are
-    # saved by reference: everyone "shares" them, which is no reason to group.
-    for module in list(sys.modules.values()):
-        keep.pop(id(getattr(module, "__dict__", None)), None)
+    for key in ignore & keep.keys():
+        del keep[key]
     for obj in itertools.compress(kept, map(_NEEDS_A_LOOK.__getitem__, map(type, kept))):
         if _is_numpy_dtype(type(obj)) or not _defined_in_main(obj):
             keep.pop(id(obj), None)
@@ -223,7 +220,7 @@ class _Single:
     shared: dict[int, Any]
 
 
-def _pickle_one(name: str, value: Any) -> _Single | str:
+def _pickle_one(name: str, value: Any, ignore: set[int]) -> _Single | str:
     """Pickle ``{name: value}``; return the result or the reason it failed."""
     wrapper = {name: value}
     try:
@@ -242,7 +239,7 @@ def _pickle_one(name: str, value: Any) -> _Single | str:
             pickler = "dill"
         except Exception as exc:
             return describe_error(exc if isinstance(first, _NeedsDill) else first)
-    return _Single(name, pickler, data, buffers, _shared_candidates(seen, id(wrapper)))
+    return _Single(name, pickler, data, buffers, _shared_candidates(seen, ignore | {id(wrapper)}))
 
 
 class _Groups:
@@ -278,6 +275,10 @@ def serialize(
     singles: dict[str, _Single] = {}
     owner: dict[int, str] = {}
     groups = _Groups()
+    # A module's globals (``__main__.__dict__`` for every notebook function) are
+    # saved by reference: everyone "shares" them, which is no reason to group.
+    # Collected once here, not once per variable.
+    module_dicts = {id(getattr(m, "__dict__", None)) for m in list(sys.modules.values())}
     for name, value in values.items():
         types[name] = type_name(value)
         if isinstance(value, ModuleType) and sys.modules.get(value.__name__) is value:
@@ -285,7 +286,7 @@ def serialize(
             continue
         if on_variable is not None:
             on_variable(name)
-        result = _pickle_one(name, value)
+        result = _pickle_one(name, value, module_dicts)
         if isinstance(result, str):
             skipped[name] = result
             continue
