@@ -33,11 +33,16 @@ class PersistentKernelApp(IPKernelApp):
         return ["ipython_kernel_config.py", "persistent_kernel_config.py"]
 
     def start(self) -> Any:
-        try:
+        if self.subapp is not None:
             return super().start()
+        try:
+            result = super().start()
         finally:
-            if self.subapp is None and getattr(self, "kernel", None) is not None:
+            if getattr(self, "kernel", None) is not None:
                 self.kernel.final_checkpoint()
+        # Only after a clean stop: an exception leaves through Python's usual exit.
+        self.kernel.prepare_exit()
+        return result
 
 
 main = PersistentKernelApp.launch_instance

@@ -8,6 +8,12 @@ if __name__ == "__main__":
     if sys.path and sys.path[0] == "":
         del sys.path[0]
 
+    # Before any other module registers an exit handler, so that this one
+    # runs last (see quickexit).
+    from persistent_kernel import quickexit
+
+    quickexit.install()
+
     from persistent_kernel.kernelapp import main
 
     main()

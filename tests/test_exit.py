@@ -1,0 +1,144 @@
+"""How the kernel process ends: quickly, yet with Python's exit duties done."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .harness import KernelHarness
+
+
+def _exit_code_after_shutdown(kernel: Any) -> int | None:
+    process = kernel.km.provisioner.process
+    kernel.shutdown()
+    kernel.wait_dead()
+    return process.returncode
+
+
+def test_a_clean_exit_still_does_what_python_does_at_exit(
+    kernels: KernelHarness, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    kernel = kernels.start()
+    kernel.run(
+        textwrap.dedent(f"""
+        import atexit, tempfile, threading, time
+        from pathlib import Path
+        out = Path({str(out)!r})
+        # written, never flushed nor closed, and not directly in the namespace
+        box = {{"log": open(out / "unclosed.txt", "w")}}
+        box["log"].write("bytes a cell wrote")
+        atexit.register((out / "atexit.txt").write_text, "exit handler ran")
+        scratch = tempfile.TemporaryDirectory()  # removed by its weakref.finalize at exit
+        (out / "scratch.txt").write_text(scratch.name)
+
+        def late():
+            time.sleep(1)
+            (out / "thread.txt").write_text("non-daemon thread finished")
+
+        threading.Thread(target=late).start()
+        """)
+    ).check()
+    assert _exit_code_after_shutdown(kernel) == 0
+    assert (out / "unclosed.txt").read_text() == "bytes a cell wrote"
+    assert (out / "atexit.txt").read_text() == "exit handler ran"
+    assert (out / "thread.txt").read_text() == "non-daemon thread finished"
+    assert not Path((out / "scratch.txt").read_text()).exists()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_fast_exit_skips_freeing_the_namespace(
+    kernels: KernelHarness, tmp_path: Path, fast: bool
+) -> None:
+    # A __del__ is the one thing a fast exit leaves out (Python does not promise
+    # it at exit either); with fast_exit off, the namespace is freed as usual.
+    marker = tmp_path / "del.txt"
+    kernel = kernels.start(args=[f"--PersistentKernel.fast_exit={fast}"])
+    kernel.run(
+        textwrap.dedent(f"""
+        class Noisy:
+            def __del__(self):
+                open({str(marker)!r}, "w").write("freed")
+
+        noisy = Noisy()
+        """)
+    ).check()
+    assert _exit_code_after_shutdown(kernel) == 0
+    assert marker.exists() is not fast
+    # either way the namespace came through the shutdown
+    kernel = kernels.start()
+    assert kernel.value("type(noisy).__name__") == "'Noisy'"
+
+
+def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_armed_exit_runs_later_handlers_flushes_and_skips_teardown(tmp_path: Path) -> None:
+    target = tmp_path / "unflushed.txt"
+    done = _run(
+        """
+        import atexit, sys
+        from persistent_kernel import quickexit
+        assert quickexit.install()
+        atexit.register(print, "later handler ran")
+        f = open(sys.argv[1], "w")
+        f.write("buffered")
+
+        class Noisy:
+            def __del__(self):
+                print("__del__ ran")
+
+        quickexit.arm([Noisy()])
+        print("armed")
+        """,
+        str(target),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["armed", "later handler ran"]
+    assert target.read_text() == "buffered"
+
+
+def test_unarmed_exit_is_pythons_own() -> None:
+    done = _run(
+        """
+        from persistent_kernel import quickexit
+        assert quickexit.install()
+
+        class Noisy:
+            def __del__(self):
+                print("__del__ ran")
+
+        keep = Noisy()
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["__del__ ran"]
+
+
+def test_install_stands_aside_for_an_earlier_exit_handler() -> None:
+    # A handler registered first runs last; a quick exit would skip it.
+    done = _run(
+        """
+        import atexit
+        atexit.register(print, "earlier handler ran")
+        from persistent_kernel import quickexit
+        print(quickexit.install())
+        quickexit.arm([])
+        print(quickexit.armed())
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["False", "False", "earlier handler ran"]
