@@ -28,7 +28,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import mmap
 import os
 import secrets
 import shutil
@@ -41,6 +40,7 @@ from typing import Any
 
 import xxhash
 
+from . import blobio
 from .errors import CorruptCheckpoint, NoCheckpoint, StoreBusy, UntrustedCheckpoint
 from .session import session_dirname
 from .trust import Signer, check_private, check_private_path, read_private
@@ -49,8 +49,7 @@ from .trust import Signer, check_private, check_private_path, read_private
 FORMAT = 1
 HASH = "xxh3_128"
 _TMP = ".tmp-"
-_CHUNK = 1 << 26  # largest single read or write: bounds one call, paces progress
-_MMAP_MIN = 1 << 20  # parts this large are read into anonymous mmaps
+_CHUNK = 1 << 26  # largest single write: bounds one call
 _REVERIFY_MAX = 1 << 20  # stored blobs up to this size are re-hashed before reuse
 
 
@@ -90,22 +89,6 @@ def _private_dir(path: Path) -> Path:
         with suppress(FileExistsError):
             path.mkdir(mode=0o700)
     return path
-
-
-def _private_buffer(size: int) -> mmap.mmap:
-    """Writable anonymous memory that a later fork() copies on write.
-
-    ``mmap.mmap(-1, n)`` alone is MAP_SHARED: a forked writer would see the
-    kernel's later changes to a restored array and could save a mix of two
-    cells. MAP_PRIVATE keeps the snapshot a snapshot; huge pages, where the
-    kernel offers them, make filling it faster. Unlike bytearray, nothing is
-    zero-filled first.
-    """
-    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        with suppress(OSError):
-            buf.madvise(mmap.MADV_HUGEPAGE)
-    return buf
 
 
 def _fsync_dir(path: Path) -> None:
@@ -388,20 +371,13 @@ class SessionStore:
                 )
             digest = xxhash.xxh3_128()
             parts: list[Any] = []
+            offset = 0
             for size in ref.parts:
-                buf: Any = _private_buffer(size) if size >= _MMAP_MIN else bytearray(size)
-                view = memoryview(buf)
-                got = 0
-                while got < size:
-                    n = f.readinto(view[got : got + _CHUNK])
-                    if not n:
-                        raise CorruptCheckpoint(f"blob {ref.hash} ended early")
-                    got += n
-                    if on_read is not None:
-                        on_read(n)
-                digest.update(view)
-                view.release()
-                parts.append(buf)
+                try:
+                    parts.append(blobio.read_part(fd, size, offset, digest, on_read))
+                except blobio.ShortRead:
+                    raise CorruptCheckpoint(f"blob {ref.hash} ended early") from None
+                offset += size
         if digest.hexdigest() != ref.hash:
             self._quarantine(path)
             raise CorruptCheckpoint(f"blob {ref.hash} does not match its hash")
