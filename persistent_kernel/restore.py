@@ -281,6 +281,21 @@ def _load(
             except Exception as exc:
                 report.skipped[name] = f"module {module} could not be imported ({exc})"
     poisoned = session.poisoned() if markers else set()
+    _load_groups(session, content, blobs, into, report, progress, main, markers, poisoned)
+    report.restored.sort()
+
+
+def _load_groups(
+    session: SessionStore,
+    content: dict[str, Any],
+    blobs: list[list[Any] | None],
+    into: dict[str, Any],
+    report: RestoreReport,
+    progress: RestoreProgress | None,
+    main: ModuleType | None,
+    markers: bool,
+    poisoned: set[str],
+) -> None:
     for group, parts in zip(content["groups"], blobs, strict=True):
         if parts is None:  # damaged: already reported
             continue
@@ -298,9 +313,7 @@ def _load(
         if markers:
             session.begin_loading(group_id(group))
         try:
-            values = serializer.load_payload(
-                group.get("pickler", ""), bytes(parts[0]), parts[1:], main
-            )
+            values = serializer.load_payload(group.get("pickler", ""), parts[0], parts[1:], main)
         except Exception as exc:
             reason = f"could not be loaded ({serializer.describe_error(exc)})"
             report.skipped.update(dict.fromkeys(names, reason))
@@ -311,7 +324,6 @@ def _load(
                 session.end_loading()
         into.update(values)
         report.restored.extend(values)
-    report.restored.sort()
 
 
 def _carry(content: dict[str, Any], group: dict[str, Any]) -> CarriedGroup:

@@ -328,10 +328,11 @@ def serialize(
 
 
 def load_payload(
-    pickler: str, data: bytes, buffers: list[Any], main: ModuleType | None = None
+    pickler: str, data: Any, buffers: list[Any], main: ModuleType | None = None
 ) -> dict[str, Any]:
     """Unpickle one group. **This runs code**: load only checkpoints you trust.
 
+    *data* is the pickle stream (any bytes-like object: it is not copied).
     *buffers* must be writable (bytearray, mmap) so restored arrays are too.
     *main* is the module whose namespace notebook functions get as their
     globals (default: this process's ``__main__``, as dill binds it), so a
