@@ -123,11 +123,11 @@ def _read_parallel(
         try:
 
             def submit() -> None:
-                for start, end in queued:
-                    pending.append(
-                        (start, end, pool.submit(_pread_into, fd, view[start:end], offset + start))
-                    )
-                    return
+                span = next(queued, None)
+                if span is not None:
+                    start, end = span
+                    future = pool.submit(_pread_into, fd, view[start:end], offset + start)
+                    pending.append((start, end, future))
 
             for _ in range(AHEAD):
                 submit()

@@ -60,10 +60,6 @@ def install() -> bool:
     return True
 
 
-def installed() -> bool:
-    return _installed
-
-
 def arm(keep: Iterable[Any]) -> None:
     """Make the coming exit quick: keep *keep* alive and stop garbage collection.
 

@@ -281,21 +281,6 @@ def _load(
             except Exception as exc:
                 report.skipped[name] = f"module {module} could not be imported ({exc})"
     poisoned = session.poisoned() if markers else set()
-    _load_groups(session, content, blobs, into, report, progress, main, markers, poisoned)
-    report.restored.sort()
-
-
-def _load_groups(
-    session: SessionStore,
-    content: dict[str, Any],
-    blobs: list[list[Any] | None],
-    into: dict[str, Any],
-    report: RestoreReport,
-    progress: RestoreProgress | None,
-    main: ModuleType | None,
-    markers: bool,
-    poisoned: set[str],
-) -> None:
     for group, parts in zip(content["groups"], blobs, strict=True):
         if parts is None:  # damaged: already reported
             continue
@@ -324,6 +309,7 @@ def _load_groups(
                 session.end_loading()
         into.update(values)
         report.restored.extend(values)
+    report.restored.sort()
 
 
 def _carry(content: dict[str, Any], group: dict[str, Any]) -> CarriedGroup:
