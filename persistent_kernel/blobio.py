@@ -56,21 +56,18 @@ def private_buffer(size: int) -> Any:
     return buf
 
 
-def _pread_into(fd: int, view: memoryview, offset: int) -> None:
-    got = 0
-    while got < len(view):
-        n = os.preadv(fd, [view[got:]], offset + got)
-        if n == 0:
-            raise ShortRead
-        got += n
+#: preadv reads at an offset without the shared file position, so threads can share the fd.
+_PREADV = hasattr(os, "preadv")
 
 
-def _read_serial(fd: int, view: memoryview, offset: int) -> None:
-    """Where there is no preadv: seek, then read through the file position."""
-    os.lseek(fd, offset, os.SEEK_SET)
+def _read_into(fd: int, view: memoryview, offset: int) -> None:
+    """Fill *view* with the bytes of *fd* from *offset*; :class:`ShortRead` at EOF."""
+    if not _PREADV:
+        os.lseek(fd, offset, os.SEEK_SET)
     got = 0
     while got < len(view):
-        n = os.readv(fd, [view[got:]])
+        rest = [view[got:]]
+        n = os.preadv(fd, rest, offset + got) if _PREADV else os.readv(fd, rest)
         if n == 0:
             raise ShortRead
         got += n
@@ -95,12 +92,11 @@ def read_part(
     view = memoryview(buf)
     try:
         spans = [(start, min(start + CHUNK, size)) for start in range(0, size, CHUNK)]
-        if size >= PARALLEL_MIN and hasattr(os, "preadv"):
+        if size >= PARALLEL_MIN and _PREADV:
             _read_parallel(fd, view, offset, spans, digest, on_read)
         else:
-            read = _pread_into if hasattr(os, "preadv") else _read_serial
             for start, end in spans:
-                read(fd, view[start:end], offset + start)
+                _read_into(fd, view[start:end], offset + start)
                 digest.update(view[start:end])
                 if on_read is not None:
                     on_read(end - start)
@@ -126,7 +122,7 @@ def _read_parallel(
                 span = next(queued, None)
                 if span is not None:
                     start, end = span
-                    future = pool.submit(_pread_into, fd, view[start:end], offset + start)
+                    future = pool.submit(_read_into, fd, view[start:end], offset + start)
                     pending.append((start, end, future))
 
             for _ in range(AHEAD):
