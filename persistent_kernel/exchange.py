@@ -44,11 +44,10 @@ from __future__ import annotations
 import builtins
 import errno
 import os
-import secrets
 import sys
 import types
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -62,6 +61,7 @@ from .errors import (
     UntrustedCheckpoint,
 )
 from .store import Manifest, SessionStore
+from .store.fs import atomic_file
 
 #: Names a fresh module has that are no variables of the notebook.
 _MODULE_DUNDERS = ("__doc__", "__package__", "__loader__", "__spec__")
@@ -254,35 +254,19 @@ def _write_module(module: types.ModuleType, target: Path) -> dict[str, str]:
     space["__builtins__"] = builtins
     variables = {n: v for n, v in space.items() if n not in ("__builtins__", "__name__")}
     skipped: dict[str, str] = {}
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with open(fd, "wb") as f:
+    with atomic_file(target) as f:
+        try:
+            _dump(module, f)
+        except Exception:
+            skipped = _unwritable(module, variables)
+            f.seek(0)
+            f.truncate()
             try:
                 _dump(module, f)
-            except Exception:
-                skipped = _unwritable(module, variables)
-                f.seek(0)
-                f.truncate()
-                try:
-                    _dump(module, f)
-                except Exception as exc:
-                    raise ExportFailed(
-                        f"dill could not write the variables ({serializer.describe_error(exc)})"
-                    ) from exc
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with suppress(OSError):
-            tmp.unlink()
-        raise
-    with suppress(OSError):
-        directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+            except Exception as exc:
+                raise ExportFailed(
+                    f"dill could not write the variables ({serializer.describe_error(exc)})"
+                ) from exc
     return skipped
 
 

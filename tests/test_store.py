@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import xxhash
 
-from persistent_kernel import store as store_module
 from persistent_kernel.errors import CorruptCheckpoint, NoCheckpoint, StoreBusy
 from persistent_kernel.session import session_dirname
 from persistent_kernel.store import (
@@ -534,7 +533,7 @@ def test_registration_survives_a_concurrent_scan(
             scans.append(session.running_writers())
         real_flock(fd, operation)
 
-    monkeypatch.setattr(store_module.fcntl, "flock", flock)
+    monkeypatch.setattr(fcntl, "flock", flock)
     fd, path = session.register_writer()
     try:
         assert scans, "register_writer took no exclusive lock"

@@ -1,36 +1,16 @@
-"""The on-disk format: generations of small manifests over content-addressed blobs.
+"""The store proper: blobs, manifests and generations of each session.
 
-Layout under the storage root (directories 0700, files 0600)::
-
-    sessions/<slug>-<hash>/          one per session key (notebook)
-        lock                         flock: one writer at a time
-        writers/<pid>-<token>        flock held by each live writer process
-        generations/00000042.json    manifest of generation 42
-        objects/<xxh3-128 hex>       blob: bytes named by their hash
-
-A blob is a sequence of *parts* (a pickle stream and its out-of-band
-buffers) stored back to back; the manifest records each part's size, so a
-part can be read straight into its own buffer. Blobs are immutable and
-shared between generations: an unchanged group of variables costs nothing
-to checkpoint again.
-
-A commit writes blobs first (temp file, fsync, rename), then the manifest
-(same), then fsyncs the directories. A crash at any instant leaves the
-previous generation whole; a reader only ever sees complete manifests.
-
-This module knows nothing of kernels or pickles: the CLI reads it with no
-kernel running, and it never unpickles anything. What a manifest's
-``content`` means is the business of :mod:`persistent_kernel.checkpoint`.
+:class:`SessionStore` holds the format (what a manifest records, how blobs
+are named and checked, what a commit and a prune do); the bytes live in a
+:class:`~.backend.Backend`. :class:`Store` is the storage root, one
+:class:`SessionStore` per session key.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
-import secrets
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -40,16 +20,16 @@ from typing import Any
 
 import xxhash
 
-from . import blobio
-from .errors import CorruptCheckpoint, NoCheckpoint, StoreBusy, UntrustedCheckpoint
-from .session import session_dirname
-from .trust import Signer, check_private, check_private_path, read_private
+from ..errors import CorruptCheckpoint, NoCheckpoint, UntrustedCheckpoint
+from ..session import session_dirname
+from . import locks
+from .fs import private_dir
+from .local import LocalBackend
+from .trust import Signer
 
 #: Version of the manifest format this code writes. Readers refuse newer ones.
 FORMAT = 1
 HASH = "xxh3_128"
-_TMP = ".tmp-"
-_CHUNK = 1 << 26  # largest single write: bounds one call
 _REVERIFY_MAX = 1 << 20  # stored blobs up to this size are re-hashed before reuse
 
 
@@ -81,57 +61,6 @@ class Manifest:
         return sum(self.blobs.values())
 
 
-def _private_dir(path: Path) -> Path:
-    """Create *path* and any missing parents, each 0700 (existing ones are left as they are)."""
-    if not path.is_dir():
-        if not path.parent.is_dir():
-            _private_dir(path.parent)
-        with suppress(FileExistsError):
-            path.mkdir(mode=0o700)
-    return path
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    view = view.cast("B")
-    offset = 0
-    while offset < len(view):
-        offset += os.write(fd, view[offset : offset + _CHUNK])
-
-
-def write_atomic(
-    directory: Path, name: str, parts: Sequence[bytes | memoryview], sync: bool = True
-) -> None:
-    """Write *parts* to ``directory/name`` so that it appears whole or not at all.
-
-    A uniquely named temp file is written, fsynced and renamed into place;
-    on any error it is removed and the error re-raised. The caller fsyncs
-    the directory once for a batch of files.
-    """
-    tmp = directory / f"{_TMP}{os.getpid()}-{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            for part in parts:
-                _write_all(fd, memoryview(part))
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, directory / name)
-    except BaseException:
-        with suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def blob_hash(parts: Sequence[bytes | memoryview]) -> str:
     """The content address of a blob: xxh3-128 of its bytes, in hex."""
     digest = xxhash.xxh3_128()
@@ -143,21 +72,27 @@ def blob_hash(parts: Sequence[bytes | memoryview]) -> str:
 class SessionStore:
     """The checkpoints of one session key."""
 
-    def __init__(self, path: Path, key: str | None = None, signer: Signer | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        key: str | None = None,
+        signer: Signer | None = None,
+        backend: LocalBackend | None = None,
+    ) -> None:
         self.path = path
         self.key = key
         self.signer = signer or Signer(path.parent.parent)
-        self.generations_dir = path / "generations"
-        self.objects_dir = path / "objects"
-        self.writers_dir = path / "writers"
+        self.backend = backend or LocalBackend(path)
+        self.generations_dir = self.backend.generations_dir
+        self.objects_dir = self.backend.objects_dir
+        self.writers_dir = self.backend.writers_dir
 
     def __repr__(self) -> str:
         return f"SessionStore({str(self.path)!r})"
 
     def ensure(self) -> None:
         """Create the session's directories (0700) if missing."""
-        for directory in (self.path, self.generations_dir, self.objects_dir, self.writers_dir):
-            _private_dir(directory)
+        self.backend.ensure()
 
     # -- locking ------------------------------------------------------------------
 
@@ -165,90 +100,36 @@ class SessionStore:
     def locked(self, timeout: float) -> Iterator[None]:
         """Hold the session's writer lock; raise :class:`StoreBusy` after *timeout*."""
         self.ensure()
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise StoreBusy(
-                            f"another process has been writing {self.path} "
-                            f"for more than {timeout:.0f} s"
-                        ) from None
-                    time.sleep(0.05)
+        with locks.session_lock(self.path, timeout):
             yield
-        finally:
-            os.close(fd)
 
     def register_writer(self) -> tuple[int, Path]:
-        """Announce a writer: a file it holds an flock on for as long as it lives.
-
-        Call before forking the writer, so the announcement exists before the
-        kernel that forked it can exit; the forked writer inherits the lock.
-        A starting kernel waits for every announced writer
-        (:meth:`wait_for_writers`) before it restores.
-        """
+        """Announce a writer (see :func:`.locks.register_writer`)."""
         self.ensure()
-        name = f"{os.getpid()}-{secrets.token_hex(4)}"
-        tmp, path = self.writers_dir / f"{_TMP}{name}", self.writers_dir / name
-        # Locked before it gets its real name: a scan must never see it unlocked.
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.rename(tmp, path)
-        return fd, path
+        return locks.register_writer(self.writers_dir)
 
     @staticmethod
     def release_writer(fd: int, path: Path) -> None:
         """Withdraw an announcement made by :meth:`register_writer`."""
-        with suppress(OSError):
-            path.unlink()
-        with suppress(OSError):
-            os.close(fd)
+        locks.release_writer(fd, path)
 
     def running_writers(self) -> list[Path]:
         """Announced writers that are still alive (their flock is held)."""
-        alive = []
-        with suppress(FileNotFoundError):
-            for entry in self.writers_dir.iterdir():
-                if entry.name.startswith(_TMP):
-                    continue
-                try:
-                    fd = os.open(entry, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    alive.append(entry)
-                else:  # its writer is gone: finished, or died before it could tidy up
-                    with suppress(OSError):
-                        entry.unlink()
-                finally:
-                    os.close(fd)
-        return alive
+        return locks.running_writers(self.writers_dir)
 
     def wait_for_writers(self, timeout: float) -> tuple[float, int]:
         """Wait until no announced writer is alive, at most *timeout* seconds.
 
         Returns ``(seconds waited, writers still alive)``.
         """
-        start = time.monotonic()
-        while True:
-            alive = self.running_writers()
-            waited = time.monotonic() - start
-            if not alive or waited >= timeout:
-                return waited, len(alive)
-            time.sleep(0.05)
+        return locks.wait_for_writers(self.writers_dir, timeout)
 
     # -- settings -----------------------------------------------------------------
 
     def read_settings(self) -> dict[str, Any]:
         """Per-session preferences (``%persist exclude``/``include``); {} if none."""
         try:
-            data = json.loads(read_private(self.path / "settings.json"))
+            data = json.loads(self.backend.read_file("settings.json"))
         except (OSError, ValueError, UntrustedCheckpoint):
             return {}
         return data if isinstance(data, dict) else {}
@@ -256,7 +137,7 @@ class SessionStore:
     def write_settings(self, settings: dict[str, Any]) -> None:
         self.ensure()
         data = json.dumps(settings, indent=1, sort_keys=True).encode()
-        write_atomic(self.path, "settings.json", [data])
+        self.backend.write_file("settings.json", data)
 
     # -- crash markers --------------------------------------------------------------
 
@@ -269,60 +150,52 @@ class SessionStore:
         not the machine.
         """
         with suppress(OSError):  # best effort: a read-only disk must not stop a restore
-            write_atomic(self.path, "loading", [digest.encode()], sync=False)
+            self.backend.write_file("loading", digest.encode(), sync=False)
 
     def end_loading(self) -> None:
         with suppress(OSError):
-            (self.path / "loading").unlink()
+            self.backend.delete_file("loading")
 
     def poisoned(self) -> set[str]:
         """Blobs whose unpickling killed a kernel; a marker left behind is added first."""
-        marker, poison_file = self.path / "loading", self.path / "poisoned"
         try:
-            poison = set(json.loads(read_private(poison_file)))
+            poison = set(json.loads(self.backend.read_file("poisoned")))
         except (FileNotFoundError, ValueError, TypeError):
             poison = set()
         try:
-            crashed = read_private(marker).decode("ascii", "replace").strip()
+            crashed = self.backend.read_file("loading").decode("ascii", "replace").strip()
         except FileNotFoundError:
             return poison
         if crashed:
             poison.add(crashed)
             with suppress(OSError):
                 data = json.dumps(sorted(poison)).encode()
-                write_atomic(self.path, "poisoned", [data], sync=False)
+                self.backend.write_file("poisoned", data, sync=False)
         with suppress(OSError):
-            marker.unlink()
+            self.backend.delete_file("loading")
         return poison
 
     # -- reading ------------------------------------------------------------------
 
     def generations(self) -> list[int]:
         """Numbers of the generations on disk, oldest first (valid or not)."""
-        try:
-            names = os.listdir(self.generations_dir)
-        except FileNotFoundError:
-            return []
-        return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+        return self.backend.generations()
 
     def manifest_path(self, generation: int) -> Path:
-        return self.generations_dir / f"{generation:08d}.json"
+        return self.backend.manifest_path(generation)
 
     def read_manifest(self, generation: int) -> Manifest:
         """Read and check one manifest; :class:`CorruptCheckpoint` if it is bad."""
-        path = self.manifest_path(generation)
+        name = f"{generation:08d}.json"
+        data = self.backend.read_manifest(generation)
         try:
-            check_private_path(self.path, f"the checkpoint directory {self.path}")
-            check_private_path(self.generations_dir, f"the directory {self.generations_dir}")
-            raw = json.loads(read_private(path, f"manifest {path.name}"))
-        except FileNotFoundError:
-            raise NoCheckpoint(f"generation {generation} does not exist") from None
+            raw = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise CorruptCheckpoint(f"manifest {path.name} is not valid JSON ({exc})") from exc
+            raise CorruptCheckpoint(f"manifest {name} is not valid JSON ({exc})") from exc
         if not isinstance(raw, dict):
-            raise CorruptCheckpoint(f"manifest {path.name} is not a JSON object")
-        self.signer.verify(raw, path.name)
-        return parse_manifest(raw, generation, path.name)
+            raise CorruptCheckpoint(f"manifest {name} is not a JSON object")
+        self.signer.verify(raw, name)
+        return parse_manifest(raw, generation, name)
 
     def latest(self) -> tuple[Manifest, list[str]]:
         """The newest readable generation and what was wrong with newer ones."""
@@ -337,10 +210,7 @@ class SessionStore:
         raise NoCheckpoint("no checkpoint" + (f" ({'; '.join(problems)})" if problems else ""))
 
     def has_blob(self, digest: str, size: int) -> bool:
-        try:
-            return (self.objects_dir / digest).stat().st_size == size
-        except OSError:
-            return False
+        return self.backend.blob_size(digest) == size
 
     def read_blob(self, ref: BlobRef, on_read: Callable[[int], None] | None = None) -> list[Any]:
         """Read a blob into one buffer per part, checking size and hash first.
@@ -351,47 +221,14 @@ class SessionStore:
         *on_read* is called with the byte count of each chunk read; an
         exception it raises stops the read.
         """
-        path = self.objects_dir / ref.hash
         if sum(ref.parts) != ref.size:
             raise CorruptCheckpoint(f"blob {ref.hash}: parts do not add up to its size")
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise CorruptCheckpoint(f"blob {ref.hash} is missing") from None
-        except OSError as exc:
-            raise UntrustedCheckpoint(f"blob {ref.hash} cannot be opened safely ({exc})") from exc
-        with open(fd, "rb", buffering=0) as f:
-            st = os.fstat(f.fileno())
-            check_private(st, f"blob {ref.hash}")
-            actual = st.st_size
-            if actual != ref.size:
-                self._quarantine(path)
-                raise CorruptCheckpoint(
-                    f"blob {ref.hash} is {actual} bytes, the manifest says {ref.size}"
-                )
-            digest = xxhash.xxh3_128()
-            parts: list[Any] = []
-            offset = 0
-            for size in ref.parts:
-                try:
-                    parts.append(blobio.read_part(fd, size, offset, digest, on_read))
-                except blobio.ShortRead:
-                    raise CorruptCheckpoint(f"blob {ref.hash} ended early") from None
-                offset += size
+        digest = xxhash.xxh3_128()
+        parts = self.backend.read_blob(ref.hash, ref.parts, digest, on_read)
         if digest.hexdigest() != ref.hash:
-            self._quarantine(path)
+            self.backend.quarantine_blob(ref.hash)
             raise CorruptCheckpoint(f"blob {ref.hash} does not match its hash")
         return parts
-
-    def _quarantine(self, path: Path) -> None:
-        """Move a damaged blob aside, so the next checkpoint writes it afresh.
-
-        Blobs are trusted by name and size when a checkpoint reuses them (reading
-        them back would cost as much as writing them); one found damaged must
-        not be reused by every later generation.
-        """
-        with suppress(OSError):
-            os.replace(path, path.with_name(f"{_TMP}corrupt-{path.name}"))
 
     # -- writing (hold :meth:`locked`) -------------------------------------------
 
@@ -408,7 +245,7 @@ class SessionStore:
         if size > _REVERIFY_MAX:
             return True
         try:
-            return blob_hash([(self.objects_dir / digest).read_bytes()]) == digest
+            return blob_hash([self.backend.read_blob_bytes(digest)]) == digest
         except OSError:
             return False
 
@@ -419,7 +256,7 @@ class SessionStore:
         size = sum(sizes)
         if self._intact(digest, size):
             return BlobRef(digest, size, sizes, written=0)
-        write_atomic(self.objects_dir, digest, parts)
+        self.backend.write_blob(digest, parts)
         return BlobRef(digest, size, sizes, written=size)
 
     def commit(
@@ -439,9 +276,7 @@ class SessionStore:
         }
         raw["signature"] = self.signer.sign(raw)
         data = json.dumps(raw, indent=1, sort_keys=True).encode()
-        _fsync_dir(self.objects_dir)
-        write_atomic(self.generations_dir, f"{generation:08d}.json", [data])
-        _fsync_dir(self.generations_dir)
+        self.backend.write_manifest(generation, data)
         return parse_manifest(raw, generation, f"{generation:08d}.json")
 
     def prune(self, keep: int) -> list[int]:
@@ -453,39 +288,24 @@ class SessionStore:
         generations = self.generations()
         removed = generations[: max(0, len(generations) - max(1, keep))]
         for generation in removed:
-            with suppress(FileNotFoundError):
-                self.manifest_path(generation).unlink()
+            self.backend.delete_manifest(generation)
         referenced: set[str] = set()
         for generation in generations[len(removed) :]:
             with suppress(CorruptCheckpoint, NoCheckpoint, UntrustedCheckpoint):
                 referenced.update(self.read_manifest(generation).blobs)
-        for directory in (self.objects_dir, self.generations_dir):
-            with suppress(FileNotFoundError):
-                for entry in directory.iterdir():
-                    stale_tmp = entry.name.startswith(_TMP)
-                    orphan = directory == self.objects_dir and entry.name not in referenced
-                    if stale_tmp or orphan:
-                        with suppress(FileNotFoundError):
-                            entry.unlink()
+        self.backend.sweep_temporaries()
+        for name in self.backend.blobs():
+            if name not in referenced:
+                self.backend.delete_blob(name)
         return removed
 
     def clear(self) -> None:
         """Forget every checkpoint of this session."""
-        with suppress(FileNotFoundError):
-            shutil.rmtree(self.generations_dir)
-        with suppress(FileNotFoundError):
-            shutil.rmtree(self.objects_dir)
-        for name in ("loading", "poisoned"):
-            with suppress(FileNotFoundError):
-                (self.path / name).unlink()
+        self.backend.clear()
 
     def disk_usage(self) -> int:
         """Bytes this session takes on disk (blobs counted once)."""
-        total = 0
-        for directory in (self.objects_dir, self.generations_dir):
-            with suppress(FileNotFoundError):
-                total += sum(e.stat().st_size for e in directory.iterdir() if e.is_file())
-        return total
+        return self.backend.disk_usage()
 
 
 def parse_manifest(raw: Any, generation: int, name: str) -> Manifest:
@@ -541,8 +361,8 @@ class Store:
         return [SessionStore(e, None, self.signer) for e in entries if e.is_dir()]
 
     def ensure(self) -> None:
-        _private_dir(self.root)
-        _private_dir(self.sessions_dir)
+        private_dir(self.root)
+        private_dir(self.sessions_dir)
 
 
 def is_disk_error(exc: BaseException) -> bool:

@@ -1,0 +1,142 @@
+"""File-system primitives: private directories, atomic writes, durable renames.
+
+One implementation of each, used by the store, the secret and export:
+
+* :func:`private_dir` creates a directory and every missing parent 0700,
+  whatever the umask (``mkdir(parents=True)`` gives parents the umask's mode).
+* :func:`write_atomic` and :func:`atomic_file` write a uniquely named temp
+  file beside the target, fsync it and rename it over the target: the target
+  is whole or untouched, never half written.
+* :func:`write_new` creates a file whole, and only if no file has that name
+  (link, not rename): two processes racing to create it agree on one copy.
+* :func:`fsync_dir` makes renames in a directory durable.
+
+Limits: POSIX only (``O_DIRECTORY``, ``link``); a temp file left by a process
+killed mid-write keeps the :data:`TMP` prefix, for the store to sweep.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import BinaryIO
+
+#: Prefix of every temp file: never a valid blob, manifest or settings name.
+TMP = ".tmp-"
+#: Largest single write: bounds one system call.
+CHUNK = 1 << 26
+
+
+def private_dir(path: Path) -> Path:
+    """Create *path* and any missing parents, each 0700; existing ones are left as they are."""
+    if not path.is_dir():
+        if not path.parent.is_dir():
+            private_dir(path.parent)
+        with suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+            # mkdir's mode is masked by the umask; 0700 is at most what we ask for,
+            # but a umask such as 0277 would leave us unable to write.
+            os.chmod(path, 0o700)
+    return path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the renames and creations in directory *path* durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    view = view.cast("B")
+    offset = 0
+    while offset < len(view):
+        offset += os.write(fd, view[offset : offset + CHUNK])
+
+
+def _temp_path(directory: Path, stem: str = "") -> Path:
+    return directory / f"{TMP}{stem}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _write_temp(directory: Path, parts: Sequence[bytes | memoryview], sync: bool) -> Path:
+    tmp = _temp_path(directory)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            for part in parts:
+                _write_all(fd, memoryview(part))
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+    return tmp
+
+
+def write_atomic(
+    directory: Path, name: str, parts: Sequence[bytes | memoryview], sync: bool = True
+) -> None:
+    """Write *parts* to ``directory/name`` so that it appears whole or not at all.
+
+    A uniquely named temp file is written, fsynced and renamed into place;
+    on any error it is removed and the error re-raised. The caller fsyncs
+    the directory once for a batch of files (:func:`fsync_dir`).
+    """
+    tmp = _write_temp(directory, parts, sync)
+    try:
+        os.replace(tmp, directory / name)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_new(directory: Path, name: str, data: bytes) -> bool:
+    """Create ``directory/name`` holding *data*, whole, unless it exists.
+
+    Returns whether this call created it. ``link`` fails when the name is
+    taken, where ``rename`` would replace: of two processes racing, one wins
+    and both then read the same file. The directory is fsynced.
+    """
+    tmp = _write_temp(directory, [data], sync=True)
+    try:
+        os.link(tmp, directory / name)
+    except FileExistsError:
+        return False
+    finally:
+        with suppress(OSError):
+            tmp.unlink()
+    fsync_dir(directory)
+    return True
+
+
+@contextmanager
+def atomic_file(target: Path) -> Iterator[BinaryIO]:
+    """A file to write whose contents replace *target* only if the block succeeds.
+
+    The temp file (mode 0600) sits beside *target*; on success it is fsynced
+    and renamed over it, and the directory fsynced (best effort: some file
+    systems refuse to fsync a directory). On any error it is removed.
+    """
+    tmp = target.with_name(f".{target.name}{TMP}{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with open(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+    with suppress(OSError):
+        fsync_dir(target.parent)
