@@ -121,6 +121,7 @@ def write_checkpoint(
     if on_variable is not None:
         on_variable("")
     all_skipped = {**skipped, **ser.skipped}
+    notes = list(ser.notes)
     with session.locked(lock_timeout):
         # One blob per part: a changed array rewrites that array's bytes only.
         refs = [[session.write_blob([part]) for part in p.parts()] for p in ser.payloads]
@@ -152,7 +153,8 @@ def write_checkpoint(
         else:
             blobs = [r for parts in refs for r in parts]
             manifest = session.commit(content, blobs, {**environment_info(), **info})
-            session.prune(keep)
+            pruned = session.prune(keep)
+            notes.extend(pruned.notes())
             unchanged = False
     return CheckpointResult(
         ok=True,
@@ -162,7 +164,7 @@ def write_checkpoint(
         written=written,
         saved=sorted(content["variables"]),
         skipped=dict(all_skipped),
-        notes=list(ser.notes),
+        notes=notes,
         unchanged=unchanged,
         elapsed=time.monotonic() - start,
     )

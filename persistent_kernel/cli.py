@@ -40,7 +40,7 @@ from .errors import (
     NoSuchVariable,
     PersistentKernelError,
     StoreBusy,
-    UntrustedCheckpoint,
+    UnreadableCheckpoint,
 )
 from .restore import history
 from .session import resolve_session_arg
@@ -83,7 +83,7 @@ def find_session(root: str, arg: str, cwd: str | None = None) -> SessionStore:
     if arg and "/" not in arg and arg not in (".", ".."):
         directory = store.sessions_dir / arg
         if directory.is_dir():
-            return SessionStore(directory, None, store.signer)
+            return store.session_at(directory)
     raise NoCheckpoint(f"there are no checkpoints of {arg} in {root}")
 
 
@@ -134,7 +134,7 @@ def list_sessions(root: str) -> list[dict[str, Any]]:
         generations = session.generations()
         try:
             manifest, problems = session.latest()
-        except (NoCheckpoint, CorruptCheckpoint):
+        except (NoCheckpoint, UnreadableCheckpoint):
             continue
         rows.append(
             {
@@ -264,7 +264,7 @@ def session_history(root: str, arg: str) -> dict[str, Any]:
             continue
         try:
             session.read_manifest(number)
-        except (CorruptCheckpoint, UntrustedCheckpoint) as exc:
+        except UnreadableCheckpoint as exc:
             rows.append(
                 {"generation": number, "created": None, "size": None, "variables": [],
                  "added": [], "changed": [], "removed": [], "previous": None,

@@ -16,20 +16,37 @@ class NoCheckpoint(PersistentKernelError, LookupError):
     """The session has no checkpoint (or none that can be read)."""
 
 
-class CorruptCheckpoint(PersistentKernelError, ValueError):
+class UnreadableCheckpoint(PersistentKernelError):
+    """A stored generation that cannot be loaded; a reader passes over it.
+
+    The base of :class:`CorruptCheckpoint`, :class:`UntrustedCheckpoint` and
+    :class:`NewerFormat`. Whatever the reason, the store deletes nothing such
+    a generation might need: it may be readable later, or by another release.
+    """
+
+
+class CorruptCheckpoint(UnreadableCheckpoint, ValueError):
     """A manifest or payload failed a check before anything was unpickled.
 
-    Raised for garbage or truncated manifests, unknown format versions,
+    Raised for garbage or truncated manifests, malformed fields,
     payloads whose size or hash differ from what the manifest recorded, and
     missing payload files.
     """
 
 
-class UntrustedCheckpoint(PersistentKernelError, PermissionError):
+class UntrustedCheckpoint(UnreadableCheckpoint, PermissionError):
     """A checkpoint that is not provably ours; it is never unpickled.
 
     Raised for manifests without a valid signature, and for files or
     directories owned by another user or writable by group or others.
+    """
+
+
+class NewerFormat(UnreadableCheckpoint, ValueError):
+    """A manifest or storage root written by a newer persistent-kernel.
+
+    It is not damage: it is left exactly as it is (never pruned, never
+    overwritten), and the newer release reads it. The message says so.
     """
 
 

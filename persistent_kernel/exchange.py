@@ -58,7 +58,6 @@ from .errors import (
     ExportFailed,
     NoCheckpoint,
     NoSuchVariable,
-    UntrustedCheckpoint,
 )
 from .store import Manifest, SessionStore
 from .store.fs import atomic_file
@@ -161,19 +160,15 @@ def _load(
         values, report = _load_one(session, manifest, names, module)
         return manifest, values, report, []
     problems: list[str] = []
-    for number in reversed(session.generations()):
-        try:
-            manifest = session.read_manifest(number)
-            values, report = _load_one(session, manifest, names, module)
-        except NoCheckpoint:  # pruned meanwhile
-            continue
-        except (CorruptCheckpoint, UntrustedCheckpoint) as exc:
-            problems.append(f"generation {number} was passed over: {exc}")
-            continue
-        return manifest, values, report, problems
-    if problems:
-        raise CorruptCheckpoint(f"no generation is intact ({'; '.join(problems)})")
-    raise NoCheckpoint("there is no checkpoint")
+    try:
+        manifest, (values, report) = session.newest(
+            lambda m: _load_one(session, m, names, module), problems
+        )
+    except NoCheckpoint:
+        if problems:
+            raise CorruptCheckpoint(f"no generation is intact ({'; '.join(problems)})") from None
+        raise NoCheckpoint("there is no checkpoint") from None
+    return manifest, values, report, problems
 
 
 def _load_one(

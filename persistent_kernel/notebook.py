@@ -21,7 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import CorruptCheckpoint, NoCheckpoint, UntrustedCheckpoint
+from .errors import NoCheckpoint, UnreadableCheckpoint
 from .store import SessionStore, Store
 
 #: Cell ids recorded per manifest, at most: enough to recognise a notebook.
@@ -62,7 +62,7 @@ def find_renamed(store: Store, notebook_path: str) -> tuple[SessionStore, str] |
     for session in store.sessions():
         try:
             manifest, _ = session.latest()
-        except (NoCheckpoint, CorruptCheckpoint, UntrustedCheckpoint, OSError):
+        except (NoCheckpoint, UnreadableCheckpoint, OSError):
             continue
         old = manifest.notebook
         if not old or old == notebook_path or Path(old).exists():

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import serializer
 from .checkpoint import CarriedGroup, environment_info, group_id, group_refs, installed_version
-from .errors import CorruptCheckpoint, NoCheckpoint, UntrustedCheckpoint
+from .errors import CorruptCheckpoint, NoCheckpoint, UnreadableCheckpoint
 from .store import Manifest, SessionStore
 
 
@@ -120,7 +120,7 @@ def _read_groups(
     for group in _groups(manifest):
         try:
             parts.append(_read_group(session, manifest, group, progress))
-        except (CorruptCheckpoint, UntrustedCheckpoint) as exc:
+        except UnreadableCheckpoint as exc:
             if partial is None:
                 raise
             names = [str(n) for n in group.get("names", [])] if isinstance(group, dict) else []
@@ -214,33 +214,29 @@ def _restore(
     progress: RestoreProgress | None,
     report: RestoreReport,
 ) -> None:
-    newest_readable: Manifest | None = None
-    for generation in reversed(session.generations()):
+    readable: list[Manifest] = []
+
+    def read(manifest: Manifest) -> list[list[Any] | None]:
+        readable.append(manifest)
+        return _read_groups(session, manifest, progress)
+
+    try:
+        manifest, blobs = session.newest(read, report.problems)
+    except NoCheckpoint:
+        if not readable:
+            return
+        # No generation is whole (they share a damaged blob): bring back
+        # what is intact in the newest rather than nothing.
         try:
-            manifest = session.read_manifest(generation)
-            newest_readable = newest_readable or manifest
-            blobs = _read_groups(session, manifest, progress)
-        except NoCheckpoint:
-            continue
-        except (CorruptCheckpoint, UntrustedCheckpoint) as exc:
-            report.problems.append(f"generation {generation} was passed over: {exc}")
-            continue
-        _load(session, manifest, blobs, into, report, progress)
-        break
-    else:
-        if newest_readable is not None:
-            # No generation is whole (they share a damaged blob): bring back
-            # what is intact in the newest rather than nothing.
-            try:
-                blobs = _read_groups(session, newest_readable, progress, partial=report)
-            except (CorruptCheckpoint, UntrustedCheckpoint):
-                pass
-            else:
-                report.problems.append(
-                    f"no generation was intact; restored what is left of generation "
-                    f"{newest_readable.generation}"
-                )
-                _load(session, newest_readable, blobs, into, report, progress)
+            blobs = _read_groups(session, readable[0], progress, partial=report)
+        except UnreadableCheckpoint:
+            return
+        report.problems.append(
+            f"no generation was intact; restored what is left of generation "
+            f"{readable[0].generation}"
+        )
+        manifest = readable[0]
+    _load(session, manifest, blobs, into, report, progress)
 
 
 def _load(
@@ -342,7 +338,7 @@ def history(session: SessionStore) -> list[dict[str, Any]]:
     for generation in session.generations():
         try:
             manifest = session.read_manifest(generation)
-        except (NoCheckpoint, CorruptCheckpoint, UntrustedCheckpoint):
+        except (NoCheckpoint, UnreadableCheckpoint):
             continue
         now = variable_fingerprints(manifest)
         rows.append(

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import xxhash
 
-from persistent_kernel.errors import CorruptCheckpoint, NoCheckpoint, StoreBusy
+from persistent_kernel.errors import CorruptCheckpoint, NewerFormat, NoCheckpoint, StoreBusy
 from persistent_kernel.session import session_dirname
 from persistent_kernel.store import (
     FORMAT,
@@ -163,7 +163,7 @@ def test_prune_keeps_newest_and_drops_unreferenced_blobs(session: SessionStore) 
     for path in stale:
         path.write_bytes(b"half written")
 
-    removed = session.prune(keep=2)
+    removed = session.prune(keep=2).removed
 
     assert removed == [1, 2, 3]
     assert session.generations() == [4, 5]
@@ -180,7 +180,7 @@ def test_prune_keeps_newest_and_drops_unreferenced_blobs(session: SessionStore) 
 def test_prune_always_keeps_the_newest(session: SessionStore) -> None:
     for i in range(3):
         commit(session, [str(i).encode()])
-    assert session.prune(keep=0) == [1, 2]
+    assert session.prune(keep=0).removed == [1, 2]
     assert session.generations() == [3]
     assert len(os.listdir(session.objects_dir)) == 1
 
@@ -188,9 +188,117 @@ def test_prune_always_keeps_the_newest(session: SessionStore) -> None:
 def test_prune_with_room_to_spare_removes_nothing(session: SessionStore) -> None:
     commit(session, [b"a"])
     commit(session, [b"b"])
-    assert session.prune(keep=5) == []
+    assert session.prune(keep=5).removed == []
     assert session.generations() == [1, 2]
     assert len(os.listdir(session.objects_dir)) == 2
+
+
+def future_generation(session: SessionStore, blob: bytes, fmt: int = 99) -> tuple[int, Path]:
+    """A generation a newer release wrote: validly signed, format *fmt*, naming *blob*.
+
+    Its blob is stored under a name this release would not compute (a newer
+    release may hash differently). Returns its number and the blob's path.
+    """
+    name = "f" * 64
+    write_atomic(session.objects_dir, name, [blob])
+    generation = (session.generations() or [0])[-1] + 1
+    raw: dict[str, Any] = {
+        "format": fmt,
+        "hash": "some-newer-hash",
+        "generation": generation,
+        "created": time.time(),
+        **INFO,
+        "blobs": {name: len(blob)},
+        "content": {"whatever": "a newer release records"},
+    }
+    raw["signature"] = session.signer.sign(raw)
+    path = session.manifest_path(generation)
+    write_atomic(session.generations_dir, path.name, [json.dumps(raw).encode()])
+    return generation, session.objects_dir / name
+
+
+def test_a_newer_format_is_reported_as_such_never_as_damage(session: SessionStore) -> None:
+    commit(session, [b"mine"])
+    generation, _ = future_generation(session, b"theirs")
+    with pytest.raises(NewerFormat, match=r"newer persistent-kernel.*upgrade to read it"):
+        session.read_manifest(generation)
+    manifest, problems = session.latest()
+    assert manifest.generation == 1
+    assert "newer persistent-kernel" in problems[0] and "damage" not in problems[0]
+
+
+@pytest.mark.parametrize("keep", [1, 10])
+def test_prune_leaves_a_newer_release_s_generation_and_its_data(
+    session: SessionStore, keep: int
+) -> None:
+    """Two releases share the storage root: an older one must not delete the newer one's data."""
+    commit(session, [b"older"])
+    generation, theirs = future_generation(session, b"written by a newer release")
+    commit(session, [b"this release"], tag="after")
+    result = session.prune(keep=keep)
+    assert theirs.exists()
+    assert session.manifest_path(generation).exists()
+    assert generation not in result.removed
+    assert "newer persistent-kernel" in result.kept[generation]
+    assert any(f"generation {generation} was kept" in note for note in result.notes())
+
+
+def test_prune_counts_only_verified_generations_toward_keep(session: SessionStore) -> None:
+    commit(session, [b"one"])
+    commit(session, [b"two"])
+    future_generation(session, b"newer")
+    commit(session, [b"four"])
+    assert session.prune(keep=2).removed == [1]
+    assert session.generations() == [2, 3, 4]
+
+
+def unreadable_for_now(path: Path) -> Callable[[], None]:
+    """Make *path* unreadable to this process; return how to undo it."""
+    if os.getuid() == 0:  # root reads any mode: take the file away from us instead
+        os.chown(path, 4321, -1)
+        return lambda: os.chown(path, 0, -1)
+    os.chmod(path, 0)
+    return lambda: os.chmod(path, 0o600)
+
+
+def test_prune_keeps_what_a_temporarily_unreadable_generation_names(
+    session: SessionStore,
+) -> None:
+    commit(session, [b"first"])
+    second = commit(session, [b"second"])
+    undo = unreadable_for_now(session.manifest_path(2))
+    commit(session, [b"third"])
+    result = session.prune(keep=1)
+    assert 2 in result.kept
+    undo()
+    assert session.read_blob(ref_of(session.read_manifest(2))) == [b"second"]
+    assert second.generation == 2
+
+
+def test_prune_deletes_no_blob_while_a_manifest_cannot_be_parsed(session: SessionStore) -> None:
+    commit(session, [b"first"])
+    commit(session, [b"second"])
+    session.manifest_path(3).write_bytes(b"{not json")
+    os.chmod(session.manifest_path(3), 0o600)
+    result = session.prune(keep=1)
+    assert result.removed == [1]
+    assert len(os.listdir(session.objects_dir)) == 2  # the first's blob may be named by 3
+    assert result.blobs_kept is not None and "cannot be read" in result.blobs_kept
+
+
+def test_a_storage_root_of_a_newer_format_is_refused_and_left_alone(tmp_path: Path) -> None:
+    store = Store(tmp_path / "root")
+    store.ensure()
+    marker = store.root / "format"
+    assert json.loads(marker.read_bytes()) == {"format": 1}
+    marker.write_text('{"format": 7}')
+    session = store.session(KEY)
+    with pytest.raises(NewerFormat, match="upgrade to read it"):
+        session.ensure()
+    with pytest.raises(NewerFormat, match="upgrade to read it"):
+        store.sessions()
+    assert marker.read_text() == '{"format": 7}'
+    assert not session.path.exists()
 
 
 def test_clear_and_disk_usage(session: SessionStore) -> None:
@@ -336,7 +444,8 @@ MANIFEST_DAMAGE: dict[str, Callable[[Path], None]] = {
     "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
     "empty": lambda p: p.write_bytes(b""),
     "not an object": lambda p: p.write_text("[1, 2, 3]"),
-    "unknown format": set_field("format", FORMAT + 1),
+    "unknown format": set_field("format", "one"),
+    "format zero": set_field("format", 0),
     "no format": drop_field("format"),
     "unknown hash": set_field("hash", "md5"),
     "wrong generation": set_field("generation", 7),

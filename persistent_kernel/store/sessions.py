@@ -14,22 +14,35 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import xxhash
 
-from ..errors import CorruptCheckpoint, NoCheckpoint, UntrustedCheckpoint
+from ..errors import (
+    CorruptCheckpoint,
+    NewerFormat,
+    NoCheckpoint,
+    UnreadableCheckpoint,
+    UntrustedCheckpoint,
+)
 from ..session import session_dirname
 from . import locks
-from .fs import private_dir
+from .fs import private_dir, write_new
 from .local import LocalBackend
-from .trust import Signer
+from .trust import Signer, read_private
 
-#: Version of the manifest format this code writes. Readers refuse newer ones.
+#: Version of the manifest format this code writes. Newer ones are left alone.
 FORMAT = 1
 HASH = "xxh3_128"
+#: The formats this release reads, and the hash that names blobs in each.
+HASHES = {1: "xxh3_128"}
+#: Version of the storage root's layout, recorded in its :data:`MARKER` file.
+STORE_FORMAT = 1
+MARKER = "format"
+
+T = TypeVar("T")
 _REVERIFY_MAX = 1 << 20  # stored blobs up to this size are re-hashed before reuse
 
 
@@ -69,6 +82,66 @@ def blob_hash(parts: Sequence[bytes | memoryview]) -> str:
     return digest.hexdigest()
 
 
+def newer(what: str, found: object, readable: int) -> NewerFormat:
+    """The error for something a newer release wrote: never damage, never deleted."""
+    return NewerFormat(
+        f"{what} was written by a newer persistent-kernel (format {found}; this release "
+        f"reads up to format {readable}); upgrade to read it"
+    )
+
+
+def check_root(root: Path) -> None:
+    """Refuse a storage root whose format marker names a newer layout.
+
+    A root without a marker predates the marker (or is new) and is read
+    as format 1. A marker that cannot be read is refused too: guessing its
+    format could mean writing over a newer release's data.
+    """
+    path = root / MARKER
+    try:
+        data = read_private(path, f"the storage format marker {path}")
+    except FileNotFoundError:
+        return
+    try:
+        found = json.loads(data)["format"]
+        if not isinstance(found, int):
+            raise TypeError(found)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptCheckpoint(
+            f"the storage format marker {path} cannot be read; nothing is written "
+            "to this storage root until it says which format the root holds"
+        ) from exc
+    if found > STORE_FORMAT:
+        raise newer(f"the storage root {root}", found, STORE_FORMAT)
+
+
+def mark_root(root: Path) -> None:
+    """Check the root's format marker, writing it first if there is none."""
+    check_root(root)
+    if not (root / MARKER).exists():
+        private_dir(root)
+        write_new(root, MARKER, json.dumps({"format": STORE_FORMAT}).encode() + b"\n")
+
+
+@dataclass
+class PruneResult:
+    """What a prune removed, and what it kept that it was not asked to keep."""
+
+    removed: list[int] = field(default_factory=list)  # generations deleted
+    kept: dict[int, str] = field(default_factory=dict)  # unverified generation -> why kept
+    blobs_kept: str | None = None  # why no blob was deleted, if none was
+
+    def notes(self) -> list[str]:
+        """One sentence per reason something was kept."""
+        notes = [
+            f"generation {g} was kept although it cannot be verified: {why}"
+            for g, why in self.kept.items()
+        ]
+        if self.blobs_kept:
+            notes.append(self.blobs_kept)
+        return notes
+
+
 class SessionStore:
     """The checkpoints of one session key."""
 
@@ -78,10 +151,12 @@ class SessionStore:
         key: str | None = None,
         signer: Signer | None = None,
         backend: LocalBackend | None = None,
+        root: Path | None = None,
     ) -> None:
         self.path = path
         self.key = key
-        self.signer = signer or Signer(path.parent.parent)
+        self.root = root or path.parent.parent
+        self.signer = signer or Signer(self.root)
         self.backend = backend or LocalBackend(path)
         self.generations_dir = self.backend.generations_dir
         self.objects_dir = self.backend.objects_dir
@@ -91,7 +166,12 @@ class SessionStore:
         return f"SessionStore({str(self.path)!r})"
 
     def ensure(self) -> None:
-        """Create the session's directories (0700) if missing."""
+        """Create the session's directories (0700) if missing.
+
+        Every write comes through here first, so a storage root of a newer
+        format (:class:`NewerFormat`) is never written to.
+        """
+        mark_root(self.root)
         self.backend.ensure()
 
     # -- locking ------------------------------------------------------------------
@@ -194,20 +274,39 @@ class SessionStore:
             raise CorruptCheckpoint(f"manifest {name} is not valid JSON ({exc})") from exc
         if not isinstance(raw, dict):
             raise CorruptCheckpoint(f"manifest {name} is not a JSON object")
+        # Before the signature: a newer release may sign differently.
+        check_format(raw, name)
         self.signer.verify(raw, name)
         return parse_manifest(raw, generation, name)
+
+    def newest(
+        self, attempt: Callable[[Manifest], T], problems: list[str] | None = None
+    ) -> tuple[Manifest, T]:
+        """The newest generation whose manifest reads and for which *attempt* succeeds.
+
+        The one walk every reader takes (restore, export, the CLI): newest
+        first, a generation whose manifest or data cannot be read
+        (:class:`UnreadableCheckpoint`, raised by the read or by *attempt*)
+        is passed over and the reason appended to *problems*, worded once
+        here. Returns the manifest and what *attempt* returned. Raises
+        :class:`NoCheckpoint` (naming the reasons) when no generation serves.
+        """
+        problems = [] if problems is None else problems
+        for generation in reversed(self.generations()):
+            try:
+                manifest = self.read_manifest(generation)
+                return manifest, attempt(manifest)
+            except NoCheckpoint:  # pruned meanwhile
+                continue
+            except UnreadableCheckpoint as exc:
+                problems.append(f"generation {generation} was passed over: {exc}")
+        raise NoCheckpoint("no checkpoint" + (f" ({'; '.join(problems)})" if problems else ""))
 
     def latest(self) -> tuple[Manifest, list[str]]:
         """The newest readable generation and what was wrong with newer ones."""
         problems: list[str] = []
-        for generation in reversed(self.generations()):
-            try:
-                return self.read_manifest(generation), problems
-            except (CorruptCheckpoint, UntrustedCheckpoint) as exc:
-                problems.append(f"generation {generation}: {exc}")
-            except NoCheckpoint:
-                continue
-        raise NoCheckpoint("no checkpoint" + (f" ({'; '.join(problems)})" if problems else ""))
+        manifest, _ = self.newest(lambda m: None, problems)
+        return manifest, problems
 
     def has_blob(self, digest: str, size: int) -> bool:
         return self.backend.blob_size(digest) == size
@@ -279,25 +378,66 @@ class SessionStore:
         self.backend.write_manifest(generation, data)
         return parse_manifest(raw, generation, f"{generation:08d}.json")
 
-    def prune(self, keep: int) -> list[int]:
-        """Keep the newest *keep* generations; drop blobs no kept one names.
+    def prune(self, keep: int) -> PruneResult:
+        """Keep the newest *keep* verified generations; drop blobs no kept one names.
 
-        Also removes temp files left by writers that died. Returns the
-        generations removed.
+        Fails closed. Only generations whose manifests verify count toward
+        *keep* and are ever deleted; one that cannot be read (damaged, not
+        signed by us, written by a newer release, or unreadable for now) is
+        kept, and so is every blob it may name: what its ``blobs`` field lists
+        when that can be read, and every blob at all when it cannot. The
+        result says what was kept and why. Also removes temp files left by
+        writers that died.
         """
-        generations = self.generations()
-        removed = generations[: max(0, len(generations) - max(1, keep))]
-        for generation in removed:
-            self.backend.delete_manifest(generation)
-        referenced: set[str] = set()
-        for generation in generations[len(removed) :]:
-            with suppress(CorruptCheckpoint, NoCheckpoint, UntrustedCheckpoint):
-                referenced.update(self.read_manifest(generation).blobs)
+        result = PruneResult()
+        verified: list[Manifest] = []
+        may_reference: set[str] = set()
+        keep_every_blob = False
+        for generation in self.generations():
+            try:
+                verified.append(self.read_manifest(generation))
+            except NoCheckpoint:
+                continue
+            except (UnreadableCheckpoint, OSError) as exc:
+                result.kept[generation] = str(exc)
+                named = self._named_blobs(generation)
+                if named is None:
+                    keep_every_blob = True
+                else:
+                    may_reference |= named
+        doomed = verified[: max(0, len(verified) - max(1, keep))]
+        for manifest in doomed:
+            self.backend.delete_manifest(manifest.generation)
+            result.removed.append(manifest.generation)
+        referenced = set(may_reference)
+        for manifest in verified[len(doomed) :]:
+            referenced.update(manifest.blobs)
         self.backend.sweep_temporaries()
+        if keep_every_blob:
+            result.blobs_kept = (
+                "no stored data was deleted: a manifest that cannot be read may name any of it"
+            )
+            return result
         for name in self.backend.blobs():
             if name not in referenced:
                 self.backend.delete_blob(name)
-        return removed
+        return result
+
+    def _named_blobs(self, generation: int) -> set[str] | None:
+        """The blobs an unverified manifest of a format we know lists; ``None`` if unknown.
+
+        Not trusted for reading: only to keep more, never to delete.
+        """
+        try:
+            raw = json.loads(self.backend.read_manifest(generation))
+        except (OSError, ValueError, UnreadableCheckpoint, NoCheckpoint):
+            return None
+        if not isinstance(raw, dict) or raw.get("format") not in HASHES:
+            return None
+        blobs = raw.get("blobs")
+        if not isinstance(blobs, dict) or not all(isinstance(k, str) for k in blobs):
+            return None
+        return set(blobs)
 
     def clear(self) -> None:
         """Forget every checkpoint of this session."""
@@ -308,17 +448,26 @@ class SessionStore:
         return self.backend.disk_usage()
 
 
+def check_format(raw: dict[str, Any], name: str) -> None:
+    """Refuse a manifest of a format this release cannot read.
+
+    A newer format is :class:`NewerFormat` (left alone, never deleted);
+    anything else that is not a format we know is damage.
+    """
+    fmt = raw.get("format")
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT:
+        raise newer(f"manifest {name}", fmt, FORMAT)
+    if fmt not in HASHES:
+        raise CorruptCheckpoint(f"manifest {name} has no format this release knows ({fmt!r})")
+    if raw.get("hash") != HASHES[fmt]:
+        raise CorruptCheckpoint(f"manifest {name} uses unknown hash {raw.get('hash')!r}")
+
+
 def parse_manifest(raw: Any, generation: int, name: str) -> Manifest:
     """Check a decoded manifest's shape; :class:`CorruptCheckpoint` if it is off."""
     if not isinstance(raw, dict):
         raise CorruptCheckpoint(f"manifest {name} is not a JSON object")
-    fmt = raw.get("format")
-    if fmt != FORMAT:
-        raise CorruptCheckpoint(
-            f"manifest {name} has format {fmt!r}; this version reads format {FORMAT}"
-        )
-    if raw.get("hash") != HASH:
-        raise CorruptCheckpoint(f"manifest {name} uses unknown hash {raw.get('hash')!r}")
+    check_format(raw, name)
     blobs, content = raw.get("blobs"), raw.get("content")
     valid = (
         raw.get("generation") == generation
@@ -350,18 +499,33 @@ class Store:
         self.signer = Signer(self.root)
 
     def session(self, key: str) -> SessionStore:
-        return SessionStore(self.sessions_dir / session_dirname(key), key, self.signer)
+        return SessionStore(
+            self.sessions_dir / session_dirname(key), key, self.signer, root=self.root
+        )
+
+    def session_at(self, path: Path) -> SessionStore:
+        """The session stored in directory *path* under :attr:`sessions_dir`."""
+        return SessionStore(path, None, self.signer, root=self.root)
+
+    def check(self) -> None:
+        """Refuse a root of a newer format (:class:`NewerFormat`); see :func:`check_root`."""
+        check_root(self.root)
 
     def sessions(self) -> list[SessionStore]:
-        """Every session directory under the root (keys read lazily)."""
+        """Every session directory under the root (keys read lazily).
+
+        Raises :class:`NewerFormat` for a root a newer release laid out.
+        """
+        self.check()
         try:
             entries = sorted(self.sessions_dir.iterdir())
         except FileNotFoundError:
             return []
-        return [SessionStore(e, None, self.signer) for e in entries if e.is_dir()]
+        return [self.session_at(e) for e in entries if e.is_dir()]
 
     def ensure(self) -> None:
         private_dir(self.root)
+        mark_root(self.root)
         private_dir(self.sessions_dir)
 
 
