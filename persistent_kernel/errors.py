@@ -64,3 +64,11 @@ class NoSuchVariable(PersistentKernelError, LookupError):
 
 class ExportFailed(PersistentKernelError, RuntimeError):
     """A generation could not be written out as a file; nothing was replaced."""
+
+
+class UnreadableSettings(PersistentKernelError, ValueError):
+    """A notebook's settings (its ``%persist exclude`` list) exist but cannot be read.
+
+    Never read as "no settings": a variable the user excluded would then be
+    saved. The kernel writes no checkpoint while this lasts.
+    """

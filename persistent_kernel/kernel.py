@@ -36,6 +36,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, defa
 
 from . import checkpoint, namespace, notebook, quickexit, report, restore, serializer, snapshot
 from .checkpoint import CheckpointResult
+from .errors import UnreadableSettings
 from .restore import RestoreReport
 from .session import session_key
 from .store import SessionStore, Store, is_disk_error
@@ -343,11 +344,21 @@ class PersistentKernel(IPythonKernel):
 
     def _job(self, beacon: snapshot.Beacon | None) -> tuple[snapshot.Job, SessionStore]:
         assert self.shell is not None
+        try:
+            settings = self.settings
+        except UnreadableSettings as exc:
+            # Its exclude list is unknown: save nothing rather than what it may exclude.
+            refused = exc
+
+            def refuse() -> dict[str, Any]:
+                raise refused
+
+            return refuse, self.session_store
         values, skipped = namespace.select(
             self.shell.user_ns,
             self.shell.user_ns_hidden,
-            [*self.exclude, *self.settings.get("exclude", [])],
-            self.settings.get("include", []),
+            [*self.exclude, *settings.get("exclude", [])],
+            settings.get("include", []),
         )
         for name, (ident, reason) in list(self._crashers.items()):
             if name in values and id(values[name]) == ident:

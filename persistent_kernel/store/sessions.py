@@ -25,6 +25,7 @@ from ..errors import (
     NewerFormat,
     NoCheckpoint,
     UnreadableCheckpoint,
+    UnreadableSettings,
     UntrustedCheckpoint,
 )
 from ..session import session_dirname
@@ -207,12 +208,28 @@ class SessionStore:
     # -- settings -----------------------------------------------------------------
 
     def read_settings(self) -> dict[str, Any]:
-        """Per-session preferences (``%persist exclude``/``include``); {} if none."""
+        """Per-session preferences (``%persist exclude``/``include``); {} if there are none.
+
+        Settings that exist but cannot be read, parsed or trusted raise
+        :class:`UnreadableSettings`: read as empty, they would silently drop
+        the user's excludes.
+        """
+        path = self.path / "settings.json"
         try:
             data = json.loads(self.backend.read_file("settings.json"))
-        except (OSError, ValueError, UntrustedCheckpoint):
+        except FileNotFoundError:
             return {}
-        return data if isinstance(data, dict) else {}
+        except (OSError, ValueError, UntrustedCheckpoint) as exc:
+            raise UnreadableSettings(
+                f"the settings of this notebook ({path}) cannot be read ({exc}); nothing is "
+                "saved until they can, since they may exclude variables from checkpoints"
+            ) from exc
+        if not isinstance(data, dict):
+            raise UnreadableSettings(
+                f"the settings of this notebook ({path}) are not a JSON object; nothing is "
+                "saved until they are fixed or removed, since they may exclude variables"
+            )
+        return data
 
     def write_settings(self, settings: dict[str, Any]) -> None:
         self.ensure()
