@@ -8,7 +8,9 @@ checkpoint (one signed with your secret) to write it out again as one file.
 A session is named by its key as ``list`` shows it, or by the path of its
 notebook (for a console: its working directory), or by its directory name
 under ``sessions/``. Every subcommand that reads checkpoints takes
-``--checkpoint-dir`` (default: the kernel's default, :func:`default_root`).
+``--checkpoint-dir`` (default: the kernel's, :func:`default_root`: the
+``PersistentKernel.checkpoint_dir`` its configuration files set, read as
+the kernel reads them, else its default).
 
 Exit codes:
   0  success
@@ -31,9 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from jupyter_core.paths import jupyter_data_dir
-
-from . import exchange, kernelspec, report
+from . import exchange, kernelconfig, kernelspec, report
 from .errors import (
     CorruptCheckpoint,
     NoCheckpoint,
@@ -63,8 +63,9 @@ LOCK_TIMEOUT = 60.0
 
 
 def default_root() -> str:
-    """The storage root the kernel uses when ``checkpoint_dir`` is not set."""
-    return os.path.join(jupyter_data_dir(), "persistent_kernel")
+    """The storage root the kernel uses: ``checkpoint_dir`` from its configuration
+    files (see :mod:`.kernelconfig`), else its default."""
+    return kernelconfig.checkpoint_dir()
 
 
 # -- finding sessions --------------------------------------------------------------------
@@ -527,7 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument(
-        "--checkpoint-dir", default=None, help="storage root (default: the kernel's default)"
+        "--checkpoint-dir",
+        default=None,
+        help="storage root (default: the kernel's: PersistentKernel.checkpoint_dir from "
+        "ipython_kernel_config.py or persistent_kernel_config.py, else the default)",
     )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")

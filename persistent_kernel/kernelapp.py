@@ -8,6 +8,7 @@ from ipykernel.kernelapp import IPKernelApp
 from traitlets import List, Type, Unicode, default
 
 from .kernel import PersistentKernel
+from .kernelconfig import CONFIG_FILES
 
 
 class PersistentKernelApp(IPKernelApp):
@@ -30,7 +31,7 @@ class PersistentKernelApp(IPKernelApp):
     def _config_files_default(self) -> list[str]:
         # An app with its own name reads only <name>_config.py. Users configure
         # kernels in ipython_kernel_config.py, so read that first, then ours.
-        return ["ipython_kernel_config.py", "persistent_kernel_config.py"]
+        return list(CONFIG_FILES)
 
     def start(self) -> Any:
         if self.subapp is not None:

@@ -21,6 +21,8 @@ from persistent_kernel.cli import main
 from persistent_kernel.errors import NoCheckpoint, StoreBusy
 from persistent_kernel.store import SessionStore, Store
 
+from .harness import KernelHarness
+
 DAY = 86400.0
 
 
@@ -474,3 +476,48 @@ def test_python_dash_m(jupyter_env: dict[str, Path], three: SessionStore) -> Non
         missing.stderr
         == f"persistent-kernel: there are no checkpoints of gone.ipynb in {cli.default_root()}\n"
     )
+
+
+# -- one configuration for the kernel and the command line -----------------------------
+
+
+@pytest.mark.parametrize("filename", ["ipython_kernel_config.py", "persistent_kernel_config.py"])
+def test_the_cli_reads_the_kernel_s_checkpoint_dir(
+    capsys: pytest.CaptureFixture[str],
+    jupyter_env: dict[str, Path],
+    tmp_path: Path,
+    filename: str,
+) -> None:
+    configured = tmp_path / "configured"
+    profile = jupyter_env["IPYTHONDIR"] / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / filename).write_text(f"c.PersistentKernel.checkpoint_dir = {str(configured)!r}\n")
+    checkpoint(configured, "K", {"x": 1})
+    assert cli.default_root() == str(configured)
+    code, out, _ = run(capsys, "list", "--json")
+    assert code == 0 and [row["session"] for row in json.loads(out)] == ["K"]
+    code, out, _ = run(capsys, "list", "--json", "--checkpoint-dir", str(tmp_path / "other"))
+    assert code == 0 and json.loads(out) == []  # the flag still wins
+
+
+def test_the_cli_finds_what_a_configured_kernel_wrote(
+    capsys: pytest.CaptureFixture[str], jupyter_env: dict[str, Path], tmp_path: Path
+) -> None:
+    configured = tmp_path / "configured"
+    profile = jupyter_env["IPYTHONDIR"] / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_kernel_config.py").write_text(
+        f"c.PersistentKernel.checkpoint_dir = {str(configured)!r}\n"
+        "c.PersistentKernel.checkpoint_interval = 0\n"
+    )
+    harness = KernelHarness(cwd=jupyter_env["work"], root=configured)
+    try:
+        kernel = harness.start()
+        kernel.run("answer = 42").check()
+        harness.wait_generations(harness.session(), 1)
+    finally:
+        harness.close()
+    code, out, _ = run(capsys, "list", "--json")
+    assert code == 0
+    (row,) = json.loads(out)
+    assert row["variables"] == ["answer"]
