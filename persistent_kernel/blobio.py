@@ -5,8 +5,8 @@ plus a hash over the same bytes. Done one after the other on one core that is
 two passes over a GiB; here two threads read 4 MiB chunks with ``preadv``
 (which releases the GIL and needs no shared file position) while the calling
 thread hashes each chunk, in order, right after it lands, while it is still
-in the CPU cache. The hash is the same streaming xxh3-128 of the whole blob,
-so the format does not change.
+in the CPU cache. The hash is the same streaming hash of the whole blob
+(whichever the store names blobs by), so the format does not change.
 
 Limits: without ``os.preadv`` (macOS) parts are read by one thread, hashed as
 they come. Small parts are always read that way: threads cost more than they

@@ -26,8 +26,8 @@ from typing import Any
 
 from . import serializer
 from ._version import __version__
-from .errors import CorruptCheckpoint, NoCheckpoint
-from .store import BlobRef, Manifest, SessionStore
+from .errors import CorruptCheckpoint, NoCheckpoint, UnreadableCheckpoint
+from .store import HASH, BlobRef, Manifest, SessionStore
 
 
 def environment_info() -> dict[str, Any]:
@@ -133,7 +133,14 @@ def write_checkpoint(
                 continue  # the user has bound the name again: the new value wins
             if not all(session.has_blob(r.hash, r.size) for r in carried_refs):
                 continue
-            content["groups"].append(group.record)
+            record = group.record
+            if group.hash != HASH:  # named by an older format's hash: store it anew
+                try:
+                    carried_refs = [session.migrate_blob(r, group.hash) for r in carried_refs]
+                except UnreadableCheckpoint:
+                    continue
+                record = {**record, "parts": [[r.hash, r.size] for r in carried_refs]}
+            content["groups"].append(record)
             refs.append(carried_refs)
             index = len(content["groups"]) - 1
             for name in names:
@@ -203,6 +210,7 @@ class CarriedGroup:
 
     record: dict[str, Any]  # the manifest's group entry
     variables: dict[str, Any]  # the manifest's variable entries for its names
+    hash: str = HASH  # what names its blobs: an older manifest's may differ
 
     def refs(self) -> list[BlobRef]:
         return group_refs(self.record)

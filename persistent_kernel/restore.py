@@ -96,7 +96,8 @@ def _read_group(
     for ref in refs:
         if manifest.blobs.get(ref.hash) != ref.size:
             raise CorruptCheckpoint(f"blob {ref.hash} is not listed in the manifest")
-        buffers.extend(session.read_blob(ref, progress.advance if progress is not None else None))
+        on_read = progress.advance if progress is not None else None
+        buffers.extend(session.read_blob(ref, on_read, hash=manifest.hash))
     return buffers
 
 
@@ -283,13 +284,13 @@ def _load(
         if progress is not None and progress.stop.is_set():
             report.restored.sort()
             index = content["groups"].index(group)
-            report.carried.extend(_carry(content, g) for g in content["groups"][index:])
+            report.carried.extend(_carry(manifest, g) for g in content["groups"][index:])
             raise RestoreInterrupted
         names = list(group.get("names", []))
         if group_id(group) in poisoned:
             reason = "loading it crashed the kernel at an earlier start, so it was left alone"
             report.skipped.update(dict.fromkeys(names, reason))
-            report.carried.append(_carry(content, group))
+            report.carried.append(_carry(manifest, group))
             continue
         if markers:
             session.begin_loading(group_id(group))
@@ -298,7 +299,7 @@ def _load(
         except Exception as exc:
             reason = f"could not be loaded ({serializer.describe_error(exc)})"
             report.skipped.update(dict.fromkeys(names, reason))
-            report.carried.append(_carry(content, group))
+            report.carried.append(_carry(manifest, group))
             continue
         finally:
             if markers:
@@ -308,10 +309,11 @@ def _load(
     report.restored.sort()
 
 
-def _carry(content: dict[str, Any], group: dict[str, Any]) -> CarriedGroup:
-    variables = content.get("variables", {})
+def _carry(manifest: Manifest, group: dict[str, Any]) -> CarriedGroup:
+    variables = manifest.content.get("variables", {})
     names = group.get("names", [])
-    return CarriedGroup(dict(group), {n: variables[n] for n in names if n in variables})
+    record = {n: variables[n] for n in names if n in variables}
+    return CarriedGroup(dict(group), record, manifest.hash)
 
 
 def variable_fingerprints(manifest: Manifest) -> dict[str, str]:

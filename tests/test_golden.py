@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from persistent_kernel.restore import history, restore_checkpoint
+from persistent_kernel.checkpoint import CarriedGroup, write_checkpoint
+from persistent_kernel.restore import history, load_generation, restore_checkpoint
 from persistent_kernel.store import SessionStore, Store
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 KEY = "/golden/notebook.ipynb"
+INFO = {"session": KEY, "notebook": KEY}
 
 
 def private_copy(source: Path, target: Path) -> Path:
@@ -60,3 +62,19 @@ def test_every_generation_is_listed(golden: SessionStore) -> None:
     rows = history(golden)
     assert [r["generation"] for r in rows] == [1, 2]
     assert rows[1]["changed"] == ["text"]
+
+
+def test_a_group_carried_from_format_1_is_stored_anew_under_blake3(golden: SessionStore) -> None:
+    """A group an old generation holds and a new one keeps unloaded changes its names."""
+    old = golden.read_manifest(2)
+    (group,) = [g for g in old.content["groups"] if "array" in g["names"]]
+    carried = CarriedGroup(group, {"array": old.content["variables"]["array"]}, old.hash)
+    result = write_checkpoint(golden, {"new": 1}, {}, INFO, keep=10, carried=[carried])
+    assert result.ok and result.generation == 3
+    manifest = golden.read_manifest(3)
+    assert manifest.raw["format"] == 2 and manifest.hash == "blake3"
+    assert all(len(name) == 64 for name in manifest.blobs)
+    values, report = load_generation(golden, 3)
+    assert report.skipped == {}
+    assert np.array_equal(values["array"], np.arange(12, dtype=np.float64).reshape(3, 4))
+    assert values["new"] == 1

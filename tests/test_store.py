@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 import xxhash
 
@@ -111,7 +112,7 @@ def test_generations_are_numbered_in_order(session: SessionStore) -> None:
 
 def test_blob_is_named_by_the_hash_of_its_bytes(session: SessionStore) -> None:
     ref = session.write_blob([b"ab", b"", b"cde"])
-    assert ref.hash == xxhash.xxh3_128(b"abcde").hexdigest()
+    assert ref.hash == blake3.blake3(b"abcde").hexdigest()
     assert ref.hash == blob_hash([b"abcde"])
     assert (ref.size, ref.parts, ref.written) == (5, (2, 0, 3), 5)
     assert blob_path(session, ref).read_bytes() == b"abcde"
@@ -650,3 +651,27 @@ def test_registration_survives_a_concurrent_scan(
         assert session.running_writers() == [path]
     finally:
         SessionStore.release_writer(fd, path)
+
+
+# -- content addresses -------------------------------------------------------------------
+
+
+def test_new_blobs_are_named_by_blake3_so_a_signed_manifest_vouches_for_every_byte(
+    session: SessionStore,
+) -> None:
+    manifest = commit(session, [b"some state"])
+    assert manifest.raw["format"] == 2 and manifest.raw["hash"] == "blake3"
+    (name,) = manifest.blobs
+    assert name == blake3.blake3(b"some state").hexdigest() and len(name) == 64
+
+
+def test_a_format_2_manifest_checks_its_blobs_with_blake3_only(session: SessionStore) -> None:
+    """A name of another hash in a format-2 manifest is not checked with that hash."""
+    data = b"planted next to a signed manifest"
+    weak = xxhash.xxh3_128(data).hexdigest()
+    write_atomic(session.objects_dir, weak, [data])
+    ref = BlobRef(weak, len(data), (len(data),))
+    with pytest.raises(CorruptCheckpoint, match="does not match its hash"):
+        session.read_blob(ref, hash="blake3")
+    write_atomic(session.objects_dir, weak, [data])  # set aside as damaged: put it back
+    assert session.read_blob(BlobRef(weak, len(data), (len(data),)), hash="xxh3_128") == [data]

@@ -14,7 +14,7 @@ import pytest
 from persistent_kernel.checkpoint import write_checkpoint
 from persistent_kernel.errors import UntrustedCheckpoint
 from persistent_kernel.restore import RestoreReport, restore_checkpoint
-from persistent_kernel.store import SessionStore, Store, blob_hash, write_atomic
+from persistent_kernel.store import FORMAT, HASH, SessionStore, Store, blob_hash, write_atomic
 from persistent_kernel.trust import Signer
 
 KEY = "/home/user/analysis.ipynb"
@@ -56,8 +56,8 @@ def plant(session: SessionStore, marker: Path, signer: Signer | None) -> None:
     generation = (session.generations() or [0])[-1] + 1
     group = {"parts": [[digest, len(data)]], "size": len(data), "pickler": "pickle"}
     raw: dict[str, Any] = {
-        "format": 1,
-        "hash": "xxh3_128",
+        "format": FORMAT,
+        "hash": HASH,
         "generation": generation,
         "created": 1.0,
         "session": KEY,

@@ -10,7 +10,7 @@ Layout under the storage root (directories 0700, files 0600)::
         loading, poisoned            crash markers: the blob being unpickled, and those
                                      whose unpickling killed a kernel
         generations/00000042.json    manifest of generation 42
-        objects/<xxh3-128 hex>       blob: bytes named by their hash
+        objects/<blake3 hex>         blob: bytes named by their hash
 
 A blob is a sequence of *parts* (a pickle stream and its out-of-band
 buffers) stored back to back; the manifest records each part's size, so a

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import blake3
 import xxhash
 
 from ..errors import (
@@ -30,15 +31,20 @@ from ..errors import (
 )
 from ..session import session_dirname
 from . import locks
+from .backend import Digest
 from .fs import private_dir, write_new
 from .local import LocalBackend
 from .trust import Signer, read_private
 
 #: Version of the manifest format this code writes. Newer ones are left alone.
-FORMAT = 1
-HASH = "xxh3_128"
+FORMAT = 2
+#: The hash that names blobs in the format written: BLAKE3, 256 bits, in hex.
+HASH = "blake3"
 #: The formats this release reads, and the hash that names blobs in each.
-HASHES = {1: "xxh3_128"}
+#: Format 1 named blobs by xxh3-128, which is fast but not collision resistant:
+#: whoever can write a blob could craft another with the same name.
+HASHES = {1: "xxh3_128", 2: "blake3"}
+_HASHERS: dict[str, Callable[[], Digest]] = {"xxh3_128": xxhash.xxh3_128, "blake3": blake3.blake3}
 #: Version of the storage root's layout, recorded in its :data:`MARKER` file.
 STORE_FORMAT = 1
 MARKER = "format"
@@ -68,6 +74,7 @@ class Manifest:
     blobs: dict[str, int]
     content: dict[str, Any]
     raw: dict[str, Any]
+    hash: str = HASH  # what names its blobs
 
     @property
     def size(self) -> int:
@@ -75,9 +82,17 @@ class Manifest:
         return sum(self.blobs.values())
 
 
-def blob_hash(parts: Sequence[bytes | memoryview]) -> str:
-    """The content address of a blob: xxh3-128 of its bytes, in hex."""
-    digest = xxhash.xxh3_128()
+def hasher(name: str = HASH) -> Digest:
+    """A new streaming hash of the kind *name* (a value of :data:`HASHES`)."""
+    try:
+        return _HASHERS[name]()
+    except KeyError:
+        raise CorruptCheckpoint(f"unknown hash {name!r}") from None
+
+
+def blob_hash(parts: Sequence[bytes | memoryview], name: str = HASH) -> str:
+    """The content address of a blob: the hash *name* of its bytes, in hex."""
+    digest = hasher(name)
     for part in parts:
         digest.update(part)
     return digest.hexdigest()
@@ -328,8 +343,13 @@ class SessionStore:
     def has_blob(self, digest: str, size: int) -> bool:
         return self.backend.blob_size(digest) == size
 
-    def read_blob(self, ref: BlobRef, on_read: Callable[[int], None] | None = None) -> list[Any]:
+    def read_blob(
+        self, ref: BlobRef, on_read: Callable[[int], None] | None = None, hash: str = HASH
+    ) -> list[Any]:
         """Read a blob into one buffer per part, checking size and hash first.
+
+        *hash* is what names the blob: the :attr:`Manifest.hash` of the
+        manifest that lists it (the one written, unless it is older).
 
         Nothing is unpickled here. Parts after the first are writable
         (bytearray, or an anonymous mmap for large ones) so that arrays
@@ -339,7 +359,7 @@ class SessionStore:
         """
         if sum(ref.parts) != ref.size:
             raise CorruptCheckpoint(f"blob {ref.hash}: parts do not add up to its size")
-        digest = xxhash.xxh3_128()
+        digest = hasher(hash)
         parts = self.backend.read_blob(ref.hash, ref.parts, digest, on_read)
         if digest.hexdigest() != ref.hash:
             self.backend.quarantine_blob(ref.hash)
@@ -374,6 +394,18 @@ class SessionStore:
             return BlobRef(digest, size, sizes, written=0)
         self.backend.write_blob(digest, parts)
         return BlobRef(digest, size, sizes, written=size)
+
+    def migrate_blob(self, ref: BlobRef, hash: str) -> BlobRef:
+        """Store again, named by :data:`HASH`, a blob named by the older *hash*.
+
+        For data an older generation holds that a new one keeps without
+        loading it (a group carried over). The blob is checked against its
+        old name first; :class:`CorruptCheckpoint` if it does not match.
+        """
+        if hash == HASH:
+            return ref
+        parts = self.read_blob(ref, hash=hash)
+        return self.write_blob(parts)
 
     def commit(
         self, content: dict[str, Any], blobs: Sequence[BlobRef], info: dict[str, Any]
@@ -504,6 +536,7 @@ def parse_manifest(raw: Any, generation: int, name: str) -> Manifest:
         blobs=dict(blobs),
         content=content,
         raw=raw,
+        hash=HASHES[raw["format"]],
     )
 
 
