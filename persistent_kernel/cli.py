@@ -41,6 +41,7 @@ from .errors import (
     PersistentKernelError,
     StoreBusy,
     UnreadableCheckpoint,
+    sentence,
 )
 from .restore import history
 from .session import resolve_session_arg
@@ -377,7 +378,7 @@ def prune_sessions(
             try:
                 _remove(session, lock_timeout)
             except OSError as exc:
-                failed.append({**info, "error": _sentence(exc)})
+                failed.append({**info, "error": sentence(exc)})
                 continue
         removed.append(info)
     return {"older_than": older_than, "dry_run": dry_run, "removed": removed, "failed": failed}
@@ -595,16 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sentence(exc: BaseException) -> str:
-    """An error as one plain sentence."""
-    if isinstance(exc, OSError) and exc.strerror and exc.filename:
-        return f"{exc.filename}: {exc.strerror}"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text
-
-
 def _fail(exc: BaseException, code: int) -> NoReturn:
-    print(f"persistent-kernel: {_sentence(exc)}", file=sys.stderr)
+    print(f"persistent-kernel: {sentence(exc)}", file=sys.stderr)
     raise SystemExit(code) from exc
 
 

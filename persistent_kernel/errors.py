@@ -55,7 +55,11 @@ class StoreBusy(PersistentKernelError, TimeoutError):
 
 
 class CheckpointFailed(PersistentKernelError, RuntimeError):
-    """Writing a checkpoint failed; the previous checkpoint is untouched."""
+    """Writing a checkpoint that was asked for failed; the previous checkpoint is untouched.
+
+    Raised where a caller needs the checkpoint (``%persist export``
+    checkpoints first); automatic checkpoints report failures instead.
+    """
 
 
 class NoSuchVariable(PersistentKernelError, LookupError):
@@ -72,3 +76,19 @@ class UnreadableSettings(PersistentKernelError, ValueError):
     Never read as "no settings": a variable the user excluded would then be
     saved. The kernel writes no checkpoint while this lasts.
     """
+
+
+def sentence(exc: BaseException) -> str:
+    """The one sentence a user sees for *exc*: the CLI, ``%persist`` and notices use it.
+
+    An :class:`OSError` says which file and what went wrong
+    (``/x/y.pkl: No such file or directory``); anything else gives its
+    message's first line, or its type's name when it has none.
+    """
+    if isinstance(exc, OSError) and not isinstance(exc, PersistentKernelError):
+        if exc.strerror and exc.filename:
+            return f"{exc.filename}: {exc.strerror}"
+        if exc.strerror:
+            return str(exc.strerror)
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -13,7 +13,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from . import checkpoint, report, restore
-from .errors import PersistentKernelError
+from .errors import CheckpointFailed, PersistentKernelError, sentence
 
 if TYPE_CHECKING:
     from .kernel import PersistentKernel
@@ -61,8 +61,9 @@ class PersistMagics(Magics):
         args = parse_argstring(self.persist, line)
         try:
             getattr(self, f"_{args.command}")(list(args.args))
-        except PersistentKernelError as exc:
-            raise UsageError(str(exc)) from exc
+        except (PersistentKernelError, OSError) as exc:
+            # One line, not a traceback: these are conditions, not bugs.
+            raise UsageError(sentence(exc)) from exc
 
     def _no_args(self, args: list[str], command: str) -> None:
         if args:
@@ -192,7 +193,8 @@ class PersistMagics(Magics):
         path, names = args[0], args[1:]
         result = self._checkpoint_now()
         if result is None or not result.ok:
-            raise UsageError("the checkpoint to export could not be written")
+            error = result.error if result is not None else "no result"
+            raise CheckpointFailed(f"the checkpoint to export could not be written ({error})")
         exported = exchange.export_generation(self.kernel.session_store, path, None, names or None)
         print(
             f"Exported {len(exported.written)} variable(s) to {path}: load them anywhere with "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from .errors import NoCheckpoint, UnreadableCheckpoint
 from .store import SessionStore, Store
@@ -74,12 +75,35 @@ def find_renamed(store: Store, notebook_path: str) -> tuple[SessionStore, str] |
 
 
 def adopt(old: SessionStore, new: SessionStore) -> None:
-    """Move *old*'s checkpoints to *new* (which has none), under *old*'s lock."""
+    """Move *old*'s checkpoints to *new* (which has none), under *old*'s lock.
+
+    Settings the adopting notebook already had are merged into the adopted
+    ones, excludes first: a name either excluded stays excluded. Settings
+    that cannot be read stop the adoption (:class:`UnreadableSettings`), so
+    no exclude is forgotten.
+    """
     with old.locked(timeout=60):
+        merged = None
         if new.path.exists():
             if new.generations():
                 raise FileExistsError(f"{new.path} already has checkpoints")
+            mine = new.read_settings()
+            if mine:
+                merged = merge_settings(old.read_settings(), mine)
             for child in sorted(new.path.rglob("*"), reverse=True):
                 child.rmdir() if child.is_dir() else child.unlink()
             new.path.rmdir()
         os.rename(old.path, new.path)
+        if merged is not None:
+            new.write_settings(merged)
+
+
+def merge_settings(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two sets of ``%persist`` settings as one; what either excludes stays excluded."""
+    exclude = list(dict.fromkeys([*first.get("exclude", []), *second.get("exclude", [])]))
+    include = [
+        n
+        for n in dict.fromkeys([*first.get("include", []), *second.get("include", [])])
+        if n not in exclude
+    ]
+    return {**first, **second, "exclude": exclude, "include": include}

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import serializer
 from .checkpoint import CarriedGroup, environment_info, group_id, group_refs, installed_version
-from .errors import CorruptCheckpoint, NoCheckpoint, UnreadableCheckpoint
+from .errors import CorruptCheckpoint, NoCheckpoint, NoSuchVariable, UnreadableCheckpoint
 from .store import Manifest, SessionStore
 
 
@@ -173,7 +173,8 @@ def load_generation(
 
     With *names*, only the groups holding those variables are read and
     unpickled (their group-mates come along: they share objects). Raises
-    :class:`NoCheckpoint`, :class:`CorruptCheckpoint` or
+    :class:`NoSuchVariable` for a name it never held, :class:`NoCheckpoint`,
+    :class:`CorruptCheckpoint` or
     :class:`UntrustedCheckpoint` for a generation that cannot be read whole.
     Notebook functions get *main*'s namespace as their globals (default:
     this process's ``__main__``); put the values into it for them to see
@@ -190,7 +191,7 @@ def load_generation(
         wanted = set(names)
         missing = wanted - set(manifest.content.get("variables", {}))
         if missing:
-            raise NoCheckpoint(
+            raise NoSuchVariable(
                 f"generation {manifest.generation} has no variable {', '.join(sorted(missing))}"
             )
         groups = [g for g in _groups(manifest) if wanted & set(g.get("names", []))]

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from persistent_kernel.checkpoint import CheckpointResult, write_checkpoint
-from persistent_kernel.restore import RestoreReport, restore_checkpoint
+from persistent_kernel.errors import NoSuchVariable
+from persistent_kernel.restore import RestoreReport, load_generation, restore_checkpoint
 from persistent_kernel.store import SessionStore, Store
 
 KEY = "/home/user/analysis.ipynb"
@@ -376,3 +377,9 @@ def test_changing_one_array_in_a_list_rewrites_that_array_only(session: SessionS
     assert 4 * MB <= second.written < 5 * MB
     into, _ = restore(session)
     assert [float(b[0]) for b in into["blocks"]] == [0.0, 1.0, 12.0, 3.0]
+
+
+def test_asking_for_a_variable_a_generation_never_held_names_it(session: SessionStore) -> None:
+    write(session, {"a": 1})
+    with pytest.raises(NoSuchVariable, match="has no variable nope"):
+        load_generation(session, None, ["a", "nope"])

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
+from persistent_kernel.checkpoint import write_checkpoint
 from persistent_kernel.errors import UnreadableSettings
+from persistent_kernel.notebook import adopt
 from persistent_kernel.store import SessionStore, Store
 
 from .harness import KernelHarness
-from .helpers import KEY, wait_until
+from .helpers import INFO, KEY, wait_until
 
 NOW = ["--PersistentKernel.checkpoint_interval=0"]
 
@@ -72,3 +75,36 @@ def test_a_kernel_saves_nothing_while_its_settings_are_unreadable(kernels: Kerne
     assert session.generations() == generations
     for blob in session.objects_dir.iterdir():
         assert b"hunter2" not in blob.read_bytes()
+
+
+def test_adopting_a_renamed_notebook_keeps_the_adopter_s_excludes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "root")
+    old, new = store.session("/nb/old.ipynb"), store.session("/nb/new.ipynb")
+    assert write_checkpoint(old, {"kept": 1}, {}, INFO, keep=5).ok
+    old.write_settings({"exclude": ["token"], "include": ["password"]})
+    new.write_settings({"exclude": ["password"]})  # said in the new notebook before adopting
+    adopt(old, new)
+    settings = new.read_settings()
+    assert set(settings["exclude"]) == {"token", "password"}
+    assert settings["include"] == []  # excluded on either side: stays excluded
+    assert new.latest()[0].generation == 1
+
+
+def test_adopting_stops_rather_than_forget_unreadable_settings(tmp_path: Path) -> None:
+    store = Store(tmp_path / "root")
+    old, new = store.session("/nb/old.ipynb"), store.session("/nb/new.ipynb")
+    assert write_checkpoint(old, {"kept": 1}, {}, INFO, keep=5).ok
+    new.write_settings({"exclude": ["password"]})
+    os.chmod(new.path / "settings.json", 0o666)
+    with pytest.raises(UnreadableSettings):
+        adopt(old, new)
+    assert old.generations() == [1] and (new.path / "settings.json").exists()
+
+
+def test_persist_export_to_a_missing_folder_is_one_line(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run("x = 1").check()
+    out = kernel.run("%persist export no/such/folder/x.pkl")
+    assert out.error is None, out.error  # no traceback: IPython prints a UsageError as a line
+    assert out.stderr.strip() == "UsageError: no/such/folder: no such directory"
+    assert kernel.run("print(x)").check().stdout.strip() == "1"  # the kernel carries on

@@ -163,3 +163,15 @@ def test_secret_is_private_and_exposed_secret_is_refused(session: SessionStore) 
     fresh = Store(secret.parent).session(KEY)  # a new process: nothing cached
     with pytest.raises(UntrustedCheckpoint, match="readable by other users"):
         fresh.read_manifest(1)
+
+
+def test_the_storage_root_and_its_parents_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        root = tmp_path / "a" / "b" / "root"
+        Signer(root).sign({"x": 1})
+        Store(tmp_path / "c" / "d" / "root").ensure()
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "a", tmp_path / "a" / "b", root, tmp_path / "c", tmp_path / "c" / "d"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
