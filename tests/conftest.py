@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from persistent_kernel.store import SessionStore, Store
+
 from .harness import KernelHarness
+from .helpers import KEY
 
 _ISOLATED = {
     "JUPYTER_DATA_DIR": "data",
@@ -49,3 +52,11 @@ def kernels(jupyter_env: dict[str, Path]) -> Iterator[KernelHarness]:
         yield harness
     finally:
         harness.close()
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> SessionStore:
+    """The store of one notebook's checkpoints (key :data:`.helpers.KEY`), in a temp root."""
+    s = Store(tmp_path / "store").session(KEY)
+    s.ensure()
+    return s

@@ -16,16 +16,11 @@ import pytest
 from persistent_kernel.checkpoint import CheckpointResult, write_checkpoint
 from persistent_kernel.errors import NoSuchVariable
 from persistent_kernel.restore import RestoreReport, load_generation, restore_checkpoint
-from persistent_kernel.store import SessionStore, Store
+from persistent_kernel.store import SessionStore
 
-KEY = "/home/user/analysis.ipynb"
-INFO = {"session": KEY, "notebook": KEY}
+from .helpers import INFO, flip_a_bit, largest_blob_of
+
 MB = 1 << 20
-
-
-@pytest.fixture
-def session(tmp_path: Path) -> SessionStore:
-    return Store(tmp_path / "store").session(KEY)
 
 
 def write(
@@ -42,20 +37,6 @@ def write(
 def restore(session: SessionStore) -> tuple[dict[str, Any], RestoreReport]:
     into: dict[str, Any] = {}
     return into, restore_checkpoint(session, into)
-
-
-def blob_of(session: SessionStore, name: str, generation: int | None = None) -> Path:
-    """The largest blob of variable *name* in *generation* (default: newest)."""
-    manifest = session.read_manifest(generation or session.generations()[-1])
-    (group,) = [g for g in manifest.content["groups"] if name in g["names"]]
-    digest, _ = max(group["parts"], key=lambda part: part[1])
-    return session.objects_dir / digest
-
-
-def flip_a_bit(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 BLOB_DAMAGE: dict[str, Callable[[Path], None]] = {
@@ -226,7 +207,7 @@ def test_damaged_blob_falls_back_without_unpickling(
     """
     write(session, {"t": Tracked("gen1"), "a": [1]})
     write(session, {"t": Tracked("gen2"), "a": [2]})
-    damage(blob_of(session, "a", generation=2))
+    damage(largest_blob_of(session, "a", generation=2))
 
     into, report = restore(session)
     assert loads == ["gen1"]
@@ -253,7 +234,7 @@ def test_every_generation_damaged(session: SessionStore) -> None:
     write(session, {"a": [1]})
     write(session, {"a": [2]})
     for generation in (1, 2):
-        blob_of(session, "a", generation).unlink()
+        largest_blob_of(session, "a", generation).unlink()
     into, report = restore(session)
     assert into == {}
     # both passed over; then what is left of the newest (nothing) is reported
@@ -295,7 +276,7 @@ def test_checkpoint_after_blob_damage_is_restorable(
     """A checkpoint that reports success can be restored, even if a blob it
     would reuse was damaged on disk since it was first written."""
     write(session, {"a": [1, 2, 3], "b": "kept"})
-    damage(blob_of(session, "a"))
+    damage(largest_blob_of(session, "a"))
 
     result = write(session, {"a": [1, 2, 3], "b": "kept"})
 
@@ -309,7 +290,7 @@ def test_damaged_large_blob_is_quarantined_and_rewritten(session: SessionStore) 
     restore is moved aside, so the next checkpoint writes it again."""
     big = np.arange(2 * MB // 8, dtype=np.int64)
     write(session, {"big": big, "small": 1})
-    flip_a_bit(blob_of(session, "big"))
+    flip_a_bit(largest_blob_of(session, "big"))
 
     into, report = restore(session)
     # no generation is whole: what is intact in the newest comes back

@@ -28,6 +28,8 @@ from persistent_kernel.exchange import ExportResult, export_generation, import_f
 from persistent_kernel.restore import load_generation
 from persistent_kernel.store import SessionStore, Store
 
+from .helpers import stream_blob_of
+
 KEY = "/home/user/notebook.ipynb"
 
 #: A notebook's namespace: run as ``__main__`` (as in a kernel), it checkpoints
@@ -162,12 +164,6 @@ def isolated_python(script: str, *args: str, cwd: Path) -> Any:
     return json.loads(proc.stdout)
 
 
-def blob_of(session: SessionStore, name: str, generation: int) -> Path:
-    manifest = session.read_manifest(generation)
-    (group,) = [g for g in manifest.content["groups"] if name in g["names"]]
-    return session.objects_dir / group["parts"][0][0]
-
-
 # -- export ----------------------------------------------------------------------------
 
 
@@ -253,7 +249,7 @@ def test_export_missing_generation_or_directory(session: SessionStore, tmp_path:
 
 
 def test_export_passes_over_a_damaged_generation(session: SessionStore, tmp_path: Path) -> None:
-    blob = blob_of(session, "SCALE", 2)  # SCALE changed, so generation 2 has its own blob
+    blob = stream_blob_of(session, "SCALE", 2)  # SCALE changed, so generation 2 has its own blob
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0x01
     blob.write_bytes(bytes(data))

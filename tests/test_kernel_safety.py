@@ -24,6 +24,7 @@ from persistent_kernel.restore import load_generation
 from persistent_kernel.store import SessionStore, Store
 
 from .harness import Kernel, KernelHarness
+from .helpers import wait_until
 from .test_trust import plant
 
 NOW = ["--PersistentKernel.checkpoint_interval=0"]
@@ -36,15 +37,6 @@ def quiet_value(kernel: Kernel, expression: str) -> str:
         "", silent=True, store_history=False, user_expressions={"v": expression}, reply=True
     )
     return str(reply["content"]["user_expressions"]["v"]["data"]["text/plain"])
-
-
-def wait_until(predicate, timeout: float = 60, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_planted_checkpoint_never_runs_in_a_kernel(kernels: KernelHarness, tmp_path: Path) -> None:

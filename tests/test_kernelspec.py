@@ -60,16 +60,15 @@ def test_install_user(jupyter_env: dict[str, Path]) -> None:
     assert spec["display_name"] == kernelspec.DISPLAY_NAME
 
 
-def test_install_sys_prefix(jupyter_env: dict[str, Path]) -> None:
-    target = Path(sys.prefix) / "share" / "jupyter" / "kernels" / "pk-sys-prefix-test"
-    try:
-        main(["install", "--sys-prefix", "--name", "pk-sys-prefix-test"])
-        assert json.loads((target / "kernel.json").read_text())["argv"][0] == sys.executable
-    finally:
-        for child in target.glob("*"):
-            child.unlink()
-        if target.exists():
-            target.rmdir()
+def test_install_sys_prefix(
+    jupyter_env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--sys-prefix installs under sys.prefix: here a throwaway one, not this environment."""
+    throwaway = tmp_path / "env"
+    monkeypatch.setattr(sys, "prefix", str(throwaway))
+    main(["install", "--sys-prefix", "--name", "pk-sys-prefix-test"])
+    spec = _installed(throwaway / "share" / "jupyter" / "kernels", "pk-sys-prefix-test")
+    assert spec["argv"][0] == sys.executable
 
 
 def test_python_dash_m_install(jupyter_env: dict[str, Path], tmp_path: Path) -> None:

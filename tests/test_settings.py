@@ -13,16 +13,9 @@ from persistent_kernel.notebook import adopt
 from persistent_kernel.store import SessionStore, Store
 
 from .harness import KernelHarness
-from .helpers import INFO, KEY, wait_until
+from .helpers import INFO, wait_until
 
 NOW = ["--PersistentKernel.checkpoint_interval=0"]
-
-
-@pytest.fixture
-def session(tmp_path: os.PathLike[str]) -> SessionStore:
-    s = Store(tmp_path).session(KEY)
-    s.ensure()
-    return s
 
 
 def test_missing_settings_are_empty(session: SessionStore) -> None:

@@ -33,16 +33,9 @@ from persistent_kernel.store import (
 )
 from persistent_kernel.trust import Signer
 
-KEY = "/home/user/analysis.ipynb"
-INFO = {"session": KEY, "notebook": KEY}
+from .helpers import INFO, KEY, flip_a_bit
+
 BIG = 2 * (1 << 20)  # a part this large is read into an mmap
-
-
-@pytest.fixture
-def session(tmp_path: Path) -> SessionStore:
-    s = Store(tmp_path / "root").session(KEY)
-    s.ensure()
-    return s
 
 
 def commit(session: SessionStore, *blobs: list[bytes], tag: str = "") -> Manifest:
@@ -376,12 +369,6 @@ def test_store_lists_its_sessions(tmp_path: Path) -> None:
 
 
 # -- corruption ---------------------------------------------------------------------------
-
-
-def flip_a_bit(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x10
-    path.write_bytes(bytes(data))
 
 
 def truncate(path: Path) -> None:

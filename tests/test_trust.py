@@ -17,8 +17,7 @@ from persistent_kernel.restore import RestoreReport, restore_checkpoint
 from persistent_kernel.store import FORMAT, HASH, SessionStore, Store, blob_hash, write_atomic
 from persistent_kernel.trust import Signer
 
-KEY = "/home/user/analysis.ipynb"
-INFO = {"session": KEY, "notebook": KEY}
+from .helpers import INFO, KEY
 
 
 class Planted:
@@ -29,11 +28,6 @@ class Planted:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Path.touch, (self.marker,))
-
-
-@pytest.fixture
-def session(tmp_path: Path) -> SessionStore:
-    return Store(tmp_path / "store").session(KEY)
 
 
 @pytest.fixture
