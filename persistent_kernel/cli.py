@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from . import exchange, kernelconfig, kernelspec, report
+from . import exchange, kernelconfig, kernelspec, render
 from .errors import (
     CorruptCheckpoint,
     NoCheckpoint,
@@ -242,38 +242,13 @@ def _group_of(entry: dict[str, Any], groups: list[Any]) -> dict[str, Any] | None
 
 
 def session_history(root: str, arg: str) -> dict[str, Any]:
-    """The generations kept, oldest first, each with the variables added,
-    changed and removed since the readable generation before it (``previous``),
-    as :func:`persistent_kernel.restore.history` compares them.
-
-    A variable counts as changed when its group's saved bytes differ, so a
-    change to one of several variables sharing objects shows on all of them.
-    The oldest generation kept lists everything as added. A generation whose
-    manifest is unreadable is listed too, with ``error``, and compared with
-    nothing.
-    """
+    """The generations kept, oldest first, as :func:`persistent_kernel.restore.history`
+    compares them (the oldest kept lists everything as added; an unreadable
+    one is listed with ``error``)."""
     session = find_session(root, arg)
-    numbers = session.generations()
-    if not numbers:
+    if not session.generations():
         raise NoCheckpoint(f"{_label(session)} has no checkpoints")
-    readable = {row["generation"]: row for row in history(session)}
-    rows: list[dict[str, Any]] = []
-    previous: int | None = None
-    for number in numbers:
-        if number in readable:
-            rows.append({**readable[number], "previous": previous, "error": None})
-            previous = number
-            continue
-        try:
-            session.read_manifest(number)
-        except UnreadableCheckpoint as exc:
-            rows.append(
-                {"generation": number, "created": None, "size": None, "variables": [],
-                 "added": [], "changed": [], "removed": [], "previous": None,
-                 "error": str(exc)}
-            )  # fmt: skip
-        except NoCheckpoint:  # pruned meanwhile
-            pass
+    rows = history(session)
     described = _describe(session)
     return {
         "session": described["session"],
@@ -384,124 +359,6 @@ def prune_sessions(
     return {"older_than": older_than, "dry_run": dry_run, "removed": removed, "failed": failed}
 
 
-# -- printing ----------------------------------------------------------------------------
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=1))
-
-
-def _print_sessions(rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        print("No checkpoints.")
-        return
-    for row in rows:
-        print(row["session"])
-        print(
-            f"  {row['generations']} generation(s), newest {row['newest']} at "
-            f"{report.when(row['created'])}, {report.human_size(row['size'])} "
-            f"({report.human_size(row['disk_usage'])} on disk)"
-        )
-        print(f"  variables: {report.short_list(row['variables'], 20) or '-'}")
-        for problem in row["problems"]:
-            print(f"  warning: {problem}")
-
-
-def _table(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return [
-        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
-        for row in rows
-    ]
-
-
-def _print_show(data: dict[str, Any]) -> None:
-    print(f"Session:    {data['session']}")
-    print(
-        f"Generation: {data['generation']} (of {len(data['generations'])} kept), "
-        f"{report.when(data['created'])}, {report.human_size(data['size'])}"
-    )
-    print(
-        f"Written by: Python {data['python']}, dill {data['dill']}, "
-        f"persistent_kernel {data['persistent_kernel']}"
-    )
-    rows = [["NAME", "TYPE", "SIZE", "STATUS"]]
-    for var in data["variables"]:
-        if var["status"] == "skipped":
-            status = f"skipped: {var['reason']}"
-        elif var["module"]:
-            status = f"saved (import {var['module']})"
-        elif var["shared_with"]:
-            status = f"saved (with {', '.join(var['shared_with'])})"
-        else:
-            status = "saved"
-        if var["carried"]:
-            status += ", carried over: not loaded at the last restore"
-        size = "-" if var["size"] is None else report.human_size(var["size"])
-        rows.append([var["name"], var["type"] or "-", size, status])
-    for line in _table(rows):
-        print(f"  {line}")
-    for note in data["notes"]:
-        print(f"Note: {note}")
-    for problem in data["problems"]:
-        print(f"Warning: {problem}")
-
-
-def _print_history(data: dict[str, Any]) -> None:
-    print(f"Session: {data['session']}")
-    rows = [["GEN", "CREATED", "SIZE", "CHANGES"]]
-    for row in data["generations"]:
-        if row["error"]:
-            rows.append([str(row["generation"]), "-", "-", f"unreadable: {row['error']}"])
-            continue
-        changes = "; ".join(
-            f"{label} {report.short_list(row[key], 8)}"
-            for key, label in (("added", "added"), ("changed", "changed"), ("removed", "removed"))
-            if row[key]
-        )
-        rows.append(
-            [
-                str(row["generation"]),
-                report.when(row["created"]),
-                report.human_size(row["size"]),
-                changes or "no variable changed",
-            ]
-        )
-    for line in _table(rows):
-        print(f"  {line}")
-
-
-def _print_export(data: dict[str, Any]) -> None:
-    print(
-        f"Exported {len(data['written'])} variable(s) from generation {data['generation']} of "
-        f"{data['session']} to {data['path']}: {report.short_list(data['written'], 20) or '-'}"
-    )
-    for name, reason in data["skipped"].items():
-        print(f"  not exported {name}: {reason}")
-    for problem in data["problems"]:
-        print(f"Warning: {problem}")
-    print(f"Load them with: import dill; dill.load_module({data['path']!r})")
-
-
-def _print_removed(data: dict[str, Any]) -> None:
-    print(
-        f"Removed the checkpoints of {data['session']} ({data['generations']} generation(s), "
-        f"{report.human_size(data['disk_usage'])} on disk)."
-    )
-
-
-def _print_prune(data: dict[str, Any]) -> None:
-    verb = "Would remove" if data["dry_run"] else "Removed"
-    for row in data["removed"]:
-        newest = report.when(row["newest"]) if row["newest"] else "none readable"
-        print(
-            f"{verb} {row['session']} (newest checkpoint {newest}, "
-            f"{report.human_size(row['disk_usage'])} on disk)"
-        )
-    if not data["removed"] and not data["failed"]:
-        print("No session is that old.")
-
-
 # -- command line ------------------------------------------------------------------------
 
 
@@ -604,16 +461,16 @@ def _fail(exc: BaseException, code: int) -> NoReturn:
 def _run(args: argparse.Namespace) -> int:
     """Call the subcommand *args* names; print its data. Returns the exit code."""
     root = getattr(args, "checkpoint_dir", None) or default_root()
-    printers: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
-        "list": (lambda: list_sessions(root), _print_sessions),
-        "show": (lambda: show_session(root, args.session, args.generation), _print_show),
-        "history": (lambda: session_history(root, args.session), _print_history),
+    printers: dict[str, tuple[Callable[[], Any], Callable[[Any], str]]] = {
+        "list": (lambda: list_sessions(root), render.sessions_text),
+        "show": (lambda: show_session(root, args.session, args.generation), render.show_text),
+        "history": (lambda: session_history(root, args.session), render.history_text),
         "export": (
             lambda: export_session(root, args.session, args.path, args.generation, args.names),
-            _print_export,
+            render.export_text,
         ),
-        "rm": (lambda: remove_session(root, args.session), _print_removed),
-        "prune": (lambda: prune_sessions(root, args.older_than, args.dry_run), _print_prune),
+        "rm": (lambda: remove_session(root, args.session), render.removed_text),
+        "prune": (lambda: prune_sessions(root, args.older_than, args.dry_run), render.prune_text),
     }
     if args.command == "install":
         path = kernelspec.install(
@@ -625,12 +482,9 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(f"Installed kernelspec {args.name} in {path}")
         return EXIT_OK
-    compute, show = printers[args.command]
+    compute, text = printers[args.command]
     data = compute()
-    if args.json:
-        _print_json(data)
-    else:
-        show(data)
+    print(json.dumps(data, indent=1) if args.json else text(data))
     failed = data.get("failed") if isinstance(data, dict) else None
     for row in failed or []:
         print(

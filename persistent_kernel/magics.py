@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from . import checkpoint, report, restore
+from . import checkpoint, render, restore
 from .errors import CheckpointFailed, PersistentKernelError, sentence
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class PersistMagics(Magics):
         if not kernel.autosave:
             print("Automatic checkpoints are off (%persist on resumes them).")
         print(
-            report.checkpoint_status(
+            render.checkpoint_status(
                 kernel.last_result, pending=kernel._dirty, running=kernel._writer is not None
             )
         )
@@ -91,7 +91,7 @@ class PersistMagics(Magics):
             state = "unchanged" if result.unchanged else "written"
             print(
                 f"Checkpoint {result.generation} {state}: {len(result.saved)} variables, "
-                f"{report.human_size(result.size)} ({report.human_size(result.written)} written)."
+                f"{render.human_size(result.size)} ({render.human_size(result.written)} written)."
             )
             for name, reason in result.skipped.items():
                 print(f"  skipped {name}: {reason}")
@@ -112,18 +112,7 @@ class PersistMagics(Magics):
     def _history(self, args: list[str]) -> None:
         self._no_args(args, "history")
         rows = restore.history(self.kernel.session_store)
-        if not rows:
-            print("No checkpoints yet.")
-        for row in rows:
-            changes = "; ".join(
-                f"{label} {report.short_list(row[key], 8)}"
-                for key, label in (("added", "+"), ("changed", "~"), ("removed", "-"))
-                if row[key]
-            )
-            print(
-                f"{row['generation']:>4}  {report.when(row['created'])}  "
-                f"{report.human_size(row['size']):>10}  {changes or 'no change'}"
-            )
+        print(render.history_table(rows) if rows else "No checkpoints yet.")
 
     def _restore(self, args: list[str]) -> None:
         generation = int(args.pop(0)) if args and args[0].isdigit() else None
@@ -135,7 +124,7 @@ class PersistMagics(Magics):
         self.shell.user_ns.update(values)
         print(
             f"Restored {len(values)} variable(s) from generation {rep.generation} "
-            f"({report.when(rep.created)}): {report.short_list(sorted(values))}"
+            f"({render.when(rep.created)}): {render.short_list(sorted(values))}"
         )
         for name, reason in rep.skipped.items():
             if not args or name in args:
@@ -196,12 +185,7 @@ class PersistMagics(Magics):
             error = result.error if result is not None else "no result"
             raise CheckpointFailed(f"the checkpoint to export could not be written ({error})")
         exported = exchange.export_generation(self.kernel.session_store, path, None, names or None)
-        print(
-            f"Exported {len(exported.written)} variable(s) to {path}: load them anywhere with "
-            f"dill.load_module({path!r})"
-        )
-        for name, reason in exported.skipped.items():
-            print(f"  not exported {name}: {reason}")
+        print(render.export_text(exported.to_dict()))
 
     def _import(self, args: list[str]) -> None:
         from . import exchange
@@ -212,5 +196,5 @@ class PersistMagics(Magics):
         imported = exchange.import_file(args[0], self.shell.user_ns)
         print(
             f"Imported {len(imported.imported)} variable(s) from {args[0]} (this ran the file's "
-            f"code, as loading any pickle does): {report.short_list(sorted(imported.imported))}"
+            f"code, as loading any pickle does): {render.short_list(sorted(imported.imported))}"
         )

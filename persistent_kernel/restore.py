@@ -334,14 +334,28 @@ def variable_fingerprints(manifest: Manifest) -> dict[str, str]:
 
 
 def history(session: SessionStore) -> list[dict[str, Any]]:
-    """The readable generations, oldest first, each with the variables added,
-    changed and removed since the one before. Nothing is unpickled."""
+    """Every generation kept, oldest first, each with the variables added,
+    changed and removed since the readable generation before it (``previous``).
+
+    Nothing is unpickled. A variable counts as changed when its group's saved
+    bytes differ, so a change to one of several variables sharing objects
+    shows on all of them. A generation whose manifest cannot be read is listed
+    with ``error`` (the sentence why) and compared with nothing.
+    """
     rows: list[dict[str, Any]] = []
     before: dict[str, str] = {}
+    previous: int | None = None
     for generation in session.generations():
         try:
             manifest = session.read_manifest(generation)
-        except (NoCheckpoint, UnreadableCheckpoint):
+        except NoCheckpoint:  # pruned meanwhile
+            continue
+        except UnreadableCheckpoint as exc:
+            rows.append(
+                {"generation": generation, "created": None, "size": None, "variables": [],
+                 "added": [], "changed": [], "removed": [], "previous": None,
+                 "error": str(exc)}
+            )  # fmt: skip
             continue
         now = variable_fingerprints(manifest)
         rows.append(
@@ -353,7 +367,9 @@ def history(session: SessionStore) -> list[dict[str, Any]]:
                 "added": sorted(set(now) - set(before)),
                 "changed": sorted(n for n in set(now) & set(before) if now[n] != before[n]),
                 "removed": sorted(set(before) - set(now)),
+                "previous": previous,
+                "error": None,
             }
         )
-        before = now
+        before, previous = now, generation
     return rows

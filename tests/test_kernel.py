@@ -472,11 +472,12 @@ def test_persist_history_and_restore_an_earlier_generation(kernels: KernelHarnes
     for cell in ("a = 1\nb = [1]", "a = 2\nc = 'new'", "del b"):
         kernel.run(cell).check()
         kernel.run("%persist save").check()
-    history = kernel.run("%persist history").check().stdout.splitlines()
+    header, *history = kernel.run("%persist history").check().stdout.splitlines()
+    assert header.split() == ["GEN", "CREATED", "SIZE", "CHANGES"]
     assert len(history) == 3
-    assert "+ a, b" in history[0]
-    assert "+ c" in history[1] and "~ a" in history[1]
-    assert "- b" in history[2]
+    assert "added a, b" in history[0]
+    assert "added c; changed a" in history[1]
+    assert "removed b" in history[2]
     out = kernel.run("%persist restore 1 b").check().stdout
     assert "Restored 1 variable(s) from generation 1" in out
     assert kernel.value("(a, b, c)") == "(2, [1], 'new')"  # only b came back

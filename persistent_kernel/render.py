@@ -1,0 +1,307 @@
+"""Every sentence and table a user sees about checkpoints, in one place.
+
+``%persist`` (:mod:`.magics`), the kernel's notices and the
+``persistent-kernel`` command (:mod:`.cli`) compute data and hand it here;
+the same data reads the same way wherever it is shown. Functions return
+text; the callers print it. Errors become sentences in
+:func:`persistent_kernel.errors.sentence`.
+"""
+
+from __future__ import annotations
+
+import errno
+import html
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .checkpoint import CheckpointResult
+from .restore import RestoreReport
+
+
+def human_size(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def short_list(names: list[str], limit: int = 12) -> str:
+    """Names joined by commas, cut to *limit* with a count of the rest."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f", ... ({len(names) - limit} more)"
+
+
+def failure_sentence(error: str, errno_: int | None, directory: str) -> str:
+    """One plain sentence for a failed checkpoint."""
+    if errno_ in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk holding {directory} is full, so no checkpoint could be written"
+    if errno_ == errno.EROFS:
+        return f"{directory} is on a read-only disk, so no checkpoint could be written"
+    if errno_ in (errno.EACCES, errno.EPERM):
+        return f"permission to write in {directory} was denied, so no checkpoint could be written"
+    if errno_ == errno.ENOENT:
+        return f"{directory} has vanished, so no checkpoint could be written"
+    settings = "UnreadableSettings: "
+    if error.startswith(settings):  # its own sentence: saving stopped on purpose
+        return error.removeprefix(settings)
+    return f"a checkpoint could not be written ({error})"
+
+
+def restore_summary(report: RestoreReport) -> str:
+    """The lines shown above the first cell's output after a restore."""
+    lines: list[str] = []
+    if report.generation is not None:
+        count = len(report.restored)
+        lines.append(
+            f"persistent-kernel: restored {count} variable{'s' if count != 1 else ''} "
+            f"from checkpoint {report.generation} ({when(report.created)}, "
+            f"{human_size(report.size)})" + (f": {short_list(report.restored)}" if count else "")
+        )
+    if report.renamed_from:
+        lines.append(
+            f"persistent-kernel: this notebook was renamed from {report.renamed_from}; "
+            "its checkpoints came along"
+        )
+    if report.versions:
+        lines.append(
+            "persistent-kernel: the checkpoint was saved with " + ", ".join(report.versions)
+        )
+    for problem in report.problems:
+        lines.append(f"persistent-kernel: {problem}")
+    if report.skipped:
+        lines.append(f"persistent-kernel: {len(report.skipped)} not restored:")
+        lines.extend(f"  {name}: {reason}" for name, reason in report.skipped.items())
+    if report.carried:
+        count = sum(len(g.record.get("names", [])) for g in report.carried)
+        lines.append(
+            f"persistent-kernel: the {count} variable(s) not loaded stay in later checkpoints "
+            "until you assign those names"
+        )
+    if report.waited >= 1:
+        lines.append(
+            f"persistent-kernel: waited {report.waited:.1f} s for the previous kernel's "
+            "final checkpoint"
+        )
+    return "\n".join(lines)
+
+
+START_CLEAN = "To start clean: %persist clear, then restart the kernel."
+_FOLD_AFTER = 12  # rows shown unfolded
+
+
+def restore_text(report: RestoreReport) -> str:
+    """The plain-text report shown in consoles (and logged)."""
+    summary = restore_summary(report)
+    return f"{summary}\n{START_CLEAN}" if report.generation is not None else summary
+
+
+def _row(cells: tuple[str, ...]) -> str:
+    return (
+        "<tr>"
+        + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in cells)
+        + "</tr>"
+    )
+
+
+def restore_html(report: RestoreReport) -> str:
+    """A compact HTML report for notebooks: the summary, then a table of
+    name, type, size and status, folded when it is long."""
+    rows: list[tuple[str, ...]] = []
+    for name in report.restored:
+        detail = report.details.get(name, {})
+        size = detail.get("size")
+        rows.append(
+            (name, str(detail.get("type", "")), human_size(size) if size else "", "restored")
+        )
+    for name, reason in report.skipped.items():
+        detail = report.details.get(name, {})
+        rows.append((name, str(detail.get("type", "")), "", f"not restored: {reason}"))
+    # the summary's own lines, without the per-variable ones the table shows
+    lines = [
+        html.escape(line.removeprefix("persistent-kernel: "))
+        for line in restore_summary(report).splitlines()
+        if not line.startswith("  ") and not line.endswith("not restored:")
+    ]
+    head = "<br>".join(lines)
+    opened = " open" if len(rows) <= _FOLD_AFTER else ""
+    summary = f"{len(report.restored)} restored, {len(report.skipped)} not restored"
+    table = "".join(_row(row) for row in rows)
+    return (
+        "<div class='persistent-kernel-restore'>"
+        f"<b>persistent-kernel</b>: {head}"
+        f"<details{opened}><summary>{summary}</summary><table>"
+        + _row(("name", "type", "size", "status")).replace("td", "th")
+        + f"{table}</table></details><small>{html.escape(START_CLEAN)}</small></div>"
+    )
+
+
+def checkpoint_status(result: CheckpointResult | None, pending: bool, running: bool) -> str:
+    """What ``%persist`` prints."""
+    lines: list[str] = []
+    if result is None:
+        lines.append("No checkpoint written by this kernel yet.")
+    elif not result.ok:
+        lines.append(f"The last checkpoint failed: {result.error}")
+    else:
+        lines.append(
+            f"Last checkpoint: generation {result.generation}, {when(result.created)}, "
+            f"{human_size(result.size)} ({human_size(result.written)} written)"
+        )
+        lines.append(f"Saved ({len(result.saved)}): {short_list(result.saved, 30) or '-'}")
+        if result.skipped:
+            lines.append(f"Skipped ({len(result.skipped)}):")
+            lines.extend(f"  {name}: {reason}" for name, reason in result.skipped.items())
+        lines.extend(f"Note: {note}" for note in result.notes)
+    if running:
+        lines.append("A checkpoint is being written now.")
+    elif pending:
+        lines.append("Changes since then will be checkpointed when the kernel is idle.")
+    else:
+        lines.append("Nothing changed since the last checkpoint.")
+    return "\n".join(lines)
+
+
+# -- tables -----------------------------------------------------------------------------
+
+
+def table(rows: Sequence[Sequence[str]], indent: str = "  ") -> str:
+    """Rows as aligned columns (the last column is not padded)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        indent
+        + "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
+        for row in rows
+    )
+
+
+def changes(row: dict[str, Any]) -> str:
+    """What a generation added, changed and removed, as history shows it."""
+    text = "; ".join(
+        f"{label} {short_list(row[label], 8)}"
+        for label in ("added", "changed", "removed")
+        if row[label]
+    )
+    return text or "no variable changed"
+
+
+def history_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The generations kept (:func:`persistent_kernel.restore.history`), oldest first."""
+    lines = [["GEN", "CREATED", "SIZE", "CHANGES"]]
+    for row in rows:
+        if row.get("error"):
+            lines.append([str(row["generation"]), "-", "-", f"unreadable: {row['error']}"])
+        else:
+            lines.append(
+                [
+                    str(row["generation"]),
+                    when(row["created"]),
+                    human_size(row["size"]),
+                    changes(row),
+                ]
+            )
+    return table(lines)
+
+
+# -- the command line's data, as text ---------------------------------------------------
+
+
+def sessions_text(rows: Sequence[dict[str, Any]]) -> str:
+    """``persistent-kernel list``."""
+    if not rows:
+        return "No checkpoints."
+    lines: list[str] = []
+    for row in rows:
+        lines.append(row["session"])
+        lines.append(
+            f"  {row['generations']} generation(s), newest {row['newest']} at "
+            f"{when(row['created'])}, {human_size(row['size'])} "
+            f"({human_size(row['disk_usage'])} on disk)"
+        )
+        lines.append(f"  variables: {short_list(row['variables'], 20) or '-'}")
+        lines.extend(f"  warning: {problem}" for problem in row["problems"])
+    return "\n".join(lines)
+
+
+def variable_status(var: dict[str, Any]) -> str:
+    """How one variable of a generation was saved (or why not)."""
+    if var["status"] == "skipped":
+        status = f"skipped: {var['reason']}"
+    elif var["module"]:
+        status = f"saved (import {var['module']})"
+    elif var["shared_with"]:
+        status = f"saved (with {', '.join(var['shared_with'])})"
+    else:
+        status = "saved"
+    if var["carried"]:
+        status += ", carried over: not loaded at the last restore"
+    return status
+
+
+def show_text(data: dict[str, Any]) -> str:
+    """``persistent-kernel show``: one generation's variables."""
+    lines = [
+        f"Session:    {data['session']}",
+        f"Generation: {data['generation']} (of {len(data['generations'])} kept), "
+        f"{when(data['created'])}, {human_size(data['size'])}",
+        f"Written by: Python {data['python']}, dill {data['dill']}, "
+        f"persistent_kernel {data['persistent_kernel']}",
+    ]
+    rows = [["NAME", "TYPE", "SIZE", "STATUS"]]
+    for var in data["variables"]:
+        size = "-" if var["size"] is None else human_size(var["size"])
+        rows.append([var["name"], var["type"] or "-", size, variable_status(var)])
+    lines.append(table(rows))
+    lines.extend(f"Note: {note}" for note in data["notes"])
+    lines.extend(f"Warning: {problem}" for problem in data["problems"])
+    return "\n".join(lines)
+
+
+def history_text(data: dict[str, Any]) -> str:
+    """``persistent-kernel history``."""
+    return f"Session: {data['session']}\n" + history_table(data["generations"])
+
+
+def export_text(data: dict[str, Any]) -> str:
+    """``persistent-kernel export`` and ``%persist export``: what went into the file."""
+    lines = [
+        f"Exported {len(data['written'])} variable(s) from generation {data['generation']}"
+        + (f" of {data['session']}" if data.get("session") else "")
+        + f" to {data['path']}: {short_list(data['written'], 20) or '-'}"
+    ]
+    lines.extend(f"  not exported {name}: {reason}" for name, reason in data["skipped"].items())
+    lines.extend(f"Warning: {problem}" for problem in data["problems"])
+    lines.append(f"Load them with: import dill; dill.load_module({data['path']!r})")
+    return "\n".join(lines)
+
+
+def removed_text(data: dict[str, Any]) -> str:
+    """``persistent-kernel rm``."""
+    return (
+        f"Removed the checkpoints of {data['session']} ({data['generations']} generation(s), "
+        f"{human_size(data['disk_usage'])} on disk)."
+    )
+
+
+def prune_text(data: dict[str, Any]) -> str:
+    """``persistent-kernel prune``."""
+    verb = "Would remove" if data["dry_run"] else "Removed"
+    lines = []
+    for row in data["removed"]:
+        newest = when(row["newest"]) if row["newest"] else "none readable"
+        lines.append(
+            f"{verb} {row['session']} (newest checkpoint {newest}, "
+            f"{human_size(row['disk_usage'])} on disk)"
+        )
+    if not data["removed"] and not data["failed"]:
+        lines.append("No session is that old.")
+    return "\n".join(lines)
