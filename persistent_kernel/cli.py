@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import exchange, kernelconfig, kernelspec, render
+from .content import parse as parse_content
 from .errors import (
     CorruptCheckpoint,
     NoCheckpoint,
@@ -96,7 +97,7 @@ def _label(session: SessionStore, manifest: Manifest | None = None) -> str:
 
 
 def _manifest(session: SessionStore, generation: int | None) -> tuple[Manifest, list[str]]:
-    """The chosen generation's manifest (default: the newest readable one)."""
+    """The chosen generation's manifest (default: the newest whose content reads)."""
     if generation is not None:
         try:
             return session.read_manifest(generation), []
@@ -104,8 +105,10 @@ def _manifest(session: SessionStore, generation: int | None) -> tuple[Manifest, 
             raise NoCheckpoint(f"{_label(session)} has no generation {generation}") from None
     if not session.generations():
         raise NoCheckpoint(f"{_label(session)} has no checkpoints")
+    problems: list[str] = []
     try:
-        return session.latest()
+        manifest, _ = session.newest(parse_content, problems)
+        return manifest, problems
     except NoCheckpoint as exc:
         raise CorruptCheckpoint(f"no checkpoint of {_label(session)} can be read ({exc})") from exc
 
@@ -134,8 +137,9 @@ def list_sessions(root: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for session in Store(root).sessions():
         generations = session.generations()
+        problems: list[str] = []
         try:
-            manifest, problems = session.latest()
+            manifest, content = session.newest(parse_content, problems)
         except (NoCheckpoint, UnreadableCheckpoint):
             continue
         rows.append(
@@ -148,8 +152,8 @@ def list_sessions(root: str) -> list[dict[str, Any]]:
                 "created": manifest.created,
                 "size": manifest.size,
                 "disk_usage": session.disk_usage(),
-                "variables": sorted(manifest.content.get("variables", {})),
-                "skipped": sorted(manifest.content.get("skipped", {})),
+                "variables": sorted(content.variables),
+                "skipped": sorted(content.skipped),
                 "problems": problems,
             }
         )
@@ -167,31 +171,29 @@ def show_session(root: str, arg: str, generation: int | None = None) -> dict[str
     """
     session = find_session(root, arg)
     manifest, problems = _manifest(session, generation)
-    content = manifest.content
-    variables, groups, skipped = _parts(manifest)
+    content = parse_content(manifest)
     rows: list[dict[str, Any]] = []
-    for name, entry in variables.items():
-        module = entry.get("module")
-        group = groups[entry["group"]] if not module else {}
+    for name, variable in content.variables.items():
+        group = content.group_of(name)
         rows.append(
             {
                 "name": name,
-                "type": entry.get("type", "?"),
+                "type": variable.type,
                 "status": "saved",
                 "reason": None,
-                "size": 0 if module else group.get("size"),
-                "module": module,
-                "shared_with": [n for n in group.get("names", []) if n != name],
-                "carried": bool(entry.get("carried")),
+                "size": content.size_of(name),
+                "module": variable.module,
+                "shared_with": [n for n in group.names if n != name] if group else [],
+                "carried": variable.carried,
             }
         )
-    for name, reason in skipped.items():
+    for name, reason in content.skipped.items():
         rows.append(
             {
                 "name": name,
                 "type": None,
                 "status": "skipped",
-                "reason": str(reason),
+                "reason": reason,
                 "size": None,
                 "module": None,
                 "shared_with": [],
@@ -210,35 +212,11 @@ def show_session(root: str, arg: str, generation: int | None = None) -> dict[str
         "python": manifest.raw.get("python"),
         "dill": manifest.raw.get("dill"),
         "persistent_kernel": manifest.raw.get("persistent_kernel"),
-        "packages": dict(content.get("packages") or {}),
+        "packages": dict(content.packages),
         "variables": rows,
-        "notes": [str(n) for n in content.get("notes") or []],
+        "notes": list(content.notes),
         "problems": problems,
     }
-
-
-def _parts(manifest: Manifest) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
-    """A manifest's variables, groups and skipped names, checked for shape."""
-    content = manifest.content
-    variables = content.get("variables") or {}
-    groups = content.get("groups") or []
-    skipped = content.get("skipped") or {}
-    shaped = isinstance(variables, dict) and isinstance(groups, list) and isinstance(skipped, dict)
-    if shaped:
-        shaped = all(
-            isinstance(entry, dict) and (entry.get("module") or _group_of(entry, groups))
-            for entry in variables.values()
-        )
-    if not shaped:
-        raise CorruptCheckpoint(f"the manifest of generation {manifest.generation} is malformed")
-    return variables, groups, skipped
-
-
-def _group_of(entry: dict[str, Any], groups: list[Any]) -> dict[str, Any] | None:
-    index = entry.get("group")
-    if isinstance(index, int) and 0 <= index < len(groups) and isinstance(groups[index], dict):
-        return dict(groups[index])
-    return None
 
 
 def session_history(root: str, arg: str) -> dict[str, Any]:

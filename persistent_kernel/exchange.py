@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import namespace, restore, serializer
+from .content import parse as parse_content
 from .errors import (
     CorruptCheckpoint,
     ExportFailed,
@@ -177,9 +178,10 @@ def _load_one(
     names: list[str] | None,
     module: types.ModuleType,
 ) -> tuple[dict[str, Any], restore.RestoreReport]:
-    saved = set(manifest.content.get("variables") or {})
+    content = parse_content(manifest)
+    saved = set(content.variables)
     if names is not None:
-        known = saved | set(manifest.content.get("skipped") or {})
+        known = saved | set(content.skipped)
         missing = [n for n in names if n not in known]
         if missing:
             raise NoSuchVariable(
@@ -193,10 +195,9 @@ def _load_one(
 
 def _not_saved(manifest: Manifest, names: list[str] | None) -> dict[str, str]:
     """The variables the checkpoint itself left out, as a restore words them."""
-    skipped = manifest.content.get("skipped") or {}
     return {
-        str(n): f"not saved: {reason}"
-        for n, reason in dict(skipped).items()
+        n: f"not saved: {reason}"
+        for n, reason in parse_content(manifest).skipped.items()
         if names is None or n in names
     }
 
