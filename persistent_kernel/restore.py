@@ -18,6 +18,7 @@ from typing import Any
 
 from . import serializer
 from .checkpoint import CarriedGroup, environment_info, group_id, group_refs, installed_version
+from .content import parse as parse_content
 from .errors import CorruptCheckpoint, NoCheckpoint, NoSuchVariable, UnreadableCheckpoint
 from .store import Manifest, SessionStore
 
@@ -26,7 +27,7 @@ def version_changes(manifest: Manifest) -> list[str]:
     """What differs between the Python that wrote *manifest* and this one:
     Python, dill, and the packages its variables' types come from."""
     saved: dict[str, Any] = {k: manifest.raw.get(k) for k in ("python", "dill")}
-    saved.update(manifest.content.get("packages") or {})
+    saved.update(parse_content(manifest).packages)
     here = environment_info()
     changes = []
     for name, then in saved.items():
@@ -189,16 +190,19 @@ def load_generation(
         manifest = session.read_manifest(generation)
     if names is not None:
         wanted = set(names)
-        missing = wanted - set(manifest.content.get("variables", {}))
+        parsed = parse_content(manifest)
+        missing = wanted - set(parsed.variables)
         if missing:
             raise NoSuchVariable(
                 f"generation {manifest.generation} has no variable {', '.join(sorted(missing))}"
             )
-        groups = [g for g in _groups(manifest) if wanted & set(g.get("names", []))]
+        chosen = [g for g in parsed.groups if wanted & set(g.names)]
+        groups = [dict(g.record) for g in chosen]
+        index = {g.index: i for i, g in enumerate(chosen)}  # old group number -> new
         variables = {
-            n: v
-            for n, v in manifest.content.get("variables", {}).items()
-            if n in wanted or any(n in g.get("names", []) for g in groups)
+            n: {**v, "group": index[v["group"]]} if v.get("group") is not None else v
+            for n, v in manifest.content["variables"].items()
+            if n in wanted or (v.get("group") in index)
         }
         content = {**manifest.content, "groups": groups, "variables": variables, "skipped": {}}
         manifest = replace(manifest, content=content)
@@ -219,6 +223,7 @@ def _restore(
     readable: list[Manifest] = []
 
     def read(manifest: Manifest) -> list[list[Any] | None]:
+        parse_content(manifest)  # a malformed manifest is passed over, like a damaged one
         readable.append(manifest)
         return _read_groups(session, manifest, progress)
 
@@ -320,17 +325,7 @@ def _carry(manifest: Manifest, group: dict[str, Any]) -> CarriedGroup:
 def variable_fingerprints(manifest: Manifest) -> dict[str, str]:
     """name -> what identifies its saved bytes (its group's part hashes, or
     its module), so two generations can be compared without unpickling."""
-    groups = manifest.content.get("groups") or []
-    prints: dict[str, str] = {}
-    for name, entry in dict(manifest.content.get("variables") or {}).items():
-        if not isinstance(entry, dict):
-            continue
-        index = entry.get("group")
-        if entry.get("module"):
-            prints[name] = f"module:{entry['module']}"
-        elif isinstance(index, int) and 0 <= index < len(groups):
-            prints[name] = ",".join(h for h, _ in groups[index].get("parts", []))
-    return prints
+    return parse_content(manifest).fingerprints()
 
 
 def history(session: SessionStore) -> list[dict[str, Any]]:
@@ -348,6 +343,7 @@ def history(session: SessionStore) -> list[dict[str, Any]]:
     for generation in session.generations():
         try:
             manifest = session.read_manifest(generation)
+            now = variable_fingerprints(manifest)
         except NoCheckpoint:  # pruned meanwhile
             continue
         except UnreadableCheckpoint as exc:
@@ -357,7 +353,6 @@ def history(session: SessionStore) -> list[dict[str, Any]]:
                  "error": str(exc)}
             )  # fmt: skip
             continue
-        now = variable_fingerprints(manifest)
         rows.append(
             {
                 "generation": generation,
