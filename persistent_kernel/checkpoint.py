@@ -5,14 +5,7 @@ inline; it returns a plain, JSON-able :class:`CheckpointResult` so the
 writer can report it through a pipe. It knows nothing of kernels or
 messages. Reading checkpoints back is :mod:`persistent_kernel.restore`.
 
-The content of a manifest::
-
-    {"variables": {name: {"type": "pandas.core.frame.DataFrame",
-                          "group": 0 | null, "module": "numpy" | null}},
-     "groups":    [{"parts": [[hash, size], ...], "size": ...,
-                    "pickler": "pickle" | "dill", "names": [...]}],
-     "skipped":   {name: reason},
-     "notes":     [...]}
+What a manifest's ``content`` holds, and its checks: :mod:`persistent_kernel.content`.
 """
 
 from __future__ import annotations
