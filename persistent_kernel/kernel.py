@@ -30,13 +30,13 @@ from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
 from IPython.display import display
-from jupyter_core.paths import jupyter_data_dir
 from tornado.ioloop import IOLoop
 from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default, observe
 
 from . import checkpoint, namespace, notebook, quickexit, report, restore, serializer, snapshot
 from .checkpoint import CheckpointResult
 from .errors import UnreadableSettings
+from .kernelconfig import default_checkpoint_dir
 from .restore import RestoreReport
 from .session import session_key
 from .store import SessionStore, Store, is_disk_error
@@ -106,7 +106,7 @@ class PersistentKernel(IPythonKernel):
 
     @default("checkpoint_dir")
     def _default_checkpoint_dir(self) -> str:
-        return os.path.join(jupyter_data_dir(), "persistent_kernel")
+        return default_checkpoint_dir()  # one default, the CLI's too
 
     @observe("checkpoint_interval")
     def _interval_changed(self, change: dict[str, Any]) -> None:
