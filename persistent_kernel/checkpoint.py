@@ -10,7 +10,9 @@ What a manifest's ``content`` holds, and its checks: :mod:`persistent_kernel.con
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import importlib.util
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -52,14 +54,50 @@ def package_versions(type_names: Iterable[str]) -> dict[str, str]:
 
 
 def installed_version(top_level: str) -> str | None:
+    """The version of the package that provides the module *top_level*.
+
+    The module's name is not always its distribution's (``sklearn`` comes
+    from scikit-learn, ``PIL`` from Pillow, ``yaml`` from PyYAML): the
+    distribution is found through ``importlib.metadata``, and the module's
+    ``__version__`` is the last resort. ``None``: no version can be told.
+    """
     module = sys.modules.get(top_level)
     version = getattr(module, "__version__", None)
     if isinstance(version, str):
         return version
+    for dist in _distributions_of(top_level):
+        try:
+            return importlib.metadata.version(dist)
+        except (importlib.metadata.PackageNotFoundError, ValueError):
+            continue
+    return None
+
+
+def _distributions_of(top_level: str) -> list[str]:
+    """Distribution names that may provide *top_level*: its own name first
+    (cheap, and right for numpy or pandas), then the installed ones that
+    list it as a top-level module (which means reading every installed
+    distribution's metadata, so it is done only when the name did not fit)."""
     try:
-        return importlib.metadata.version(top_level)
+        importlib.metadata.distribution(top_level)
     except (importlib.metadata.PackageNotFoundError, ValueError):
-        return None
+        return list(_packages_distributions().get(top_level, []))
+    return [top_level]
+
+
+@functools.cache
+def _packages_distributions() -> Mapping[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+def is_installed(top_level: str) -> bool:
+    """Can the module *top_level* be imported here (without importing it)?"""
+    if top_level in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(top_level) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 @dataclass
@@ -182,6 +220,8 @@ def _content(
                 "size": sum(ref.size for ref in parts),
                 "pickler": payload.pickler,
                 "names": list(payload.names),
+                # memmaps re-opened on load: [path, size, mtime_ns] of their files
+                **({"files": payload.files} if payload.files else {}),
             }
         )
         for name in payload.names:

@@ -43,9 +43,11 @@ from __future__ import annotations
 
 import builtins
 import errno
+import io
 import os
 import sys
 import types
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -226,15 +228,31 @@ def _as_main(module: types.ModuleType) -> Iterator[None]:
 class _Discard:
     """A file that forgets what is written to it (for trial dumps)."""
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         return len(data)
 
 
 def _dump(module: types.ModuleType, file: IO[bytes] | _Discard) -> None:
     import dill
 
-    with _as_main(module):
-        dill.dump_module(file, module=module, refimported=True)
+    serializer.import_dill()
+    out = io.BytesIO()
+
+    def dump() -> list[warnings.WarningMessage]:
+        with _as_main(module), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", dill.PicklingWarning)
+            dill.dump_module(out, module=module, refimported=True)
+        return caught
+
+    try:
+        caught = dump()
+    except RecursionError:  # a deep structure: again, with room to recurse
+        out.seek(0)
+        out.truncate()
+        caught = serializer.deeply(dump)
+    # dill's fallback to saving by name can make a file that does not load
+    serializer.check_by_name(out.getbuffer(), caught)
+    file.write(out.getbuffer())
 
 
 def _write_module(module: types.ModuleType, target: Path) -> dict[str, str]:

@@ -59,12 +59,20 @@ def unsaveable_reason(value: Any) -> str | None:
     return None
 
 
+#: Modules of IPython whose objects a user makes to keep: ``HTML(...)``,
+#: ``Markdown(...)``, ``Image(data=...)``, ``Audio``, ``IFrame``...
+USER_DISPLAY_MODULES = frozenset({"IPython.core.display", "IPython.lib.display"})
+
+
 def _kernel_owned(value: Any) -> bool:
     # A module the user imported (``import zmq``) comes back as an import;
-    # only instances of the kernel's own types are left out.
+    # only instances of the kernel's own types are left out. Display objects
+    # are the user's own, though their types are IPython's.
     if isinstance(value, ModuleType):
         return False
     module = getattr(type(value), "__module__", None) or ""
+    if module in USER_DISPLAY_MODULES:
+        return False
     return module.partition(".")[0] in KERNEL_PACKAGES
 
 

@@ -9,6 +9,7 @@ only manifests the store has verified as ours are loaded.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -17,7 +18,14 @@ from types import ModuleType
 from typing import Any
 
 from . import serializer
-from .checkpoint import CarriedGroup, environment_info, group_id, group_refs, installed_version
+from .checkpoint import (
+    CarriedGroup,
+    environment_info,
+    group_id,
+    group_refs,
+    installed_version,
+    is_installed,
+)
 from .content import parse as parse_content
 from .errors import CorruptCheckpoint, NoCheckpoint, NoSuchVariable, UnreadableCheckpoint
 from .store import Manifest, SessionStore
@@ -34,6 +42,8 @@ def version_changes(manifest: Manifest) -> list[str]:
         if not isinstance(then, str):
             continue
         now = here[name] if name in here else installed_version(name)
+        if now is None and name not in here and is_installed(name):
+            continue  # installed, but of no version we can tell: nothing to warn about
         if now != then:
             changes.append(f"{name} {then} (now {now or 'not installed'})")
     return changes
@@ -298,6 +308,12 @@ def _load(
             report.skipped.update(dict.fromkeys(names, reason))
             report.carried.append(_carry(manifest, group))
             continue
+        missing = _missing_file(group)
+        if missing:
+            report.skipped.update(dict.fromkeys(names, missing))
+            report.carried.append(_carry(manifest, group))
+            continue
+        report.problems.extend(_changed_files(group, names))
         if markers:
             session.begin_loading(group_id(group))
         try:
@@ -313,6 +329,45 @@ def _load(
         into.update(values)
         report.restored.extend(values)
     report.restored.sort()
+
+
+def _group_files(group: dict[str, Any]) -> list[tuple[str, int, int, os.stat_result | None]]:
+    """The files a group's memmaps are re-opened on: path, size, mtime, stat now."""
+    found = []
+    for entry in group.get("files") or []:
+        try:
+            path, size, mtime = str(entry[0]), int(entry[1]), int(entry[2])
+        except (TypeError, ValueError, IndexError):
+            continue
+        try:
+            stat: os.stat_result | None = os.stat(path)
+        except OSError:
+            stat = None
+        found.append((path, size, mtime, stat))
+    return found
+
+
+def _missing_file(group: dict[str, Any]) -> str | None:
+    """Why a group's memmaps cannot be re-opened (file gone or resized), or None."""
+    for path, size, _, stat in _group_files(group):
+        if stat is None:
+            return f"its memory-mapped file {path} is gone"
+        if stat.st_size != size:
+            return (
+                f"its memory-mapped file {path} changed size since the checkpoint "
+                f"({size} -> {stat.st_size} bytes), so it was not re-opened"
+            )
+    return None
+
+
+def _changed_files(group: dict[str, Any], names: list[str]) -> list[str]:
+    """Notes for memmaps re-opened on files modified since the checkpoint."""
+    return [
+        f"{', '.join(names)}: re-opened on {path}, which was modified after the checkpoint "
+        "(the memmap shows the file as it is now)"
+        for path, _, mtime, stat in _group_files(group)
+        if stat is not None and stat.st_mtime_ns != mtime
+    ]
 
 
 def _carry(manifest: Manifest, group: dict[str, Any]) -> CarriedGroup:

@@ -33,12 +33,28 @@ import io
 import itertools
 import pickle
 import sys
+import threading
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
-from typing import Any
+from typing import Any, TypeVar
+
+from .reducers import (
+    NotRestorable,
+    Reductions,
+    is_from_main,
+    main_references,
+    register_with_dill,
+)
 
 PROTOCOL = 5
+
+#: A structure nested deeper than the default recursion limit allows is pickled
+#: again in a thread with this much stack and this recursion limit (a pickler
+#: recurses once per level, in C and in Python).
+DEEP_STACK = 512 * 1024 * 1024
+DEEP_RECURSION_LIMIT = 200_000
 
 #: Types whose identity carries no meaning; sharing one is not sharing.
 _VALUE_TYPES: frozenset[type] = frozenset(
@@ -61,13 +77,64 @@ class _FastPickler(pickle.Pickler):
 
     The stdlib pickler saves a function or class of ``__main__`` by reference
     (``__main__.f``), which succeeds now and fails at restore time, when the
-    name does not exist yet. Those are dill's job.
+    name does not exist yet; so does anything else whose ``__module__`` is
+    ``__main__`` (an ``lru_cache`` wrapper, a ``TypeVar``). Those are dill's
+    job. (The C pickler does not call this for ints, strings, lists, dicts...)
     """
+
+    def __init__(self, out: Any, reductions: Reductions, **kwargs: Any) -> None:
+        super().__init__(out, **kwargs)
+        self.reductions = reductions
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, (type, FunctionType)) and _defined_in_main(obj):
             raise _NeedsDill
-        return NotImplemented
+        reduced = self.reductions.reduce(obj)
+        if reduced is NotImplemented and is_from_main(obj):
+            raise _NeedsDill
+        return reduced
+
+
+#: Types the pure-Python dill pickler passes to ``reducer_override`` that are
+#: never special: skipped before anything else is looked at.
+_PLAIN_TYPES: frozenset[type] = _VALUE_TYPES | {list, dict, set}
+
+
+def _dill_pickler(out: Any, reductions: Reductions, **kwargs: Any) -> Any:
+    """A dill pickler that pickles nothing by a name a restore cannot find.
+
+    The hooks are set on the instance, not in a subclass: dill treats its own
+    class specially (it saves ``__main__``'s namespace as a reference that
+    the unpickler can point elsewhere, as export needs). What reaches
+    ``save_global`` with the module ``__main__`` is refused here; dill's own
+    fallbacks to saving by name are caught by :func:`check_by_name`.
+    """
+    import dill
+
+    register_with_dill()
+    pickler = dill.Pickler(out, **kwargs)
+    plain_save_global = pickler.save_global
+
+    def reducer_override(obj: Any) -> Any:
+        if type(obj) in _PLAIN_TYPES:
+            return NotImplemented
+        return reductions.reduce(obj)
+
+    def save_global(obj: Any, name: str | None = None) -> None:
+        module = getattr(obj, "__module__", None)
+        if module is None:
+            module = pickle.whichmodule(obj, name or getattr(obj, "__qualname__", ""))  # type: ignore[attr-defined]
+        if module == "__main__":
+            label = name or getattr(obj, "__qualname__", None) or type(obj).__name__
+            raise NotRestorable(
+                f"{label} defined in the notebook would be saved by its name, "
+                "which a restarted kernel cannot find"
+            )
+        plain_save_global(obj, name)
+
+    pickler.reducer_override = reducer_override
+    pickler.save_global = save_global
+    return pickler
 
 
 @dataclass
@@ -78,6 +145,8 @@ class Payload:
     pickler: str  # "pickle" or "dill"
     data: bytes | memoryview
     buffers: list[pickle.PickleBuffer] = field(default_factory=list)
+    #: ``[path, size, mtime_ns]`` of files that memmaps in it are re-opened on
+    files: list[list[Any]] = field(default_factory=list)
 
     def parts(self) -> list[memoryview]:
         """The bytes to store, in order: the stream, then each buffer."""
@@ -106,13 +175,21 @@ def type_name(value: Any) -> str:
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, RecursionError):
         return "too deeply nested to pickle"
+    if isinstance(exc, NotRestorable):
+        return str(exc)
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _dump(
-    obj: Any, use_dill: bool, track: bool = True
-) -> tuple[memoryview, list[pickle.PickleBuffer], list[Any]]:
+@dataclass
+class _Dumped:
+    data: memoryview
+    buffers: list[pickle.PickleBuffer]
+    seen: list[Any]
+    reductions: Reductions
+
+
+def _dump(obj: Any, use_dill: bool, track: bool = True) -> _Dumped:
     """Pickle *obj*; return the stream, its buffers and every object pickled.
 
     The objects are collected through ``persistent_id``, which both picklers
@@ -120,21 +197,97 @@ def _dump(
     per object, where copying the C pickler's memo afterwards costs several
     times the pickling itself on a million small objects. ``track=False``
     skips that (the list comes back empty).
+
+    A structure too deeply nested for the recursion limit (a linked list of
+    10,000 nodes) is pickled again in a thread with a large stack and a high
+    recursion limit (see :func:`deeply`).
     """
+    try:
+        return _dump_once(obj, use_dill, track)
+    except RecursionError:
+        return deeply(lambda: _dump_once(obj, use_dill, track))
+
+
+def _dump_once(obj: Any, use_dill: bool, track: bool) -> _Dumped:
     buffers: list[pickle.PickleBuffer] = []
     seen: list[Any] = []
     out = io.BytesIO()
+    reductions = Reductions()
     pickler: Any
+    kwargs: dict[str, Any] = {"protocol": PROTOCOL, "buffer_callback": buffers.append}
     if use_dill:
         import dill
 
-        pickler = dill.Pickler(out, protocol=PROTOCOL, buffer_callback=buffers.append)
+        pickler = _dill_pickler(out, reductions, **kwargs)
+        if track:
+            pickler.persistent_id = seen.append  # returns None: nothing is made persistent
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", dill.PicklingWarning)
+            pickler.dump(obj)
+        check_by_name(out.getbuffer(), caught)
     else:
-        pickler = _FastPickler(out, protocol=PROTOCOL, buffer_callback=buffers.append)
-    if track:
-        pickler.persistent_id = seen.append  # returns None: nothing is made persistent
-    pickler.dump(obj)
-    return out.getbuffer(), buffers, seen
+        pickler = _FastPickler(out, reductions, **kwargs)
+        if track:
+            pickler.persistent_id = seen.append
+        pickler.dump(obj)
+    return _Dumped(out.getbuffer(), buffers, seen, reductions)
+
+
+def check_by_name(data: bytes | memoryview, caught: list[warnings.WarningMessage]) -> None:
+    """Raise :class:`NotRestorable` if dill, having warned that it fell back to
+    saving something by name, saved a name a fresh ``__main__`` lacks.
+
+    dill warns for harmless fallbacks too (a type found under another name of
+    an importable module), so a warning alone is no failure: the stream is.
+    """
+    import dill
+
+    warned = [w for w in caught if issubclass(w.category, dill.PicklingWarning)]
+    if not warned:
+        return
+    missing = main_references(data)
+    if missing:
+        raise NotRestorable(
+            f"{', '.join(dict.fromkeys(missing))} defined in the notebook could only be saved "
+            f"by name, which a restarted kernel cannot find ({warned[0].message})"
+        )
+
+
+_T = TypeVar("_T")
+
+
+def deeply(func: Callable[[], _T]) -> _T:
+    """Run *func* in a thread with :data:`DEEP_STACK` of stack and a recursion
+    limit of :data:`DEEP_RECURSION_LIMIT`; return its result or raise its error.
+
+    The limit is the interpreter's, so it is raised for the duration only.
+    Meant for the background writer: if the stack still ran out, the writer
+    would die, not the kernel (the kernel then leaves the variable out).
+    """
+    result: list[_T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, DEEP_RECURSION_LIMIT))
+        try:
+            result.append(func())
+        except BaseException as exc:
+            error.append(exc)
+        finally:
+            sys.setrecursionlimit(limit)
+
+    size = threading.stack_size()
+    threading.stack_size(DEEP_STACK)
+    try:
+        thread = threading.Thread(target=run, name="persistent-kernel-deep-pickle")
+        thread.start()
+    finally:
+        threading.stack_size(size)
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
 
 
 class _TypeFlags(dict[type, bool]):
@@ -218,6 +371,7 @@ class _Single:
     data: memoryview
     buffers: list[pickle.PickleBuffer]
     shared: dict[int, Any]
+    reductions: Reductions
 
 
 def _pickle_one(name: str, value: Any, ignore: set[int]) -> _Single | str:
@@ -227,19 +381,22 @@ def _pickle_one(name: str, value: Any, ignore: set[int]) -> _Single | str:
         if _defined_in_main(type(value)):
             raise _NeedsDill  # an instance of a notebook class: dill, without a wasted try
         flat = _flat(value)
-        data, buffers, seen = _dump(wrapper, use_dill=False, track=not flat)
+        dumped = _dump(wrapper, use_dill=False, track=not flat)
         if flat:
-            seen = [value]  # the container itself is all it could share
+            dumped.seen = [value]  # the container itself is all it could share
         pickler = "pickle"
     except RecursionError as exc:
         return describe_error(exc)
     except Exception as first:
         try:
-            data, buffers, seen = _dump(wrapper, use_dill=True)
+            dumped = _dump(wrapper, use_dill=True)
             pickler = "dill"
         except Exception as exc:
-            return describe_error(exc if isinstance(first, _NeedsDill) else first)
-    return _Single(name, pickler, data, buffers, _shared_candidates(seen, ignore | {id(wrapper)}))
+            return describe_error(
+                exc if isinstance(first, (_NeedsDill, pickle.PicklingError)) else first
+            )
+    shared = _shared_candidates(dumped.seen, ignore | {id(wrapper)})
+    return _Single(name, pickler, dumped.data, dumped.buffers, shared, dumped.reductions)
 
 
 class _Groups:
@@ -303,28 +460,33 @@ def serialize(
 
     payloads: list[Payload] = []
     notes: list[str] = []
+    for name, one in singles.items():
+        notes.extend(f"{name}: {note}" for note in dict.fromkeys(one.reductions.notes))
     for names in members.values():
         if len(names) == 1:
-            one = singles[names[0]]
-            payloads.append(Payload(names, one.pickler, one.data, one.buffers))
+            payloads.append(_single_payload(singles[names[0]]))
             continue
         use_dill = any(singles[n].pickler == "dill" for n in names)
         if on_variable is not None:
             on_variable(",".join(names))
         try:
-            data, buffers, _ = _dump({n: values[n] for n in names}, use_dill)
+            dumped = _dump({n: values[n] for n in names}, use_dill)
         except Exception as exc:
             notes.append(
                 f"{', '.join(names)} share objects but could not be pickled together "
                 f"({describe_error(exc)}); they were saved one by one and will not share them "
                 "after a restore"
             )
-            for n in names:
-                one = singles[n]
-                payloads.append(Payload([n], one.pickler, one.data, one.buffers))
+            payloads.extend(_single_payload(singles[n]) for n in names)
             continue
-        payloads.append(Payload(names, "dill" if use_dill else "pickle", data, buffers))
+        pickler = "dill" if use_dill else "pickle"
+        files = dumped.reductions.files
+        payloads.append(Payload(names, pickler, dumped.data, dumped.buffers, files))
     return Serialized(payloads, modules, types, skipped, notes)
+
+
+def _single_payload(one: _Single) -> Payload:
+    return Payload([one.name], one.pickler, one.data, one.buffers, one.reductions.files)
 
 
 def load_payload(
@@ -365,6 +527,9 @@ def import_dill() -> None:
     """Import dill now that ``sys.modules["__main__"]`` is the notebook's namespace.
 
     Called by the kernel once its shell exists, so forked writers find dill
-    imported and bound to the right ``__main__``.
+    imported and bound to the right ``__main__``; and by export. Registers
+    the reducers of :mod:`persistent_kernel.reducers` in dill's table.
     """
     import dill  # noqa: F401
+
+    register_with_dill()

@@ -1,0 +1,356 @@
+"""How objects that pickle gets wrong are pickled instead.
+
+The stdlib pickler and dill save some notebook objects *by name*
+(``__main__.Color``), which succeeds while the kernel runs and fails in the
+fresh ``__main__`` of a restore, where that name does not exist yet. This
+module gives those objects reductions that rebuild them by value, made only
+of callables that exist wherever the checkpoint is loaded (the standard
+library, dill, numpy): a checkpoint never names this package, so a file made
+by ``%persist export`` loads with plain dill.
+
+* **Enum classes** of the notebook (``Enum``, ``IntEnum``, ``Flag``...) are
+  rebuilt as their class statement would: ``types.new_class`` with the
+  enum's own metaclass, its methods first, then its members with their
+  values. Members pickle as ``Color(1)``, so identity survives
+  (``Color(1) is Color.RED``). An enum with its own ``__new__`` cannot be
+  rebuilt (its members' original arguments are not kept) and is refused.
+* **``functools.lru_cache`` / ``functools.cache`` wrappers** of notebook
+  functions: the wrapped function by value, wrapped again with the same
+  ``maxsize`` and ``typed``. The cache starts empty.
+* **``typing.TypeVar``** of the notebook: rebuilt with its name, bound,
+  constraints and variance (a ``Generic`` class then pickles by value).
+* **``numpy.memmap``** mapping a whole file: re-opened on that file, in its
+  mode (``w+`` becomes ``r+``: re-opening must never truncate), instead of
+  copying the file's content into the checkpoint. The file, its size and
+  modification time are recorded (:attr:`Reductions.files`) so that a
+  restore can check it first. A copy-on-write (``c``) map or a view into a
+  map is pickled as an in-memory copy, with a note.
+* **Functions whose globals are no module's** (``sympy.lambdify`` makes
+  them, and so does ``exec`` with a dict): rebuilt from their code with only
+  the globals their code reads, where dill would copy the whole dict (for
+  lambdify, every numpy and scipy function, some of which cannot be pickled).
+* **matplotlib figures** are pickled without their place in pyplot's list of
+  open figures: a restored figure is not shown again by the next cell.
+
+dill's reducers (:func:`register_with_dill`) are registered in dill's own
+table, so ``dill.dump_module`` (used by export) pickles these objects the
+same way as a checkpoint does.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Enum bookkeeping the metaclass computes again from the members.
+_ENUM_DERIVED = frozenset({"__dict__", "__weakref__", "__module__", "__qualname__", "__new__"})
+#: ``_sunder_`` names a user may define in an enum's body.
+_ENUM_USER_SUNDERS = frozenset({"_generate_next_value_", "_missing_", "_order_", "_ignore_"})
+
+
+class NotRestorable(Exception):
+    """An object would be pickled in a form that cannot be loaded elsewhere."""
+
+
+class _Call:
+    """Pickles as ``func(*args)``: a callable made by a call at load time."""
+
+    def __init__(self, func: Callable[..., Any], *args: Any) -> None:
+        self.func, self.args = func, args
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*self.args)(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.func, self.args
+
+
+def is_from_main(obj: Any) -> bool:
+    """True for an object whose ``__module__`` is the notebook's."""
+    try:
+        return getattr(obj, "__module__", None) == "__main__"
+    except Exception:  # a proxy whose attribute lookup fails
+        return False
+
+
+def located(obj: Any) -> bool:
+    """Would a fresh process find *obj* by its module and qualified name?
+
+    ``__main__`` never counts: a fresh ``__main__`` is empty.
+    """
+    module_name = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    if not isinstance(module_name, str) or not isinstance(name, str) or module_name == "__main__":
+        return False
+    found: Any = sys.modules.get(module_name)
+    for part in name.split("."):
+        found = getattr(found, part, None)
+    return found is obj
+
+
+# -- enums ---------------------------------------------------------------------------
+
+
+def enum_class_reduce(cls: type[enum.Enum]) -> tuple[Any, ...]:
+    """Rebuild *cls* by value: ``types.new_class`` with its body, members last."""
+    from dill._dill import _setitems  # dill's own helper: whoever loads this has dill
+
+    members = dict(cls.__members__)
+    new_member = cls.__dict__.get("_new_member_")
+    if new_member is not None and is_from_main(new_member):
+        raise NotRestorable(
+            f"enum {cls.__qualname__} has its own __new__, so its members cannot be rebuilt"
+        )
+    body: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    for key, value in cls.__dict__.items():
+        if key in members or key in _ENUM_DERIVED:
+            continue
+        sunder = key.startswith("_") and key.endswith("_") and not key.startswith("__")
+        if sunder and key not in _ENUM_USER_SUNDERS:
+            continue
+        body[key] = value
+    body.update((name, member._value_) for name, member in members.items())
+    exec_body = functools.partial(_setitems, source=body)
+    return types.new_class, (cls.__name__, cls.__bases__, {"metaclass": type(cls)}, exec_body)
+
+
+# -- functools.lru_cache ---------------------------------------------------------------
+
+
+def lru_cache_reduce(wrapper: Any) -> tuple[Any, ...]:
+    """``lru_cache(maxsize, typed)(function)``, the function by value; an empty cache."""
+    params = wrapper.cache_parameters()
+    decorator = _Call(functools.lru_cache, params["maxsize"], params["typed"])
+    return decorator, (wrapper.__wrapped__,)
+
+
+# -- typing.TypeVar ----------------------------------------------------------------------
+
+
+def typevar_reduce(tv: Any) -> tuple[Any, ...]:
+    """``TypeVar(name, *constraints, bound=, covariant=, contravariant=)``, in ``__main__``."""
+    make = functools.partial(
+        typing.TypeVar,
+        tv.__name__,
+        *tv.__constraints__,
+        bound=tv.__bound__,
+        covariant=tv.__covariant__,
+        contravariant=tv.__contravariant__,
+    )
+    # (dict state, slot state): the slot state is applied with setattr.
+    return make, (), (None, {"__module__": tv.__module__})
+
+
+# -- numpy.memmap and matplotlib figures ------------------------------------------------
+
+
+@dataclass
+class Reductions:
+    """Special reductions for one pickling, and what they met."""
+
+    #: ``[path, size, mtime_ns]`` of each file a memmap will be re-opened on.
+    files: list[list[Any]] = field(default_factory=list)
+    #: One sentence per object that will come back differently (a memmap as a copy).
+    notes: list[str] = field(default_factory=list)
+    _kinds: dict[type, int] = field(default_factory=dict)
+    _module_dicts: set[int] | None = None
+
+    def kind(self, tp: type) -> int:
+        """0: nothing special; 1: a numpy.memmap; 2: a matplotlib figure; 3: a function."""
+        kind = self._kinds.get(tp)
+        if kind is None:
+            numpy = sys.modules.get("numpy")
+            figure = sys.modules.get("matplotlib.figure")
+            kind = 0
+            if numpy is not None and issubclass(tp, numpy.memmap):
+                kind = 1
+            elif figure is not None and issubclass(tp, figure.Figure):
+                kind = 2
+            elif tp is types.FunctionType:
+                kind = 3
+            self._kinds[tp] = kind
+        return kind
+
+    def reduce(self, obj: Any) -> Any:
+        """A reduction for *obj*, or ``NotImplemented`` for the usual one."""
+        kind = self.kind(type(obj))
+        if kind == 1:
+            return self._memmap(obj)
+        if kind == 2:
+            return self._figure(obj)
+        if kind == 3:
+            return self._function(obj)
+        return NotImplemented
+
+    def _function(self, func: types.FunctionType) -> Any:
+        if self._module_dicts is None:
+            modules = list(sys.modules.values())
+            self._module_dicts = {id(getattr(m, "__dict__", None)) for m in modules}
+        if id(func.__globals__) in self._module_dicts:
+            return NotImplemented  # dill's way: the module's namespace by reference
+        names = _global_names(func.__code__)
+        space = {n: func.__globals__[n] for n in sorted(names) if n in func.__globals__}
+        args = (func.__code__, space, func.__name__, func.__defaults__, func.__closure__)
+        attrs = {
+            "__kwdefaults__": func.__kwdefaults__,
+            "__qualname__": func.__qualname__,
+            "__module__": func.__module__,
+            "__doc__": func.__doc__,
+        }
+        return types.FunctionType, args, (dict(func.__dict__) or None, attrs)
+
+    def _memmap(self, arr: Any) -> Any:
+        import mmap
+
+        import numpy
+
+        filename, mode = getattr(arr, "filename", None), getattr(arr, "mode", None)
+        whole = isinstance(arr.base, mmap.mmap)
+        if filename is None or not whole or mode not in ("r", "r+", "w+"):
+            why = "a view into a memory map" if filename and not whole else f"mode {mode!r}"
+            self.notes.append(
+                f"a numpy.memmap on {filename} ({why}) is saved as an in-memory copy: "
+                "after a restore, writes to it no longer reach the file"
+            )
+            return arr.view(numpy.ndarray).__reduce_ex__(5)  # a plain array, as numpy pickles it
+        try:
+            if mode != "r":
+                arr.flush()  # so the modification time recorded is the last one
+            stat = os.stat(filename)
+        except OSError as exc:
+            raise NotRestorable(f"the file of a numpy.memmap is gone ({exc})") from exc
+        self.files.append([os.fspath(filename), stat.st_size, stat.st_mtime_ns])
+        order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+        args = (filename, arr.dtype, "r+" if mode == "w+" else mode, arr.offset, arr.shape, order)
+        return numpy.memmap, args
+
+    def _figure(self, fig: Any) -> Any:
+        reduced = fig.__reduce_ex__(5)
+        state = reduced[2] if len(reduced) > 2 else None
+        if isinstance(state, dict) and state.get("_restore_to_pylab"):
+            reduced = (*reduced[:2], {**state, "_restore_to_pylab": False}, *reduced[3:])
+        return reduced
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """The global names *code* and the code nested in it may read."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+# -- what a stream names ----------------------------------------------------------------
+
+_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
+_GET_OPS = frozenset({"BINGET", "LONG_BINGET", "GET"})
+_PUT_OPS = frozenset({"BINPUT", "LONG_BINPUT", "PUT"})
+
+
+def main_references(data: bytes | memoryview) -> list[str]:
+    """The names a pickle stream looks up in ``__main__`` (``__main__.__dict__``,
+    which a fresh ``__main__`` has, aside): each would fail to load there.
+
+    Follows the string operands of ``STACK_GLOBAL`` through the memo; pure
+    Python, about a microsecond per opcode, so it is run only when dill warned
+    that it fell back to saving something by name.
+    """
+    import pickletools
+
+    found: list[str] = []
+    memo: dict[int, Any] = {}
+    last: list[Any] = [None, None]
+    for opcode, arg, _ in pickletools.genops(bytes(data)):
+        name = opcode.name
+        if name in _STRING_OPS:
+            last = [last[1], arg]
+        elif name in _GET_OPS:
+            last = [last[1], memo.get(int(arg or 0))]
+        elif name == "MEMOIZE":
+            memo[len(memo)] = last[1]
+        elif name in _PUT_OPS:
+            memo[int(arg or 0)] = last[1]
+        elif name == "STACK_GLOBAL":
+            module, qualname = last
+            if module == "__main__" and qualname != "__dict__":
+                found.append(str(qualname))
+            last = [None, None]
+        elif name == "GLOBAL":
+            module, _, qualname = str(arg).partition(" ")
+            if module == "__main__" and qualname != "__dict__":
+                found.append(qualname)
+            last = [last[1], None]
+        elif name not in ("FRAME", "PROTO"):
+            last = [last[1], None]
+    return found
+
+
+# -- dill --------------------------------------------------------------------------------
+
+_registered: set[str] = set()  # "base", "numpy": the reducers already in dill's table
+
+
+def register_with_dill() -> None:
+    """Put the enum, lru_cache, TypeVar (and, once numpy is imported, memmap)
+    reducers in dill's table; each once.
+
+    dill looks reducers up by exact type; objects of these types that a
+    fresh process would find by name keep dill's usual handling. A memmap
+    is written as its data here (export: the file it maps may not exist
+    where the export is loaded); a checkpoint re-opens it instead, through
+    :class:`Reductions`, which dill's pickler consults first.
+    """
+    import dill
+
+    if "base" not in _registered:
+        _register_base(dill)
+        _registered.add("base")
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and "numpy" not in _registered:
+
+        def save_memmap(pickler: Any, obj: Any) -> None:
+            pickler.save_reduce(*obj.view(numpy.ndarray).__reduce_ex__(pickler.proto), obj=obj)
+
+        dill.register(numpy.memmap)(save_memmap)
+        _registered.add("numpy")
+
+
+def _register_base(dill: Any) -> None:
+    from dill._dill import save_type
+
+    def default(pickler: Any, obj: Any) -> None:
+        reduced = obj.__reduce_ex__(pickler.proto)
+        if isinstance(reduced, str):
+            pickler.save_global(obj, reduced)
+        else:
+            pickler.save_reduce(*reduced, obj=obj)
+
+    def save_enum_class(pickler: Any, obj: Any) -> None:
+        if located(obj) or not issubclass(obj, enum.Enum) or obj is enum.Enum:
+            save_type(pickler, obj)
+        else:
+            pickler.save_reduce(*enum_class_reduce(obj), obj=obj)
+
+    def save_lru_cache(pickler: Any, obj: Any) -> None:
+        if located(obj) or not hasattr(obj, "__wrapped__"):
+            default(pickler, obj)
+        else:
+            pickler.save_reduce(*lru_cache_reduce(obj), obj=obj)
+
+    def save_typevar(pickler: Any, obj: Any) -> None:
+        if located(obj):
+            default(pickler, obj)
+        else:
+            pickler.save_reduce(*typevar_reduce(obj), obj=obj)
+
+    dill.register(enum.EnumMeta)(save_enum_class)
+    dill.register(functools._lru_cache_wrapper)(save_lru_cache)
+    dill.register(typing.TypeVar)(save_typevar)
