@@ -29,6 +29,12 @@ by ``%persist export`` loads with plain dill.
   them, and so does ``exec`` with a dict): rebuilt from their code with only
   the globals their code reads, where dill would copy the whole dict (for
   lambdify, every numpy and scipy function, some of which cannot be pickled).
+* **numpy views** (``b = a[::2]``, a column of a matrix, a DataFrame made on
+  an array without a copy) are pickled as a view into the array that owns the
+  memory (``numpy.ndarray(shape, dtype, owner, offset, strides)``): pickled
+  with the owner, they come back sharing it, so memory does not double and an
+  in-place change to one is seen in the other. The whole owner is saved even
+  if only a small view of it is bound to a name, as it is held in memory.
 * **matplotlib figures** are pickled without their place in pyplot's list of
   open figures: a restored figure is not shown again by the next cell.
 
@@ -163,7 +169,8 @@ class Reductions:
     _module_dicts: set[int] | None = None
 
     def kind(self, tp: type) -> int:
-        """0: nothing special; 1: a numpy.memmap; 2: a matplotlib figure; 3: a function."""
+        """0: nothing special; 1: a numpy.memmap; 2: a matplotlib figure; 3: a function;
+        4: a plain numpy array."""
         kind = self._kinds.get(tp)
         if kind is None:
             numpy = sys.modules.get("numpy")
@@ -175,6 +182,8 @@ class Reductions:
                 kind = 2
             elif tp is types.FunctionType:
                 kind = 3
+            elif numpy is not None and tp is numpy.ndarray:
+                kind = 4
             self._kinds[tp] = kind
         return kind
 
@@ -187,6 +196,8 @@ class Reductions:
             return self._figure(obj)
         if kind == 3:
             return self._function(obj)
+        if kind == 4:
+            return _view(obj)
         return NotImplemented
 
     def _function(self, func: types.FunctionType) -> Any:
@@ -213,6 +224,10 @@ class Reductions:
 
         filename, mode = getattr(arr, "filename", None), getattr(arr, "mode", None)
         whole = isinstance(arr.base, mmap.mmap)
+        if not whole and mode in ("r", "r+", "w+"):
+            view = _view(arr)  # a view into a memmap: a view into the re-opened map
+            if view is not NotImplemented:
+                return view
         if filename is None or not whole or mode not in ("r", "r+", "w+"):
             why = "a view into a memory map" if filename and not whole else f"mode {mode!r}"
             self.notes.append(
@@ -237,6 +252,23 @@ class Reductions:
         if isinstance(state, dict) and state.get("_restore_to_pylab"):
             reduced = (*reduced[:2], {**state, "_restore_to_pylab": False}, *reduced[3:])
         return reduced
+
+
+def _view(arr: Any) -> Any:
+    """``ndarray(shape, dtype, owner, offset, strides)`` for a view of another
+    array; ``NotImplemented`` for an array that owns its memory (or for object
+    arrays, which cannot be views made from a buffer)."""
+    import numpy
+
+    owner = arr.base
+    if not isinstance(owner, numpy.ndarray) or arr.dtype.hasobject:
+        return NotImplemented
+    while isinstance(owner.base, numpy.ndarray):
+        owner = owner.base
+    if owner.dtype.hasobject or not (owner.flags.c_contiguous or owner.flags.f_contiguous):
+        return NotImplemented
+    offset = arr.__array_interface__["data"][0] - owner.__array_interface__["data"][0]
+    return numpy.ndarray, (arr.shape, arr.dtype, owner, offset, arr.strides)
 
 
 def _global_names(code: types.CodeType) -> set[str]:

@@ -666,6 +666,25 @@ KINDS: list[Kind] = [
         assert np.fromfile(WORK / "mm.dat", dtype="float32")[0] == 9
         """,
     ),
+    k(
+        "numpy views stay views",
+        "import numpy as np; owner = np.arange(10.0); every_other = owner[::2]; mat = np.arange(12).reshape(3, 4); col1 = mat[:, 1]",
+        "owner[0] = 99; mat[0, 1] = -1; assert every_other[0] == 99 and col1[0] == -1 and np.shares_memory(owner, every_other) and every_other.flags.writeable",
+    ),
+    k(
+        "DataFrame on an array without a copy",
+        "import numpy as np, pandas as pd; backing = np.zeros((4, 2)); on_backing = pd.DataFrame(backing, copy=False)",
+        "backing[0, 0] = 5; assert on_backing.iloc[0, 0] == 5 and np.shares_memory(on_backing.values, backing)",
+    ),
+    k(
+        "view into a numpy memmap",
+        """
+        import numpy as np
+        mm_owner = np.memmap(WORK / "mm_view.dat", dtype="int32", mode="w+", shape=(4, 5))
+        mm_rows = mm_owner[1:3]
+        """,
+        "mm_rows[0, 0] = 3; assert mm_owner[1, 0] == 3 and mm_owner.filename is not None",
+    ),
     # -- pandas ------------------------------------------------------------------------------
     k(
         "pandas DataFrame",
@@ -736,6 +755,11 @@ KINDS: list[Kind] = [
         "pyarrow Table",
         "import pyarrow as pa; table = pa.table({'a': [1, 2], 'b': ['x', None]})",
         "assert table.num_rows == 2 and table.column('b').null_count == 1",
+    ),
+    k(
+        "Pillow image",
+        "from PIL import Image as PILImage; picture = PILImage.new('RGB', (4, 3), (255, 0, 0))",
+        "assert picture.size == (4, 3) and picture.getpixel((1, 1)) == (255, 0, 0) and picture.rotate(90, expand=True).size == (3, 4)",
     ),
     k(
         "sympy expression",

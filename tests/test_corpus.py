@@ -140,7 +140,10 @@ def test_a_restored_figure_is_not_shown_again(corpus_run: Run) -> None:
 
 
 def test_export_writes_everything_saved(corpus_run: Run, tmp_path: Path) -> None:
-    """``persistent-kernel export`` leaves out nothing the checkpoint saved."""
+    """``persistent-kernel export`` leaves out nothing the checkpoint saved.
+
+    (Run with the notebook's directory importable, as the kernel has it: one
+    kind is a class from a module beside the notebook.)"""
     cli = Path(sys.executable).with_name("persistent-kernel")
     target, root = tmp_path / "state.pkl", str(corpus_run.root)
     proc = subprocess.run(
@@ -150,7 +153,16 @@ def test_export_writes_everything_saved(corpus_run: Run, tmp_path: Path) -> None
         text=True,
         timeout=300,
         check=True,
+        env={**os.environ, "PYTHONPATH": str(corpus_run.work)},
     )
     result = json.loads(proc.stdout)
     assert {n: r for n, r in result["skipped"].items() if n in corpus_run.saved} == {}
     assert sorted(result["written"]) == sorted(corpus_run.saved)
+
+
+def test_no_false_version_warning(corpus_run: Run) -> None:
+    """Saved and restored with the same packages: the report names no version
+    change (``sklearn`` is provided by scikit-learn, ``yaml`` by PyYAML...)."""
+    summary = "\n".join(corpus_run.first_cell)
+    assert "restored" in summary
+    assert "saved with" not in summary

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import json
+import math
+import os
 import os.path
 import pickle
 import socket
@@ -400,3 +402,118 @@ def test_flat_containers_skip_tracking_but_still_share_themselves() -> None:
     ser = serialize({"flat": flat, "alias": flat, "nested": nested, "inner": inner})
     groups = sorted(sorted(p.names) for p in ser.payloads)
     assert groups == [["alias", "flat"], ["inner", "nested"]]
+
+
+# -- notebook objects that pickle saves by name ------------------------------------------
+
+NOTEBOOK_OBJECTS = """
+    import enum, functools, json, pickle, sys
+    from typing import Generic, TypeVar
+    import numpy as np
+    import sympy
+    from persistent_kernel.serializer import serialize
+
+    class Color(enum.Enum):
+        RED = 1
+        GREEN = 2
+        def warm(self):
+            return self is Color.RED
+
+    class Prio(enum.IntEnum):
+        LOW = 1
+        HIGH = 2
+
+    fav = Color.RED
+
+    @functools.lru_cache(maxsize=8)
+    def fib(n):
+        return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+    T = TypeVar("T", bound=int)
+
+    class Box(Generic[T]):
+        def __init__(self, item):
+            self.item = item
+
+    boxed = Box[int](5)
+    x = sympy.symbols("x")
+    lam = sympy.lambdify(x, sympy.sin(x) + sympy.besselj(0, x))
+    deep = []
+    cur = deep
+    for _ in range(10_000):
+        cur.append([])
+        cur = cur[0]
+    mm = np.memmap(sys.argv[2], dtype="int16", mode="w+", shape=(3, 4))
+    mm[:] = 3
+
+    class _Singleton:
+        def __reduce__(self):
+            return "ONLY"  # by name: a fresh __main__ has no ONLY
+
+    ONLY = _Singleton()
+
+    class Odd(enum.Enum):
+        A = (1, "a")
+        def __new__(cls, value, label):
+            member = object.__new__(cls)
+            member._value_ = value
+            return member
+
+    names = ["Color", "Prio", "fav", "fib", "T", "Box", "boxed", "lam", "deep", "mm", "ONLY",
+             "Odd"]
+    ser = serialize({n: globals()[n] for n in names})
+    with open(sys.argv[1], "wb") as f:
+        f.write(pickle.dumps(
+            [(q.names, q.pickler, bytes(q.data), [bytes(b.raw()) for b in q.buffers])
+             for q in ser.payloads]
+        ))
+    print(json.dumps({"skipped": ser.skipped, "files": [q.files for q in ser.payloads if q.files],
+                      "size": {n: len(q.data) + sum(len(b.raw()) for b in q.buffers)
+                               for q in ser.payloads for n in q.names}}))
+"""
+
+
+def test_notebook_objects_saved_by_name_come_back_by_value(tmp_path: Path) -> None:
+    """Enums, lru_cache functions, TypeVars and Generic classes, lambdify
+    functions, a 10,000-deep list and a memmap, written by one process and
+    loaded in the ``__main__`` of another; what could only be saved by a name
+    a fresh ``__main__`` lacks is skipped with a reason, not reported saved."""
+    payloads, data = str(tmp_path / "nb.pkl"), str(tmp_path / "mm.dat")
+    written = run_python(NOTEBOOK_OBJECTS, payloads, data, cwd=tmp_path)
+    assert set(written["skipped"]) == {"ONLY", "Odd"}
+    assert "by its name" in written["skipped"]["ONLY"]
+    assert "__new__" in written["skipped"]["Odd"]
+    assert written["files"] == [[[data, 24, os.stat(data).st_mtime_ns]]]
+    assert written["size"]["mm"] < 24 * 50  # the file's content is not in the checkpoint
+    loaded = run_python(
+        LOAD_INTO_MAIN
+        + """
+    import json, typing
+    import numpy as np
+    d, depth = deep, 0
+    while d:
+        d, depth = d[0], depth + 1
+    mm[0, 0] = 9
+    mm.flush()
+    print(json.dumps({
+        "enum": [fav is Color.RED, Color(2) is Color.GREEN, fav.warm(), Prio.HIGH > Prio.LOW,
+                 Prio(2) is Prio.HIGH],
+        "fib": [fib(50), fib.cache_parameters()["maxsize"]],
+        "generic": [boxed.item, type(boxed) is Box, Box.__parameters__ == (T,),
+                    T.__bound__ is int, T.__module__,
+                    typing.get_args(boxed.__orig_class__)[0] is int],
+        "lam": round(lam(2.0), 6),
+        "depth": depth,
+        "mm": [type(mm).__name__, mm.mode, mm.filename, mm.sum().item()],
+    }))
+    """,
+        payloads,
+        cwd=tmp_path,
+    )
+    assert loaded["enum"] == [True] * 5
+    assert loaded["fib"] == [12586269025, 8]
+    assert loaded["generic"] == [5, True, True, True, "__main__", True]
+    assert loaded["lam"] == round(math.sin(2.0) + 0.2238907791, 6)
+    assert loaded["depth"] == 10_000
+    assert loaded["mm"] == ["memmap", "r+", data, 9 + 3 * 11]
+    assert np.fromfile(data, dtype="int16")[0] == 9  # the write reached the file
