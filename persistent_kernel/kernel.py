@@ -33,12 +33,22 @@ from IPython.display import display
 from tornado.ioloop import IOLoop
 from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default, observe
 
-from . import checkpoint, namespace, notebook, quickexit, report, restore, serializer, snapshot
+from . import (
+    checkpoint,
+    identity,
+    namespace,
+    notebook,
+    quickexit,
+    report,
+    restore,
+    serializer,
+    snapshot,
+)
 from .checkpoint import CheckpointResult
 from .errors import UnreadableSettings
 from .kernelconfig import default_checkpoint_dir
 from .restore import RestoreReport
-from .session import session_key
+from .session import SESSION_ENV, session_key
 from .store import SessionStore, Store, is_disk_error
 
 
@@ -118,6 +128,13 @@ class PersistentKernel(IPythonKernel):
         key, notebook = session_key(os.environ, os.getcwd())
         self.session_key: str = key
         self.notebook_path: str | None = notebook
+        connection_file = getattr(self.parent, "connection_file", None)
+        self.kernel_id: str | None = identity.kernel_id(connection_file)
+        self._known_cells: frozenset[str] = frozenset()
+        # Set by the first cell of a kernel with no notebook path: what kind of
+        # client it is (see identity.decide_unattached).
+        self._first_cell: tuple[threading.Event, dict[str, Any]] = (threading.Event(), {})
+        self._names_at_start: frozenset[str] = frozenset()
         self._dirty = False
         self._busy = False
         self._skip_dirty_once = False
@@ -183,6 +200,10 @@ class PersistentKernel(IPythonKernel):
         super().start()
         self._install_sigterm_handler()
         if self.restore:
+            if self.shell is not None:
+                self._names_at_start = frozenset(self.shell.user_ns)
+            if self.notebook_path is not None or os.environ.get(SESSION_ENV):
+                self._first_cell[0].set()  # nothing to learn from the first cell
             self._restore_progress = restore.RestoreProgress()
             self._restore_done = concurrent.futures.Future()
             threading.Thread(
@@ -232,9 +253,59 @@ class PersistentKernel(IPythonKernel):
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, previous)
 
+    def _first_cell_ready(self, parent: Any) -> bool:
+        """Whether an execute request must wait for the restore; records what it says.
+
+        A kernel with no notebook path decides whose state it has at the first
+        cell a user runs. Requests a client makes for itself before that
+        (VS Code's start code: ``store_history`` false) run at once.
+        """
+        event, info = self._first_cell
+        if event.is_set():
+            return True
+        content = parent.get("content", {}) if isinstance(parent, dict) else {}
+        if not content.get("store_history", True):
+            return False
+        assert self.shell is not None
+        vscode_file = self.shell.user_ns.get(identity.VSCODE_FILE_VAR)
+        info["interactive"] = bool(content.get("allow_stdin", True))
+        info["vscode_file"] = vscode_file if isinstance(vscode_file, str) else None
+        # What the client's own start code bound is the client's, not the notebook's.
+        for name in set(self.shell.user_ns) - self._names_at_start:
+            self.shell.user_ns_hidden[name] = self.shell.user_ns[name]
+        event.set()
+        return True
+
+    def _decide_identity(self) -> identity.Decision:
+        """Which checkpoints this kernel continues (see :mod:`identity`); waits for the first
+        cell when it cannot tell before it."""
+        store = Store(self.checkpoint_dir)
+        identity.wait_for_writers(store, self.writer_wait)
+        event, info = self._first_cell
+        signals = identity.signals_from(
+            os.environ, os.getcwd(), getattr(self.parent, "connection_file", None),
+            notebook.cell_set, info.get("vscode_file"),
+        )  # fmt: skip
+        if signals.notebook is None and not signals.explicit:
+            decision = identity.decide_unattached(
+                signals, info.get("interactive"), identity.survey(store)
+            )
+            if not decision.defer:
+                return decision
+            event.wait()
+            return self._decide_identity()
+        self._known_cells = signals.cells
+        return identity.decide(signals, identity.survey(store), os.path.exists, notebook.cell_set)
+
     def _restore_at_start(self) -> None:
+        decision = self._decide_identity()
+        self.session_key = decision.key
+        self.notebook_path = decision.notebook
+        self._settings = None
         session = self.session_store
-        renamed_from = self._adopt_renamed(session)
+        renamed_from = None
+        if decision.adopt_from is not None and self._adopt(decision.adopt_from, session):
+            renamed_from = decision.renamed_from
         waited, alive = session.wait_for_writers(self.writer_wait)
         if alive:
             self.log.warning(
@@ -242,7 +313,12 @@ class PersistentKernel(IPythonKernel):
                 "newest complete checkpoint", alive, waited,
             )  # fmt: skip
         assert self.shell is not None
-        result = restore.restore_checkpoint(session, self.shell.user_ns, self._restore_progress)
+        if decision.restore:
+            result = restore.restore_checkpoint(session, self.shell.user_ns, self._restore_progress)
+        else:
+            result = RestoreReport()
+        if decision.note:
+            result.problems.append(decision.note)
         result.waited = waited
         result.renamed_from = renamed_from
         self.restore_report = result
@@ -268,21 +344,16 @@ class PersistentKernel(IPythonKernel):
         # What was restored is on disk already: nothing to write until a cell runs.
         self._dirty = False
 
-    def _adopt_renamed(self, session: SessionStore) -> str | None:
-        """Take over the checkpoints of the notebook this one was renamed from."""
-        if self.notebook_path is None or session.generations():
-            return None
-        found = notebook.find_renamed(Store(self.checkpoint_dir), self.notebook_path)
-        if found is None:
-            return None
-        old, old_path = found
+    def _adopt(self, key: str, session: SessionStore) -> bool:
+        """Take over the checkpoints of session *key* (this notebook's, under another name)."""
+        old = Store(self.checkpoint_dir).session(key)
         old.wait_for_writers(self.writer_wait)
         try:
             notebook.adopt(old, session)
         except OSError as exc:
             self.log.warning("persistent-kernel: could not adopt %s: %s", old.path, exc)
-            return None
-        return old_path
+            return False
+        return True
 
     def _show_restore_summary(self, *args: Any) -> None:
         if self._pending_summary and self.restore_report is not None:
@@ -303,7 +374,7 @@ class PersistentKernel(IPythonKernel):
     async def execute_request(self, stream: Any, ident: Any, parent: Any) -> None:
         self._busy = True
         try:
-            if self.restoring:
+            if self.restoring and self._first_cell_ready(parent):
                 await self._wait_for_restore()
             await super().execute_request(stream, ident, parent)
         finally:
@@ -367,13 +438,18 @@ class PersistentKernel(IPythonKernel):
             else:  # bound to something else since: worth a try again
                 del self._crashers[name]
         session = self.session_store
-        info: dict[str, Any] = {"session": self.session_key, "notebook": self.notebook_path}
+        info: dict[str, Any] = {
+            "session": self.session_key,
+            "notebook": self.notebook_path,
+            "kernel_id": self.kernel_id,
+        }
+        known = self._known_cells
         keep, carried = self.keep, list(self._carried)
         on_variable = beacon.set if beacon is not None else None
 
         def job() -> dict[str, Any]:
             # Read in the writer, not the kernel: a notebook with outputs can be large.
-            info["notebook_cells"] = notebook.cell_ids(info["notebook"])
+            info.update(notebook.cells_for_checkpoint(session, info, known))
             return checkpoint.write_checkpoint(
                 session, values, skipped, info, keep, carried=carried, on_variable=on_variable
             ).to_dict()

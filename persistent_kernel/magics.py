@@ -6,6 +6,7 @@ so ``%persist?`` documents them all.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
@@ -14,6 +15,8 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from . import checkpoint, render, restore
 from .errors import CheckpointFailed, PersistentKernelError, sentence
+from .session import resolve_session_arg
+from .store import Store
 
 if TYPE_CHECKING:
     from .kernel import PersistentKernel
@@ -23,8 +26,9 @@ COMMANDS = {
     "whether one is pending",
     "save": "checkpoint now; returns once the checkpoint is committed",
     "history": "the generations kept: when, size, variables added / changed / removed",
-    "restore": "restore [GENERATION] [NAME ...]: bring back a generation (default: the "
-    "newest), or some of its variables, into the live namespace",
+    "restore": "restore [--from NOTEBOOK] [GENERATION] [NAME ...]: bring back a generation "
+    "(default: the newest), or some of its variables, into the live namespace; --from takes "
+    "them from another notebook's checkpoints (a path or a session key)",
     "exclude": "exclude NAME|GLOB ...: never save these names (kept for this notebook "
     "across restarts)",
     "include": "include NAME|GLOB ...: save these names again, even if configured out",
@@ -55,12 +59,23 @@ class PersistMagics(Magics):
         help="; ".join(f"{name}: {text}" for name, text in COMMANDS.items()).replace("%", "%%"),
     )
     @argument("args", nargs="*", help="what the command works on (see above)")
+    @argument(
+        "--from",
+        dest="source",
+        default=None,
+        help="restore only: the notebook (path or session key) whose checkpoints to read",
+    )
     @line_magic
     def persist(self, line: str) -> None:
         """Show or control this notebook's checkpoints."""
         args = parse_argstring(self.persist, line)
+        if args.source is not None and args.command != "restore":
+            raise UsageError("--from goes with %persist restore only")
         try:
-            getattr(self, f"_{args.command}")(list(args.args))
+            if args.command == "restore":
+                self._restore(list(args.args), args.source)
+            else:
+                getattr(self, f"_{args.command}")(list(args.args))
         except (PersistentKernelError, OSError) as exc:
             # One line, not a traceback: these are conditions, not bugs.
             raise UsageError(sentence(exc)) from exc
@@ -114,9 +129,14 @@ class PersistMagics(Magics):
         rows = restore.history(self.kernel.session_store)
         print(render.history_table(rows) if rows else "No checkpoints yet.")
 
-    def _restore(self, args: list[str]) -> None:
+    def _restore(self, args: list[str], source: str | None = None) -> None:
         generation = int(args.pop(0)) if args and args[0].isdigit() else None
         session = self.kernel.session_store
+        if source is not None:
+            key = resolve_session_arg(source, os.getcwd())
+            session = Store(self.kernel.checkpoint_dir).session(key)
+            if not session.generations():
+                raise UsageError(f"no checkpoints of {source!r}")
         values, rep = restore.load_generation(session, generation, args or None)
         if args:
             values = {name: values[name] for name in args if name in values}

@@ -1,29 +1,24 @@
-"""Recognising a notebook under a new name.
+"""Reading a notebook's cell ids, and moving checkpoints to a notebook's new name.
 
-Checkpoints are keyed by the notebook's path, so renaming a notebook would
-orphan its checkpoint. A notebook's identity is not its inode (Jupyter saves
-by writing a new file and renaming it over the old one) but its cells: since
-nbformat 4.5 every cell has a random id, and a renamed notebook keeps them.
-
-A checkpoint is adopted by a notebook with no checkpoint of its own only
-when all of these hold, so another notebook's state is never taken over:
-
-* the checkpoint's notebook path no longer exists (a copy made with "Save
-  as" or "Duplicate" leaves the original in place, and is not adopted);
-* the two share at least half of the smaller set of cell ids, and at least
-  one id;
-* exactly one checkpoint qualifies.
+A notebook's identity is not its inode (Jupyter saves by writing a new file
+and renaming it over the old one) but its cells: since nbformat 4.5 every
+cell has a random id, and a renamed or moved notebook keeps them. Checkpoints
+record the ids, so that :mod:`identity` can recognise a notebook under a new
+name, and tell a new notebook created under an old name from the old one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import NoCheckpoint, UnreadableCheckpoint
-from .store import SessionStore, Store
+from .identity import KEY_FILE, cells_to_record
+from .store import SessionStore, write_atomic
+
+SETTINGS_FILE = "settings.json"
 
 #: Cell ids recorded per manifest, at most: enough to recognise a notebook.
 MAX_IDS = 2000
@@ -45,33 +40,38 @@ def cell_ids(path: str | os.PathLike[str] | None) -> list[str]:
     return sorted(set(ids))[:MAX_IDS]
 
 
-def _same_notebook(ours: set[str], theirs: set[str]) -> bool:
-    common = len(ours & theirs)
-    return common >= 1 and common * 2 >= min(len(ours), len(theirs))
+def cell_set(path: str | os.PathLike[str] | None) -> frozenset[str]:
+    """:func:`cell_ids` as a set."""
+    return frozenset(cell_ids(path))
 
 
-def find_renamed(store: Store, notebook_path: str) -> tuple[SessionStore, str] | None:
-    """The session of the notebook that *notebook_path* was renamed from, if any.
+def cells_for_checkpoint(
+    session: SessionStore, info: Mapping[str, Any], known: frozenset[str]
+) -> dict[str, Any]:
+    """What a checkpoint of *session* records of its notebook: ``notebook_cells`` and
+    ``notebook_present`` (see :func:`identity.cells_to_record`).
 
-    Returns ``(session, old_path)``; ``None`` unless exactly one session
-    qualifies (see the module docstring). Nothing is unpickled.
+    Read in the writer, not the kernel: a notebook with outputs can be large.
+    *info* names the notebook and the kernel id; *known* are the ids the
+    kernel knew at start. The ids of this kernel's own newest checkpoint count
+    too, so a notebook renamed away while its kernel runs keeps being named by
+    its own ids, not by whatever now lives at its old path.
     """
-    ours = set(cell_ids(notebook_path))
-    if not ours:
-        return None
-    found: list[tuple[SessionStore, str]] = []
-    for session in store.sessions():
+    path = info.get("notebook")
+    current = cell_set(path)
+    previous: frozenset[str] | None = None
+    kernel = info.get("kernel_id")
+    if kernel is not None:
         try:
             manifest, _ = session.latest()
         except (NoCheckpoint, UnreadableCheckpoint, OSError):
-            continue
-        old = manifest.notebook
-        if not old or old == notebook_path or Path(old).exists():
-            continue
-        theirs = manifest.raw.get("notebook_cells")
-        if isinstance(theirs, list) and _same_notebook(ours, {str(i) for i in theirs}):
-            found.append((session, old))
-    return found[0] if len(found) == 1 else None
+            manifest = None
+        if manifest is not None and manifest.raw.get("kernel_id") == kernel:
+            ids = manifest.raw.get("notebook_cells")
+            previous = frozenset(str(i) for i in ids) if isinstance(ids, list) else None
+    exists = path is not None and os.path.exists(path)
+    cells, present = cells_to_record(exists, current, known, previous)
+    return {"notebook_cells": sorted(cells)[:MAX_IDS], "notebook_present": present}
 
 
 def adopt(old: SessionStore, new: SessionStore) -> None:
@@ -80,7 +80,8 @@ def adopt(old: SessionStore, new: SessionStore) -> None:
     Settings the adopting notebook already had are merged into the adopted
     ones, excludes first: a name either excluded stays excluded. Settings
     that cannot be read stop the adoption (:class:`UnreadableSettings`), so
-    no exclude is forgotten.
+    no exclude is forgotten. The new key is written beside the manifests,
+    which still name the old one (they are signed as they were written).
     """
     with old.locked(timeout=60):
         merged = None
@@ -96,6 +97,8 @@ def adopt(old: SessionStore, new: SessionStore) -> None:
         os.rename(old.path, new.path)
         if merged is not None:
             new.write_settings(merged)
+        if new.key is not None:
+            write_atomic(new.path, KEY_FILE, [new.key.encode("utf-8", "surrogatepass")])
 
 
 def merge_settings(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:

@@ -19,17 +19,45 @@ SESSION_ENV = "PERSISTENT_KERNEL_SESSION"
 JUPYTER_SESSION_ENV = "JPY_SESSION_NAME"
 
 
+def notebook_path(environ: Mapping[str, str], cwd: str) -> str | None:
+    """The absolute path of the notebook named by ``$JPY_SESSION_NAME`` (None if unset).
+
+    jupyter_server passes an absolute path when the session was created with
+    a ``name`` (as JupyterLab does), but the session's *path*, relative to the
+    server's root, when not; and it starts the kernel in the notebook's own
+    folder. So a relative ``sub/nb.ipynb`` seen from ``<root>/sub`` is
+    ``<root>/sub/nb.ipynb``, not ``<root>/sub/sub/nb.ipynb``: when *cwd* ends
+    with the path's folder, the notebook is the file of that name in *cwd*.
+    Any other relative path is taken relative to *cwd*.
+    """
+    name = environ.get(JUPYTER_SESSION_ENV) or None
+    if name is None:
+        return None
+    name = os.path.expanduser(name)
+    if os.path.isabs(name):
+        return os.path.normpath(name)
+    relative = os.path.normpath(name)
+    folder, base = os.path.split(relative)
+    here = os.path.normpath(cwd)
+    if (
+        folder
+        and not folder.startswith(os.pardir)
+        and (here == folder or here.endswith(os.sep + folder))
+    ):
+        return os.path.join(here, base)
+    return os.path.normpath(os.path.join(here, relative))
+
+
 def session_key(environ: Mapping[str, str], cwd: str) -> tuple[str, str | None]:
     """Return ``(key, notebook_path)`` for a kernel started with *environ* in *cwd*.
 
     The key is ``$PERSISTENT_KERNEL_SESSION`` if set; else the notebook path
-    from ``$JPY_SESSION_NAME`` made absolute against *cwd*; else *cwd* itself
-    (a console, a batch run with no notebook path). ``notebook_path`` is the
-    absolute notebook path when the server told us one, else ``None``.
+    from ``$JPY_SESSION_NAME`` made absolute (see :func:`notebook_path`); else
+    *cwd* itself. ``notebook_path`` is the absolute notebook path when the
+    server told us one, else ``None``. This is where a kernel *starts*
+    looking: :mod:`identity` decides which checkpoints it continues.
     """
-    notebook = environ.get(JUPYTER_SESSION_ENV) or None
-    if notebook is not None:
-        notebook = os.path.normpath(os.path.join(cwd, os.path.expanduser(notebook)))
+    notebook = notebook_path(environ, cwd)
     explicit = environ.get(SESSION_ENV)
     if explicit:
         return explicit, notebook

@@ -54,6 +54,9 @@ class LabServer:
     checkpoints) is a fresh temp folder.
     """
 
+    #: The server application's module: JupyterLab, or the bare ``jupyter_server``.
+    app = "jupyterlab"
+
     def __init__(self, root: Path, log: Path) -> None:
         self.root = root
         self.log_path = log
@@ -79,20 +82,23 @@ class LabServer:
         argv = [
             sys.executable,
             "-m",
-            "jupyterlab",
+            self.app,
             "--no-browser",
             "--ServerApp.ip=127.0.0.1",
             f"--ServerApp.port={self.port}",
             "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={self.token}",
             f"--ServerApp.root_dir={self.root}",
-            # nothing from outside this machine: no news feed, no update check
-            "--LabApp.news_url=None",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-            "--LabApp.extension_manager=readonly",
             # CI and this sandbox run as root, which jupyter_server refuses by default
             "--ServerApp.allow_root=True",
         ]
+        if self.app == "jupyterlab":
+            # nothing from outside this machine: no news feed, no update check
+            argv += [
+                "--LabApp.news_url=None",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                "--LabApp.extension_manager=readonly",
+            ]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 argv,
