@@ -57,16 +57,23 @@ _CONNECTION_FILE = re.compile(r"kernel-(.+)\.json\Z")
 
 
 def kernel_id(connection_file: str | None) -> str | None:
-    """The kernel id in a connection file's name (``kernel-<id>.json``), if any.
+    """The kernel's id, from its connection file's name; None without one.
 
-    jupyter_client and jupyter_server name the file after the kernel id and
-    reuse it when they restart the kernel; VS Code names it ``kernel-v3<hex>``,
-    new for each start.
+    jupyter_server names the file ``kernel-<id>.json`` after the kernel id
+    and keeps it when it restarts the kernel; jupyter_client's own manager
+    (nbclient, papermill, ``jupyter execute``) uses a fresh temporary name,
+    kept across its restarts too. Either way the name is one kernel's for its
+    whole life, restarts included, and no other kernel's. VS Code names it
+    ``kernel-v3<hex>``, new for each start.
     """
     if not connection_file:
         return None
-    found = _CONNECTION_FILE.match(os.path.basename(connection_file))
-    return found.group(1) if found else None
+    name = os.path.basename(connection_file)
+    found = _CONNECTION_FILE.match(name)
+    if found:
+        return found.group(1)
+    stem = name[:-5] if name.endswith(".json") else name
+    return stem or None
 
 
 def overlap(ours: Iterable[str], theirs: Iterable[str]) -> bool:
@@ -118,6 +125,8 @@ class Decision:
     defer: bool = False  # not known yet: decide at the first cell (see decide_at_first_cell)
     notebook: str | None = None
     renamed_from: str | None = None  # the old notebook path, when adopting
+    # A batch run's: kept for its own kernel's restarts only, removed when it shuts down.
+    ephemeral: bool = False
 
 
 def verdict(candidate: Candidate, me: Signals, exists: Callable[[str], bool]) -> Verdict:
@@ -261,7 +270,7 @@ def decide_unattached(
     the state by the working directory and restores it, as interactive R loads
     ``.RData``. ``False`` (nbclient, papermill, ``jupyter execute``) restores
     nothing, as ``Rscript`` does not, and keeps its checkpoints under its
-    kernel id, where only a restart of this kernel looks.
+    kernel id, where only a restart of this kernel looks, until it shuts down.
     """
     folder = os.path.normpath(me.cwd)
     batch = batch_key(me.kernel_id)
@@ -270,11 +279,11 @@ def decide_unattached(
         for key in (batch, folder):
             found = by_key.get(key)
             if found is not None and me.kernel_id is not None and found.kernel_id == me.kernel_id:
-                return Decision(key=found.key, restore=True)
+                return Decision(key=found.key, restore=True, ephemeral=key == batch)
         return Decision(key=folder, restore=False, defer=True)
     if interactive:
         return Decision(key=folder, restore=True)
-    return Decision(key=batch, restore=False)
+    return Decision(key=batch, restore=False, ephemeral=True)
 
 
 def wait_for_writers(store: Store, timeout: float) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import shutil
 import signal
 import threading
 import time
@@ -135,6 +136,8 @@ class PersistentKernel(IPythonKernel):
         # client it is (see identity.decide_unattached).
         self._first_cell: tuple[threading.Event, dict[str, Any]] = (threading.Event(), {})
         self._names_at_start: frozenset[str] = frozenset()
+        self._ephemeral = False  # a batch run's state: removed at a shutdown for good
+        self._shutdown_restart: bool | None = None  # what the shutdown request said
         self._dirty = False
         self._busy = False
         self._skip_dirty_once = False
@@ -301,6 +304,7 @@ class PersistentKernel(IPythonKernel):
         decision = self._decide_identity()
         self.session_key = decision.key
         self.notebook_path = decision.notebook
+        self._ephemeral = decision.ephemeral
         self._settings = None
         session = self.session_store
         renamed_from = None
@@ -602,12 +606,31 @@ class PersistentKernel(IPythonKernel):
         detached, so it completes even when jupyter_client SIGKILLs this
         process group 2.5 s from now; the next kernel waits for it.
         """
+        if self._ephemeral and self._shutdown_restart is False:
+            self._forget_batch_state()
+            return
         if not (self.autosave and self._dirty) or self.restoring:
             return
         try:
             self.start_checkpoint()
         except Exception:
             self.log.exception("persistent-kernel: final checkpoint failed")
+
+    def do_shutdown(self, restart: bool) -> Any:
+        self._shutdown_restart = bool(restart)
+        return super().do_shutdown(restart)
+
+    def _forget_batch_state(self) -> None:
+        """A batch run ends: nothing will read its checkpoints (see identity.decide_unattached)."""
+        self.wait_for_writer(timeout=self.writer_wait)
+        session = self.session_store
+        try:
+            session.wait_for_writers(self.writer_wait)
+            with session.locked(timeout=60):
+                session.clear()
+            shutil.rmtree(session.path, ignore_errors=True)
+        except Exception:
+            self.log.exception("persistent-kernel: could not remove the batch run's checkpoints")
 
     def prepare_exit(self) -> None:
         """Called after :meth:`final_checkpoint` when the kernel stopped cleanly.

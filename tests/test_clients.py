@@ -5,7 +5,8 @@
   close-and-reopen of the notebook.
 * ``jupyter_kernel_test``: the messaging protocol, on a fresh kernel and on
   one that restored a checkpoint, with a checkpoint after every cell.
-* nbclient: a notebook run twice in one folder carries its variables over.
+* nbclient, papermill, ``jupyter execute`` and VS Code: see test_batch.py;
+  a real jupyter_server over REST and websocket: see test_server.py.
 * ``jupyter console`` through a pseudo-terminal: ``%persist save``, quit,
   start again, the variable is back.
 * Interrupts: a checkpoint never captures a cell halfway.
@@ -25,12 +26,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import jupyter_kernel_test as jkt
-import nbformat
 import pexpect
 import pytest
 from jupyter_client.manager import start_new_kernel
 from jupyter_kernel_test.msgspec_v5 import validate_message
-from nbclient import NotebookClient
 
 from persistent_kernel.store import Store
 
@@ -445,40 +444,6 @@ class RestoredKernelConformance(PersistentKernelConformance):
         except BaseException:
             cls.tearDownClass()
             raise
-
-
-# -- nbclient --------------------------------------------------------------------------
-
-COUNTER = "x = globals().get('x', 0) + 1\nprint(x)"
-
-
-def run_notebook(folder: Path) -> str:
-    """Execute a one-cell notebook with nbclient in *folder*; return what it shows."""
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(COUNTER)])
-    client = NotebookClient(
-        nb,
-        kernel_name=KERNEL_NAME,
-        timeout=120,
-        startup_timeout=120,
-        resources={"metadata": {"path": str(folder)}},
-    )
-    client.execute()
-    return "\n".join(shown(out) for out in nb.cells[0].outputs)
-
-
-def test_nbclient_twice_in_one_folder(jupyter_env: dict[str, Path], tmp_path: Path) -> None:
-    folder = jupyter_env["work"]
-    first = run_notebook(folder)
-    assert first.splitlines() == ["1"], first
-    second = run_notebook(folder)
-    # keyed by the working directory: the second run sees the first run's x
-    assert second.splitlines()[-1] == "2", second
-    assert RESTORED.search(second), second
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    other = run_notebook(elsewhere)
-    assert other.splitlines() == ["1"], other
-    wait_for_writers(jupyter_env["checkpoints"])
 
 
 # -- jupyter console ---------------------------------------------------------------------

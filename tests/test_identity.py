@@ -44,7 +44,7 @@ def run(me: Signals, candidates: list[Candidate], present: dict[str, frozenset[s
 def test_kernel_id_from_the_connection_file_name() -> None:
     assert kernel_id("/run/jupyter/kernel-0b6e-41.json") == "0b6e-41"
     assert kernel_id("kernel-v3abc.json") == "v3abc"  # VS Code's
-    assert kernel_id("/tmp/conn.json") is None
+    assert kernel_id("/tmp/tmpo5rz368g.json") == "tmpo5rz368g"  # jupyter_client's own
     assert kernel_id(None) is None and kernel_id("") is None
 
 
