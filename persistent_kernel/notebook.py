@@ -18,8 +18,6 @@ from .errors import NoCheckpoint, UnreadableCheckpoint
 from .identity import KEY_FILE, cells_to_record
 from .store import SessionStore, write_atomic
 
-SETTINGS_FILE = "settings.json"
-
 #: Cell ids recorded per manifest, at most: enough to recognise a notebook.
 MAX_IDS = 2000
 
