@@ -80,6 +80,7 @@ class Content:
     """A manifest's content, checked: every index in range, every part a listed blob."""
 
     generation: int
+    hash: str  # what names the blobs of its generation (Manifest.hash)
     variables: dict[str, Variable]
     groups: tuple[Group, ...]
     skipped: dict[str, str]
@@ -116,7 +117,7 @@ class Content:
 def parse(manifest: Manifest) -> Content:
     """The content of *manifest*, checked; :class:`CorruptCheckpoint` naming a bad field."""
     try:
-        return _parse(manifest.content, manifest.blobs, manifest.generation)
+        return _parse(manifest.content, manifest.blobs, manifest.generation, manifest.hash)
     except _Malformed as exc:
         raise CorruptCheckpoint(
             f"the manifest of generation {manifest.generation} is malformed: {exc}"
@@ -145,7 +146,7 @@ def _string_map(value: Any, what: str) -> dict[str, str]:
     return {str(k): _expect(v, str, f"{what}[{k!r}]") for k, v in items.items()}
 
 
-def _parse(raw: Mapping[str, Any], blobs: Mapping[str, int], generation: int) -> Content:
+def _parse(raw: Mapping[str, Any], blobs: Mapping[str, int], generation: int, hash: str) -> Content:
     groups = tuple(
         _group(index, entry, blobs)
         for index, entry in enumerate(_expect(raw.get("groups"), list, "groups"))
@@ -174,6 +175,7 @@ def _parse(raw: Mapping[str, Any], blobs: Mapping[str, int], generation: int) ->
         )
     return Content(
         generation=generation,
+        hash=hash,
         variables=variables,
         groups=groups,
         skipped=_string_map(raw.get("skipped", {}), "skipped"),

@@ -18,16 +18,10 @@ from types import ModuleType
 from typing import Any
 
 from . import serializer
-from .checkpoint import (
-    CarriedGroup,
-    environment_info,
-    group_id,
-    group_refs,
-    installed_version,
-    is_installed,
-)
+from .checkpoint import CarriedGroup, environment_info, installed_version, is_installed
+from .content import Content, Group
 from .content import parse as parse_content
-from .errors import CorruptCheckpoint, NoCheckpoint, NoSuchVariable, UnreadableCheckpoint
+from .errors import NoCheckpoint, NoSuchVariable, UnreadableCheckpoint
 from .store import Manifest, SessionStore
 
 
@@ -98,25 +92,13 @@ class RestoreReport:
 
 
 def _read_group(
-    session: SessionStore, manifest: Manifest, group: Any, progress: RestoreProgress | None
+    session: SessionStore, manifest: Manifest, group: Group, progress: RestoreProgress | None
 ) -> list[Any]:
-    refs = group_refs(group)
-    if not refs:
-        raise CorruptCheckpoint("a group entry has no parts")
     buffers = []
-    for ref in refs:
-        if manifest.blobs.get(ref.hash) != ref.size:
-            raise CorruptCheckpoint(f"blob {ref.hash} is not listed in the manifest")
-        on_read = progress.advance if progress is not None else None
+    on_read = progress.advance if progress is not None else None
+    for ref in group.refs():  # each listed by the manifest: checked by content.parse
         buffers.extend(session.read_blob(ref, on_read, hash=manifest.hash))
     return buffers
-
-
-def _groups(manifest: Manifest) -> list[Any]:
-    groups = manifest.content.get("groups")
-    if not isinstance(groups, list):
-        raise CorruptCheckpoint("its manifest lists no groups")
-    return groups
 
 
 def _read_groups(
@@ -129,14 +111,13 @@ def _read_groups(
     parts: list[list[Any] | None] = []
     if progress is not None:
         progress.generation, progress.total, progress.done = manifest.generation, manifest.size, 0
-    for group in _groups(manifest):
+    for group in parse_content(manifest).groups:
         try:
             parts.append(_read_group(session, manifest, group, progress))
         except UnreadableCheckpoint as exc:
             if partial is None:
                 raise
-            names = [str(n) for n in group.get("names", [])] if isinstance(group, dict) else []
-            partial.skipped.update(dict.fromkeys(names, f"its data is damaged ({exc})"))
+            partial.skipped.update(dict.fromkeys(group.names, f"its data is damaged ({exc})"))
             parts.append(None)
     return parts
 
@@ -268,25 +249,20 @@ def _load(
 ) -> None:
     """Unpickle *blobs* into *into*. *markers*: leave a crash marker while a
     group is unpickled, and skip groups whose unpickling killed a kernel."""
-    content = manifest.content
+    content = parse_content(manifest)
     report.generation, report.created, report.size = (
         manifest.generation,
         manifest.created,
         manifest.size,
     )
     report.versions = version_changes(manifest)
-    groups = content.get("groups") or []
-    for name, entry in dict(content.get("variables") or {}).items():
-        if not isinstance(entry, dict):
-            continue
-        index = entry.get("group")
-        group = groups[index] if isinstance(index, int) and 0 <= index < len(groups) else None
-        size = group.get("size") if isinstance(group, dict) else None
-        report.details[name] = {"type": entry.get("type", "?"), "size": size}
-    for name, reason in dict(content.get("skipped") or {}).items():
+    for name, variable in content.variables.items():
+        group = content.group_of(name)
+        report.details[name] = {"type": variable.type, "size": group.size if group else None}
+    for name, reason in content.skipped.items():
         report.skipped[name] = f"not saved: {reason}"
-    for name, entry in dict(content.get("variables") or {}).items():
-        module = entry.get("module") if isinstance(entry, dict) else None
+    for name, variable in content.variables.items():
+        module = variable.module
         if module:
             try:
                 into[name] = serializer.import_module(module)
@@ -294,34 +270,33 @@ def _load(
             except Exception as exc:
                 report.skipped[name] = f"module {module} could not be imported ({exc})"
     poisoned = session.poisoned() if markers else set()
-    for group, parts in zip(content["groups"], blobs, strict=True):
+    for group, parts in zip(content.groups, blobs, strict=True):
         if parts is None:  # damaged: already reported
             continue
         if progress is not None and progress.stop.is_set():
             report.restored.sort()
-            index = content["groups"].index(group)
-            report.carried.extend(_carry(manifest, g) for g in content["groups"][index:])
+            report.carried.extend(_carry(content, g) for g in content.groups[group.index :])
             raise RestoreInterrupted
-        names = list(group.get("names", []))
-        if group_id(group) in poisoned:
+        names = list(group.names)
+        if group.id in poisoned:
             reason = "loading it crashed the kernel at an earlier start, so it was left alone"
             report.skipped.update(dict.fromkeys(names, reason))
-            report.carried.append(_carry(manifest, group))
+            report.carried.append(_carry(content, group))
             continue
         missing = _missing_file(group)
         if missing:
             report.skipped.update(dict.fromkeys(names, missing))
-            report.carried.append(_carry(manifest, group))
+            report.carried.append(_carry(content, group))
             continue
         report.problems.extend(_changed_files(group, names))
         if markers:
-            session.begin_loading(group_id(group))
+            session.begin_loading(group.id)
         try:
-            values = serializer.load_payload(group.get("pickler", ""), parts[0], parts[1:], main)
+            values = serializer.load_payload(group.pickler, parts[0], parts[1:], main)
         except Exception as exc:
             reason = f"could not be loaded ({serializer.describe_error(exc)})"
             report.skipped.update(dict.fromkeys(names, reason))
-            report.carried.append(_carry(manifest, group))
+            report.carried.append(_carry(content, group))
             continue
         finally:
             if markers:
@@ -331,14 +306,10 @@ def _load(
     report.restored.sort()
 
 
-def _group_files(group: dict[str, Any]) -> list[tuple[str, int, int, os.stat_result | None]]:
+def _group_files(group: Group) -> list[tuple[str, int, int, os.stat_result | None]]:
     """The files a group's memmaps are re-opened on: path, size, mtime, stat now."""
     found = []
-    for entry in group.get("files") or []:
-        try:
-            path, size, mtime = str(entry[0]), int(entry[1]), int(entry[2])
-        except (TypeError, ValueError, IndexError):
-            continue
+    for path, size, mtime in group.files:  # checked by content.parse
         try:
             stat: os.stat_result | None = os.stat(path)
         except OSError:
@@ -347,7 +318,7 @@ def _group_files(group: dict[str, Any]) -> list[tuple[str, int, int, os.stat_res
     return found
 
 
-def _missing_file(group: dict[str, Any]) -> str | None:
+def _missing_file(group: Group) -> str | None:
     """Why a group's memmaps cannot be re-opened (file gone or resized), or None."""
     for path, size, _, stat in _group_files(group):
         if stat is None:
@@ -360,7 +331,7 @@ def _missing_file(group: dict[str, Any]) -> str | None:
     return None
 
 
-def _changed_files(group: dict[str, Any], names: list[str]) -> list[str]:
+def _changed_files(group: Group, names: list[str]) -> list[str]:
     """Notes for memmaps re-opened on files modified since the checkpoint."""
     return [
         f"{', '.join(names)}: re-opened on {path}, which was modified after the checkpoint "
@@ -370,11 +341,14 @@ def _changed_files(group: dict[str, Any], names: list[str]) -> list[str]:
     ]
 
 
-def _carry(manifest: Manifest, group: dict[str, Any]) -> CarriedGroup:
-    variables = manifest.content.get("variables", {})
-    names = group.get("names", [])
-    record = {n: variables[n] for n in names if n in variables}
-    return CarriedGroup(dict(group), record, manifest.hash)
+def _carry(content: Content, group: Group) -> CarriedGroup:
+    """A group not loaded, to keep byte for byte in the next generation."""
+    variables = {
+        v.name: {"type": v.type, "group": v.group, "module": v.module}
+        for v in (content.variables.get(n) for n in group.names)
+        if v is not None
+    }
+    return CarriedGroup(dict(group.record), variables, content.hash)
 
 
 def variable_fingerprints(manifest: Manifest) -> dict[str, str]:
