@@ -46,7 +46,8 @@ from .errors import (
 )
 from .restore import history
 from .session import resolve_session_arg
-from .store import Manifest, SessionStore, Store
+from .store import LocalBackend, Manifest, SessionStore
+from .store.tiers import open_store
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -76,17 +77,17 @@ def default_root() -> str:
 def find_session(root: str, arg: str, cwd: str | None = None) -> SessionStore:
     """The session *arg* names: a session key, a notebook or folder path, or a
     session directory name. :class:`NoCheckpoint` if there is none."""
-    store = Store(root)
+    store = open_store(root)
     here = os.getcwd() if cwd is None else cwd
     absolute = os.path.normpath(os.path.join(here, os.path.expanduser(arg)))
     for key in dict.fromkeys([resolve_session_arg(arg, here), absolute]):
         session = store.session(key)
-        if session.path.is_dir():
+        if session.backend.exists():
             return session
     if arg and "/" not in arg and arg not in (".", ".."):
-        directory = store.sessions_dir / arg
-        if directory.is_dir():
-            return store.session_at(directory)
+        named = store.session_at(store.sessions_dir / arg)
+        if named.backend.exists():
+            return named
     raise NoCheckpoint(f"there are no checkpoints of {arg} in {root}")
 
 
@@ -135,7 +136,7 @@ def _describe(session: SessionStore) -> dict[str, Any]:
 def list_sessions(root: str) -> list[dict[str, Any]]:
     """One record per session that has a readable checkpoint, newest first."""
     rows: list[dict[str, Any]] = []
-    for session in Store(root).sessions():
+    for session in open_store(root).sessions():
         generations = session.generations()
         problems: list[str] = []
         try:
@@ -276,7 +277,9 @@ def _remove(session: SessionStore, lock_timeout: float) -> None:
             raise StoreBusy(
                 f"a kernel is writing a checkpoint of {_label(session)}; try again when it is done"
             )
-        shutil.rmtree(session.path)
+        session.backend.remove()
+        if session.path.is_dir():  # a bucket's copy on this machine's disk
+            shutil.rmtree(session.path)
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -296,6 +299,8 @@ def _newest_time(session: SessionStore, newest: float | None) -> float:
     newest file of it (for a session whose manifests are all unreadable)."""
     if newest is not None:
         return newest
+    if not isinstance(session.backend, LocalBackend):  # in a bucket: age unknown, keep it
+        return time.time()
     times = [session.path.stat().st_mtime]
     for directory in (session.generations_dir, session.objects_dir):
         try:
@@ -318,7 +323,7 @@ def prune_sessions(
     now = time.time() if now is None else now
     removed: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    for session in Store(root).sessions():
+    for session in open_store(root).sessions():
         try:
             info = _describe(session)
             age = now - _newest_time(session, info["newest"])

@@ -51,6 +51,7 @@ from .kernelconfig import default_checkpoint_dir
 from .restore import RestoreReport
 from .session import SESSION_ENV, session_key
 from .store import SessionStore, Store, is_disk_error
+from .store.tiers import BucketStore, TieredSession, open_session, open_store, upload_in_child
 
 
 class PersistentKernel(IPythonKernel):
@@ -67,7 +68,12 @@ class PersistentKernel(IPythonKernel):
 
     checkpoint_dir = Unicode(
         help="""Where checkpoints are stored. Default: <jupyter data dir>/persistent_kernel
-        (honours JUPYTER_DATA_DIR). Directories are created 0700, files 0600.""",
+        (honours JUPYTER_DATA_DIR). Directories are created 0700, files 0600.
+        A storage URL (s3://bucket/prefix, also gs:// and az://; needs
+        persistent-kernel[s3]) keeps them in a bucket, with this machine's disk as a
+        cache: credentials as for obstore (AWS_* variables, instance or pod roles), the
+        endpoint of an S3-compatible server as ?endpoint=http://host:9000, and the
+        signing secret in PERSISTENT_KERNEL_SECRET or PERSISTENT_KERNEL_SECRET_FILE.""",
     ).tag(config=True)
 
     exclude = List(
@@ -158,6 +164,9 @@ class PersistentKernel(IPythonKernel):
         self._pending_notices: list[str] = []
         self._crashers: dict[str, tuple[int, str]] = {}  # name -> (id of value, reason)
         self._settings: dict[str, Any] | None = None
+        self._session_at: tuple[tuple[str, str], SessionStore] | None = None
+        self._upload_failures = 0  # uploads to the bucket failed in a row
+        self._pulled = False  # the bucket's newest generation was brought to this disk
         if self.shell is not None:
             serializer.import_dill()  # now that __main__ is the notebook's namespace
             # `%config PersistentKernel.x = y` reaches the configurables listed here.
@@ -171,7 +180,22 @@ class PersistentKernel(IPythonKernel):
 
     @property
     def session_store(self) -> SessionStore:
-        return Store(self.checkpoint_dir).session(self.session_key)
+        """This notebook's checkpoints: on disk, or tiered over a bucket (``s3://...``)."""
+        where = (self.checkpoint_dir, self.session_key)
+        if self._session_at is None or self._session_at[0] != where:
+            self._session_at = (where, open_session(*where))
+        return self._session_at[1]
+
+    def _local_store(self) -> Store:
+        """The store on this machine's disk; for a storage URL, the bucket's local tier,
+        after the newest generation of this notebook's own key was pulled into it."""
+        store = open_store(self.checkpoint_dir)
+        if not isinstance(store, BucketStore):
+            return store
+        if not self._pulled:  # once: the decision may be taken again after the first cell
+            self._pulled = True
+            self._pull(store.tiered(self.session_key))
+        return store.local()
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -282,7 +306,7 @@ class PersistentKernel(IPythonKernel):
     def _decide_identity(self) -> identity.Decision:
         """Which checkpoints this kernel continues (see :mod:`identity`); waits for the first
         cell when it cannot tell before it."""
-        store = Store(self.checkpoint_dir)
+        store = self._local_store()
         identity.wait_for_writers(store, self.writer_wait)
         event, info = self._first_cell
         signals = identity.signals_from(
@@ -348,8 +372,29 @@ class PersistentKernel(IPythonKernel):
         # What was restored is on disk already: nothing to write until a cell runs.
         self._dirty = False
 
+    def _pull(self, session: TieredSession) -> None:
+        """Bring the bucket's newest generation to this machine's disk before a restore."""
+        pulled = session.pull()
+        local = session.generations()
+        for text in pulled.notices(session.display, local[-1] if local else None):
+            self.log.warning("%s", text)
+            self._notice(text)
+        if pulled.ahead is not None:  # made here, never uploaded: upload it now
+            threading.Thread(
+                target=self._push_quietly, args=(session,), name="persistent-kernel-upload",
+                daemon=True,
+            ).start()  # fmt: skip
+
+    def _push_quietly(self, session: TieredSession) -> None:
+        try:
+            session.push(self.keep)
+        except Exception as exc:  # the next checkpoint tries again
+            self.log.warning("persistent-kernel: upload to %s failed: %s", session.display, exc)
+
     def _adopt(self, key: str, session: SessionStore) -> bool:
         """Take over the checkpoints of session *key* (this notebook's, under another name)."""
+        if isinstance(session, TieredSession):  # renames are followed on the local disk only
+            return False
         old = Store(self.checkpoint_dir).session(key)
         old.wait_for_writers(self.writer_wait)
         try:
@@ -454,9 +499,12 @@ class PersistentKernel(IPythonKernel):
         def job() -> dict[str, Any]:
             # Read in the writer, not the kernel: a notebook with outputs can be large.
             info.update(notebook.cells_for_checkpoint(session, info, known))
-            return checkpoint.write_checkpoint(
+            result = checkpoint.write_checkpoint(
                 session, values, skipped, info, keep, carried=carried, on_variable=on_variable
             ).to_dict()
+            if isinstance(session, TieredSession):
+                result["upload"] = upload_in_child(session, keep)
+            return result
 
         return job, session
 
@@ -536,6 +584,8 @@ class PersistentKernel(IPythonKernel):
         self.last_result = result
         if result.ok:
             self._on_checkpoint_ok(result)
+            if "upload" in data:
+                self._on_upload(data["upload"])
         else:
             # A crash while pickling a variable is blamed on it; a kill (the OOM
             # killer) is not, and counts towards writing inline instead.
@@ -555,6 +605,25 @@ class PersistentKernel(IPythonKernel):
             self._notice("persistent-kernel: checkpoints are being saved again.")
         self._failures = self._writer_deaths = 0
         self._retry_at = 0.0
+
+    def _on_upload(self, outcome: dict[str, Any]) -> None:
+        """After a checkpoint saved locally: tell the user once if the bucket refused it,
+        and try again later (the namespace stays dirty), backing off."""
+        error = outcome.get("error")
+        if not error:
+            if self._upload_failures:
+                self._notice("persistent-kernel: checkpoints reach the bucket again.")
+            self._upload_failures = 0
+            return
+        self._upload_failures += 1
+        self._dirty = True  # the next checkpoint uploads what this one could not
+        self._retry_at = time.monotonic() + min(300.0, 5.0 * 2 ** (self._upload_failures - 1))
+        self.log.warning("persistent-kernel: upload failed: %s", error)
+        if self._upload_failures == 1:
+            self._notice(
+                f"persistent-kernel: the checkpoint could not be uploaded ({error}). It is kept "
+                "on this machine's disk, and the upload is retried in the background."
+            )
 
     def _on_checkpoint_failed(
         self, result: CheckpointResult, errno_: Any, died: bool, culprit: str = ""

@@ -16,6 +16,7 @@ from persistent_kernel.store import SessionStore, Store
 
 from .harness import KernelHarness
 from .helpers import KEY
+from .s3server import bucket_url, s3server  # noqa: F401 (fixtures of the bucket tests)
 
 _ISOLATED = {
     "JUPYTER_DATA_DIR": "data",

@@ -120,6 +120,14 @@ class Backend(ABC):
         """Remove what writers that died mid-write left behind."""
 
     @abstractmethod
+    def exists(self) -> bool:
+        """Whether anything of the session is stored."""
+
+    @abstractmethod
+    def remove(self) -> None:
+        """Remove everything of the session, settings and markers too."""
+
+    @abstractmethod
     def clear(self) -> None:
         """Remove every manifest and blob (session files other than markers stay)."""
 

@@ -157,6 +157,12 @@ class LocalBackend(Backend):
                         with suppress(FileNotFoundError):
                             entry.unlink()
 
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path)
+
     def clear(self) -> None:
         for directory in (self.generations_dir, self.objects_dir):
             with suppress(FileNotFoundError):

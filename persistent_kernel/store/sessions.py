@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..session import session_dirname
 from . import locks
-from .backend import Digest
+from .backend import Backend, Digest
 from .fs import private_dir, write_new
 from .local import LocalBackend
 from .trust import Signer, read_private
@@ -166,7 +166,7 @@ class SessionStore:
         path: Path,
         key: str | None = None,
         signer: Signer | None = None,
-        backend: LocalBackend | None = None,
+        backend: Backend | None = None,
         root: Path | None = None,
     ) -> None:
         self.path = path
@@ -174,9 +174,10 @@ class SessionStore:
         self.root = root or path.parent.parent
         self.signer = signer or Signer(self.root)
         self.backend = backend or LocalBackend(path)
-        self.generations_dir = self.backend.generations_dir
-        self.objects_dir = self.backend.objects_dir
-        self.writers_dir = self.backend.writers_dir
+        # On the local disk (locks live here whatever the backend).
+        self.generations_dir = path / "generations"
+        self.objects_dir = path / "objects"
+        self.writers_dir = path / "writers"
 
     def __repr__(self) -> str:
         return f"SessionStore({str(self.path)!r})"
@@ -294,7 +295,8 @@ class SessionStore:
         return self.backend.generations()
 
     def manifest_path(self, generation: int) -> Path:
-        return self.backend.manifest_path(generation)
+        """Where generation *generation*'s manifest is on the local disk."""
+        return self.generations_dir / f"{generation:08d}.json"
 
     def read_manifest(self, generation: int) -> Manifest:
         """Read and check one manifest; :class:`CorruptCheckpoint` if it is bad."""

@@ -1,0 +1,195 @@
+"""Checkpoints in a bucket: the object backend and the local tier, against a real S3 server.
+
+The server is moto in server mode on 127.0.0.1 (:mod:`.s3server`), one per
+module; each test gets its own bucket. Nothing here starts a kernel (see
+``test_objects_kernel.py``): these check the store's promises directly.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from pathlib import Path
+
+import pytest
+
+from persistent_kernel.errors import UntrustedCheckpoint
+from persistent_kernel.store import SessionStore, blob_hash
+from persistent_kernel.store.objects import GenerationTaken, Location, ObjectBackend, is_url
+from persistent_kernel.store.tiers import (
+    SECRET_ENV,
+    BucketStore,
+    NoSecret,
+    TieredSession,
+    open_session,
+    open_store,
+)
+
+from .helpers import INFO, KEY
+from .s3server import CREDENTIALS, S3Server
+
+
+def tiered(url: str, node: Path) -> TieredSession:
+    """The session KEY as a kernel on a node whose local data lives under *node* sees it."""
+    store = BucketStore(url, cache_root=node)
+    return store.tiered(KEY)
+
+
+def commit(session: SessionStore, payload: bytes, name: str = "x") -> int:
+    with session.locked(10):
+        ref = session.write_blob([payload])
+        content = {
+            "variables": {name: {"type": "bytes", "group": 0, "module": None}},
+            "groups": [{"parts": [[ref.hash, ref.size]], "size": ref.size, "names": [name]}],
+            "skipped": {},
+        }
+        return session.commit(content, [ref], INFO).generation
+
+
+def test_urls_are_told_from_paths() -> None:
+    assert is_url("s3://bucket/prefix") and is_url("gs://b") and not is_url("/home/a/b")
+    loc = Location.parse("s3://bkt/a/b/?endpoint_url=http://h:1&region=eu")
+    assert (loc.url, loc.prefix, loc.display) == ("s3://bkt", "a/b", "s3://bkt/a/b")
+    assert loc.options == {"endpoint": "http://h:1", "region": "eu"}
+    assert isinstance(open_session("/tmp/x", KEY), SessionStore)
+
+
+def test_manifest_is_created_only_if_absent(bucket_url: str) -> None:
+    store = open_store(bucket_url)
+    assert isinstance(store, BucketStore)
+    backend = store.session(KEY).backend
+    assert isinstance(backend, ObjectBackend)
+    backend.write_manifest(1, b"first")
+    with pytest.raises(GenerationTaken):
+        backend.write_manifest(1, b"second")
+    assert backend.read_manifest(1) == b"first"
+
+
+def test_a_new_node_pulls_what_another_pushed(bucket_url: str, tmp_path: Path) -> None:
+    a = tiered(bucket_url, tmp_path / "node-a")
+    payload = secrets.token_bytes(3 << 20)
+    generation = commit(a, payload)
+    pushed = a.push(keep=5)
+    assert (pushed.generation, pushed.uploaded) == (generation, len(payload))
+    assert a.push().uploaded == 0  # nothing new: nothing sent
+
+    b = tiered(bucket_url, tmp_path / "node-b")
+    assert b.generations() == []
+    pulled = b.pull()
+    assert (pulled.pulled, pulled.downloaded, pulled.problems) == (generation, len(payload), [])
+    manifest = b.latest()[0]
+    (ref,) = [r for r in manifest.content["groups"][0]["parts"]]
+    from persistent_kernel.store import BlobRef
+
+    parts = b.read_blob(BlobRef(ref[0], ref[1], (ref[1],)), hash=manifest.hash)
+    assert bytes(parts[0]) == payload
+    assert b.pull().current == generation  # a second start downloads nothing
+
+
+def test_an_unuploaded_generation_is_kept_and_pushed_later(bucket_url: str, tmp_path: Path) -> None:
+    a = tiered(bucket_url, tmp_path / "node-a")
+    commit(a, b"one")
+    a.push()
+    newer = commit(a, b"two")  # its upload never happened (the bucket was down)
+    assert a.pending()
+    pulled = a.pull()
+    assert pulled.ahead == newer and pulled.pulled is None
+    assert a.generations()[-1] == newer
+    assert a.push().generation == newer and not a.pending()
+
+
+def test_racing_writers_never_share_a_generation(bucket_url: str, tmp_path: Path) -> None:
+    a, b = tiered(bucket_url, tmp_path / "node-a"), tiered(bucket_url, tmp_path / "node-b")
+    commit(a, b"from a" * 1000)
+    commit(b, b"from b" * 1000)  # both made generation 1, each on its own node
+    results = {}
+
+    def push(name: str, session: TieredSession) -> None:
+        results[name] = session.push()
+
+    threads = [threading.Thread(target=push, args=item) for item in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(r.generation for r in results.values()) == [1, 2]
+    assert sum(r.renumbered for r in results.values()) == 1
+    remote = a.remote
+    for generation in remote.generations():
+        manifest = remote.read_manifest(generation)  # signed, whole
+        assert all(remote.has_blob(h, n) for h, n in manifest.blobs.items())
+    c = tiered(bucket_url, tmp_path / "node-c")
+    assert c.pull().pulled == 2
+
+
+def test_planted_objects_are_passed_over(bucket_url: str, tmp_path: Path) -> None:
+    a = tiered(bucket_url, tmp_path / "node-a")
+    good = commit(a, b"mine")
+    a.push()
+    remote = a.remote.backend
+    assert isinstance(remote, ObjectBackend)
+    # Someone who can write the bucket plants a newer generation: unsigned, and
+    # one signed with another secret, both naming a blob of their own.
+    evil = b"cos\nsystem\n(S'touch /tmp/pwned'\ntR."
+    remote.write_blob(blob_hash([evil]), [evil])
+    raw = json.loads(remote.read_manifest(good))
+    raw["blobs"] = {blob_hash([evil]): len(evil)}
+    raw["generation"] = good + 1
+    raw.pop("signature")
+    remote.write_manifest(good + 1, json.dumps(raw).encode())
+    raw["generation"] = good + 2
+    raw["signature"] = "hmac-sha256:" + "0" * 64
+    remote.write_manifest(good + 2, json.dumps(raw).encode())
+
+    b = tiered(bucket_url, tmp_path / "node-b")
+    pulled = b.pull()
+    assert pulled.pulled == good
+    assert len(pulled.problems) == 2 and all("not signed" in p for p in pulled.problems)
+    assert b.generations() == [good]
+    assert not (b.objects_dir / blob_hash([evil])).exists()
+
+
+def test_a_swapped_blob_is_refused_on_download(bucket_url: str, tmp_path: Path) -> None:
+    a = tiered(bucket_url, tmp_path / "node-a")
+    commit(a, b"genuine bytes")
+    a.push()
+    remote = a.remote.backend
+    assert isinstance(remote, ObjectBackend)
+    (name,) = a.latest()[0].blobs
+    remote.write_blob(name, [b"planted bytes"])  # same size, other content
+    b = tiered(bucket_url, tmp_path / "node-b")
+    pulled = b.pull()
+    assert pulled.pulled is None
+    assert "does not match its content address" in pulled.problems[0]
+    assert b.generations() == [] and not (b.objects_dir / name).exists()
+
+
+def test_no_secret_is_a_clear_error_and_nothing_unsigned(
+    bucket_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SECRET_ENV)
+    a = tiered(bucket_url, tmp_path / "node-a")
+    with pytest.raises(NoSecret, match="PERSISTENT_KERNEL_SECRET"):
+        commit(a, b"x")
+    assert a.generations() == []
+    with pytest.raises(UntrustedCheckpoint):
+        raise NoSecret("is an untrusted checkpoint for readers")
+
+
+def test_an_unreachable_bucket_is_reported_not_raised(
+    s3server: S3Server, jupyter_env: dict[str, Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv(SECRET_ENV, secrets.token_hex(32))
+    for var, value in CREDENTIALS.items():
+        monkeypatch.setenv(var, value)
+    dead = S3Server()  # a port nobody listens on
+    url = f"s3://gone/p?endpoint={dead.url}"
+    a = tiered(url, tmp_path / "node")
+    commit(a, b"local only")
+    pulled = a.pull()
+    assert pulled.unreachable and pulled.pulled is None
+    with pytest.raises(OSError):
+        a.push()
+    assert a.pending()
