@@ -222,6 +222,8 @@ def _content(
                 "names": list(payload.names),
                 # memmaps re-opened on load: [path, size, mtime_ns] of their files
                 **({"files": payload.files} if payload.files else {}),
+                # files read from and databases, re-opened on load: [path, size, mtime_ns, rule]
+                **({"opened": payload.opened} if payload.opened else {}),
             }
         )
         for name in payload.names:

@@ -285,20 +285,28 @@ def _write_module(module: types.ModuleType, target: Path) -> dict[str, str]:
 
 
 def _unwritable(module: types.ModuleType, variables: Mapping[str, Any]) -> dict[str, str]:
-    """Try each variable alone; leave in *module* only those dill can write."""
+    """Try each variable alone; leave in *module* only those dill can write.
+
+    Each is pickled by dill's pickler with *module* as ``__main__``, as
+    ``dump_module`` would pickle it, but without ``dump_module``'s walk over
+    every loaded module, which costs a second or more per variable once
+    scipy or scikit-learn are imported.
+    """
+    import dill
+
     space = module.__dict__
     failed: dict[str, str] = {}
-    for name in variables:
-        for other in variables:
-            space.pop(other, None)
-        space[name] = variables[name]
+    for name, value in variables.items():
+        out = io.BytesIO()
         try:
-            _dump(module, _Discard())
+            with _as_main(module), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", dill.PicklingWarning)
+                serializer.deeply(lambda: dill.Pickler(out).dump(value))  # noqa: B023
+            serializer.check_by_name(out.getbuffer(), caught)
         except Exception as exc:
             failed[name] = f"could not be written ({serializer.describe_error(exc)})"
-    for other in variables:
-        space.pop(other, None)
-    space.update({n: v for n, v in variables.items() if n not in failed})
+    for name in failed:
+        space.pop(name, None)
     return failed
 
 

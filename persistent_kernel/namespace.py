@@ -4,8 +4,8 @@ A pure filter: it looks at names, identities and types, never pickles.
 Everything it leaves out is either something IPython rebuilds by itself
 (history, ``get_ipython``), something that belongs to the running kernel
 (objects of ipykernel, IPython, zmq, tornado or jupyter_client types), a
-user exclude, or an object whose restored copy would mislead (open files,
-locks).
+user exclude, or an object whose restored copy would mislead (files open
+for writing, threads).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
+
+from .reducers import note_position
 
 #: Names IPython and ipykernel put into every namespace.
 INTERNAL_NAMES = frozenset(
@@ -36,26 +38,23 @@ KERNEL_PACKAGES = frozenset(
     {"ipykernel", "IPython", "zmq", "tornado", "jupyter_client", "persistent_kernel"}
 )
 
-_LOCK_TYPES: tuple[type, ...] = (
-    type(threading.Lock()),
-    type(threading.RLock()),
-    threading.Condition,
-    threading.Semaphore,
-    threading.Event,
-    threading.Thread,
-)
-
 
 def unsaveable_reason(value: Any) -> str | None:
     """Why *value* must not be saved even if it could be pickled, or ``None``.
 
-    Open files: re-opening a file in its old mode (``"w"``) would truncate it.
-    Locks and threads: a restored copy would not be the one other code holds.
+    Files open for writing: re-opening a file in its old mode (``"w"``) would
+    truncate it. (A file open for reading is re-opened where it was, if it
+    is unchanged: :mod:`persistent_kernel.reducers`.) Threads: a restored
+    copy would not run. Locks come back unlocked, if they were.
     """
     if isinstance(value, io.IOBase) and not isinstance(value, (io.StringIO, io.BytesIO)):
-        return "open file: reopening it on restore could truncate it"
-    if isinstance(value, _LOCK_TYPES):
-        return f"{type(value).__name__} belongs to threads that will not exist after a restart"
+        mode = str(getattr(value, "mode", "") or "")
+        if not mode or set(mode) - set("rbt"):
+            return "a file open for writing: re-opening it on restore could truncate it"
+        if not value.closed:
+            note_position(value)  # the forked writer cannot ask the descriptor
+    if isinstance(value, threading.Thread):
+        return "a thread: it does not run after a restart"
     return None
 
 

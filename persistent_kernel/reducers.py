@@ -35,6 +35,15 @@ by ``%persist export`` loads with plain dill.
   with the owner, they come back sharing it, so memory does not double and an
   in-place change to one is seen in the other. The whole owner is saved even
   if only a small view of it is bound to a name, as it is held in memory.
+* **Resources, where that is safe**: an unlocked ``threading.Lock`` or
+  ``RLock`` comes back as a new unlocked one (a held lock is refused: the
+  thread holding it is gone); a file opened for reading (``"r"``, ``"rb"``)
+  is re-opened at its old position, only if the file is unchanged (size and
+  modification time, checked by the restore: :attr:`Reductions.opened`); an
+  ``sqlite3`` connection to a database file is connected again (the file must
+  still exist; a connection with uncommitted changes, or to an in-memory
+  database, is refused). A file opened for writing is never re-opened: its
+  mode could truncate it (:mod:`persistent_kernel.namespace` leaves it out).
 * **matplotlib figures** are pickled without their place in pyplot's list of
   open figures: a restored figure is not shown again by the next cell.
 
@@ -47,10 +56,14 @@ from __future__ import annotations
 
 import enum
 import functools
+import io
 import os
+import sqlite3
 import sys
+import threading
 import types
 import typing
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,6 +176,10 @@ class Reductions:
 
     #: ``[path, size, mtime_ns]`` of each file a memmap will be re-opened on.
     files: list[list[Any]] = field(default_factory=list)
+    #: ``[path, size, mtime_ns, rule]`` of files re-opened on load: rule
+    #: ``"unchanged"`` (a file read from: size and time must match) or
+    #: ``"exists"`` (an sqlite database: it must still be there).
+    opened: list[list[Any]] = field(default_factory=list)
     #: One sentence per object that will come back differently (a memmap as a copy).
     notes: list[str] = field(default_factory=list)
     _kinds: dict[type, int] = field(default_factory=dict)
@@ -184,6 +201,12 @@ class Reductions:
                 kind = 3
             elif numpy is not None and tp is numpy.ndarray:
                 kind = 4
+            elif tp in _LOCK_TYPES:
+                kind = 5
+            elif tp in (io.TextIOWrapper, io.BufferedReader, io.FileIO):
+                kind = 6
+            elif tp is sqlite3.Connection:
+                kind = 7
             self._kinds[tp] = kind
         return kind
 
@@ -198,7 +221,58 @@ class Reductions:
             return self._function(obj)
         if kind == 4:
             return _view(obj)
+        if kind == 5:
+            return _lock(obj)
+        if kind == 6:
+            return self._file(obj)
+        if kind == 7:
+            return self._sqlite(obj)
         return NotImplemented
+
+    def _file(self, f: Any) -> Any:
+        mode = getattr(f, "mode", "")
+        raw = f.buffer.raw if isinstance(f, io.TextIOWrapper) else getattr(f, "raw", f)
+        path = getattr(raw, "name", None)
+        if f.closed:
+            raise NotRestorable("a closed file: there is nothing to re-open")
+        if not isinstance(path, str) or set(mode) - set("rbt"):
+            raise NotRestorable(
+                f"a file open in mode {mode!r}: re-opening it could change or truncate it"
+            )
+        try:
+            position = f.tell()
+        except OSError as exc:
+            # A forked writer has no descriptors: the kernel noted the position.
+            position = FILE_POSITIONS.get(f)
+            if position is None:
+                raise NotRestorable(f"a file whose position cannot be told ({exc})") from exc
+        try:
+            stat = os.stat(path)
+        except OSError as exc:
+            raise NotRestorable(f"a file that is gone ({exc})") from exc
+        self.opened.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns, "unchanged"])
+        if isinstance(f, io.TextIOWrapper):
+            args: tuple[Any, ...] = (path, mode, -1, f.encoding, f.errors)
+        else:
+            args = (path, mode, -1 if isinstance(f, io.BufferedReader) else 0)
+        # reduce's sixth item calls type(f).seek(new_file, position) once it is open
+        return open, args, position, None, None, type(f).seek
+
+    def _sqlite(self, con: Any) -> Any:
+        if con.in_transaction:
+            raise NotRestorable(
+                "an sqlite3 connection with uncommitted changes: a new connection would "
+                "silently lack them"
+            )
+        rows = con.execute("PRAGMA database_list").fetchall()
+        path = next((row[2] for row in rows if row[1] == "main"), "")
+        if not path:
+            raise NotRestorable("a connection to an in-memory sqlite3 database")
+        self.opened.append([path, 0, 0, "exists"])
+        # created in the restoring thread, used in the notebook's: check_same_thread off
+        args = (path, 5.0, 0, con.isolation_level, False)
+        settings = {"row_factory": con.row_factory, "text_factory": con.text_factory}
+        return sqlite3.connect, args, (None, settings)
 
     def _function(self, func: types.FunctionType) -> Any:
         if self._module_dicts is None:
@@ -269,6 +343,29 @@ def _view(arr: Any) -> Any:
         return NotImplemented
     offset = arr.__array_interface__["data"][0] - owner.__array_interface__["data"][0]
     return numpy.ndarray, (arr.shape, arr.dtype, owner, offset, arr.strides)
+
+
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+#: file object -> its position, noted by the kernel before a forked writer
+#: (which closes every descriptor it inherits) pickles it.
+FILE_POSITIONS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def note_position(f: Any) -> None:
+    """Remember where a file open for reading is, for a writer to pickle."""
+    try:
+        FILE_POSITIONS[f] = f.tell()
+    except (OSError, ValueError, TypeError):
+        FILE_POSITIONS.pop(f, None)
+
+
+def _lock(lock: Any) -> Any:
+    """A new unlocked lock of the same kind; a held lock is refused."""
+    held = lock.locked() if hasattr(lock, "locked") else repr(lock).startswith("<locked")
+    if held:
+        raise NotRestorable("a lock that was held: the thread holding it is gone")
+    return (threading.Lock if type(lock) is _LOCK_TYPES[0] else threading.RLock), ()
 
 
 def _global_names(code: types.CodeType) -> set[str]:
@@ -383,6 +480,10 @@ def _register_base(dill: Any) -> None:
         else:
             pickler.save_reduce(*typevar_reduce(obj), obj=obj)
 
+    def save_sqlite(pickler: Any, obj: Any) -> None:
+        pickler.save_reduce(*Reductions()._sqlite(obj), obj=obj)
+
+    dill.register(sqlite3.Connection)(save_sqlite)
     dill.register(enum.EnumMeta)(save_enum_class)
     dill.register(functools._lru_cache_wrapper)(save_lru_cache)
     dill.register(typing.TypeVar)(save_typevar)

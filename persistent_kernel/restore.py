@@ -319,7 +319,23 @@ def _group_files(group: Group) -> list[tuple[str, int, int, os.stat_result | Non
 
 
 def _missing_file(group: Group) -> str | None:
-    """Why a group's memmaps cannot be re-opened (file gone or resized), or None."""
+    """Why a group's memmaps, files or databases cannot be re-opened, or None.
+
+    A memmap's file must be there with the same size; a file read from must
+    be unchanged (size and modification time), or its old position would
+    mean nothing; a database file must still exist (connecting would make an
+    empty one)."""
+    for entry in group.record.get("opened") or []:
+        try:
+            path, size, mtime, rule = str(entry[0]), int(entry[1]), int(entry[2]), str(entry[3])
+        except (TypeError, ValueError, IndexError):
+            continue
+        try:
+            now = os.stat(path)
+        except OSError:
+            return f"its file {path} is gone, so it was not re-opened"
+        if rule == "unchanged" and (now.st_size, now.st_mtime_ns) != (size, mtime):
+            return f"its file {path} changed since the checkpoint, so it was not re-opened"
     for path, size, _, stat in _group_files(group):
         if stat is None:
             return f"its memory-mapped file {path} is gone"

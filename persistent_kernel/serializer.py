@@ -37,7 +37,14 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
+from types import (
+    BuiltinFunctionType,
+    FunctionType,
+    MethodDescriptorType,
+    MethodType,
+    ModuleType,
+    WrapperDescriptorType,
+)
 from typing import Any, TypeVar
 
 from .reducers import (
@@ -61,7 +68,15 @@ _VALUE_TYPES: frozenset[type] = frozenset(
     {str, bytes, int, float, complex, bool, type(None), tuple, frozenset, range, slice,
      type(Ellipsis), type(NotImplemented), pickle.PickleBuffer}
 )  # fmt: skip
-_GLOBAL_TYPES = (type, FunctionType, BuiltinFunctionType, MethodType, ModuleType)
+_GLOBAL_TYPES = (
+    type,
+    FunctionType,
+    BuiltinFunctionType,
+    MethodType,
+    ModuleType,
+    MethodDescriptorType,
+    WrapperDescriptorType,
+)
 
 
 class _NeedsDill(Exception):
@@ -147,6 +162,8 @@ class Payload:
     buffers: list[pickle.PickleBuffer] = field(default_factory=list)
     #: ``[path, size, mtime_ns]`` of files that memmaps in it are re-opened on
     files: list[list[Any]] = field(default_factory=list)
+    #: ``[path, size, mtime_ns, rule]`` of files and databases re-opened on load
+    opened: list[list[Any]] = field(default_factory=list)
 
     def parts(self) -> list[memoryview]:
         """The bytes to store, in order: the stream, then each buffer."""
@@ -480,13 +497,16 @@ def serialize(
             payloads.extend(_single_payload(singles[n]) for n in names)
             continue
         pickler = "dill" if use_dill else "pickle"
-        files = dumped.reductions.files
-        payloads.append(Payload(names, pickler, dumped.data, dumped.buffers, files))
+        done = dumped.reductions
+        payloads.append(
+            Payload(names, pickler, dumped.data, dumped.buffers, done.files, done.opened)
+        )
     return Serialized(payloads, modules, types, skipped, notes)
 
 
 def _single_payload(one: _Single) -> Payload:
-    return Payload([one.name], one.pickler, one.data, one.buffers, one.reductions.files)
+    done = one.reductions
+    return Payload([one.name], one.pickler, one.data, one.buffers, done.files, done.opened)
 
 
 def load_payload(

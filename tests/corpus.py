@@ -10,7 +10,11 @@ as saved by ``%persist save``, be restored, and pass the check.
 
 Names must be unique across kinds: all kinds share one kernel (a test holds
 them unique). Setup code may use ``WORK`` (the kernel's working directory, a
-``pathlib.Path``) to make files.
+``pathlib.Path``) to make files. ``after_shutdown`` is code the test runs
+between the kernel's shutdown (after its final checkpoint) and the next
+start, with ``WORK`` bound (to change a file behind the kernel's back);
+``lost`` names variables that must *not* come back, each with a phrase the
+reason given must contain.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ class Kind:
     check: str
     #: variables bound by setup that must come back (default: read from setup)
     names: tuple[str, ...] = field(default=())
+    after_shutdown: str = ""
+    #: name -> a phrase of the reason it is not saved or not restored
+    lost: dict[str, str] = field(default_factory=dict)
 
     def saved_names(self) -> list[str]:
         """The variables the setup binds, imports included."""
@@ -55,8 +62,16 @@ class Kind:
         return [n for n in dict.fromkeys(found) if not n.startswith("_")]
 
 
-def k(name: str, setup: str, check: str, names: tuple[str, ...] = ()) -> Kind:
-    return Kind(name, dedent(setup).strip() + "\n", dedent(check).strip() + "\n", names)
+def k(
+    name: str,
+    setup: str,
+    check: str,
+    names: tuple[str, ...] = (),
+    after_shutdown: str = "",
+    lost: dict[str, str] | None = None,
+) -> Kind:
+    code = [dedent(c).strip() + "\n" for c in (setup, check, after_shutdown)]
+    return Kind(name, code[0], code[1], names, code[2] if after_shutdown else "", lost or {})
 
 
 KINDS: list[Kind] = [
@@ -684,6 +699,68 @@ KINDS: list[Kind] = [
         mm_rows = mm_owner[1:3]
         """,
         "mm_rows[0, 0] = 3; assert mm_owner[1, 0] == 3 and mm_owner.filename is not None",
+    ),
+    # -- resources ---------------------------------------------------------------------------
+    k(
+        "unlocked locks and an event",
+        "import threading; lock = threading.Lock(); rlock = threading.RLock(); ready = threading.Event(); ready.set()",
+        "assert lock.acquire(blocking=False) and rlock.acquire() and rlock.acquire() and ready.is_set()",
+    ),
+    k(
+        "file open for reading, at its position",
+        """
+        (WORK / "lines.txt").write_text("one\\ntwo\\nthree\\n")
+        reader = open(WORK / "lines.txt")
+        reader.readline()
+        breader = open(WORK / "lines.txt", "rb")
+        breader.read(2)
+        """,
+        "assert reader.readline() == 'two\\n' and breader.read(3) == b'e\\nt' and reader.mode == 'r'",
+    ),
+    k(
+        "sqlite3 connection to a database file",
+        """
+        import sqlite3
+        db = sqlite3.connect(WORK / "data.db")
+        db.execute("create table t (x)"); db.execute("insert into t values (42)"); db.commit()
+        db.row_factory = sqlite3.Row
+        """,
+        "assert db.execute('select x from t').fetchone()['x'] == 42",
+    ),
+    k(
+        "file changed after the checkpoint is not re-opened",
+        "(WORK / 'changing.txt').write_text('old'); stale_reader = open(WORK / 'changing.txt')",
+        "assert 'stale_reader' not in globals()",
+        after_shutdown="(WORK / 'changing.txt').write_text('new content')",
+        lost={"stale_reader": "changed since the checkpoint"},
+    ),
+    k(
+        "file open for writing is left out",
+        "writer = open(WORK / 'out.txt', 'w')",
+        "assert 'writer' not in globals() and (WORK / 'out.txt').exists()",
+        lost={"writer": "truncate"},
+    ),
+    k(
+        "held lock is left out",
+        "import threading; held_lock = threading.Lock(); held_lock.acquire()",
+        "assert 'held_lock' not in globals()",
+        lost={"held_lock": "held"},
+    ),
+    k(
+        "memmap whose file changed size is not re-opened",
+        "import numpy as np; shrunk = np.memmap(WORK / 'shrunk.dat', dtype='uint8', mode='w+', shape=(64,))",
+        "assert 'shrunk' not in globals()",
+        after_shutdown="(WORK / 'shrunk.dat').write_bytes(b'x')",
+        lost={"shrunk": "changed size"},
+    ),
+    k(
+        "memmap whose file was rewritten is re-opened, and the report says so",
+        "import numpy as np; rewritten = np.memmap(WORK / 'rewritten.dat', dtype='uint8', mode='w+', shape=(4,))",
+        """
+        _problems = get_ipython().kernel.restore_report.problems
+        assert rewritten.tolist() == [1, 2, 3, 4] and any("rewritten" in p and "modified" in p for p in _problems)
+        """,
+        after_shutdown="import time; time.sleep(0.01); (WORK / 'rewritten.dat').write_bytes(bytes([1, 2, 3, 4]))",
     ),
     # -- pandas ------------------------------------------------------------------------------
     k(

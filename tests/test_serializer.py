@@ -173,7 +173,7 @@ def unpicklables() -> Iterator[dict[str, Any]]:
 EXPECTED_REASON = {
     "gen": "generator",
     "sock": "socket",
-    "conn": "Connection",
+    "conn": "in-memory sqlite3 database",
     "raiser": "refusing to be pickled",
     "deep": "deeply nested",
 }
