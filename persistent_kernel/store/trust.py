@@ -9,7 +9,10 @@ would be a way into their account. Two checks stand before any unpickling:
 * **Signatures.** Each manifest carries an HMAC-SHA256 of its canonical
   JSON, made with a per-user secret (``<storage root>/secret``, 32 random
   bytes, created 0600 on first use). Payload hashes are inside the signed
-  manifest, so a signed manifest vouches for every byte it names.
+  manifest, and are BLAKE3 (collision resistant: nobody can make other bytes
+  with the same name), so a signed manifest vouches for every byte it names.
+  Format-1 manifests named blobs by xxh3-128, which does not resist a crafted
+  collision: for those, the ownership checks on ``objects/`` are what protect.
 
 Limits: this guards against other users and against files copied in from
 elsewhere; it cannot guard against code already running as the user, who
