@@ -167,6 +167,8 @@ class PersistentKernel(IPythonKernel):
         self._session_at: tuple[tuple[str, str], SessionStore] | None = None
         self._upload_failures = 0  # uploads to the bucket failed in a row
         self._pulled = False  # the bucket's newest generation was brought to this disk
+        #: What the last upload to the bucket did (generation, bytes, seconds) or its error.
+        self.last_upload: dict[str, Any] | None = None
         if self.shell is not None:
             serializer.import_dill()  # now that __main__ is the notebook's namespace
             # `%config PersistentKernel.x = y` reaches the configurables listed here.
@@ -502,7 +504,7 @@ class PersistentKernel(IPythonKernel):
             result = checkpoint.write_checkpoint(
                 session, values, skipped, info, keep, carried=carried, on_variable=on_variable
             ).to_dict()
-            if isinstance(session, TieredSession):
+            if isinstance(session, TieredSession) and session.pending():
                 result["upload"] = upload_in_child(session, keep)
             return result
 
@@ -609,6 +611,7 @@ class PersistentKernel(IPythonKernel):
     def _on_upload(self, outcome: dict[str, Any]) -> None:
         """After a checkpoint saved locally: tell the user once if the bucket refused it,
         and try again later (the namespace stays dirty), backing off."""
+        self.last_upload = outcome
         error = outcome.get("error")
         if not error:
             if self._upload_failures:

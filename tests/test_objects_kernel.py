@@ -300,3 +300,18 @@ def test_the_command_line_on_the_bucket(
     )
     assert done.returncode == 0, done.stderr
     assert cli.list_sessions(bucket_url) == []
+
+
+def test_no_secret_saves_nothing_and_says_so(
+    kernels: KernelHarness, bucket_url: str, jupyter_env: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from persistent_kernel.store.tiers import SECRET_ENV
+
+    monkeypatch.delenv(SECRET_ENV)
+    k = start(kernels, bucket_url)
+    k.run("token = 'abc'").check()
+    out = k.run("%persist save")
+    assert "PERSISTENT_KERNEL_SECRET" in out.text
+    session = tier(kernels, bucket_url, jupyter_env["JUPYTER_DATA_DIR"])
+    assert session.generations() == [] and bucket_generations(session) == []

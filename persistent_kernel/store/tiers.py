@@ -38,6 +38,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -420,6 +421,7 @@ def upload_in_child(session: TieredSession, keep: int, timeout: float = 3600.0) 
         sys.executable, "-m", "persistent_kernel.store.tiers",
         session.display_url, str(session.root), session.key or "", str(keep),
     ]  # fmt: skip
+    began = time.monotonic()
     try:
         done = subprocess.run(
             command, capture_output=True, timeout=timeout, preexec_fn=_die_with_parent
@@ -431,6 +433,7 @@ def upload_in_child(session: TieredSession, keep: int, timeout: float = 3600.0) 
     except (ValueError, IndexError):
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
         return {"error": f"the upload ended with status {done.returncode} {''.join(tail)}"}
+    result["elapsed"] = time.monotonic() - began
     return result
 
 
