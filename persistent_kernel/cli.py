@@ -295,19 +295,33 @@ def parse_duration(text: str) -> float:
 
 
 def _newest_time(session: SessionStore, newest: float | None) -> float:
-    """When the session last checkpointed: its newest readable manifest, else the
-    newest file of it (for a session whose manifests are all unreadable)."""
-    if newest is not None:
+    """When the session last checkpointed: its newest readable manifest, or the
+    newest file of it if any manifest cannot be verified (a newer release's,
+    one damaged or unreadable for now), so that such data is never judged
+    old by the generations around it."""
+    if newest is not None and not _unverified(session):
         return newest
     if not isinstance(session.backend, LocalBackend):  # in a bucket: age unknown, keep it
         return time.time()
-    times = [session.path.stat().st_mtime]
+    times = [session.path.stat().st_mtime, newest or 0.0]
     for directory in (session.generations_dir, session.objects_dir):
         try:
             times.extend(e.stat().st_mtime for e in directory.iterdir())
         except OSError:
             continue
     return max(times)
+
+
+def _unverified(session: SessionStore) -> bool:
+    """Whether any generation of *session* cannot be read and verified."""
+    for generation in session.generations():
+        try:
+            session.read_manifest(generation)
+        except NoCheckpoint:
+            continue
+        except (UnreadableCheckpoint, OSError):
+            return True
+    return False
 
 
 def prune_sessions(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from persistent_kernel.store import SessionStore
+from persistent_kernel.store import SessionStore, write_atomic
 
 KEY = "/home/user/analysis.ipynb"
 INFO = {"session": KEY, "notebook": KEY}
@@ -43,3 +45,27 @@ def flip_a_bit(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
+
+
+def future_generation(session: SessionStore, blob: bytes, fmt: int = 99) -> tuple[int, Path]:
+    """A generation a newer release wrote: validly signed, format *fmt*, naming *blob*.
+
+    Its blob is stored under a name this release would not compute (a newer
+    release may hash differently). Returns its number and the blob's path.
+    """
+    name = "f" * 64
+    write_atomic(session.objects_dir, name, [blob])
+    generation = (session.generations() or [0])[-1] + 1
+    raw: dict[str, Any] = {
+        "format": fmt,
+        "hash": "some-newer-hash",
+        "generation": generation,
+        "created": time.time(),
+        **INFO,
+        "blobs": {name: len(blob)},
+        "content": {"whatever": "a newer release records"},
+    }
+    raw["signature"] = session.signer.sign(raw)
+    path = session.manifest_path(generation)
+    write_atomic(session.generations_dir, path.name, [json.dumps(raw).encode()])
+    return generation, session.objects_dir / name

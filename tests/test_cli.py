@@ -22,6 +22,7 @@ from persistent_kernel.errors import NoCheckpoint, StoreBusy
 from persistent_kernel.store import SessionStore, Store
 
 from .harness import KernelHarness
+from .helpers import future_generation
 
 DAY = 86400.0
 
@@ -521,3 +522,14 @@ def test_the_cli_finds_what_a_configured_kernel_wrote(
     assert code == 0
     (row,) = json.loads(out)
     assert row["variables"] == ["answer"]
+
+
+def test_prune_keeps_a_session_a_newer_release_still_writes(
+    capsys: pytest.CaptureFixture[str], root: Path
+) -> None:
+    """Its newest readable generation is old, but a newer release wrote one today."""
+    old = checkpoint(root, "shared", {"x": 1})
+    age(old, 1, 40 * DAY)
+    future_generation(old, b"written today by a newer release")
+    data = cli.prune_sessions(str(root), 30 * DAY)
+    assert data["removed"] == [] and old.path.is_dir()

@@ -33,7 +33,7 @@ from persistent_kernel.store import (
 )
 from persistent_kernel.trust import Signer
 
-from .helpers import INFO, KEY, flip_a_bit
+from .helpers import INFO, KEY, flip_a_bit, future_generation
 
 BIG = 2 * (1 << 20)  # a part this large is read into an mmap
 
@@ -185,30 +185,6 @@ def test_prune_with_room_to_spare_removes_nothing(session: SessionStore) -> None
     assert session.prune(keep=5).removed == []
     assert session.generations() == [1, 2]
     assert len(os.listdir(session.objects_dir)) == 2
-
-
-def future_generation(session: SessionStore, blob: bytes, fmt: int = 99) -> tuple[int, Path]:
-    """A generation a newer release wrote: validly signed, format *fmt*, naming *blob*.
-
-    Its blob is stored under a name this release would not compute (a newer
-    release may hash differently). Returns its number and the blob's path.
-    """
-    name = "f" * 64
-    write_atomic(session.objects_dir, name, [blob])
-    generation = (session.generations() or [0])[-1] + 1
-    raw: dict[str, Any] = {
-        "format": fmt,
-        "hash": "some-newer-hash",
-        "generation": generation,
-        "created": time.time(),
-        **INFO,
-        "blobs": {name: len(blob)},
-        "content": {"whatever": "a newer release records"},
-    }
-    raw["signature"] = session.signer.sign(raw)
-    path = session.manifest_path(generation)
-    write_atomic(session.generations_dir, path.name, [json.dumps(raw).encode()])
-    return generation, session.objects_dir / name
 
 
 def test_a_newer_format_is_reported_as_such_never_as_damage(session: SessionStore) -> None:
