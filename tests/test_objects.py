@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 import threading
 from pathlib import Path
 
@@ -16,7 +17,13 @@ import pytest
 
 from persistent_kernel.errors import UntrustedCheckpoint
 from persistent_kernel.store import SessionStore, blob_hash
-from persistent_kernel.store.objects import GenerationTaken, Location, ObjectBackend, is_url
+from persistent_kernel.store.objects import (
+    GenerationTaken,
+    Location,
+    MissingExtra,
+    ObjectBackend,
+    is_url,
+)
 from persistent_kernel.store.tiers import (
     SECRET_ENV,
     BucketStore,
@@ -193,3 +200,19 @@ def test_an_unreachable_bucket_is_reported_not_raised(
     with pytest.raises(OSError):
         a.push()
     assert a.pending()
+
+
+def test_without_obstore_the_local_copy_serves_and_the_fix_is_named(
+    bucket_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = tiered(bucket_url, tmp_path / "node-a")
+    commit(a, b"local")
+    for module in ("obstore", "obstore.store"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if the [s3] extra were missing
+    b = tiered(bucket_url, tmp_path / "node-a")
+    pulled = b.pull()
+    assert pulled.unreachable is not None
+    assert "pip install 'persistent-kernel[s3]'" in pulled.unreachable
+    assert b.latest()[0].generation == 1  # the local tier still serves
+    with pytest.raises(MissingExtra, match=r"persistent-kernel\[s3\]"):
+        b.push()

@@ -57,6 +57,15 @@ def bucket_generations(session: TieredSession) -> list[int]:
     return session.remote.generations()
 
 
+def uploaders(session: TieredSession) -> list[psutil.Process]:
+    """The upload processes of *session*'s writers (they name its local tier)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(session.root) in " ".join(proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
 def settle(session: TieredSession) -> None:
     """Wait until no writer of *session* is alive on its node."""
     assert session.wait_for_writers(120)[1] == 0
@@ -93,18 +102,8 @@ def test_kill_9_in_the_middle_of_an_upload_keeps_the_previous_generation(
     # 256 MiB of random bytes takes moto seconds to take in.
     k.run("import os\nbig = os.urandom(256 << 20)\nsmall = 'after'").check()
     k.run("w = get_ipython().kernel.start_checkpoint()").check()
-    found: list[psutil.Process] = []
-
-    def uploading() -> bool:  # the writer's upload process, once the local commit is done
-        found[:] = [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if str(session.root) in " ".join(p.info["cmdline"] or [])
-        ]
-        return bool(found)
-
-    wait_until(uploading, 120, "the upload to start")
-    uploader = found[0]
+    wait_until(lambda: uploaders(session), 120, "the upload to start")  # local commit done
+    uploader = uploaders(session)[0]
     writer = uploader.parent()
     assert writer is not None and writer.pid != k.pid
     time.sleep(0.5)
@@ -151,11 +150,20 @@ def test_the_endpoint_down_during_a_checkpoint_and_during_a_start(
         session = tier(kernels, url, node)
         assert bucket_generations(session) == [1]
 
+        # The endpoint goes away in the middle of an upload.
+        k.run("import os\nv = 2\nblob = os.urandom(128 << 20)").check()
+        k.run("w_ = get_ipython().kernel.start_checkpoint()").check()
+        wait_until(lambda: uploaders(session), 120, "the upload to start")
         server.stop()
-        k.run("v = 2").check()
-        k.run("%persist save").check()  # saved here; the upload fails
-        notice = k.run("pass").text
-        assert "could not be uploaded" in notice and "kept on this machine" in notice
+        told: list[str] = []
+
+        def notice() -> bool:
+            told.append(k.run("pass").text)
+            return any("could not be uploaded" in t for t in told)
+
+        wait_until(notice, 120, "the notice")
+        assert "kept on this machine" in "".join(told)
+        assert len(session.generations()) == 2  # saved here all the same
         assert "could not be uploaded" not in k.run("v = 3").text  # told once
         k.run("%persist save").check()
 

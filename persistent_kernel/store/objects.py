@@ -67,6 +67,21 @@ class GenerationTaken(PersistentKernelError, FileExistsError):
     """Another writer created this generation first (the conditional write failed)."""
 
 
+class MissingExtra(PersistentKernelError, ConnectionError):
+    """A storage URL was given but obstore (the ``[s3]`` extra) is not installed."""
+
+
+def _lib() -> Any:
+    """obstore, or :class:`MissingExtra` saying what to install."""
+    try:
+        import obstore
+    except ImportError as exc:
+        raise MissingExtra(
+            "checkpoints in a bucket need obstore: pip install 'persistent-kernel[s3]'"
+        ) from exc
+    return obstore
+
+
 class BucketUnreachable(PersistentKernelError, ConnectionError):
     """The object store did not answer, or refused the request."""
 
@@ -116,8 +131,7 @@ def connect(location: Location) -> Any:
     upload later with its own back-off and a start must not hang on a
     bucket that is down.
     """
-    from obstore.store import from_url
-
+    from_url = _lib().store.from_url
     options: dict[str, Any] = dict(location.options)
     endpoint = options.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL", "")
     client: Any = {"connect_timeout": "5s", "timeout": "600s"}
@@ -172,19 +186,24 @@ def _first_line(exc: BaseException) -> str:
 class ObjectBackend(Backend):
     """One session's objects under ``<prefix>/sessions/<dirname>/`` in a bucket."""
 
-    def __init__(self, store: Any, location: Location, dirname: str) -> None:
-        self.store = store
+    def __init__(self, connect: Callable[[], Any], location: Location, dirname: str) -> None:
+        self._connect = connect
         self.location = location
         self.base = location.key("sessions", dirname)
 
     def __repr__(self) -> str:
         return f"ObjectBackend({self.location.display}/sessions/{self.base.rsplit('/', 1)[-1]})"
 
+    @property
+    def store(self) -> Any:
+        """The obstore store (made when first needed; see :meth:`.tiers.BucketStore.bucket`)."""
+        return self._connect()
+
     def _key(self, *names: str) -> str:
         return "/".join((self.base, *names))
 
     def _list(self, folder: str) -> list[dict[str, Any]]:
-        import obstore
+        obstore = _lib()
 
         with _translated(f"listing {self.location.display}"):
             return [
@@ -194,7 +213,7 @@ class ObjectBackend(Backend):
             ]
 
     def _get(self, key: str) -> bytes:
-        import obstore
+        obstore = _lib()
 
         try:
             with _translated(f"reading {key}"):
@@ -207,7 +226,7 @@ class ObjectBackend(Backend):
             raise
 
     def _put(self, key: str, data: Any, create: bool = False) -> None:
-        import obstore
+        obstore = _lib()
 
         with _translated(key):
             obstore.put(
@@ -220,7 +239,7 @@ class ObjectBackend(Backend):
             )
 
     def _delete(self, key: str) -> None:
-        import obstore
+        obstore = _lib()
 
         with _translated(f"deleting {key}"), contextlib.suppress(FileNotFoundError):
             obstore.delete(self.store, key)
@@ -258,7 +277,7 @@ class ObjectBackend(Backend):
     # -- blobs ----------------------------------------------------------------------
 
     def blob_size(self, name: str) -> int | None:
-        import obstore
+        obstore = _lib()
 
         try:
             with _translated(f"blob {name}"):
@@ -281,7 +300,7 @@ class ObjectBackend(Backend):
         on_read: Callable[[int], None] | None = None,
     ) -> list[Any]:
         """Stream the blob into one buffer per part, hashing as it arrives."""
-        import obstore
+        obstore = _lib()
 
         key = self._key("objects", name)
         try:
@@ -329,7 +348,7 @@ class ObjectBackend(Backend):
 
     def download_file(self, name: str, path: Path, digest: Digest) -> int:
         """Write blob *name* to the new file *path*, updating *digest*; returns its size."""
-        import obstore
+        obstore = _lib()
 
         size = 0
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -394,7 +413,7 @@ class ObjectBackend(Backend):
         """
 
     def _delete_under(self, prefix: str, keep: Callable[[str], bool]) -> None:
-        import obstore
+        obstore = _lib()
 
         with _translated(f"deleting {prefix}"):
             for batch in obstore.list(self.store, prefix):
@@ -403,7 +422,7 @@ class ObjectBackend(Backend):
                     obstore.delete(self.store, paths)
 
     def exists(self) -> bool:
-        import obstore
+        obstore = _lib()
 
         with _translated(f"listing {self.base}"):
             first: list[Any] = next(
@@ -423,7 +442,7 @@ class ObjectBackend(Backend):
 
     def session_dirnames(self) -> list[str]:
         """The session directories under ``<prefix>/sessions/`` (any backend of this bucket)."""
-        import obstore
+        obstore = _lib()
 
         with _translated(f"listing {self.location.display}"):
             found = obstore.list_with_delimiter(self.store, self.location.key("sessions") + "/")

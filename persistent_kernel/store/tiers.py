@@ -46,7 +46,12 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 
-from ..errors import CorruptCheckpoint, NoCheckpoint, UnreadableCheckpoint, UntrustedCheckpoint
+from ..errors import (
+    CorruptCheckpoint,
+    NoCheckpoint,
+    UnreadableCheckpoint,
+    UntrustedCheckpoint,
+)
 from ..session import session_dirname
 from .fs import TMP, private_dir
 from .local import LocalBackend
@@ -63,10 +68,6 @@ _RENUMBER_TRIES = 8
 
 class NoSecret(UntrustedCheckpoint):
     """The per-user secret that signs checkpoints in a bucket was not found."""
-
-
-class MissingExtra(ImportError):
-    """A storage URL was given but obstore (the ``[s3]`` extra) is not installed."""
 
 
 def home_secret() -> Path:
@@ -309,7 +310,7 @@ class TieredSession(SessionStore):
                     result.ahead = local[0].generation
                 elif local is not None and not remote_generations:
                     self.clear()  # removed from the bucket (`rm`): not brought back from here
-        except OSError as exc:
+        except OSError as exc:  # MissingExtra too
             result.unreachable = str(exc)
         return result
 
@@ -369,12 +370,14 @@ class BucketStore(Store):
         base = Path(jupyter_data_dir()) / "persistent_kernel" / "tiers"
         super().__init__(cache_root or base / self.location.cache_name())
         self.signer = SharedSigner()
-        try:
-            self.bucket = connect(self.location)
-        except ImportError as exc:
-            raise MissingExtra(
-                f"checkpoints in {self.display} need obstore: pip install 'persistent-kernel[s3]'"
-            ) from exc
+        self._bucket: Any = None
+
+    def bucket(self) -> Any:
+        """The obstore store, made on first use: a kernel without obstore still
+        starts, restores this machine's copy and says what to install."""
+        if self._bucket is None:
+            self._bucket = connect(self.location)
+        return self._bucket
 
     def _remote(self, dirname: str, key: str | None) -> SessionStore:
         path = self.sessions_dir / dirname
