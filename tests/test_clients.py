@@ -70,10 +70,9 @@ LAB_CHECK = "print(df1.shape, a)"
 LAB_CHECK_OUT = "(999, 2) [100, 'aa']"
 
 # JupyterLab user settings, in the isolated JUPYTER_CONFIG_DIR: no news toast
-# over the notebook, and a first save that keeps the name "Untitled.ipynb".
+# over the notebook. The first save asks for a name, as it does by default.
 LAB_SETTINGS = {
     "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
-    "@jupyterlab/docmanager-extension/plugin": {"renameUntitledFileOnSave": False},
 }
 
 # Records every kernel status the notebook toolbar shows, so a wait for "idle"
@@ -138,11 +137,28 @@ class LabNotebook:
         label = re.compile(f"^{re.escape(item)}$")
         self.page.locator(".lm-Menu .lm-Menu-itemLabel", has_text=label).click()
 
-    def accept_dialog(self, button: str) -> None:
+    def accept_dialog(self, button: str, text: str | None = None) -> None:
+        """Click *button* in the open dialog, after typing *text* into its field."""
         dialog = self.page.locator(".jp-Dialog")
+        if text is not None:
+            field = dialog.locator('input:not([type="checkbox"])').first
+            field.fill(text)
         label = re.compile(f"^{re.escape(button)}$")
         dialog.locator("button.jp-Dialog-button", has_text=label).click()
         self.expect(dialog).to_have_count(0)
+
+    def wait_cells(self, path: Path) -> None:
+        """Wait until every cell of the notebook saved at *path* is on the page
+        (JupyterLab renders a long notebook's cells progressively)."""
+        count = len(json.loads(path.read_text())["cells"])
+        cells = self.panel.locator(".jp-Notebook .jp-Cell")
+        self.expect(cells).to_have_count(count, timeout=STEP)
+
+    def save(self) -> None:
+        self.page.keyboard.press("Control+s")
+
+    def saved(self) -> None:
+        self.expect(self.page.locator(".lm-TabBar-tab.jp-mod-dirty")).to_have_count(0)
 
     def restart_from_menu(self) -> None:
         self.page.evaluate(WATCH_STATUS)
@@ -180,7 +196,8 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 def lab_session(page: Any, server: LabServer, root: Path) -> None:
     """What a person does in JupyterLab, checked at each step."""
     page.goto(server.url)
-    page.locator('.jp-LauncherCard[data-category="Notebook"][title="Python (persistent)"]').click()
+    launcher = '.jp-LauncherCard[data-category="Notebook"][title="Python (persistent)"]'
+    page.locator(launcher).click()
     notebook = LabNotebook(page)
     notebook.wait_idle()
     for line in LAB_SEED:
@@ -192,23 +209,55 @@ def lab_session(page: Any, server: LabServer, root: Path) -> None:
     # With the default 30 s interval only the final checkpoint at shutdown saves this.
     assert notebook.run("c = 'added after the restart'").strip() == ""
 
-    # Save, close the notebook shutting its kernel down, reload the page, reopen.
-    page.keyboard.press("Control+s")
-    notebook.expect(page.locator(".lm-TabBar-tab.jp-mod-dirty")).to_have_count(0)
-    saved = root / "Untitled.ipynb"
-    wait_for(lambda: "added after the restart" in saved.read_text(), 30, "the save")
+    # The first save asks for a name: the notebook is renamed while its kernel runs.
+    notebook.save()
+    notebook.accept_dialog("Rename and Save", text="analysis.ipynb")
+    notebook.saved()
+    wait_for(lambda: (root / "analysis.ipynb").exists(), 30, "the save")
+    assert not (root / "Untitled.ipynb").exists()
+    assert notebook.run("d = 'after the first save'").strip() == ""
+    notebook.restart_from_menu()
+    output = notebook.run(LAB_CHECK, shows=LAB_CHECK_OUT)
+    check_restored(output, "a, b, c, d, df1, np, pd")
+    assert f"renamed from {root / 'Untitled.ipynb'}" in output, output
+
+    # File > Rename Notebook..., one more cell, save, close, reload, reopen.
+    notebook.menu("File", "Rename Notebook…")
+    notebook.accept_dialog("Rename", text="final.ipynb")
+    wait_for(lambda: (root / "final.ipynb").exists(), 30, "the rename")
+    assert notebook.run("e = 'after File > Rename'").strip() == ""
+    notebook.save()
+    notebook.saved()
+    saved = root / "final.ipynb"
+    wait_for(lambda: "after File > Rename" in saved.read_text(), 30, "the save")
     notebook.menu("File", "Close and Shut Down Notebook…")
     notebook.accept_dialog("Ok")
     wait_for(lambda: api(server, "/api/kernels") == [], 60, "the kernel to shut down")
 
     page.reload()
-    page.locator(".jp-DirListing-item", has_text="Untitled.ipynb").dblclick()
+    page.locator(".jp-DirListing-item", has_text="final.ipynb").dblclick()
     notebook = LabNotebook(page)
     notebook.wait_idle()
-    check_restored(notebook.run(LAB_CHECK, shows=LAB_CHECK_OUT), "a, b, c, df1, np, pd")
-    shows = "added after the restart"
-    assert notebook.run("print(c)", shows=shows).strip() == shows
+    notebook.wait_cells(saved)
+    output = notebook.run(LAB_CHECK, shows=LAB_CHECK_OUT)
+    check_restored(output, "a, b, c, d, df1, e, np, pd")
+    assert f"renamed from {root / 'analysis.ipynb'}" in output, output
+    shows = "after File > Rename"
+    assert notebook.run("print(e)", shows=shows).strip() == shows
     page.screenshot(path=str(ARTIFACTS / "jupyterlab-restored.png"))
+    notebook.menu("File", "Close and Shut Down Notebook…")
+    notebook.accept_dialog("Ok")
+    wait_for(lambda: api(server, "/api/kernels") == [], 60, "the kernel to shut down")
+
+    # A new notebook takes the name the first one left: it starts clean.
+    page.locator(".lm-TabBar-tab", has_text="Launcher").click()  # still open, from the start
+    page.locator(f"{launcher} >> visible=true").click()
+    notebook = LabNotebook(page)
+    notebook.wait_idle()
+    shows = "False"
+    output = notebook.run("print('a' in dir(), 'e' in dir())", shows=shows)
+    assert output.strip() == "False False", output
+    assert api(server, "/api/sessions")[0]["path"] == "Untitled.ipynb"
 
 
 @pytest.mark.timeout(600)
@@ -236,7 +285,8 @@ def test_jupyterlab_in_chromium(jupyter_env: dict[str, Path], tmp_path: Path) ->
     # The summary is in the server's log too (the kernel logs it at warning level).
     log = server.log_path.read_text(errors="replace")
     assert "persistent-kernel: restored 5 variables" in log, server.log()
-    assert "persistent-kernel: restored 6 variables" in log, server.log()
+    assert "persistent-kernel: restored 7 variables" in log, server.log()
+    assert "persistent-kernel: restored 8 variables" in log, server.log()
 
 
 # -- jupyter_kernel_test ---------------------------------------------------------------
