@@ -133,6 +133,8 @@ class PersistMagics(Magics):
         generation = int(args.pop(0)) if args and args[0].isdigit() else None
         session = self.kernel.session_store
         if source is not None:
+            if len(source) >= 2 and source[0] == source[-1] and source[0] in "'\"":
+                source = source[1:-1]  # IPython hands quoted arguments over with their quotes
             key = resolve_session_arg(source, os.getcwd())
             session = Store(self.kernel.checkpoint_dir).session(key)
             if not session.generations():

@@ -121,6 +121,8 @@ class LabServer:
                 ) as reply:
                     if reply.status == 200:
                         return self
+            except urllib.error.HTTPError as exc:
+                exc.close()  # an answer, not yet 200: it holds the socket until closed
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)

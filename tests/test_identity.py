@@ -6,6 +6,7 @@ from pathlib import Path
 
 from persistent_kernel.identity import (
     Candidate,
+    Decision,
     Signals,
     batch_key,
     cells_to_record,
@@ -28,14 +29,9 @@ def ids(*names: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def files(present: dict[str, frozenset[str]]) -> tuple[object, object]:
-    """``exists`` and ``cells_at`` over an imagined folder."""
-    return (lambda p: p in present), (lambda p: present.get(p, frozenset()))
-
-
-def run(me: Signals, candidates: list[Candidate], present: dict[str, frozenset[str]]):  # type: ignore[no-untyped-def]
-    exists, cells_at = files(present)
-    return decide(me, candidates, exists, cells_at)  # type: ignore[arg-type]
+def run(me: Signals, candidates: list[Candidate], present: dict[str, frozenset[str]]) -> Decision:
+    """decide() over an imagined folder: *present* maps the paths there to their cell ids."""
+    return decide(me, candidates, present.__contains__, lambda p: present.get(p, frozenset()))
 
 
 # -- the connection file and the notebook path --------------------------------------------

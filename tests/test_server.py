@@ -109,6 +109,9 @@ def test_new_notebook_under_the_old_name_while_the_renamed_one_still_runs(
     wait_for_writers(root)
     saved = notebooks(root)
     assert saved == {str(work / "first.ipynb"): ["x"], str(work / path): ["z"]}, saved
+    # the other notebook's state can still be taken on purpose
+    out = server.run(second, f"%persist restore --from '{work / 'first.ipynb'}'\nprint(x, z)")
+    assert out.splitlines()[-1] == "first second", out
 
 
 @pytest.mark.timeout(300)
