@@ -116,7 +116,13 @@ def _message(msg_type: str, content: dict[str, Any], session: str) -> dict[str, 
 
 async def _connect(server: JupyterServer, kernel_id: str, session: str) -> Any:
     url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels?session_id={session}"
-    request = HTTPRequest(url, headers={"Authorization": f"token {server.token}"})
+    # The server answers once the kernel is up: on a busy machine that takes a while.
+    request = HTTPRequest(
+        url,
+        headers={"Authorization": f"token {server.token}"},
+        connect_timeout=120,
+        request_timeout=120,
+    )
     return await websocket_connect(request)
 
 
