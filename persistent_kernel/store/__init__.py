@@ -10,6 +10,8 @@ checks the owner and the mode and follows no symlink, see :mod:`.trust`)::
         lock                         flock: one writer at a time commits, prunes, clears
         writers/<pid>-<token>        flock held by each live writer process
         settings.json                %persist exclude / include of this session
+        key                          the session key, where a renamed notebook took the
+                                     directory over (see notebook.adopt)
         loading, poisoned            crash markers: the blob being unpickled, and those
                                      whose unpickling killed a kernel
         generations/00000042.json    manifest of generation 42
@@ -17,8 +19,9 @@ checks the owner and the mode and follows no symlink, see :mod:`.trust`)::
 
 A manifest is one JSON object: ``format`` (2; 1 is still read), ``hash``
 (``blake3``; ``xxh3_128`` in format 1), ``generation``, ``created``,
-``session``, ``notebook``, the writer's versions and the notebook's cell
-ids, ``blobs`` (every blob it names, with its size), ``content`` (what the
+``session``, ``notebook``, the writer's versions, the notebook's cell ids,
+``notebook_present`` and ``kernel_id`` (see :mod:`persistent_kernel.identity`),
+``blobs`` (every blob it names, with its size), ``content`` (what the
 variables are; :mod:`persistent_kernel.content` reads it) and
 ``signature``, an HMAC-SHA256 of all the rest with the secret. Through the
 hash names, the signature covers every byte a generation holds.
