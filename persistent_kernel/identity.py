@@ -42,7 +42,7 @@ from enum import Enum
 
 from .errors import NoCheckpoint, UnreadableCheckpoint
 from .session import JUPYTER_SESSION_ENV, SESSION_ENV, notebook_path
-from .store import SessionStore, Store
+from .store import Manifest, SessionStore, Store
 from .trust import read_private
 
 #: The variable VS Code's Jupyter extension sets, by running code at start, to
@@ -339,16 +339,7 @@ def survey(store: Store) -> list[Candidate]:
             manifest, _ = session.latest()
         except (NoCheckpoint, UnreadableCheckpoint, OSError):
             continue
-        # A session adopted under a new name keeps manifests that name the old
-        # key: the key is the one whose directory this is.
-        key = next(
-            (
-                k
-                for k in (_adopted_key(session), manifest.session, manifest.notebook)
-                if k and store.session(k).path.name == session.path.name
-            ),
-            None,
-        )
+        key = key_of(store, session, manifest)
         if key is None:
             continue
         raw = manifest.raw
@@ -366,6 +357,20 @@ def survey(store: Store) -> list[Candidate]:
             )
         )
     return found
+
+
+def key_of(store: Store, session: SessionStore, manifest: Manifest) -> str | None:
+    """The key of *session*, whose newest manifest is *manifest*; None if it cannot be told.
+
+    A session taken over by a renamed notebook keeps manifests that name the
+    old key (they are signed as they were written); the key file written by
+    the takeover names the new one. A key counts only if it leads to this
+    very directory, so no file can point a session elsewhere.
+    """
+    for key in (_adopted_key(session), manifest.session, manifest.notebook):
+        if key and store.session(key).path.name == session.path.name:
+            return key
+    return None
 
 
 def _adopted_key(session: SessionStore) -> str | None:
@@ -410,6 +415,7 @@ __all__ = [
     "decide",
     "decide_unattached",
     "kernel_id",
+    "key_of",
     "overlap",
     "restore_hint",
     "signals_from",
