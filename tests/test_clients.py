@@ -487,7 +487,11 @@ class RestoredKernelConformance(PersistentKernelConformance):
                     text += shown(msg) + "\n"
                 if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                     break
+            # wait_for_ready may have asked kernel_info more than once on a busy
+            # machine; its late replies queue on the shell channel before ours
             reply = cls.kc.get_shell_msg(timeout=120)
+            while reply["msg_type"] == "kernel_info_reply":
+                reply = cls.kc.get_shell_msg(timeout=120)
             assert reply["parent_header"]["msg_id"] == msg_id, reply
             assert RESTORED.search(text), text
             assert "the previous kernel numpy" in text, text
