@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import serializer
+from . import namespace, serializer
 from ._version import __version__
 from .errors import CorruptCheckpoint, NoCheckpoint, UnreadableCheckpoint
 from .store import HASH, BlobRef, Manifest, SessionStore
@@ -137,8 +137,13 @@ def write_checkpoint(
     lock_timeout: float = 600.0,
     carried: Sequence[CarriedGroup] = (),
     on_variable: Callable[[str], None] | None = None,
+    inputs: Sequence[str] = (),
 ) -> CheckpointResult:
     """Serialise *values* and commit them as a new generation of *session*.
+
+    *inputs* are the cells run so far (IPython's ``In``): the manifest keeps,
+    for every variable, the source of the cell that last bound it, so that a
+    variable that does not come back can be re-made on request.
 
     *skipped* are names the namespace filter already left out, with reasons.
     *carried* are groups an earlier restore could not load (an interrupt, a
@@ -157,6 +162,7 @@ def write_checkpoint(
         # One blob per part: a changed array rewrites that array's bytes only.
         refs = [[session.write_blob([part]) for part in p.parts()] for p in ser.payloads]
         content = _content(ser, refs, all_skipped)
+        content.update(_cells(inputs, [*values, *all_skipped]))
         for group in carried:
             names = group.record["names"]
             carried_refs = group.refs()
@@ -237,6 +243,31 @@ def _content(
         "notes": list(ser.notes),
         "packages": package_versions(ser.types.values()),
     }
+
+
+def _cells(inputs: Sequence[str], names: Sequence[str]) -> dict[str, Any]:
+    """``{"cells": {"sources": [...], "by_name": {name: index}}}``, or nothing."""
+    found = namespace.last_assignments(inputs, names)
+    if not found:
+        return {}
+    sources = list(dict.fromkeys(found.values()))
+    index = {source: i for i, source in enumerate(sources)}
+    by_name = {name: index[source] for name, source in sorted(found.items())}
+    return {"cells": {"sources": sources, "by_name": by_name}}
+
+
+def cell_of(content: Mapping[str, Any], name: str) -> str | None:
+    """The source of the cell that last bound *name*, as a checkpoint recorded it."""
+    cells = content.get("cells")
+    if not isinstance(cells, dict):
+        return None
+    sources, by_name = cells.get("sources"), cells.get("by_name")
+    if not isinstance(sources, list) or not isinstance(by_name, dict):
+        return None
+    index = by_name.get(name)
+    if isinstance(index, int) and 0 <= index < len(sources) and isinstance(sources[index], str):
+        return str(sources[index])
+    return None
 
 
 @dataclass

@@ -495,6 +495,7 @@ class PersistentKernel(IPythonKernel):
             "kernel_id": self.kernel_id,
         }
         known = self._known_cells
+        inputs = list(self.shell.user_ns.get("In") or [])  # for `%persist rerun`
         keep, carried = self.keep, list(self._carried)
         on_variable = beacon.set if beacon is not None else None
 
@@ -502,7 +503,14 @@ class PersistentKernel(IPythonKernel):
             # Read in the writer, not the kernel: a notebook with outputs can be large.
             info.update(notebook.cells_for_checkpoint(session, info, known))
             result = checkpoint.write_checkpoint(
-                session, values, skipped, info, keep, carried=carried, on_variable=on_variable
+                session,
+                values,
+                skipped,
+                info,
+                keep,
+                carried=carried,
+                on_variable=on_variable,
+                inputs=inputs,
             ).to_dict()
             if isinstance(session, TieredSession) and session.pending():
                 result["upload"] = upload_in_child(session, keep)

@@ -39,6 +39,8 @@ COMMANDS = {
     "dill.load_module(PATH) loads anywhere with dill and the same libraries",
     "import": "import PATH: load a file made by export or by dill.dump_module into the "
     "namespace; this runs the file's code, so import only files you trust",
+    "rerun": "rerun NAME ...: run again the cell that last assigned each variable the "
+    "restore did not bring back (shown with the cell in the restore report)",
 }
 
 
@@ -220,3 +222,22 @@ class PersistMagics(Magics):
             f"Imported {len(imported.imported)} variable(s) from {args[0]} (this ran the file's "
             f"code, as loading any pickle does): {render.short_list(sorted(imported.imported))}"
         )
+
+    def _rerun(self, args: list[str]) -> None:
+        if not args:
+            raise UsageError("%persist rerun needs the names of variables not restored")
+        report = self.kernel.restore_report
+        cells = report.cells if report is not None else {}
+        lost = report.skipped if report is not None else {}
+        missing = [name for name in args if name not in cells or name not in lost]
+        if missing:
+            raise UsageError(
+                f"no cell is known that assigned {', '.join(missing)}: only variables the "
+                "last restore did not bring back can be re-made this way"
+            )
+        assert self.shell is not None
+        for source in dict.fromkeys(cells[name] for name in args):
+            print(f"Running again: {render.cell_line(source)}", flush=True)
+            result = self.shell.run_cell(source, store_history=False)
+            if not result.success:
+                raise UsageError("the cell failed; the variables after it were not re-made")

@@ -10,11 +10,12 @@ for writing, threads).
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import io
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -120,3 +121,49 @@ def select(
             continue
         to_save[name] = value
     return to_save, skipped
+
+
+def bound_names(source: str) -> set[str]:
+    """The names a cell's code binds at its top level (assignments, ``def``,
+    ``class``, ``import``, ``for``/``with`` targets, also inside ``if``,
+    ``for``, ``while``, ``with`` and ``try`` blocks; not inside functions).
+    Code that does not parse binds nothing."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return set()
+    names: set[str] = set()
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).partition(".")[0] for a in node.names)
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+            continue
+        if isinstance(
+            node, (ast.Lambda, ast.GeneratorExp, ast.ListComp, ast.SetComp, ast.DictComp)
+        ):
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def last_assignments(inputs: Sequence[str], names: Collection[str]) -> dict[str, str]:
+    """name -> the source of the newest cell in *inputs* (IPython's ``In``) that
+    binds it, for the *names* some cell binds. What ``%persist rerun`` runs."""
+    wanted = set(names)
+    found: dict[str, str] = {}
+    for source in reversed(inputs):
+        if not wanted:
+            break
+        if not isinstance(source, str) or not source.strip():
+            continue
+        for name in bound_names(source) & wanted:
+            found[name] = source
+            wanted.discard(name)
+    return found

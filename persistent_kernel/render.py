@@ -57,6 +57,16 @@ def failure_sentence(error: str, errno_: int | None, directory: str) -> str:
     return f"a checkpoint could not be written ({error})"
 
 
+def cell_line(source: str, width: int = 70) -> str:
+    """A cell's source on one line: its first non-empty line, cut to *width*."""
+    lines = [line.strip() for line in source.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    more = len(lines) > 1
+    if len(first) > width:
+        first, more = first[: width - 1], True
+    return first + (" ..." if more else "")
+
+
 def restore_summary(report: RestoreReport) -> str:
     """The lines shown above the first cell's output after a restore."""
     lines: list[str] = []
@@ -80,7 +90,14 @@ def restore_summary(report: RestoreReport) -> str:
         lines.append(f"persistent-kernel: {problem}")
     if report.skipped:
         lines.append(f"persistent-kernel: {len(report.skipped)} not restored:")
-        lines.extend(f"  {name}: {reason}" for name, reason in report.skipped.items())
+        for name, reason in report.skipped.items():
+            lines.append(f"  {name}: {reason}")
+            if name in report.cells:
+                lines.append(f"    last assigned by: {cell_line(report.cells[name])}")
+        if any(name in report.cells for name in report.skipped):
+            lines.append(
+                "persistent-kernel: %persist rerun NAME runs again the cell that assigned NAME"
+            )
     if report.carried:
         count = sum(len(g.record.get("names", [])) for g in report.carried)
         lines.append(

@@ -18,7 +18,13 @@ from types import ModuleType
 from typing import Any
 
 from . import serializer
-from .checkpoint import CarriedGroup, environment_info, installed_version, is_installed
+from .checkpoint import (
+    CarriedGroup,
+    cell_of,
+    environment_info,
+    installed_version,
+    is_installed,
+)
 from .content import Content, Group
 from .content import parse as parse_content
 from .errors import NoCheckpoint, NoSuchVariable, UnreadableCheckpoint
@@ -89,6 +95,8 @@ class RestoreReport:
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
     renamed_from: str | None = None  # the notebook's old path, if it was renamed
     carried: list[CarriedGroup] = field(default_factory=list)  # groups not loaded, intact
+    # name -> source of the cell that last bound it (for `%persist rerun NAME`)
+    cells: dict[str, str] = field(default_factory=dict)
 
 
 def _read_group(
@@ -256,6 +264,10 @@ def _load(
         manifest.size,
     )
     report.versions = version_changes(manifest)
+    for name in [*content.variables, *content.skipped]:
+        source = cell_of(manifest.content, name)
+        if source is not None:
+            report.cells[name] = source
     for name, variable in content.variables.items():
         group = content.group_of(name)
         report.details[name] = {"type": variable.type, "size": group.size if group else None}

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +42,7 @@ class Run:
     restored: list[str] = field(default_factory=list)
     not_restored: dict[str, str] = field(default_factory=dict)
     first_cell: list[str] = field(default_factory=list)
+    kernel: Any = None  # the restarted kernel, still running
 
 
 def _state(kernel: object, expression: str) -> object:
@@ -100,6 +102,7 @@ def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 out = kernel.run(kind.check, timeout=120)
                 if out.error:
                     run.check_errors[kind.name] = out.error
+            run.kernel = kernel
             yield run
         finally:
             harness.close()
@@ -184,3 +187,20 @@ def test_no_false_version_warning(corpus_run: Run) -> None:
     summary = "\n".join(corpus_run.first_cell)
     assert "restored" in summary
     assert "saved with" not in summary
+
+
+def test_what_did_not_come_back_shows_its_cell_and_reruns_on_request(corpus_run: Run) -> None:
+    """The report shows the cell that last assigned a variable not restored;
+    ``%persist rerun NAME`` runs that cell again (and nothing ran before)."""
+    summary = "\n".join(corpus_run.first_cell)
+    assert "stale_reader: its file" in summary
+    assert (
+        "last assigned by: (WORK / 'changing.txt').write_text('old'); stale_reader = open"
+        in summary
+    )
+    assert "%persist rerun NAME" in summary
+    out = corpus_run.kernel.run("%persist rerun stale_reader").check()
+    assert "Running again: (WORK / 'changing.txt')" in out.stdout
+    assert corpus_run.kernel.value("stale_reader.read()") == "'old'"
+    refused = corpus_run.kernel.run("%persist rerun fav_color")
+    assert "only variables the last restore did not bring back" in refused.stderr
