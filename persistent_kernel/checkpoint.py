@@ -189,7 +189,7 @@ def write_checkpoint(
         except NoCheckpoint:
             previous = None
         written = sum(r.written for parts in refs for r in parts)
-        if previous is not None and previous.content == content:
+        if previous is not None and _same(previous.content, content):
             manifest, unchanged = previous, True
         elif previous is None and not content["variables"] and not content["skipped"]:
             # An empty namespace with nothing before it: nothing worth a generation.
@@ -242,6 +242,15 @@ def _content(
         "skipped": dict(sorted(skipped.items())),
         "notes": list(ser.notes),
         "packages": package_versions(ser.types.values()),
+    }
+
+
+def _same(before: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
+    """Is *now* the content *before* was, the cells that made the values aside?
+    (A cell that binds a name to the same value again is no change to save.)"""
+    strip = ("cells",)
+    return {k: v for k, v in before.items() if k not in strip} == {
+        k: v for k, v in now.items() if k not in strip
     }
 
 

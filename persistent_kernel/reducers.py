@@ -187,7 +187,7 @@ class Reductions:
 
     def kind(self, tp: type) -> int:
         """0: nothing special; 1: a numpy.memmap; 2: a matplotlib figure; 3: a function;
-        4: a plain numpy array."""
+        4: a plain numpy array; 5: a lock; 6: a file; 7: an sqlite3 connection."""
         kind = self._kinds.get(tp)
         if kind is None:
             numpy = sys.modules.get("numpy")
@@ -250,7 +250,8 @@ class Reductions:
             stat = os.stat(path)
         except OSError as exc:
             raise NotRestorable(f"a file that is gone ({exc})") from exc
-        self.opened.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns, "unchanged"])
+        path = os.path.abspath(path)  # a restore may run elsewhere than the kernel's cwd
+        self.opened.append([path, stat.st_size, stat.st_mtime_ns, "unchanged"])
         if isinstance(f, io.TextIOWrapper):
             args: tuple[Any, ...] = (path, mode, -1, f.encoding, f.errors)
         else:
