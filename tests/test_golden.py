@@ -78,3 +78,15 @@ def test_a_group_carried_from_format_1_is_stored_anew_under_blake3(golden: Sessi
     assert report.skipped == {}
     assert np.array_equal(values["array"], np.arange(12, dtype=np.float64).reshape(3, 4))
     assert values["new"] == 1
+
+
+def test_the_command_line_reads_them(golden: SessionStore) -> None:
+    from persistent_kernel import cli
+
+    root = str(golden.root)
+    (row,) = cli.list_sessions(root)
+    assert row["newest"] == 2 and row["problems"] == []
+    shown = cli.show_session(root, KEY)
+    saved = {v["name"]: v for v in shown["variables"] if v["status"] == "saved"}
+    assert saved["alias"]["shared_with"] == ["table"] and saved["codec"]["size"] == 0
+    assert [r["generation"] for r in cli.session_history(root, KEY)["generations"]] == [1, 2]
