@@ -19,11 +19,21 @@ before IPython has put the notebook's namespace in ``sys.modules["__main__"]``
 (``dill.dump_module()`` in a notebook would then save the launcher instead).
 The kernel imports dill once its shell exists (:func:`import_dill`).
 
+**Saved means restorable.** What either pickler would save *by name* from
+``__main__`` (which a fresh ``__main__`` lacks) is pickled by value through
+:mod:`persistent_kernel.reducers`, or refused: the variable is skipped with
+the reason, never reported saved. dill's warnings that it fell back to a
+name are checked against the stream (:func:`check_by_name`).
+
+A structure nested deeper than the recursion limit is pickled again in a
+thread with a large stack (:func:`deeply`); the background writer is where
+that runs, so a stack that still runs out kills the writer, not the kernel.
+
 Limits: sharing is detected through the picklers' memo, i.e. between
 objects that pickle reaches. Immutable values (str, bytes, numbers, tuples,
 frozensets) and objects imported from modules are not counted as sharing:
-their identity carries no meaning. Two views of one numpy buffer are
-restored as two arrays.
+their identity carries no meaning. numpy views are pickled with the array
+owning their memory, so they share it after a restore (see reducers).
 """
 
 from __future__ import annotations

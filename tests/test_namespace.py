@@ -125,3 +125,17 @@ def test_select_does_not_mutate_its_input() -> None:
     ns = {"a": 1, "_": 2, "In": []}
     select(ns, hidden={"a": 1}, exclude=["a"])
     assert ns == {"a": 1, "_": 2, "In": []}
+
+
+def test_last_assignments_finds_the_newest_cell_binding_each_name() -> None:
+    from persistent_kernel.namespace import bound_names, last_assignments
+
+    cell = "import numpy as np\nfor i in range(3):\n    y = i\ndef f():\n    z = 2\n[q for q in x]"
+    assert bound_names(cell) == {"np", "i", "y", "f"}
+    assert bound_names("x = (") == set()  # does not parse: binds nothing
+    inputs = ["", "a = 1", "b = a", "a = 2\nc = 3", "print(a)"]
+    assert last_assignments(inputs, ["a", "b", "c", "d"]) == {
+        "a": "a = 2\nc = 3",
+        "b": "b = a",
+        "c": "a = 2\nc = 3",
+    }
