@@ -700,6 +700,31 @@ KINDS: list[Kind] = [
         """,
         "mm_rows[0, 0] = 3; assert mm_owner[1, 0] == 3 and mm_owner.filename is not None",
     ),
+    k(
+        "StrEnum",
+        "import enum\nclass Unit(enum.StrEnum):\n    KG = 'kg'\n    G = 'g'\nunit = Unit.KG",
+        "assert unit is Unit('kg') and unit == 'kg' and unit.upper() == 'KG'",
+    ),
+    k(
+        "fixed-offset timezone",
+        "import datetime; plus3 = datetime.timezone(datetime.timedelta(hours=3))",
+        "assert str(plus3) == 'UTC+03:00'",
+    ),
+    k(
+        "string.Template",
+        "import string; greeting = string.Template('$who likes $what')",
+        "assert greeting.substitute(who='ann', what='tea') == 'ann likes tea'",
+    ),
+    k(
+        "weakref to a notebook object",
+        "import weakref\nclass Target:\n    pass\ntarget = Target()\ntarget_ref = weakref.ref(target)",
+        "assert target_ref() is target",
+    ),
+    k(
+        "MappingProxyType",
+        "import types; frozen_map = types.MappingProxyType({'a': 1})",
+        "assert frozen_map['a'] == 1 and dict(frozen_map) == {'a': 1}",
+    ),
     # -- resources ---------------------------------------------------------------------------
     k(
         "unlocked locks and an event",
@@ -837,6 +862,42 @@ KINDS: list[Kind] = [
         "Pillow image",
         "from PIL import Image as PILImage; picture = PILImage.new('RGB', (4, 3), (255, 0, 0))",
         "assert picture.size == (4, 3) and picture.getpixel((1, 1)) == (255, 0, 0) and picture.rotate(90, expand=True).size == (3, 4)",
+    ),
+    k(
+        "polars LazyFrame and Series",
+        "import polars as pl; lazy = pl.DataFrame({'a': [1, 2, 3]}).lazy().filter(pl.col('a') > 1); pseries = pl.Series('s', [1, 2])",
+        "assert lazy.collect()['a'].to_list() == [2, 3] and pseries.sum() == 3",
+    ),
+    k(
+        "pyarrow RecordBatch",
+        "import pyarrow as pa; batch = pa.record_batch([pa.array([1, 2])], names=['x'])",
+        "assert batch.num_rows == 2 and batch.column(0).to_pylist() == [1, 2]",
+    ),
+    k(
+        "scipy interpolator and optimize result",
+        "from scipy import interpolate, optimize; interp = interpolate.interp1d([0, 1, 2], [0, 10, 20]); opt = optimize.minimize(lambda v: (v[0] - 3) ** 2, [0.0])",
+        "assert float(interp(1.5)) == 15.0 and round(float(opt.x[0]), 3) == 3.0 and opt.success",
+    ),
+    k(
+        "fitted KMeans",
+        "import numpy as np; from sklearn.cluster import KMeans; km = KMeans(n_clusters=2, n_init=2, random_state=0).fit(np.array([[0.0], [0.1], [5.0], [5.1]]))",
+        "assert len(set(km.predict(np.array([[0.0], [5.0]])).tolist())) == 2",
+    ),
+    k(
+        "fitted ColumnTransformer",
+        """
+        import pandas as pd
+        from sklearn.compose import ColumnTransformer
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+        mixed = pd.DataFrame({"c": ["a", "b", "a"], "n": [1.0, 2.0, 3.0]})
+        columns = ColumnTransformer([("oh", OneHotEncoder(), ["c"]), ("sc", StandardScaler(), ["n"])]).fit(mixed)
+        """,
+        "assert columns.transform(mixed).shape == (3, 3)",
+    ),
+    k(
+        "pandas groupby and Styler",
+        "import pandas as pd; sales = pd.DataFrame({'c': ['a', 'b', 'a'], 'n': [1, 2, 3]}); by_c = sales.groupby('c'); styled = sales.style.highlight_max()",
+        "assert by_c['n'].sum().to_dict() == {'a': 4, 'b': 2} and '<table' in styled.to_html()",
     ),
     k(
         "sympy expression",
