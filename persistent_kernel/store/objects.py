@@ -43,6 +43,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -352,14 +353,25 @@ class ObjectBackend(Backend):
 
         size = 0
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with open(fd, "wb") as out:
+
+        def take(chunk: Any) -> None:
+            digest.update(chunk)
+            out.write(chunk)
+
+        # One chunk is hashed and written (both release the GIL) while the next
+        # one downloads: done in turn, they cost a fifth of the transfer rate.
+        with open(fd, "wb") as out, ThreadPoolExecutor(1) as pool:
+            pending: Future[None] | None = None
             try:
                 with _translated(f"blob {name}"):
                     result = obstore.get(self.store, self._key("objects", name))
                     for chunk in result.stream(min_chunk_size=PART_SIZE):
-                        digest.update(chunk)
-                        out.write(chunk)
+                        if pending is not None:
+                            pending.result()
+                        pending = pool.submit(take, chunk)
                         size += len(chunk)
+                    if pending is not None:
+                        pending.result()
             except Exception as exc:
                 from obstore.exceptions import NotFoundError
 
