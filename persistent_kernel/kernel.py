@@ -167,6 +167,7 @@ class PersistentKernel(IPythonKernel):
         self._session_at: tuple[tuple[str, str], SessionStore] | None = None
         self._upload_failures = 0  # uploads to the bucket failed in a row
         self._pulled = False  # the bucket's newest generation was brought to this disk
+        self._bucket_seen = True  # the start-up pull reached the bucket (else: never prune it)
         #: What the last upload to the bucket did (generation, bytes, seconds) or its error.
         self.last_upload: dict[str, Any] | None = None
         if self.shell is not None:
@@ -377,6 +378,9 @@ class PersistentKernel(IPythonKernel):
     def _pull(self, session: TieredSession) -> None:
         """Bring the bucket's newest generation to this machine's disk before a restore."""
         pulled = session.pull()
+        # Unseen at start, the bucket may hold newer state than this kernel restored:
+        # its old generations are not pruned until a start has seen it.
+        self._bucket_seen = pulled.unreachable is None
         local = session.generations()
         for text in pulled.notices(session.display, local[-1] if local else None):
             self.log.warning("%s", text)
@@ -499,6 +503,8 @@ class PersistentKernel(IPythonKernel):
         keep, carried = self.keep, list(self._carried)
         on_variable = beacon.set if beacon is not None else None
 
+        bucket_seen = self._bucket_seen
+
         def job() -> dict[str, Any]:
             # Read in the writer, not the kernel: a notebook with outputs can be large.
             info.update(notebook.cells_for_checkpoint(session, info, known))
@@ -513,7 +519,7 @@ class PersistentKernel(IPythonKernel):
                 inputs=inputs,
             ).to_dict()
             if isinstance(session, TieredSession) and session.pending():
-                result["upload"] = upload_in_child(session, keep)
+                result["upload"] = upload_in_child(session, keep if bucket_seen else 0)
             return result
 
         return job, session
