@@ -216,3 +216,14 @@ def test_without_obstore_the_local_copy_serves_and_the_fix_is_named(
     assert b.latest()[0].generation == 1  # the local tier still serves
     with pytest.raises(MissingExtra, match=r"persistent-kernel\[s3\]"):
         b.push()
+
+
+def test_the_bucket_is_pruned_only_when_asked(bucket_url: str, tmp_path: Path) -> None:
+    a = tiered(bucket_url, tmp_path / "node-a")
+    for payload in (b"one", b"two", b"three"):
+        commit(a, payload)
+        a.push(keep=0)  # a kernel that could not see the bucket at start never prunes it
+    assert a.remote.generations() == [1, 2, 3]
+    commit(a, b"four")
+    a.push(keep=2)
+    assert a.remote.generations() == [3, 4]
