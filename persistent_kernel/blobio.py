@@ -60,7 +60,7 @@ def private_buffer(size: int) -> Any:
 _PREADV = hasattr(os, "preadv")
 
 
-def _read_into(fd: int, view: memoryview, offset: int) -> None:
+def read_into(fd: int, view: memoryview, offset: int) -> None:
     """Fill *view* with the bytes of *fd* from *offset*; :class:`ShortRead` at EOF."""
     if not _PREADV:
         os.lseek(fd, offset, os.SEEK_SET)
@@ -96,7 +96,7 @@ def read_part(
             _read_parallel(fd, view, offset, spans, digest, on_read)
         else:
             for start, end in spans:
-                _read_into(fd, view[start:end], offset + start)
+                read_into(fd, view[start:end], offset + start)
                 digest.update(view[start:end])
                 if on_read is not None:
                     on_read(end - start)
@@ -122,7 +122,7 @@ def _read_parallel(
                 span = next(queued, None)
                 if span is not None:
                     start, end = span
-                    future = pool.submit(_read_into, fd, view[start:end], offset + start)
+                    future = pool.submit(read_into, fd, view[start:end], offset + start)
                     pending.append((start, end, future))
 
             for _ in range(AHEAD):

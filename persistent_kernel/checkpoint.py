@@ -22,7 +22,7 @@ from typing import Any
 from . import namespace, serializer
 from ._version import __version__
 from .errors import CorruptCheckpoint, NoCheckpoint, UnreadableCheckpoint
-from .store import HASH, BlobRef, Manifest, SessionStore
+from .store import HASH, BlobRef, Manifest, SessionStore, chunks
 
 
 def environment_info() -> dict[str, Any]:
@@ -159,9 +159,11 @@ def write_checkpoint(
     all_skipped = {**skipped, **ser.skipped}
     notes = list(ser.notes)
     with session.locked(lock_timeout):
-        # One blob per part: a changed array rewrites that array's bytes only.
-        refs = [[session.write_blob([part]) for part in p.parts()] for p in ser.payloads]
-        content = _content(ser, refs, all_skipped)
+        # One blob per part, large buffers in chunks: a changed array rewrites
+        # the chunks of it that changed only.
+        stored = [[chunks.write_part(session, part) for part in p.parts()] for p in ser.payloads]
+        content = _content(ser, stored, all_skipped)
+        refs = [[ref for part in parts for ref in _blobs_of(part)] for parts in stored]
         content.update(_cells(inputs, [*values, *all_skipped]))
         for group in carried:
             names = group.record["names"]
@@ -196,7 +198,8 @@ def write_checkpoint(
             return CheckpointResult(ok=True, unchanged=True, elapsed=time.monotonic() - start)
         else:
             blobs = [r for parts in refs for r in parts]
-            manifest = session.commit(content, blobs, {**environment_info(), **info})
+            chunked = any(isinstance(p, dict) for g in content["groups"] for p in g["parts"])
+            manifest = session.commit(content, blobs, {**environment_info(), **info}, chunked)
             pruned = session.prune(keep)
             notes.extend(pruned.notes())
             unchanged = False
@@ -214,15 +217,25 @@ def write_checkpoint(
     )
 
 
+def _blobs_of(part: BlobRef | chunks.Chunked) -> tuple[BlobRef, ...]:
+    return part.chunks if isinstance(part, chunks.Chunked) else (part,)
+
+
+def _part_record(part: BlobRef | chunks.Chunked) -> Any:
+    return part.record() if isinstance(part, chunks.Chunked) else [part.hash, part.size]
+
+
 def _content(
-    ser: serializer.Serialized, refs: list[list[BlobRef]], skipped: Mapping[str, str]
+    ser: serializer.Serialized,
+    refs: list[list[BlobRef | chunks.Chunked]],
+    skipped: Mapping[str, str],
 ) -> dict[str, Any]:
     variables: dict[str, Any] = {}
     groups: list[dict[str, Any]] = []
     for index, (payload, parts) in enumerate(zip(ser.payloads, refs, strict=True)):
         groups.append(
             {
-                "parts": [[ref.hash, ref.size] for ref in parts],
+                "parts": [_part_record(part) for part in parts],
                 "size": sum(ref.size for ref in parts),
                 "pickler": payload.pickler,
                 "names": list(payload.names),
@@ -292,9 +305,14 @@ class CarriedGroup:
 
 
 def group_refs(group: Any) -> list[BlobRef]:
-    """The blobs of a manifest's group entry, one per part (stream, then buffers)."""
+    """The blobs of a manifest's group entry, in order (stream, then buffers, chunks in turn)."""
     try:
-        return [BlobRef(str(h), int(n), (int(n),)) for h, n in group["parts"]]
+        pairs = [
+            pair
+            for part in group["parts"]
+            for pair in (part["chunks"] if isinstance(part, dict) else [part])
+        ]
+        return [BlobRef(str(h), int(n), (int(n),)) for h, n in pairs]
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptCheckpoint(f"a group entry is malformed ({exc!r})") from exc
 

@@ -10,7 +10,8 @@ unpickled. The schema (format 1 and 2 alike)::
     {"variables": {name: {"type": "pandas.core.frame.DataFrame",
                           "group": 0 | null, "module": "numpy" | null,
                           "carried": true (optional)}},
-     "groups":    [{"parts": [[blob, size], ...], "size": total,
+     "groups":    [{"parts": [[blob, size] | {"size": n, "chunks": [[blob, size], ...]}, ...],
+                    "size": total,
                     "pickler": "pickle" | "dill" | ..., "names": [...],
                     "files": [[path, size, mtime_ns], ...] (optional)}],
      "skipped":   {name: reason},
@@ -19,7 +20,8 @@ unpickled. The schema (format 1 and 2 alike)::
 
 A variable has a group (its pickled bytes) or a module (it is re-imported),
 never both. A group's parts are the pickle stream then its out-of-band
-buffers, each a blob the manifest lists with the same size. Unknown keys
+buffers, each a blob the manifest lists with the same size, or (format 3) a
+large buffer stored as chunks, each such a blob (:mod:`.store.chunks`). Unknown keys
 are kept (in :attr:`Group.record`) so that data carried into a later
 generation keeps them.
 """
@@ -39,11 +41,25 @@ class _Malformed(Exception):
 
 
 @dataclass(frozen=True)
+class Part:
+    """One part of a group: a blob, or a large buffer stored as chunks (blob, size)."""
+
+    blob: str | None  # None: chunked
+    size: int
+    chunks: tuple[tuple[str, int], ...] = ()
+
+    def refs(self) -> list[BlobRef]:
+        """The blobs that hold the part, in order."""
+        pieces = self.chunks if self.blob is None else ((self.blob, self.size),)
+        return [BlobRef(blob, size, (size,)) for blob, size in pieces]
+
+
+@dataclass(frozen=True)
 class Group:
     """Variables pickled together (they share objects), and where their bytes are."""
 
     index: int
-    parts: tuple[tuple[str, int], ...]  # (blob, size): the stream, then the buffers
+    parts: tuple[Part, ...]  # the stream, then the buffers
     size: int
     pickler: str
     names: tuple[str, ...]
@@ -53,15 +69,15 @@ class Group:
     @property
     def id(self) -> str:
         """A stable name for the group: the hash of its pickle stream."""
-        return self.parts[0][0]
+        return self.parts[0].blob or ""
 
     def refs(self) -> list[BlobRef]:
-        """One blob per part, in order."""
-        return [BlobRef(blob, size, (size,)) for blob, size in self.parts]
+        """Every blob of the group, in order (a chunked part's chunks in turn)."""
+        return [ref for part in self.parts for ref in part.refs()]
 
     def fingerprint(self) -> str:
         """What identifies the group's saved bytes, to compare generations."""
-        return ",".join(blob for blob, _ in self.parts)
+        return ",".join(ref.hash for ref in self.refs())
 
 
 @dataclass(frozen=True)
@@ -184,22 +200,40 @@ def _parse(raw: Mapping[str, Any], blobs: Mapping[str, int], generation: int, ha
     )
 
 
+def _blob(part: Any, blobs: Mapping[str, int], what: str) -> tuple[str, int]:
+    """A ``[blob, size]`` pair the manifest lists."""
+    if not (isinstance(part, list) and len(part) == 2):
+        raise _Malformed(f"a part of {what} is not a [blob, size] pair")
+    blob = _expect(part[0], str, f"a blob name of {what}")
+    size = _expect(part[1], int, f"a part size of {what}")
+    if blobs.get(blob) != size:
+        raise _Malformed(f"{what} names blob {blob}, which the manifest does not list")
+    return blob, size
+
+
 def _group(index: int, entry: Any, blobs: Mapping[str, int]) -> Group:
     what = f"group {index}"
     _expect(entry, dict, what)
-    parts: list[tuple[str, int]] = []
-    for part in _expect(entry.get("parts"), list, f"the parts of {what}"):
-        if not (isinstance(part, list) and len(part) == 2):
-            raise _Malformed(f"a part of {what} is not a [blob, size] pair")
-        blob = _expect(part[0], str, f"a blob name of {what}")
-        size = _expect(part[1], int, f"a part size of {what}")
-        if blobs.get(blob) != size:
-            raise _Malformed(f"{what} names blob {blob}, which the manifest does not list")
-        parts.append((blob, size))
+    parts: list[Part] = []
+    for index_in_group, part in enumerate(
+        _expect(entry.get("parts"), list, f"the parts of {what}")
+    ):
+        if isinstance(part, dict) and index_in_group > 0:
+            chunks = tuple(
+                _blob(c, blobs, what)
+                for c in _expect(part.get("chunks"), list, f"the chunks of {what}")
+            )
+            total = _expect(part.get("size"), int, f"a part size of {what}")
+            if not chunks or total != sum(n for _, n in chunks):
+                raise _Malformed(f"the chunks of a part of {what} do not add up to its size")
+            parts.append(Part(None, total, chunks))
+        else:
+            blob, size = _blob(part, blobs, what)
+            parts.append(Part(blob, size))
     if not parts:
         raise _Malformed(f"{what} has no parts")
-    size = _expect(entry.get("size", sum(s for _, s in parts)), int, f"the size of {what}")
-    if size != sum(s for _, s in parts):
+    size = _expect(entry.get("size", sum(p.size for p in parts)), int, f"the size of {what}")
+    if size != sum(p.size for p in parts):
         raise _Malformed(f"the size of {what} is not the sum of its parts")
     files: list[tuple[str, int, int]] = []
     for item in _expect(entry.get("files", []), list, f"the files of {what}"):

@@ -28,7 +28,7 @@ from .checkpoint import (
 from .content import Content, Group
 from .content import parse as parse_content
 from .errors import NoCheckpoint, NoSuchVariable, UnreadableCheckpoint
-from .store import Manifest, SessionStore
+from .store import Manifest, SessionStore, chunks
 
 
 def version_changes(manifest: Manifest) -> list[str]:
@@ -104,8 +104,12 @@ def _read_group(
 ) -> list[Any]:
     buffers = []
     on_read = progress.advance if progress is not None else None
-    for ref in group.refs():  # each listed by the manifest: checked by content.parse
-        buffers.extend(session.read_blob(ref, on_read, hash=manifest.hash))
+    for part in group.parts:  # each blob listed by the manifest: checked by content.parse
+        if part.blob is None:
+            buffers.append(chunks.read_chunked(session, part.refs(), manifest.hash, on_read))
+        else:
+            (ref,) = part.refs()
+            buffers.extend(session.read_blob(ref, on_read, hash=manifest.hash))
     return buffers
 
 

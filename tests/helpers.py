@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from persistent_kernel.checkpoint import group_refs
 from persistent_kernel.store import SessionStore, write_atomic
 
 KEY = "/home/user/analysis.ipynb"
@@ -37,7 +38,7 @@ def largest_blob_of(session: SessionStore, name: str, generation: int | None = N
 def _parts_of(session: SessionStore, name: str, generation: int | None) -> list[tuple[int, Path]]:
     manifest = session.read_manifest(generation or session.generations()[-1])
     (group,) = [g for g in manifest.content["groups"] if name in g["names"]]
-    return [(int(size), session.objects_dir / str(digest)) for digest, size in group["parts"]]
+    return [(ref.size, session.objects_dir / ref.hash) for ref in group_refs(group)]
 
 
 def flip_a_bit(path: Path) -> None:

@@ -33,7 +33,7 @@ def test_a_manifest_parses_into_typed_objects(manifest: Manifest) -> None:
     assert content.variables["codec"].module == "json" and content.size_of("codec") == 0
     group = content.group_of("a")
     assert group is not None and set(group.names) == {"a", "b"} and group is content.group_of("b")
-    assert content.size_of("a") == group.size == sum(size for _, size in group.parts)
+    assert content.size_of("a") == group.size == sum(part.size for part in group.parts)
     assert group.refs()[0].hash == group.id
     assert content.skipped == {"pw": "excluded"}
     assert content.fingerprints()["codec"] == "module:json"

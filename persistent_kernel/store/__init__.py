@@ -64,6 +64,7 @@ from .local import LocalBackend
 from .sessions import (
     FORMAT,
     HASH,
+    PLAIN_FORMAT,
     BlobRef,
     Manifest,
     SessionStore,
@@ -76,6 +77,7 @@ from .sessions import (
 __all__ = [
     "FORMAT",
     "HASH",
+    "PLAIN_FORMAT",
     "TMP",
     "Backend",
     "BlobRef",

@@ -83,6 +83,16 @@ class Backend(ABC):
         wrong size is quarantined (:meth:`quarantine_blob`) and refused.
         """
 
+    def read_blob_into(self, name: str, view: memoryview, digest: Digest) -> None:
+        """Fill *view* with a blob of exactly ``len(view)`` bytes, *digest* updated.
+
+        Used for the chunks of a large buffer, each read into its slice of
+        one destination. This default reads then copies; a backend that can
+        read in place (the local disk) does so without the copy.
+        """
+        (part,) = self.read_blob(name, [len(view)], digest)
+        view[:] = memoryview(part).cast("B")
+
     @abstractmethod
     def write_blob(self, name: str, parts: Sequence[bytes | memoryview]) -> None:
         """Store a blob atomically (durable once the next manifest is written)."""

@@ -36,14 +36,17 @@ from .fs import private_dir, write_new
 from .local import LocalBackend
 from .trust import Signer, read_private
 
-#: Version of the manifest format this code writes. Newer ones are left alone.
-FORMAT = 2
+#: Newest version of the manifest format this code reads and writes. Newer ones are
+#: left alone. Format 3 is format 2 plus chunked buffers (:mod:`.chunks`); a manifest
+#: without any is still written as :data:`PLAIN_FORMAT`, which older releases read.
+FORMAT = 3
+PLAIN_FORMAT = 2
 #: The hash that names blobs in the format written: BLAKE3, 256 bits, in hex.
 HASH = "blake3"
 #: The formats this release reads, and the hash that names blobs in each.
 #: Format 1 named blobs by xxh3-128, which is fast but not collision resistant:
 #: whoever can write a blob could craft another with the same name.
-HASHES = {1: "xxh3_128", 2: "blake3"}
+HASHES = {1: "xxh3_128", 2: "blake3", 3: "blake3"}
 _HASHERS: dict[str, Callable[[], Digest]] = {"xxh3_128": xxhash.xxh3_128, "blake3": blake3.blake3}
 #: Version of the storage root's layout, recorded in its :data:`MARKER` file.
 STORE_FORMAT = 1
@@ -387,9 +390,12 @@ class SessionStore:
         except OSError:
             return False
 
-    def write_blob(self, parts: Sequence[bytes | memoryview]) -> BlobRef:
-        """Store a blob unless an identical one is already stored."""
-        digest = blob_hash(parts)
+    def write_blob(self, parts: Sequence[bytes | memoryview], digest: str | None = None) -> BlobRef:
+        """Store a blob unless an identical one is already stored.
+
+        *digest* is the blob's :func:`blob_hash` if the caller has it already.
+        """
+        digest = digest or blob_hash(parts)
         sizes = tuple(memoryview(p).nbytes for p in parts)
         size = sum(sizes)
         if self._intact(digest, size):
@@ -410,13 +416,21 @@ class SessionStore:
         return self.write_blob(parts)
 
     def commit(
-        self, content: dict[str, Any], blobs: Sequence[BlobRef], info: dict[str, Any]
+        self,
+        content: dict[str, Any],
+        blobs: Sequence[BlobRef],
+        info: dict[str, Any],
+        chunked: bool = False,
     ) -> Manifest:
-        """Make a new generation naming *blobs*; atomic. Returns its manifest."""
+        """Make a new generation naming *blobs*; atomic. Returns its manifest.
+
+        *chunked*: the content holds chunked buffers, so the manifest is
+        format 3 (older releases refuse it as newer instead of misreading it).
+        """
         existing = self.generations()
         generation = (existing[-1] if existing else 0) + 1
         raw = {
-            "format": FORMAT,
+            "format": FORMAT if chunked else PLAIN_FORMAT,
             "hash": HASH,
             "generation": generation,
             "created": time.time(),
