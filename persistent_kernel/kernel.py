@@ -1,37 +1,40 @@
 """``PersistentKernel``: ipykernel's IPythonKernel that checkpoints and restores.
 
-The kernel is a thin shell over :mod:`checkpoint` and :mod:`store`:
+The kernel is the adapter between ipykernel's hooks and three plain objects:
 
-* a finished ``execute_request`` marks the namespace dirty;
-* when the kernel goes idle, a dirty namespace is checkpointed if
-  ``checkpoint_interval`` seconds have passed since the last checkpoint,
-  else a timer is set for when they will have; the timer re-checks that no
-  request is running, so a checkpoint always sees the namespace between
-  two cells;
-* the checkpoint is written by a detached forked writer (see
-  :mod:`snapshot`), so the next cell runs at once;
-* when the event loop stops (shutdown, restart, ``exit()``, SIGTERM), the
-  application calls :meth:`PersistentKernel.final_checkpoint`, which forks
-  one more writer for a dirty namespace. That writer outlives the kernel
-  and the next kernel waits for it before restoring.
+* :class:`~persistent_kernel.autosave.Autosaver` decides when to checkpoint:
+  every finished cell (in any subshell) is one change; when the kernel is
+  idle and ``checkpoint_interval`` has passed since the last checkpoint,
+  a changed namespace is checkpointed;
+* :class:`~persistent_kernel.writerwatch.WriterWatch` follows the detached
+  forked writer (see :mod:`snapshot`) until it reports, and kills it at
+  its deadline (``writer_timeout``);
+* a :class:`~persistent_kernel.snapshot.Standby` is forked when a cell
+  starts on unsaved changes and dropped when it ends: if the kernel is
+  stopped or dies during the cell, it writes the namespace as it was
+  before that cell.
+
+When the event loop stops (shutdown, restart, ``exit()``, SIGTERM), the
+application calls :meth:`PersistentKernel.final_checkpoint`, which forks one
+more writer for a changed namespace. That writer outlives the kernel (up to
+its deadline) and the next kernel waits for it before restoring.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import shutil
 import signal
 import threading
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
-from IPython.display import display
-from tornado.ioloop import IOLoop
+from IPython.display import clear_output, display
 from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default, observe
 
 from . import (
@@ -40,11 +43,12 @@ from . import (
     namespace,
     notebook,
     quickexit,
-    report,
+    render,
     restore,
     serializer,
     snapshot,
 )
+from .autosave import Autosaver, Failure, Ticket
 from .checkpoint import CheckpointResult
 from .errors import UnreadableSettings
 from .kernelconfig import default_checkpoint_dir
@@ -52,6 +56,38 @@ from .restore import RestoreReport
 from .session import SESSION_ENV, session_key
 from .store import SessionStore, Store, is_disk_error
 from .store.tiers import BucketStore, TieredSession, open_session, open_store, upload_in_child
+from .writerwatch import TornadoLoop, WriterWatch, deadline_for
+
+# Seconds an interrupted cell's state waits before it counts as a change: a
+# restart interrupts the running cell and sends shutdown_request at once.
+INTERRUPT_GRACE = 3.0
+
+# Threads whose target (or class) comes from these packages are the kernel's own.
+_OWN_PACKAGES = ("ipykernel", "IPython", "zmq", "tornado", "jupyter_client", "persistent_kernel")
+
+
+def user_threads(baseline: set[int | None]) -> list[threading.Thread]:
+    """Threads the user's code started that are alive now.
+
+    Not: the main thread, threads alive before the first cell (*baseline*:
+    ipykernel's, IPython's history thread), asyncio's executor threads, and
+    threads whose target (or class) comes from ipykernel, IPython, zmq,
+    tornado or this package (subshells, the restore). A thread a library
+    starts for the user (a progress bar's monitor) counts as the user's: it
+    may change the namespace.
+    """
+    found = []
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.ident in baseline:
+            continue
+        if thread.name.startswith("asyncio_"):
+            continue
+        target = getattr(thread, "_target", None)
+        owner = getattr(target, "__module__", None) if target is not None else None
+        if str(owner or type(thread).__module__).startswith(_OWN_PACKAGES):
+            continue
+        found.append(thread)
+    return found
 
 
 class PersistentKernel(IPythonKernel):
@@ -106,6 +142,16 @@ class PersistentKernel(IPythonKernel):
         the platform allows it.""",
     ).tag(config=True)
 
+    writer_timeout = Float(
+        120.0,
+        help="""Seconds a background writer may take for each GiB of the kernel's memory
+        (and at least this long) before it is stopped. The variable it was pickling is
+        then named, left out of checkpoints until it is assigned again, and the
+        checkpoint is written without it. A writer that outlives its kernel (the final
+        checkpoint) ends itself at the same deadline, so a new kernel never waits
+        longer than that for it.""",
+    ).tag(config=True)
+
     writer_wait = Float(
         300.0,
         help="""At start, how many seconds to wait at most for a writer still finishing
@@ -125,8 +171,13 @@ class PersistentKernel(IPythonKernel):
     def _default_checkpoint_dir(self) -> str:
         return default_checkpoint_dir()  # one default, the CLI's too
 
-    @observe("checkpoint_interval")
-    def _interval_changed(self, change: dict[str, Any]) -> None:
+    @observe("checkpoint_interval", "autosave")
+    def _policy_changed(self, change: dict[str, Any]) -> None:
+        autosaver = getattr(self, "autosaver", None)
+        if autosaver is None:
+            return
+        autosaver.interval = self.checkpoint_interval
+        autosaver.enabled = self.autosave
         if getattr(self, "io_loop", None) is not None:
             self._maybe_checkpoint()
 
@@ -144,25 +195,25 @@ class PersistentKernel(IPythonKernel):
         self._names_at_start: frozenset[str] = frozenset()
         self._ephemeral = False  # a batch run's state: removed at a shutdown for good
         self._shutdown_restart: bool | None = None  # what the shutdown request said
-        self._dirty = False
-        self._busy = False
-        self._skip_dirty_once = False
-        self._last_checkpoint = time.monotonic()
+        self.autosaver = Autosaver(
+            time.monotonic, interval=self.checkpoint_interval, enabled=self.autosave
+        )
+        self.writers = WriterWatch(None, self._on_writer_done)
+        self._ticket: Ticket | None = None
         self._timer: Any = None
-        self._writer: snapshot.Writer | None = None
-        self._writer_registration: tuple[int, Path] | None = None
+        self._standby: snapshot.Standby | None = None
+        self._standby_registration: tuple[int, Path] | None = None
+        self._exited_standbys: list[snapshot.Standby] = []
+        self.standby_pause = 0.0  # seconds the last standby cost the cell that started it
+        self._baseline_threads: set[int | None] = set()
+        self._shutdown_requested = False
         self.last_result: CheckpointResult | None = None
         self.restore_report: RestoreReport | None = None
         self._pending_summary: str | None = None
         self._restore_done: concurrent.futures.Future[None] | None = None
         self._restore_progress: restore.RestoreProgress | None = None
-        self._carried: list[checkpoint.CarriedGroup] = []
-        self._failures = 0  # checkpoints failed in a row
-        self._writer_deaths = 0  # of which the forked writer died without a word
-        self._fork_broken = False
-        self._retry_at = 0.0
+        self._waiting_for: float | None = None  # since when the restore waits for a writer
         self._pending_notices: list[str] = []
-        self._crashers: dict[str, tuple[int, str]] = {}  # name -> (id of value, reason)
         self._settings: dict[str, Any] | None = None
         self._session_at: tuple[tuple[str, str], SessionStore] | None = None
         self._upload_failures = 0  # uploads to the bucket failed in a row
@@ -213,7 +264,10 @@ class PersistentKernel(IPythonKernel):
         self._settings = settings
 
     def _use_fork(self) -> bool:
-        return self.background != "inline" and snapshot.fork_supported() and not self._fork_broken
+        return self.background != "inline" and snapshot.fork_supported()
+
+    def _deadline(self) -> float:
+        return deadline_for(self.writer_timeout, snapshot.resident_bytes())
 
     # -- restore ------------------------------------------------------------------
 
@@ -228,6 +282,8 @@ class PersistentKernel(IPythonKernel):
         and shows its progress.
         """
         super().start()
+        self.writers.loop = TornadoLoop(self.io_loop)
+        self._baseline_threads = {t.ident for t in threading.enumerate()}
         self._install_sigterm_handler()
         if self.restore:
             if self.shell is not None:
@@ -254,8 +310,33 @@ class PersistentKernel(IPythonKernel):
         finally:
             self._restore_done.set_result(None)
 
+    def _progress_text(self) -> str:
+        progress = self._restore_progress
+        assert progress is not None
+        if self._waiting_for is not None:
+            waited = time.monotonic() - self._waiting_for
+            return (
+                "persistent-kernel: waiting for the previous kernel to finish writing its "
+                f"checkpoint ({waited:.0f} s, at most {self.writer_wait:.0f} s); "
+                "interrupt to stop waiting"
+            )
+        total = progress.total
+        done = min(progress.done, total)
+        fraction = done / total if total else 0.0
+        return (
+            f"persistent-kernel: restoring checkpoint {progress.generation or ''}: "
+            f"{render.human_size(done)} of {render.human_size(total)} ({fraction:.0%}); "
+            "interrupt to stop and keep what is loaded"
+        )
+
     async def _wait_for_restore(self) -> None:
-        """Hold the first cell until the restore is done; show progress; obey interrupts."""
+        """Hold the first cell until the restore is done; show one progress line.
+
+        The line says what is happening (waiting for the previous kernel's
+        writer, then restoring) and is replaced by the restore report (or
+        removed) when the restore ends, so it is not left in the notebook.
+        An interrupt stops the wait or the restore and keeps what is loaded.
+        """
         assert self._restore_done is not None and self._restore_progress is not None
         progress = self._restore_progress
         done = asyncio.wrap_future(self._restore_done)
@@ -269,12 +350,7 @@ class PersistentKernel(IPythonKernel):
                     await asyncio.wait_for(asyncio.shield(done), timeout=1.0)
                     break
                 except asyncio.TimeoutError:
-                    text = (
-                        f"persistent-kernel: restoring checkpoint {progress.generation or ''}: "
-                        f"{report.human_size(progress.done)} of "
-                        f"{report.human_size(progress.total)} ({progress.fraction:.0%}); "
-                        "interrupt to stop and keep what is loaded"
-                    )
+                    text = self._progress_text()
                     if shown is None:
                         shown = display({"text/plain": text}, raw=True, display_id=True)
                     else:
@@ -282,6 +358,16 @@ class PersistentKernel(IPythonKernel):
         finally:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, previous)
+        if shown is not None:
+            rep = self.restore_report
+            if self._pending_summary and rep is not None:
+                self._pending_summary = None
+                shown.update(
+                    {"text/plain": render.restore_text(rep), "text/html": render.restore_html(rep)},
+                    raw=True,
+                )
+            else:
+                clear_output()
 
     def _first_cell_ready(self, parent: Any) -> bool:
         """Whether an execute request must wait for the restore; records what it says.
@@ -310,7 +396,7 @@ class PersistentKernel(IPythonKernel):
         """Which checkpoints this kernel continues (see :mod:`identity`); waits for the first
         cell when it cannot tell before it."""
         store = self._local_store()
-        identity.wait_for_writers(store, self.writer_wait)
+        self._wait_for_writers(list(store.sessions()))
         event, info = self._first_cell
         signals = identity.signals_from(
             os.environ, os.getcwd(), getattr(self.parent, "connection_file", None),
@@ -327,6 +413,26 @@ class PersistentKernel(IPythonKernel):
         self._known_cells = signals.cells
         return identity.decide(signals, identity.survey(store), os.path.exists, notebook.cell_set)
 
+    def _wait_for_writers(self, sessions: list[SessionStore]) -> tuple[float, int]:
+        """Wait for the writers of *sessions* (the previous kernel's final checkpoint).
+
+        At most ``writer_wait`` seconds from the start of the restore (a writer
+        ends itself at its deadline anyway); an interrupt ends the wait.
+        Returns the seconds waited and how many writers are still alive.
+        """
+        progress = self._restore_progress
+        assert progress is not None
+        start = self._waiting_for = self._waiting_for or time.monotonic()
+        try:
+            while True:
+                alive = sum(len(session.running_writers()) for session in sessions)
+                waited = time.monotonic() - start
+                if not alive or waited >= self.writer_wait or progress.stop.is_set():
+                    return waited, alive
+                time.sleep(0.05)
+        finally:
+            self._waiting_for = None
+
     def _restore_at_start(self) -> None:
         decision = self._decide_identity()
         self.session_key = decision.key
@@ -337,7 +443,7 @@ class PersistentKernel(IPythonKernel):
         renamed_from = None
         if decision.adopt_from is not None and self._adopt(decision.adopt_from, session):
             renamed_from = decision.renamed_from
-        waited, alive = session.wait_for_writers(self.writer_wait)
+        waited, alive = self._wait_for_writers([session])
         if alive:
             self.log.warning(
                 "persistent-kernel: %d writer(s) still busy after %.0f s; restoring the "
@@ -353,10 +459,10 @@ class PersistentKernel(IPythonKernel):
         result.waited = waited
         result.renamed_from = renamed_from
         self.restore_report = result
-        self._carried = list(result.carried)
+        self.autosaver.restored(result.carried, has_checkpoint=bool(session.generations()))
         if not (result.restored or result.skipped or result.problems):
             return
-        summary = report.restore_summary(result)
+        summary = render.restore_summary(result)
         # Warning level: the server's log shows it by default, as it shows the
         # kernel's other start-up notices.
         for line in summary.splitlines():
@@ -372,8 +478,6 @@ class PersistentKernel(IPythonKernel):
                 skipped=dict(result.skipped),
                 unchanged=True,
             )
-        # What was restored is on disk already: nothing to write until a cell runs.
-        self._dirty = False
 
     def _pull(self, session: TieredSession) -> None:
         """Bring the bucket's newest generation to this machine's disk before a restore."""
@@ -416,8 +520,8 @@ class PersistentKernel(IPythonKernel):
             report_ = self.restore_report
             display(
                 {
-                    "text/plain": report.restore_text(report_),
-                    "text/html": report.restore_html(report_),
+                    "text/plain": render.restore_text(report_),
+                    "text/html": render.restore_html(report_),
                 },
                 raw=True,
             )
@@ -427,36 +531,55 @@ class PersistentKernel(IPythonKernel):
     # -- when -----------------------------------------------------------------------
 
     async def execute_request(self, stream: Any, ident: Any, parent: Any) -> None:
-        self._busy = True
+        if self.autosaver.cell_started():
+            self._drop_standby()  # an interrupted cell's, if any: its state is accepted
+            self._start_standby()
+        before = getattr(self.shell, "last_execution_result", None)
+        ended = False
         try:
             if self.restoring and self._first_cell_ready(parent):
                 await self._wait_for_restore()
             await super().execute_request(stream, ident, parent)
+            ended = True
         finally:
-            self._busy = False
-            if self._skip_dirty_once:
-                self._skip_dirty_once = False
-            else:
-                self._dirty = True
+            # Interrupted (a restart interrupts the running cell first), stopped
+            # by a shutdown request or broken off: held back until the user goes on.
+            result = getattr(self.shell, "last_execution_result", None)
+            error = getattr(result, "error_in_exec", None) if result is not before else None
+            interrupted = (
+                not ended or self._shutdown_requested or isinstance(error, KeyboardInterrupt)
+            )
+            self.autosaver.cell_finished(interrupted=interrupted)
+            if not self.autosaver.running and not self.autosaver.interrupted:
+                self._drop_standby()
+            loop = getattr(self, "io_loop", None)
+            if loop is not None:  # thread-safe: subshell cells end on other threads
+                loop.add_callback(self._maybe_checkpoint)
+                if interrupted:
+                    loop.call_later(INTERRUPT_GRACE, self._accept_interrupted)
 
-    async def dispatch_shell(self, *args: Any, **kwargs: Any) -> None:
-        await super().dispatch_shell(*args, **kwargs)
-        if threading.current_thread() is threading.main_thread():
-            shell = self.shell
-            if shell is None or not shell.exit_now:
-                self._maybe_checkpoint()
+    def _accept_interrupted(self) -> None:
+        """No shutdown followed the interrupt: the user goes on from the state it left."""
+        if self.autosaver.interrupted and not self.autosaver.running:
+            self.autosaver.accept_interrupted()
+            self._drop_standby()
+            self._maybe_checkpoint()
 
     def _maybe_checkpoint(self) -> None:
         """Checkpoint now, or set a timer for when the interval has passed."""
         if self._timer is not None:
             self.io_loop.remove_timeout(self._timer)
             self._timer = None
-        if not (self.autosave and self._dirty) or self._busy or self._writer is not None:
+        shell = self.shell
+        if self.restoring or (shell is not None and shell.exit_now):
             return
-        if self.restoring:  # a checkpoint now would save half a namespace
+        autosaver = self.autosaver
+        idle_and_clean = autosaver.enabled and not autosaver.dirty and not autosaver.running
+        if idle_and_clean and user_threads(self._baseline_threads):
+            autosaver.changed()  # a user thread may have changed the namespace
+        wait = autosaver.due()
+        if wait is None:
             return
-        now = time.monotonic()
-        wait = max(self._last_checkpoint + self.checkpoint_interval, self._retry_at) - now
         if wait <= 0:
             self.start_checkpoint()
         else:
@@ -480,18 +603,18 @@ class PersistentKernel(IPythonKernel):
                 raise refused
 
             return refuse, self.session_store
+        exclude = [*self.exclude, *settings.get("exclude", [])]
         values, skipped = namespace.select(
-            self.shell.user_ns,
-            self.shell.user_ns_hidden,
-            [*self.exclude, *settings.get("exclude", [])],
-            settings.get("include", []),
+            self.shell.user_ns, self.shell.user_ns_hidden, exclude, settings.get("include", [])
         )
-        for name, (ident, reason) in list(self._crashers.items()):
-            if name in values and id(values[name]) == ident:
-                del values[name]
-                skipped[name] = reason
-            else:  # bound to something else since: worth a try again
-                del self._crashers[name]
+        self.autosaver.culprits.apply(values, skipped)
+        excluded = [
+            n
+            for n in self.autosaver.pending_names()
+            if namespace.matches_any(n, exclude)
+            and not namespace.matches_any(n, settings.get("include", []))
+        ]
+        carried = self.autosaver.carry([*values, *skipped, *excluded])
         session = self.session_store
         info: dict[str, Any] = {
             "session": self.session_key,
@@ -500,7 +623,7 @@ class PersistentKernel(IPythonKernel):
         }
         known = self._known_cells
         inputs = list(self.shell.user_ns.get("In") or [])  # for `%persist rerun`
-        keep, carried = self.keep, list(self._carried)
+        keep = self.keep
         on_variable = beacon.set if beacon is not None else None
 
         bucket_seen = self._bucket_seen
@@ -524,29 +647,33 @@ class PersistentKernel(IPythonKernel):
 
         return job, session
 
-    def start_checkpoint(self, *, detach: bool = True) -> snapshot.Writer:
+    def start_checkpoint(
+        self, *, detach: bool = True, covers_running_cell: bool = False
+    ) -> snapshot.Writer:
         """Snapshot the namespace now; in a forked writer unless told otherwise.
 
-        Marks the namespace clean: anything that changes after this instant
-        makes it dirty again.
+        *covers_running_cell*: called as the last line of the running cell
+        (``%persist save``), so the snapshot holds all of that cell's changes.
         """
         began = time.perf_counter()
         forked = detach and self._use_fork()
         beacon = snapshot.Beacon() if forked else None
         job, session = self._job(beacon)
-        self._dirty = False
-        self._last_checkpoint = time.monotonic()
+        threads = bool(user_threads(self._baseline_threads))
+        ticket = self._ticket = self.autosaver.begin(
+            covers_running_cell=covers_running_cell, threads=threads
+        )
         if not forked:
             writer = snapshot.run_inline(job)
             writer.pause = time.perf_counter() - began
-            self._on_writer_done(writer)
+            self._settle(ticket, writer)
             return writer
         try:
             session.ensure()
             registration = session.register_writer()
         except OSError as exc:
-            writer = snapshot.Writer(None, None, snapshot._failure(exc))
-            self._on_writer_done(writer)
+            writer = snapshot.Writer(None, None, snapshot.failure(exc))
+            self._settle(ticket, writer)
             return writer
 
         def announced_job() -> dict[str, Any]:
@@ -555,41 +682,61 @@ class PersistentKernel(IPythonKernel):
             finally:
                 session.release_writer(*registration)
 
+        deadline = self._deadline()
         try:
-            writer = snapshot.start_forked(announced_job, inherit=[registration[0]])
+            writer = snapshot.start_forked(announced_job, [registration[0]], deadline)
         finally:
             os.close(registration[0])  # the writer holds its own copy of the lock
         writer.pause = time.perf_counter() - began
         writer.beacon = beacon
-        self._writer = writer
-        if writer.fd is not None and getattr(self, "io_loop", None) is not None:
-            self.io_loop.add_handler(
-                writer.fd, partial(self._on_writer_readable, writer), IOLoop.READ
-            )
+        self.writers.watch(writer, deadline)
         return writer
 
-    def _on_writer_readable(self, writer: snapshot.Writer, fd: int, events: int) -> None:
-        if writer.poll():
-            self.io_loop.remove_handler(fd)
-            writer.finish()
-            self._on_writer_done(writer)
+    def wait_for_writer(self, timeout: float | None = None) -> bool:
+        """Block until the running writer (if any) has reported or was stopped at
+        its deadline, at most *timeout* seconds; True if none runs any more."""
+        return self.writers.wait(timeout)
 
-    def wait_for_writer(self, timeout: float | None = None) -> None:
-        """Block until the running writer (if any) has reported."""
-        writer = self._writer
-        if writer is None or writer.fd is None:
-            return
-        self.io_loop.remove_handler(writer.fd)
-        if writer.wait(timeout) is None:  # still running: watch it again
-            self.io_loop.add_handler(
-                writer.fd, partial(self._on_writer_readable, writer), IOLoop.READ
-            )
-            return
-        self._on_writer_done(writer)
+    def save_now(self, *, covers_running_cell: bool = False) -> CheckpointResult | None:
+        """Checkpoint now and wait for the commit (``%persist save``).
+
+        A variable that crashes or hangs the writer is left out and the
+        checkpoint is written again without it, so this returns with the
+        rest saved. Returns the result (None if no checkpoint ran).
+        """
+        self.wait_for_writer()
+        for _ in range(3):
+            left_out = len(self.autosaver.culprits)
+            self.start_checkpoint(covers_running_cell=covers_running_cell)
+            self.wait_for_writer()
+            result = self.last_result
+            if result is None or result.ok or len(self.autosaver.culprits) == left_out:
+                break
+        return self.last_result
+
+    def clear_checkpoints(self, *, covers_running_cell: bool = False) -> None:
+        """Delete this notebook's checkpoints; what the namespace holds now is not saved.
+
+        Changes made from now on (and the rest of the running cell, unless
+        *covers_running_cell*) are checkpointed again.
+        """
+        self.wait_for_writer()
+        self._drop_standby()
+        session = self.session_store
+        with session.locked(timeout=60):
+            session.clear()
+        self.autosaver.cleared(covers_running_cell=covers_running_cell)
+        self.last_result = None
 
     def _on_writer_done(self, writer: snapshot.Writer) -> None:
-        if self._writer is writer:
-            self._writer = None
+        ticket = self._ticket
+        assert ticket is not None
+        self._settle(ticket, writer)
+        if getattr(self, "io_loop", None) is not None:
+            self.io_loop.add_callback(self._maybe_checkpoint)
+
+    def _settle(self, ticket: Ticket, writer: snapshot.Writer) -> None:
+        """Tell the policy how the checkpoint of *ticket* ended; tell the user if needed."""
         data = writer.result or {"ok": False, "error": "no result"}
         result = CheckpointResult.from_dict(data)
         result.pause = writer.pause
@@ -599,32 +746,41 @@ class PersistentKernel(IPythonKernel):
         )
         self.last_result = result
         if result.ok:
-            self._on_checkpoint_ok(result)
+            self.log.info(
+                "persistent-kernel: checkpoint %s %s: %d saved, %d skipped, %s written in %.2f s",
+                result.generation, "unchanged" if result.unchanged else "written",
+                len(result.saved), len(result.skipped), render.human_size(result.written),
+                result.elapsed,
+            )  # fmt: skip
+            notice = self.autosaver.succeeded(ticket)
             if "upload" in data:
                 self._on_upload(data["upload"])
         else:
-            # A crash while pickling a variable is blamed on it; a kill (the OOM
-            # killer) is not, and counts towards writing inline instead.
-            culprit = writer.beacon.get() if writer.crashed and writer.beacon is not None else ""
-            self._on_checkpoint_failed(result, errno_, died=writer.died, culprit=culprit)
-        if getattr(self, "io_loop", None) is not None:
-            self.io_loop.add_callback(self._maybe_checkpoint)
-
-    def _on_checkpoint_ok(self, result: CheckpointResult) -> None:
-        self.log.info(
-            "persistent-kernel: checkpoint %s %s: %d saved, %d skipped, %s written in %.2f s",
-            result.generation, "unchanged" if result.unchanged else "written",
-            len(result.saved), len(result.skipped), report.human_size(result.written),
-            result.elapsed,
-        )  # fmt: skip
-        if self._failures:
-            self._notice("persistent-kernel: checkpoints are being saved again.")
-        self._failures = self._writer_deaths = 0
-        self._retry_at = 0.0
+            kind = (
+                "timeout"
+                if writer.timed_out
+                else "crash"
+                if writer.crashed
+                else "kill"
+                if writer.died
+                else "error"
+            )
+            culprit = writer.beacon.get() if writer.died and writer.beacon is not None else ""
+            user_ns = self.shell.user_ns if self.shell is not None else {}
+            idents = {n: id(user_ns[n]) for n in culprit.split(",") if n in user_ns}
+            sentence = render.failure_sentence(result.error or "", errno_, self.checkpoint_dir)
+            self.log.warning(
+                "persistent-kernel: %s (%s%s)", sentence, result.error,
+                f"; while saving {culprit}" if culprit else "",
+            )  # fmt: skip
+            failure = Failure(kind, sentence, culprit)
+            notice = self.autosaver.failed(ticket, failure, idents, self.writers.deadline)
+        if notice:
+            self._notice(f"persistent-kernel: {notice}")
 
     def _on_upload(self, outcome: dict[str, Any]) -> None:
         """After a checkpoint saved locally: tell the user once if the bucket refused it,
-        and try again later (the namespace stays dirty), backing off."""
+        and try again later (the namespace stays unsaved), backing off."""
         self.last_upload = outcome
         error = outcome.get("error")
         if not error:
@@ -633,8 +789,8 @@ class PersistentKernel(IPythonKernel):
             self._upload_failures = 0
             return
         self._upload_failures += 1
-        self._dirty = True  # the next checkpoint uploads what this one could not
-        self._retry_at = time.monotonic() + min(300.0, 5.0 * 2 ** (self._upload_failures - 1))
+        # the next checkpoint uploads what this one could not
+        self.autosaver.retry_later(min(300.0, 5.0 * 2 ** (self._upload_failures - 1)))
         self.log.warning("persistent-kernel: upload failed: %s", error)
         if self._upload_failures == 1:
             self._notice(
@@ -642,60 +798,80 @@ class PersistentKernel(IPythonKernel):
                 "on this machine's disk, and the upload is retried in the background."
             )
 
-    def _on_checkpoint_failed(
-        self, result: CheckpointResult, errno_: Any, died: bool, culprit: str = ""
-    ) -> None:
-        """Keep the namespace dirty, back off, and tell the user once."""
-        self._dirty = True
-        if culprit and self.shell is not None:
-            # The writer died pickling these: leave them out (while they are the
-            # same objects) and try again at once without them.
-            reason = "pickling it crashed the background writer"
-            for name in culprit.split(","):
-                if name in self.shell.user_ns:
-                    self._crashers[name] = (id(self.shell.user_ns[name]), reason)
-            self.log.warning("persistent-kernel: the writer died while saving %s", culprit)
-            self._notice(
-                f"persistent-kernel: saving {culprit} crashed the background writer; "
-                "it is left out of checkpoints until you assign it again."
-            )
-            return
-        self._failures += 1
-        self._retry_at = time.monotonic() + min(60.0, 5.0 * 2 ** (self._failures - 1))
-        if died:
-            self._writer_deaths += 1
-            if self._writer_deaths >= 3 and self._use_fork():
-                self._fork_broken = True
-                self.log.warning(
-                    "persistent-kernel: the background writer died %d times in a row; "
-                    "checkpoints are now written inline",
-                    self._writer_deaths,
-                )
-        sentence = report.failure_sentence(result.error or "", errno_, self.checkpoint_dir)
-        self.log.warning("persistent-kernel: %s (%s)", sentence, result.error)
-        if self._failures == 1:
-            self._notice(
-                f"persistent-kernel: {sentence}. Your previous checkpoint is kept, and saving "
-                "resumes by itself once this is fixed."
-            )
-
     def _notice(self, text: str) -> None:
         """Show *text* above the next cell's output (once)."""
         self._pending_notices.append(text)
 
+    # -- the cell that is running -------------------------------------------------------
+
+    def _start_standby(self) -> None:
+        """Fork a standby holding the namespace as it is before this cell (see :mod:`snapshot`)."""
+        if not (self.autosave and self._use_fork()) or self.restoring or self.shell is None:
+            return
+        began = time.perf_counter()
+        for old in list(self._exited_standbys):
+            if old.reap():
+                self._exited_standbys.remove(old)
+        session = self.session_store
+        try:
+            session.ensure()
+            registration = session.register_writer()
+        except OSError:
+            return  # the idle checkpoint will say what is wrong with the disk
+
+        def job() -> dict[str, Any]:
+            # Runs in the standby, on its own copy of the namespace.
+            try:
+                return self._job(None)[0]()
+            finally:
+                session.release_writer(*registration)
+
+        try:
+            self._standby = snapshot.start_standby(job, [registration[0]], self._deadline())
+        finally:
+            os.close(registration[0])
+        self._standby_registration = registration
+        self.standby_pause = time.perf_counter() - began
+
+    def _drop_standby(self) -> None:
+        standby, self._standby = self._standby, None
+        registration, self._standby_registration = self._standby_registration, None
+        if standby is None:
+            return
+        standby.drop()
+        if registration is not None:
+            with contextlib.suppress(OSError):
+                registration[1].unlink()
+        if not standby.reap():
+            self._exited_standbys.append(standby)
+
     # -- the end ----------------------------------------------------------------------
 
     def final_checkpoint(self) -> None:
-        """Called once the event loop has stopped: checkpoint a dirty namespace.
+        """Called once the event loop has stopped: checkpoint a changed namespace.
 
-        The loop has stopped, so no cell is running. The writer is forked and
-        detached, so it completes even when jupyter_client SIGKILLs this
-        process group 2.5 s from now; the next kernel waits for it.
+        If a cell still runs (in a subshell), the standby forked when it
+        started writes the namespace as it was before it. The writer is
+        forked and detached, so it completes even when jupyter_client
+        SIGKILLs this process group 2.5 s from now; the next kernel waits
+        for it (at most until its deadline).
         """
         if self._ephemeral and self._shutdown_restart is False:
             self._forget_batch_state()
             return
-        if not (self.autosave and self._dirty) or self.restoring:
+        if self.restoring:
+            return
+        if self.autosaver.running or self.autosaver.interrupted:
+            # A cell runs, or was interrupted by this very shutdown: keep the
+            # state from before it (the standby's; without one, it is saved).
+            if self._standby is not None and self.autosave:
+                self._standby.write()
+                self._standby = None
+            return
+        self._drop_standby()
+        if self.autosave and user_threads(self._baseline_threads):
+            self.autosaver.changed()  # saved consistently: the fork sees one instant
+        if not (self.autosave and self.autosaver.dirty):
             return
         try:
             self.start_checkpoint()
@@ -704,11 +880,13 @@ class PersistentKernel(IPythonKernel):
 
     def do_shutdown(self, restart: bool) -> Any:
         self._shutdown_restart = bool(restart)
+        self._shutdown_requested = True  # a cell it ends is not a finished cell
         return super().do_shutdown(restart)
 
     def _forget_batch_state(self) -> None:
         """A batch run ends: nothing will read its checkpoints (see identity.decide_unattached)."""
         self.wait_for_writer(timeout=self.writer_wait)
+        self._drop_standby()
         session = self.session_store
         try:
             session.wait_for_writers(self.writer_wait)
@@ -737,12 +915,20 @@ class PersistentKernel(IPythonKernel):
         quickexit.arm(keep)
 
     def _install_sigterm_handler(self) -> None:
-        """SIGTERM between cells stops the loop, so the final checkpoint runs."""
+        """SIGTERM between cells stops the loop, so the final checkpoint runs.
+
+        During a cell the namespace is half-changed: the standby (if the cell
+        started on unsaved changes) writes the state from before the cell,
+        and the kernel dies at once.
+        """
         if threading.current_thread() is not threading.main_thread():
             return
 
         def on_sigterm(signum: int, frame: Any) -> None:
-            if self._busy:  # mid-cell: the namespace is half-changed; just die
+            if self.autosaver.running:
+                standby = self._standby
+                if standby is not None and self.autosave:
+                    standby.write()
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 os.kill(os.getpid(), signal.SIGTERM)
                 return

@@ -13,7 +13,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from . import checkpoint, render, restore
+from . import autosave, checkpoint, render, restore
 from .errors import CheckpointFailed, PersistentKernelError, sentence
 from .session import resolve_session_arg
 from .store import Store
@@ -97,9 +97,14 @@ class PersistMagics(Magics):
             print("Automatic checkpoints are off (%persist on resumes them).")
         print(
             render.checkpoint_status(
-                kernel.last_result, pending=kernel._dirty, running=kernel._writer is not None
+                kernel.last_result,
+                pending=kernel.autosaver.dirty,
+                running=kernel.writers.running,
             )
         )
+        pending = kernel.autosaver.pending_names()
+        if pending:
+            print(render.pending_sentence(pending))
 
     def _save(self, args: list[str]) -> None:
         self._no_args(args, "save")
@@ -116,15 +121,14 @@ class PersistMagics(Magics):
             error = result.error if result is not None else "no result"
             print(f"The checkpoint failed: {error}. The previous checkpoint is unchanged.")
 
-    def _checkpoint_now(self) -> checkpoint.CheckpointResult | None:
-        kernel = self.kernel
-        kernel.wait_for_writer()
-        writer = kernel.start_checkpoint()
-        if not writer.done:
-            kernel.wait_for_writer()
-        # This cell's own changes are in the checkpoint just written.
-        kernel._skip_dirty_once = True
-        return kernel.last_result
+    def _checkpoint_now(self, command: str = "save") -> checkpoint.CheckpointResult | None:
+        return self.kernel.save_now(covers_running_cell=self._ends_cell(command))
+
+    def _ends_cell(self, command: str) -> bool:
+        """Is ``%persist <command>`` the last line of the running cell?"""
+        parent = self.kernel.get_parent()
+        code = parent.get("content", {}).get("code", "") if isinstance(parent, dict) else ""
+        return autosave.ends_cell(str(code), command)
 
     def _history(self, args: list[str]) -> None:
         self._no_args(args, "history")
@@ -184,15 +188,7 @@ class PersistMagics(Magics):
 
     def _clear(self, args: list[str]) -> None:
         self._no_args(args, "clear")
-        kernel = self.kernel
-        kernel.wait_for_writer()
-        session = kernel.session_store
-        with session.locked(timeout=60):
-            session.clear()
-        kernel._dirty = False
-        kernel._skip_dirty_once = True
-        kernel._carried = []
-        kernel.last_result = None
+        self.kernel.clear_checkpoints(covers_running_cell=self._ends_cell("clear"))
         print(
             "Checkpoints of this notebook cleared: restart the kernel to start clean. "
             "Cells you run from now on are checkpointed again."
@@ -204,7 +200,7 @@ class PersistMagics(Magics):
         if not args:
             raise UsageError("%persist export needs a path")
         path, names = args[0], args[1:]
-        result = self._checkpoint_now()
+        result = self._checkpoint_now("export")
         if result is None or not result.ok:
             error = result.error if result is not None else "no result"
             raise CheckpointFailed(f"the checkpoint to export could not be written ({error})")

@@ -67,6 +67,15 @@ def cell_line(source: str, width: int = 70) -> str:
     return first + (" ..." if more else "")
 
 
+def pending_sentence(names: list[str]) -> str:
+    """Which variables a restore did not load, and how to load or drop them."""
+    return (
+        f"{len(names)} variable(s) not loaded yet stay in later checkpoints as they were: "
+        f"{short_list(names)}. Load them with %persist restore {' '.join(names[:12])}; "
+        "%persist exclude NAME drops one."
+    )
+
+
 def restore_summary(report: RestoreReport) -> str:
     """The lines shown above the first cell's output after a restore."""
     lines: list[str] = []
@@ -99,11 +108,8 @@ def restore_summary(report: RestoreReport) -> str:
                 "persistent-kernel: %persist rerun NAME runs again the cell that assigned NAME"
             )
     if report.carried:
-        count = sum(len(g.record.get("names", [])) for g in report.carried)
-        lines.append(
-            f"persistent-kernel: the {count} variable(s) not loaded stay in later checkpoints "
-            "until you assign those names"
-        )
+        names = sorted(str(n) for g in report.carried for n in g.record.get("names", []))
+        lines.append(f"persistent-kernel: {pending_sentence(names)}")
     if report.waited >= 1:
         lines.append(
             f"persistent-kernel: waited {report.waited:.1f} s for the previous kernel's "

@@ -228,7 +228,12 @@ def _restore(
     def read(manifest: Manifest) -> list[list[Any] | None]:
         parse_content(manifest)  # a malformed manifest is passed over, like a damaged one
         readable.append(manifest)
-        return _read_groups(session, manifest, progress)
+        try:
+            return _read_groups(session, manifest, progress)
+        except RestoreInterrupted:
+            # Stopped while reading: nothing is unpickled, all of it stays pending.
+            _load(session, manifest, None, into, report, progress)
+            raise
 
     try:
         manifest, blobs = session.newest(read, report.problems)
@@ -252,7 +257,7 @@ def _restore(
 def _load(
     session: SessionStore,
     manifest: Manifest,
-    blobs: list[list[Any] | None],
+    blobs: list[list[Any] | None] | None,
     into: dict[str, Any],
     report: RestoreReport,
     progress: RestoreProgress | None,
@@ -260,7 +265,9 @@ def _load(
     markers: bool = True,
 ) -> None:
     """Unpickle *blobs* into *into*. *markers*: leave a crash marker while a
-    group is unpickled, and skip groups whose unpickling killed a kernel."""
+    group is unpickled, and skip groups whose unpickling killed a kernel.
+    *blobs* None: the read was interrupted; modules are imported, every group
+    is carried unchanged."""
     content = parse_content(manifest)
     report.generation, report.created, report.size = (
         manifest.generation,
@@ -285,6 +292,10 @@ def _load(
                 report.restored.append(name)
             except Exception as exc:
                 report.skipped[name] = f"module {module} could not be imported ({exc})"
+    if blobs is None:
+        report.restored.sort()
+        report.carried.extend(_carry(content, g) for g in content.groups)
+        raise RestoreInterrupted
     poisoned = session.poisoned() if markers else set()
     for group, parts in zip(content.groups, blobs, strict=True):
         if parts is None:  # damaged: already reported

@@ -23,13 +23,16 @@ it does itself: the job must not take locks other threads may hold.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import gc
 import json
+import math
 import mmap
 import os
 import select
 import signal
+import struct
 import sys
 import time
 import traceback
@@ -38,6 +41,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 Job = Callable[[], dict[str, Any]]
+
+DEADLINE_GRACE = 2.0  # seconds a writer lives past its deadline when nobody kills it
 
 
 class Beacon:
@@ -67,7 +72,8 @@ def fork_supported() -> bool:
     return hasattr(os, "fork") and sys.platform != "win32"
 
 
-def _failure(exc: BaseException) -> dict[str, Any]:
+def failure(exc: BaseException) -> dict[str, Any]:
+    """A failed job's result for *exc*."""
     return {
         "ok": False,
         "error": f"{type(exc).__name__}: {exc}",
@@ -96,7 +102,7 @@ def run_job(job: Job) -> dict[str, Any]:
     try:
         return job()
     except BaseException as exc:  # the writer must always report
-        return _failure(exc)
+        return failure(exc)
 
 
 class Writer:
@@ -111,6 +117,7 @@ class Writer:
         self.died = False  # the writer exited without reporting (killed, crashed)
         self.crashed = False  # ... and it was a crash (a fatal signal), not a kill
         self.beacon: Beacon | None = None  # what the writer was saving, if it says
+        self.timed_out = False  # ... because it passed its deadline and was killed
         self._buffer = b""
 
     @property
@@ -145,6 +152,24 @@ class Writer:
         self.finish()
         return self.result
 
+    def kill(self, grace: float = 5.0) -> None:
+        """Stop a writer that passed its deadline: SIGKILL, then read to EOF.
+
+        Only while its pipe is open: the writer holds the write end until it
+        exits, so the pid is still its own. Waits at most *grace* seconds for
+        the pipe to close (a killed process closes it at once).
+        """
+        if self.fd is None or self.pid is None:
+            return
+        if not self.poll():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.timed_out = True
+            deadline = time.monotonic() + grace
+            while not self.poll() and time.monotonic() < deadline:
+                select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+        self.finish()
+
     def finish(self) -> None:
         """Close the pipe and decode the result (after :meth:`poll` said EOF)."""
         if self.fd is None:
@@ -159,7 +184,13 @@ class Writer:
             self.died = True
             # faulthandler wrote this into the pipe: a crash, not a kill
             self.crashed = b"Fatal Python error" in self._buffer
-            how = "crashed" if self.crashed else "was killed"
+            how = (
+                "crashed"
+                if self.crashed
+                else "was stopped at its deadline"
+                if self.timed_out
+                else "was killed"
+            )
             result = {"ok": False, "error": f"the background writer {how} before reporting"}
         self.result = result
 
@@ -183,11 +214,12 @@ def _close_fds_except(keep: Sequence[int]) -> None:
     os.closerange(low, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 4096)
 
 
-def _writer_main(job: Job, wfd: int, keep: Sequence[int]) -> None:
+def _writer_main(job: Job, wfd: int, keep: Sequence[int], deadline: float | None) -> None:
     """Body of the detached writer. Never returns."""
     code = 0
     try:
         _close_fds_except([wfd, *keep])
+        _arm_deadline(deadline)
         # A fatal signal (SIGSEGV in an extension, abort()) leaves its mark in
         # the pipe; SIGKILL (the OOM killer, a user) leaves nothing.
         faulthandler.enable(file=wfd, all_threads=False)
@@ -211,29 +243,158 @@ def _writer_main(job: Job, wfd: int, keep: Sequence[int]) -> None:
         os._exit(code)
 
 
-def start_forked(job: Job, inherit: Sequence[int] = ()) -> Writer:
-    """Fork a detached writer that runs *job*; return at once.
+def _arm_deadline(seconds: float | None) -> None:
+    """End this process (SIGALRM, default action) *seconds* from now.
 
-    *inherit* are descriptors the writer keeps (flocks it must hold); the
-    caller closes its own copies afterwards. The kernel's pause is the
-    ``fork()`` itself: a few milliseconds per GiB of resident memory.
+    The backstop for a writer nobody watches any more (the final checkpoint
+    of a kernel that has exited): no writer outlives its deadline, so the
+    next kernel never waits for a stuck one longer than that.
     """
-    rfd, wfd = os.pipe()
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    if seconds is not None:
+        # A little later than the kernel's own kill, which names the culprit.
+        signal.alarm(max(1, math.ceil(seconds + DEADLINE_GRACE)))
+
+
+def _fork() -> int:
     with warnings.catch_warnings():
         # Python 3.12+ warns on fork() in a threaded process. The child only
         # pickles memory it owns, writes files and exits; it takes no lock
         # another thread could hold (logging, zmq, output streams).
         warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+        return os.fork()
+
+
+def start_forked(job: Job, inherit: Sequence[int] = (), deadline: float | None = None) -> Writer:
+    """Fork a detached writer that runs *job*; return at once.
+
+    *inherit* are descriptors the writer keeps (flocks it must hold); the
+    caller closes its own copies afterwards. The writer ends itself
+    *deadline* seconds from now, whoever watches it. The kernel's pause is
+    the ``fork()`` itself: a few milliseconds per GiB of resident memory.
+    """
+    rfd, wfd = os.pipe()
+    pid_r, pid_w = os.pipe()
+    pid = _fork()
     if pid == 0:  # pragma: no cover - runs in the intermediate child
         try:
             os.close(rfd)
+            os.close(pid_r)
             os.setsid()
-            if os.fork() == 0:
-                _writer_main(job, wfd, inherit)
+            child = os.fork()
+            if child == 0:
+                os.close(pid_w)
+                _writer_main(job, wfd, inherit, deadline)
+            os.write(pid_w, struct.pack("q", child))
         finally:
             os._exit(0)
     os.close(wfd)
+    os.close(pid_w)
     os.waitpid(pid, 0)  # the intermediate child exits at once
+    data = os.read(pid_r, 8)
+    os.close(pid_r)
     os.set_blocking(rfd, False)
-    return Writer(rfd, None, None)
+    writer = Writer(rfd, None, None)
+    writer.pid = struct.unpack("q", data)[0] if len(data) == 8 else None
+    return writer
+
+
+def resident_bytes() -> int:
+    """This process's resident memory in bytes (0 where it cannot be read).
+
+    What a writer may have to pickle at most: its deadline scales with it.
+    """
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak) * (1 if sys.platform == "darwin" else 1024)
+    except (ImportError, OSError):
+        return 0
+
+
+class Standby:
+    """A forked copy of the namespace kept while a cell runs, to write if the kernel ends.
+
+    Taken when a cell starts on unsaved changes: if the kernel is stopped
+    (restart, shutdown, SIGTERM) or dies (SIGKILL, the OOM killer) before
+    the cell ends, the standby writes the namespace as it was before the
+    cell, not half of it. When the cell ends, :meth:`drop` lets it go
+    without writing anything.
+
+    The standby is the kernel's child in a session of its own (so
+    ipykernel's and jupyter_client's signals to the kernel's process group
+    miss it). It blocks on a pipe: one byte ``d`` means drop, anything else
+    (``w``, or end of file because the kernel died) means write. It costs
+    the kernel one ``fork()`` per such cell, and the pages the cell changes
+    are copied once while it lives.
+    """
+
+    def __init__(self, pid: int, control: int) -> None:
+        self.pid = pid
+        self._control: int | None = control
+
+    def _send(self, byte: bytes) -> None:
+        if self._control is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._control, byte)
+        with contextlib.suppress(OSError):
+            os.close(self._control)
+        self._control = None
+
+    def drop(self) -> None:
+        """The cell ended: exit without writing."""
+        self._send(b"d")
+
+    def write(self) -> None:
+        """The kernel is ending mid-cell: write the snapshot (detached; do not wait)."""
+        self._send(b"w")
+
+    def reap(self) -> bool:
+        """Collect the exited standby (no zombie left); True once it has exited."""
+        try:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        return pid != 0
+
+
+def start_standby(job: Job, inherit: Sequence[int] = (), deadline: float | None = None) -> Standby:
+    """Fork a :class:`Standby` that runs *job* only if told to (or if the kernel dies)."""
+    rfd, wfd = os.pipe()
+    pid = _fork()
+    if pid == 0:  # pragma: no cover - runs in the standby
+        code = 0
+        try:
+            os.setsid()
+            os.close(wfd)
+            _close_fds_except([rfd, *inherit])
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            gc.disable()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            sys.stdout = sys.stderr = open(devnull, "w", closefd=False)  # noqa: SIM115
+            while True:
+                try:
+                    order = os.read(rfd, 1)
+                    break
+                except InterruptedError:  # pragma: no cover - retried by Python
+                    continue
+            if order != b"d":
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                _arm_deadline(deadline)
+                run_job(job)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(rfd)
+    return Standby(pid, wfd)

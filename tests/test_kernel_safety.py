@@ -110,7 +110,7 @@ def test_full_disk_keeps_the_kernel_working(kernels: KernelHarness, tmp_path: Pa
             while True:
                 f.write(b"\0" * 65536)
         kernel.run("import numpy as np\nbig = np.ones(1_000_000)").check()
-        wait_until(lambda: quiet_value(kernel, "get_ipython().kernel._failures") != "0",
+        wait_until(lambda: quiet_value(kernel, "get_ipython().kernel.autosaver.failures") != "0",
                    what="a failed checkpoint")  # fmt: skip
         first = kernel.run("x = 1").check().text
         assert "is full" in first and "previous checkpoint is kept" in first
@@ -134,7 +134,7 @@ def test_read_only_disk_keeps_the_kernel_working(kernels: KernelHarness, tmp_pat
         kernel, session = first_checkpoint_on(kernels, disk)
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         kernel.run("second = 2").check()
-        wait_until(lambda: quiet_value(kernel, "get_ipython().kernel._failures") != "0",
+        wait_until(lambda: quiet_value(kernel, "get_ipython().kernel.autosaver.failures") != "0",
                    what="a failed checkpoint")  # fmt: skip
         assert "read-only" in kernel.run("third = 3").check().text
         subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
@@ -300,25 +300,3 @@ def test_two_kernels_on_one_notebook_never_tear_a_generation(kernels: KernelHarn
         assert report.problems == [] and report.generation == generation, report.problems
         assert into["sig"] == (into["who"], into["step"]), (generation, into["sig"])
         assert float(into["data"][0]) == into["step"]  # type: ignore[index]
-
-
-def test_a_writer_that_keeps_dying_switches_to_inline(kernels: KernelHarness) -> None:
-    """Every writer is killed while it works (nothing to blame, as when the OOM
-    killer keeps picking them): after three in a row the kernel writes inline."""
-    kernel = kernels.start(args=NOW)
-    kernel.run("import numpy as np\nblocks = [np.zeros(2**24) for _ in range(4)]").check()
-    kernels.wait_generations(kernels.session(), 1, timeout=120)
-    kernel.run("for b in blocks:\n    b += 1").check()
-    deadline = time.monotonic() + 120  # backoff: 5 + 10 s between the three tries
-    while quiet_value(kernel, "get_ipython().kernel._fork_broken") != "True":
-        assert time.monotonic() < deadline, "the kernel never stopped forking"
-        for proc in processes_of(kernel.km.connection_file):
-            if proc.pid != kernel.pid:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    proc.kill()
-        time.sleep(0.02)
-    assert quiet_value(kernel, "get_ipython().kernel._writer_deaths") == "3"
-    # inline from now on: the next checkpoint is written by the kernel itself
-    kernels.wait_generations(kernels.session(), 2, timeout=120)
-    kernel.restart()
-    assert kernel.value("float(blocks[0][0])") == "1.0"
