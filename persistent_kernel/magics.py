@@ -150,6 +150,7 @@ class PersistMagics(Magics):
             values = {name: values[name] for name in args if name in values}
         assert self.shell is not None
         self.shell.user_ns.update(values)
+        self.kernel.autosaver.carry(values)  # loaded: no longer pending
         print(
             f"Restored {len(values)} variable(s) from generation {rep.generation} "
             f"({render.when(rep.created)}): {render.short_list(sorted(values))}"
