@@ -225,34 +225,29 @@ def _as_main(module: types.ModuleType) -> Iterator[None]:
             sys.modules["__main__"] = previous
 
 
-class _Discard:
-    """A file that forgets what is written to it (for trial dumps)."""
-
-    def write(self, data: bytes | memoryview) -> int:
-        return len(data)
-
-
-def _dump(module: types.ModuleType, file: IO[bytes] | _Discard) -> None:
+def _dump(module: types.ModuleType, file: IO[bytes]) -> None:
+    """``dill.dump_module`` into *file* (readable, seekable, at its start), then
+    read it back to check it names nothing only the notebook's ``__main__`` had."""
     import dill
 
     serializer.import_dill()
-    out = io.BytesIO()
 
     def dump() -> list[warnings.WarningMessage]:
         with _as_main(module), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", dill.PicklingWarning)
-            dill.dump_module(out, module=module, refimported=True)
+            dill.dump_module(file, module=module, refimported=True)
         return caught
 
     try:
         caught = dump()
     except RecursionError:  # a deep structure: again, with room to recurse
-        out.seek(0)
-        out.truncate()
+        file.seek(0)
+        file.truncate()
         caught = serializer.deeply(dump)
     # dill's fallback to saving by name can make a file that does not load
-    serializer.check_by_name(out.getbuffer(), caught)
-    file.write(out.getbuffer())
+    file.flush()
+    file.seek(0)
+    serializer.check_by_name(file, caught)
 
 
 def _write_module(module: types.ModuleType, target: Path) -> dict[str, str]:

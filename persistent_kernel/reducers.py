@@ -66,7 +66,7 @@ import typing
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 #: Enum bookkeeping the metaclass computes again from the members.
 _ENUM_DERIVED = frozenset({"__dict__", "__weakref__", "__module__", "__qualname__", "__new__"})
@@ -385,7 +385,7 @@ _GET_OPS = frozenset({"BINGET", "LONG_BINGET", "GET"})
 _PUT_OPS = frozenset({"BINPUT", "LONG_BINPUT", "PUT"})
 
 
-def main_references(data: bytes | memoryview) -> list[str]:
+def main_references(data: bytes | memoryview | IO[bytes]) -> list[str]:
     """The names a pickle stream looks up in ``__main__`` (``__main__.__dict__``,
     which a fresh ``__main__`` has, aside): each would fail to load there.
 
@@ -398,7 +398,8 @@ def main_references(data: bytes | memoryview) -> list[str]:
     found: list[str] = []
     memo: dict[int, Any] = {}
     last: list[Any] = [None, None]
-    for opcode, arg, _ in pickletools.genops(bytes(data)):
+    stream: IO[bytes] = io.BytesIO(data) if isinstance(data, (bytes, memoryview)) else data
+    for opcode, arg, _ in pickletools.genops(stream):
         name = opcode.name
         if name in _STRING_OPS:
             last = [last[1], arg]

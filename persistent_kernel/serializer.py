@@ -55,7 +55,7 @@ from types import (
     ModuleType,
     WrapperDescriptorType,
 )
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from .reducers import (
     NotRestorable,
@@ -260,7 +260,9 @@ def _dump_once(obj: Any, use_dill: bool, track: bool) -> _Dumped:
     return _Dumped(out.getbuffer(), buffers, seen, reductions)
 
 
-def check_by_name(data: bytes | memoryview, caught: list[warnings.WarningMessage]) -> None:
+def check_by_name(
+    data: bytes | memoryview | IO[bytes], caught: list[warnings.WarningMessage]
+) -> None:
     """Raise :class:`NotRestorable` if dill, having warned that it fell back to
     saving something by name, saved a name a fresh ``__main__`` lacks.
 

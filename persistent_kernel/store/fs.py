@@ -124,12 +124,14 @@ def atomic_file(target: Path) -> Iterator[BinaryIO]:
 
     The temp file (mode 0600) sits beside *target*; on success it is fsynced
     and renamed over it, and the directory fsynced (best effort: some file
-    systems refuse to fsync a directory). On any error it is removed.
+    systems refuse to fsync a directory). On any error it is removed. It is
+    open for reading too, so that what was written can be checked before it
+    replaces *target*.
     """
     tmp = target.with_name(f".{target.name}{TMP}{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        with open(fd, "wb") as f:
+        with open(fd, "w+b") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
