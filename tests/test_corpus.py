@@ -26,6 +26,9 @@ from persistent_kernel.store import Store
 from .corpus import KINDS, Kind
 from .harness import KernelHarness
 
+#: The first test also pays for the fixture: one kernel running every kind twice.
+pytestmark = pytest.mark.timeout(900)
+
 _ISOLATED = ("JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "JUPYTER_CONFIG_DIR", "IPYTHONDIR", "HOME")
 
 
