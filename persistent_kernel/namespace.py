@@ -153,15 +153,24 @@ def bound_names(source: str) -> set[str]:
     return names
 
 
+#: Cells longer than this are not kept for ``%persist rerun`` (a cell holding
+#: data inline would bloat every manifest); their variables get no cell.
+MAX_CELL = 64 * 1024
+
+
 def last_assignments(inputs: Sequence[str], names: Collection[str]) -> dict[str, str]:
     """name -> the source of the newest cell in *inputs* (IPython's ``In``) that
-    binds it, for the *names* some cell binds. What ``%persist rerun`` runs."""
+    binds it, for the *names* some cell binds. What ``%persist rerun`` runs.
+    A name whose newest binding cell is over :data:`MAX_CELL` gets none."""
     wanted = set(names)
     found: dict[str, str] = {}
     for source in reversed(inputs):
         if not wanted:
             break
         if not isinstance(source, str) or not source.strip():
+            continue
+        if len(source) > MAX_CELL:
+            wanted -= bound_names(source)
             continue
         for name in bound_names(source) & wanted:
             found[name] = source

@@ -139,3 +139,5 @@ def test_last_assignments_finds_the_newest_cell_binding_each_name() -> None:
         "b": "b = a",
         "c": "a = 2\nc = 3",
     }
+    huge = "b = " + repr("x" * 70_000)  # too long to keep: b gets no cell, not an older one
+    assert last_assignments([*inputs, huge], ["b"]) == {}
