@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/bench.py            # full run (~1 GiB state, 3 repeats)
     .venv/bin/python benchmarks/bench.py --quick    # smoke run, small sizes, 1 repeat
     .venv/bin/python benchmarks/bench.py --gib 2 --repeat 5
+    .venv/bin/python benchmarks/bench.py --large 1,4,8  # fork pause, writer memory and
+                                                        # one-element changes by size
 
 Every workload is built in real kernels started through jupyter_client: ours
 (``python-persistent``) and the stock ``python3`` kernel (ipykernel), with
@@ -926,6 +928,114 @@ def environment() -> dict[str, Any]:
     }
 
 
+# -- large state: fork pause, writer memory, chunked small changes ------------------------
+
+BLOCK = 256 * MiB  # the large state is built of random float64 arrays this size
+
+
+def large_state(bench: Bench, sizes: list[float]) -> list[dict[str, Any]]:
+    """Fork pause and writer memory at each size, and what a one-element change costs.
+
+    One kernel of ours (autosave off), whose state grows to each size in
+    turn (random 256 MiB arrays ``big_0``, ``big_1``, ...). At each size:
+
+    1. ``%persist save`` of the grown state (only the new arrays' chunks
+       are new): the kernel's pause (filter + fork), the writer's private
+       memory (reported, and sampled from outside), its time;
+    2. one element of ``big_0`` changed, ``%persist save``: bytes written
+       and time (the chunked-buffer target: at most 1% of the state, at most
+       10% of a full checkpoint's time);
+    3. the same with ``gc.freeze()`` run just before (and ``gc.unfreeze()``
+       after): does freezing the collector's objects shorten the pause or
+       spare the writer copy-on-write pages?
+    4. the peer: the same arrays written raw (``tofile`` + fsync) in the
+       same kernel, the file removed after;
+    5. the checkpoint directory's size, every generation kept so far.
+    """
+    rows: list[dict[str, Any]] = []
+    ckdir = bench.root / "checkpoints" / "large"
+    raw_file = bench.root / "files" / "large.raw"
+    extra = ["--PersistentKernel.autosave=False", "--PersistentKernel.keep=100"]
+    built = 0
+    with bench.kernel_ctx(OURS, "large", "bench-large", ckdir, extra) as k:
+        k.run("import numpy as np")
+        for gib in sizes:
+            m: dict[str, Any] = {"gib": gib}
+            while built * BLOCK < gib * GiB:
+                k.run(f"big_{built} = np.random.default_rng({built}).random({BLOCK // 8})")
+                built += 1
+            names = [f"big_{i}" for i in range(built)]
+            m["rss"] = k.call("rss()")["VmRSS"]
+            log(f"large {gib} GiB: save")
+
+            def save(what: str, m: dict[str, Any] = m) -> None:
+                before = _tree(ckdir)
+                with WriterSampler(k.pid) as sampler:
+                    r = k.call("persist_save()")["result"]
+                bench._check_ok(r, what)
+                m[f"{what}.pause"], m[f"{what}.elapsed"] = r["pause"], r["elapsed"]
+                m[f"{what}.written"] = _written(before, _tree(ckdir))
+                m[f"{what}.private"] = r["writer_private_bytes"]
+                m[f"{what}.private_peak"] = max(sampler.peak, r["writer_private_bytes"] or 0)
+
+            bench.prefault(1.5 * BLOCK)
+            save("save")
+            k.run("big_0[12345] += 1.0")
+            save("change")
+            k.run("__import__('gc').freeze(); big_0[23456] += 1.0")
+            save("frozen")
+            k.run("__import__('gc').unfreeze()")
+            log(f"large {gib} GiB: raw write")
+            raw = k.call(f"raw_write({str(raw_file)!r}, {names!r}, 'arrays')")
+            raw_file.unlink()
+            m["raw.elapsed"], m["raw.size"] = raw["elapsed"], raw["size"]
+            m["disk"] = sum(size for size, _ in _tree(ckdir).values())
+            m["generations"] = len(list((ckdir).glob("**/generations/*.json")))
+            rows.append(m)
+            log(f"large {gib} GiB: {m}")
+    return rows
+
+
+def large_table(rows: list[dict[str, Any]]) -> str:
+    """The large-state measures as a Markdown table, one column per size."""
+
+    def pct(a: Any, b: Any) -> str:
+        return f"{100 * a / b:.2f}%" if a is not None and b else "-"
+
+    def cells(m: dict[str, Any]) -> list[str]:
+        raw_t, raw_n = m["raw.elapsed"], m["raw.size"]
+        return [
+            _size(m["rss"]),
+            _time(raw_t),
+            f"{_time(m['save.pause'])} ({pct(m['save.pause'], raw_t)} of raw)",
+            f"{_time(m['frozen.pause'])} ({pct(m['frozen.pause'], raw_t)} of raw)",
+            f"{_size(m['save.private'])} / {_size(m['save.private_peak'])}",
+            f"{_size(m['frozen.private'])} / {_size(m['frozen.private_peak'])}",
+            f"{_size(m['change.written'])} ({pct(m['change.written'], raw_n)} of the state)",
+            f"{_time(m['change.elapsed'])} ({pct(m['change.elapsed'], raw_t)} of a raw write)",
+            f"{_size(m['disk'])} ({m['disk'] / raw_n:.2f}x the state, "
+            f"{m['generations']} generations)",
+        ]
+
+    titles = [
+        "state (RSS)",
+        "raw write + fsync (peer)",
+        "fork pause",
+        "fork pause, gc.freeze() first",
+        "writer private memory (reported / sampled peak)",
+        "same, gc.freeze() first",
+        "one-element change: bytes written",
+        "one-element change: writer time",
+        "checkpoint dir, all generations so far",
+    ]
+    columns = [cells(m) for m in rows]
+    out = ["| measure | " + " | ".join(f"{m['gib']:g} GiB" for m in rows) + " |"]
+    out.append("|" + "---|" * (len(rows) + 1))
+    for i, title in enumerate(titles):
+        out.append(f"| {title} | " + " | ".join(c[i] for c in columns) + " |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat (smoke run)")
@@ -934,7 +1044,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json", type=Path, default=HERE / "results.json", help="where to write the JSON"
     )
+    parser.add_argument(
+        "--large",
+        default=None,
+        help="only the large-state measures, at these sizes in GiB (e.g. 1,4,8)",
+    )
     args = parser.parse_args(argv)
+    if args.large:
+        return main_large(args, [float(x) for x in args.large.split(",")])
     gib = args.gib if args.gib is not None else (0.05 if args.quick else 1.0)
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     objects_scale = 0.05 if args.quick else 1.0
@@ -1003,6 +1120,30 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
     log(f"wrote {args.json}")
+    return 0
+
+
+def main_large(args: argparse.Namespace, sizes: list[float]) -> int:
+    """``--large``: the fork pause, writer memory and chunked small changes by size."""
+    bench = Bench(args)
+    log(f"temp dir {bench.root}; large state at {sizes} GiB")
+    try:
+        rows = large_state(bench, sizes)
+    finally:
+        bench.cleanup()
+        log("cleaned up")
+    table = large_table(rows)
+    print(table)
+    path = HERE / "large_results.json"
+    result = {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment(),
+        "rows": rows,
+        "table": table,
+    }
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    log(f"wrote {path}")
     return 0
 
 
