@@ -1045,6 +1045,11 @@ def main(argv: list[str] | None = None) -> int:
         "--json", type=Path, default=HERE / "results.json", help="where to write the JSON"
     )
     parser.add_argument(
+        "--only",
+        default=None,
+        help="run only these workloads (comma-separated keys: seed, arrays, objects)",
+    )
+    parser.add_argument(
         "--large",
         default=None,
         help="only the large-state measures, at these sizes in GiB (e.g. 1,4,8)",
@@ -1056,6 +1061,8 @@ def main(argv: list[str] | None = None) -> int:
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     objects_scale = 0.05 if args.quick else 1.0
     wls = workloads(gib, objects_scale)
+    if args.only:
+        wls = [w for w in wls if w.key in args.only.split(",")]
     command = shlex.join([sys.executable, *sys.argv])
 
     def on_signal(signum: int, frame: Any) -> None:
