@@ -12,6 +12,7 @@ from persistent_kernel.content import parse
 from persistent_kernel.restore import restore_checkpoint
 from persistent_kernel.store import SessionStore, chunks
 
+from .harness import KernelHarness
 from .helpers import INFO, flip_a_bit
 
 MB = 1 << 20
@@ -120,3 +121,26 @@ def test_format_2_readers_are_not_given_chunks(session: SessionStore) -> None:
     """Small buffers keep the format older releases read; chunks make it format 3."""
     write(session, {"a": np.arange(100)})
     assert session.read_manifest(1).raw["format"] == 2
+
+
+def test_a_kernel_restarts_with_a_chunked_array_and_a_small_change_writes_a_chunk(
+    kernels: KernelHarness,
+) -> None:
+    """In a real kernel: a large array comes back exactly after a restart, and
+    changing one element of it adds about one chunk to the store."""
+    kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=0"])
+    kernel.run(
+        "import numpy as np\n"
+        f"big = np.random.default_rng(5).random({5 * CHUNK // 8 + 3}).reshape(-1, 1)\n"
+        "total = float(big.sum())"
+    ).check()
+    session = kernels.session()
+    kernels.wait_generations(session, 1)
+    before = stored_bytes(session)
+    assert before >= 5 * CHUNK
+    kernel.run("big[-1, 0] = 7.0\ntotal = float(big.sum())").check()
+    kernels.wait_generations(session, 2)
+    assert stored_bytes(session) - before <= CHUNK + MB
+    kernel.restart()
+    out = kernel.value("(big.shape, float(big.sum()) == total, big[-1, 0], big.flags.writeable)")
+    assert out == f"(({5 * CHUNK // 8 + 3}, 1), True, np.float64(7.0), True)"
