@@ -450,7 +450,10 @@ class PersistentKernel(IPythonKernel):
                 "newest complete checkpoint", alive, waited,
             )  # fmt: skip
         assert self.shell is not None
-        if decision.restore:
+        # With nothing readable under its own key, a kernel still walks what is
+        # there (damaged, unsigned, newer generations): the walk loads only what
+        # verifies, and the user hears why nothing came back.
+        if decision.restore or (not decision.defer and session.generations()):
             result = restore.restore_checkpoint(session, self.shell.user_ns, self._restore_progress)
         else:
             result = RestoreReport()
