@@ -161,7 +161,11 @@ def write_checkpoint(
     with session.locked(lock_timeout):
         # One blob per part, large buffers in chunks: a changed array rewrites
         # the chunks of it that changed only.
-        stored = [[chunks.write_part(session, part) for part in p.parts()] for p in ser.payloads]
+        # The stream (part 0) stays one blob: a group is named by its stream's hash.
+        stored = [
+            [chunks.write_part(session, part, i > 0) for i, part in enumerate(p.parts())]
+            for p in ser.payloads
+        ]
         content = _content(ser, stored, all_skipped)
         refs = [[ref for part in parts for ref in _blobs_of(part)] for parts in stored]
         content.update(_cells(inputs, [*values, *all_skipped]))

@@ -144,3 +144,15 @@ def test_a_kernel_restarts_with_a_chunked_array_and_a_small_change_writes_a_chun
     kernel.restart()
     out = kernel.value("(big.shape, float(big.sum()) == total, big[-1, 0], big.flags.writeable)")
     assert out == f"(({5 * CHUNK // 8 + 3}, 1), True, np.float64(7.0), True)"
+
+
+def test_a_large_pickle_stream_stays_one_blob(session: SessionStore) -> None:
+    """Bytes are pickled in the stream, not out of band: a group is named by its
+    stream, so a large stream is never cut into chunks, and it reads back."""
+    big = bytes(range(256)) * (chunks.THRESHOLD // 256 + 3)
+    write(session, {"big": big, "small": 1})
+    manifest = session.read_manifest(1)
+    assert manifest.raw["format"] == 2
+    (group,) = [g for g in parse(manifest).groups if "big" in g.names]
+    assert group.parts[0].blob is not None and group.parts[0].size > chunks.THRESHOLD
+    assert restore(session) == {"big": big, "small": 1}

@@ -72,14 +72,15 @@ def spans(size: int, chunk: int = CHUNK) -> list[tuple[int, int]]:
     return [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
 
 
-def write_part(session: SessionStore, part: Any) -> BlobRef | Chunked:
-    """Store one part: one blob if small, else chunks (only the new ones written).
+def write_part(session: SessionStore, part: Any, chunk: bool = True) -> BlobRef | Chunked:
+    """Store one part: one blob if small (or *chunk* is false), else chunks.
 
-    Hold the session's lock. Chunks are hashed on :data:`THREADS` threads
-    ahead of the write, which takes them in order.
+    Only chunks not already stored are written. Hold the session's lock.
+    Chunks are hashed on :data:`THREADS` threads ahead of the write, which
+    takes them in order.
     """
     view = memoryview(part).cast("B")
-    if view.nbytes < THRESHOLD:
+    if not chunk or view.nbytes < THRESHOLD:
         return session.write_blob([view])
     cuts = spans(view.nbytes)
 
