@@ -615,7 +615,10 @@ def test_checkpoint_timer_waits_for_an_awaiting_cell(kernels: KernelHarness) -> 
     _wait_started(kernel, msg_id)
     seen = _watch(session, 4.0)
     assert time.monotonic() - began > interval + 1  # the timer fell due meanwhile
-    assert seen == {((1,), 0)}, seen
+    # no checkpoint; the one live registered writer is the standby forked when
+    # the cell started on unsaved changes (it writes only if the kernel ends)
+    assert {generations for generations, _ in seen} == {(1,)}, seen
+    assert {writers for _, writers in seen} <= {0, 1}, seen
     while True:
         reply = kernel.kc.get_shell_msg(timeout=30)
         if reply["parent_header"].get("msg_id") == msg_id:
