@@ -200,6 +200,20 @@ def run_inline(job: Job) -> Writer:
     return Writer(None, None, run_job(job))
 
 
+def _quiet_child() -> None:
+    """Cut a forked child off the kernel's standard streams and its cyclic collector.
+
+    The streams are the kernel's (zmq-backed in a kernel): a child that wrote
+    to them would interleave with the parent's messages. The collector is off
+    because a collection would touch, and so copy, every tracked object's page.
+    """
+    gc.disable()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    sys.stdout = sys.stderr = open(devnull, "w", closefd=False)  # noqa: SIM115
+
+
 def _close_fds_except(keep: Sequence[int]) -> None:
     """Close every descriptor from 3 up but *keep*.
 
@@ -225,11 +239,7 @@ def _writer_main(job: Job, wfd: int, keep: Sequence[int], deadline: float | None
         faulthandler.enable(file=wfd, all_threads=False)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        gc.disable()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        sys.stdout = sys.stderr = open(devnull, "w", closefd=False)  # noqa: SIM115
+        _quiet_child()
         result = run_job(job)
         result["pid"] = os.getpid()
         result["writer_private_bytes"] = private_bytes()
@@ -377,11 +387,7 @@ def start_standby(job: Job, inherit: Sequence[int] = (), deadline: float | None 
             _close_fds_except([rfd, *inherit])
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            gc.disable()
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            sys.stdout = sys.stderr = open(devnull, "w", closefd=False)  # noqa: SIM115
+            _quiet_child()
             while True:
                 try:
                     order = os.read(rfd, 1)
