@@ -122,6 +122,9 @@ def test_full_disk_keeps_the_kernel_working(kernels: KernelHarness, tmp_path: Pa
         filler.unlink()  # the disk recovers; saving resumes by itself
         kernel.run("z = 2").check()
         kernels.wait_generations(session, 2, timeout=60)
+        # the writer is done on disk; its result reaches the kernel through its loop
+        wait_until(lambda: quiet_value(kernel, "get_ipython().kernel.autosaver.failures") == "0",
+                   what="the kernel to read the writer's result")  # fmt: skip
         assert "being saved again" in kernel.run("pass").check().text
         kernel.restart()
         assert kernel.value("(first, big.shape, z)") == "('kept', (1000000,), 2)"
