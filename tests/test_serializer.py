@@ -397,11 +397,102 @@ def test_flat_containers_skip_tracking_but_still_share_themselves() -> None:
     flat = {f"k{i}": (i, str(i), float(i)) for i in range(1000)}
     inner = {"mutable": [1]}
     nested = {"t": (1, inner)}  # a tuple holding a dict: not flat
-    assert serializer._flat(flat) and not serializer._flat(nested)
-    assert not serializer._flat([{"a": 1}])  # dicts inside: identity matters
+    assert serializer._private_tree(flat) and not serializer._private_tree(nested)
+    assert serializer._private_tree([{"a": 1}])  # a dict held by its list alone
     ser = serialize({"flat": flat, "alias": flat, "nested": nested, "inner": inner})
     groups = sorted(sorted(p.names) for p in ser.payloads)
     assert groups == [["alias", "flat"], ["inner", "nested"]]
+
+
+def _one_object_two_paths() -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    x = [1]
+    return {"a": [x], "b": {"k": x}}, [("a[0]", "b['k']")]
+
+
+def _dict_reached_from_two_lists() -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    d = {"v": [1]}
+    return {"l1": [d], "l2": [0, [d]]}, [("l1[0]", "l2[1][0]")]
+
+
+def _object_reached_only_through_a_shared_tuple() -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    inner = [1]
+    pair = (inner, "x")  # the tuple is held twice; the list in it once, by the tuple
+    return {"a": [pair], "b": {"p": pair}}, [("a[0][0]", "b['p'][0]")]
+
+
+def _tuple_root_bound_twice() -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    t = ([1], 2)
+    return {"t": t, "u": t}, [("t[0]", "u[0]")]
+
+
+def _deep_below_the_roots() -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    x = {"deep": [1]}
+    return {"a": [[[x]]], "b": {"k": [(x,)]}}, [("a[0][0][0]", "b['k'][0][0]")]
+
+
+def _a_cycle() -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    c: list[Any] = []
+    c.append(c)
+    return {"a": [c], "b": {"c": c}}, [("a[0]", "b['c']"), ("a[0]", "a[0][0]")]
+
+
+def _a_set_in_two_lists() -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    s = {1, 2}
+    return {"a": [s], "b": [[s]]}, [("a[0]", "b[0][0]")]
+
+
+def _a_list_in_a_dict_key_tuple_and_a_list() -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    x = [3]
+    return {"a": {"k": (1, (2, x))}, "b": [x]}, [("a['k'][1][1]", "b[0]")]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        _one_object_two_paths,
+        _dict_reached_from_two_lists,
+        _object_reached_only_through_a_shared_tuple,
+        _tuple_root_bound_twice,
+        _deep_below_the_roots,
+        _a_cycle,
+        _a_set_in_two_lists,
+        _a_list_in_a_dict_key_tuple_and_a_list,
+    ],
+)
+def test_sharing_below_the_top_level_is_found(make: Any) -> None:
+    """Whatever path leads two variables to one mutable object, they are one
+    group and share it after a restore. Each case defeats a wrong shortcut:
+    an object held once is reachable only through its holder, so a variable
+    may skip tracking only if every holder up to its root is its own."""
+    ns, same = make()
+    ser = serialize(ns)
+    assert group_names(ser) == [set(ns)]
+    restored = load_all(ser)
+    for left, right in same:
+        assert eval(left, {}, restored) is eval(right, {}, restored), (left, right)
+
+
+def test_containers_held_once_are_private_trees() -> None:
+    """A list of small dicts and a dict of tuples, each item held by its
+    container only, need no tracking; hold one item elsewhere and they do."""
+    from persistent_kernel import serializer
+
+    records = [{"id": i, "name": f"n{i}", "tags": [i, "x"]} for i in range(1000)]
+    table = {f"k{i}": (i, f"v{i}", i / 2) for i in range(1000)}
+    assert serializer._private_tree(records)
+    assert serializer._private_tree(table)
+    assert serializer._private_tree([1, "a", {"b": [2.0, None]}, (3, "c")])
+    ser = serialize({"records": records, "table": table, "alias": table})
+    assert sorted(map(sorted, group_names(ser))) == [["alias", "table"], ["records"]]
+    held = records[500]["tags"]
+    assert not serializer._private_tree(records)
+    ser = serialize({"records": records, "held": held})
+    assert group_names(ser) == [{"records", "held"}]
+    restored = load_all(ser)
+    assert restored["records"][500]["tags"] is restored["held"]
+    del held
+    for value in ([[1], {2}], ({"a": 1},), [bytearray(b"x")], [np.zeros(2)], [RaisesOnReduce()]):
+        assert not serializer._private_tree(value), value
 
 
 # -- notebook objects that pickle saves by name ------------------------------------------
