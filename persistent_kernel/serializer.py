@@ -29,20 +29,29 @@ A structure nested deeper than the recursion limit is pickled again in a
 thread with a large stack (:func:`deeply`); the background writer is where
 that runs, so a stack that still runs out kills the writer, not the kernel.
 
-How sharing is found: each object a pickler meets is noted (through
-``persistent_id``), and variables that met the same object are one group.
-A plain tree of dicts, lists and tuples whose inner containers are each
+How sharing is found, with each object pickled once: before anything is
+pickled, a cheap look (C loops over the top level of each variable) foresees
+the groups: two variables holding one object at the top (``l2 = l1``,
+``a = [x]; b = {'k': x}``), and instances of a notebook class with the
+class's name (:func:`_predict`). Each foreseen group is pickled once, noting
+every object its pickler meets (through ``persistent_id``); groups that met
+the same object are joined and only those are pickled again, together. A
+plain tree of dicts, lists and tuples whose inner containers are each
 referenced once, by their container (``[{'id': 1, ...}, ...]``), can share
 nothing but its root: it is recognised by reference counts, in C loops, and
 pickled without noting anything (:func:`_private_tree`).
 
 Limits: sharing is detected between objects that pickle reaches. Immutable
 values (str, bytes, numbers, tuples, frozensets) and objects imported from
-modules are not counted as sharing: their identity carries no meaning. A
-reduction that pickles the contents of a container without the container
-itself is a copy, and not counted as sharing with that container's
-variable. numpy views are pickled with the array owning their memory, so
-they share it after a restore (see reducers).
+modules are not counted as sharing: their identity carries no meaning.
+Sharing found only deeper than the top level (``a = [[x]]; b = [[x]]``)
+costs those variables a second pickling, together. A value whose class is
+a notebook class bound to a name is grouped with that name even if its own
+``__reduce__`` leaves the class out. A reduction that pickles the contents
+of a private tree without the tree's root (``__reduce__`` returning
+``list(self.rows)``) makes a copy, not counted as sharing it. numpy
+views are pickled with the array owning their memory, so they share it
+after a restore (see reducers).
 """
 
 from __future__ import annotations
@@ -488,25 +497,33 @@ def _shared_candidates(seen: list[Any], ignore: set[int]) -> dict[int, Any]:
 
 
 @dataclass
-class _Single:
-    name: str
+class _Unit:
+    """Variables pickled together in one stream, and what they could share."""
+
+    names: list[str]
     pickler: str
     data: memoryview
     buffers: list[pickle.PickleBuffer]
     shared: dict[int, Any]
     reductions: Reductions
 
+    def payload(self) -> Payload:
+        done = self.reductions
+        return Payload(self.names, self.pickler, self.data, self.buffers, done.files, done.opened)
 
-def _pickle_one(name: str, value: Any, ignore: set[int]) -> _Single | str:
-    """Pickle ``{name: value}``; return the result or the reason it failed."""
-    wrapper = {name: value}
+
+def _pickle_unit(
+    names: list[str], values: Mapping[str, Any], ignore: set[int], private: bool = False
+) -> _Unit | str:
+    """Pickle ``{name: value}`` for *names*; return the result or the reason it
+    failed. *private*: the one variable is a :func:`_private_tree`."""
+    wrapper = {name: values[name] for name in names}
     try:
-        if _defined_in_main(type(value)):
+        if any(_defined_in_main(type(v)) for v in wrapper.values()):
             raise _NeedsDill  # an instance of a notebook class: dill, without a wasted try
-        private = _private_tree(value)
         dumped = _dump(wrapper, use_dill=False, track=not private)
         if private:
-            dumped.seen = [value]  # the container itself is all it could share
+            dumped.seen = list(wrapper.values())  # the container itself is all it could share
         pickler = "pickle"
     except RecursionError as exc:
         return describe_error(exc)
@@ -519,24 +536,78 @@ def _pickle_one(name: str, value: Any, ignore: set[int]) -> _Single | str:
                 exc if isinstance(first, (_NeedsDill, pickle.PicklingError)) else first
             )
     shared = _shared_candidates(dumped.seen, ignore | {id(wrapper)})
-    return _Single(name, pickler, dumped.data, dumped.buffers, shared, dumped.reductions)
+    return _Unit(names, pickler, dumped.data, dumped.buffers, shared, dumped.reductions)
 
 
 class _Groups:
-    """Union-find over variable names."""
+    """Union-find over names (or any hashable keys)."""
 
     def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
+        self.parent: dict[Any, Any] = {}
 
-    def find(self, name: str) -> str:
+    def find(self, name: Any) -> Any:
         root = self.parent.setdefault(name, name)
         while root != self.parent[root]:
             root = self.parent[root]
         self.parent[name] = root
         return root
 
-    def union(self, a: str, b: str) -> None:
+    def union(self, a: Any, b: Any) -> None:
         self.parent[self.find(a)] = self.find(b)
+
+    def link(self, key: Any, shared: Mapping[int, Any], owner: dict[int, Any]) -> None:
+        """Join *key* with every earlier key that *shared* objects belong to."""
+        self.find(key)
+        found = shared.keys()
+        for obj_id in found & owner.keys():  # set operations: C speed for big variables
+            self.union(key, owner[obj_id])
+        owner.update(dict.fromkeys(found, key))
+
+    def members(self, keys: Iterable[Any]) -> list[list[Any]]:
+        """*keys* by group, groups in the order of their first key."""
+        out: dict[Any, list[Any]] = {}
+        for key in keys:
+            out.setdefault(self.find(key), []).append(key)
+        return list(out.values())
+
+
+_CONTAINERS: frozenset[type] = frozenset({dict, list, tuple, set, frozenset})
+
+
+def _first_links(value: Any, ignore: set[int]) -> dict[int, Any]:
+    """What *value* will surely share if another variable has it too: itself,
+    its type (a notebook class), the items of a dict, list, tuple or set
+    (and their types). A cheap look, in C loops, before anything is pickled."""
+    near: list[Any] = [value, type(value)]
+    kind = type(value)
+    if kind in _CONTAINERS:
+        items = list(chain(value.keys(), value.values()) if kind is dict else value)
+        near.extend(items)
+        near.extend(set(map(type, items)))
+    return _shared_candidates(near, ignore)
+
+
+def _predict(
+    names: list[str], values: Mapping[str, Any], ignore: set[int]
+) -> tuple[list[list[str]], set[str]]:
+    """Groups foreseen before pickling, and the names that are private trees.
+
+    A variable is joined with another when they hold the same object at the
+    top (``l2 = l1``, ``a = [x]; b = {'k': x}``), or when its value, or an
+    item of it, is an instance of a notebook class bound to a name (its
+    pickle carries the class). Deeper sharing is found when pickling.
+    """
+    groups = _Groups()
+    owner: dict[int, Any] = {}
+    private: set[str] = set()
+    for name in names:
+        value = values[name]
+        if _private_tree(value):
+            private.add(name)
+            groups.link(name, _shared_candidates([value], ignore), owner)
+        else:
+            groups.link(name, _first_links(value, ignore), owner)
+    return groups.members(names), private
 
 
 def serialize(
@@ -548,71 +619,82 @@ def serialize(
     Values that cannot be pickled land in ``skipped`` with a reason.
     *on_variable* is told each name (or comma-joined group) before it is
     pickled, so that a process killed while pickling can be blamed on it.
+
+    Groups are foreseen before pickling (:func:`_predict`) and each is
+    pickled once; only variables whose sharing shows up deeper than that
+    look are pickled again, together.
     """
     modules: dict[str, str] = {}
     types: dict[str, str] = {}
     skipped: dict[str, str] = {}
-    singles: dict[str, _Single] = {}
-    owner: dict[int, str] = {}
-    groups = _Groups()
     # A module's globals (``__main__.__dict__`` for every notebook function) are
     # saved by reference: everyone "shares" them, which is no reason to group.
     # Collected once here, not once per variable.
     module_dicts = {id(getattr(m, "__dict__", None)) for m in list(sys.modules.values())}
+    names: list[str] = []
     for name, value in values.items():
         types[name] = type_name(value)
         if isinstance(value, ModuleType) and sys.modules.get(value.__name__) is value:
             modules[name] = value.__name__
-            continue
-        if on_variable is not None:
-            on_variable(name)
-        result = _pickle_one(name, value, module_dicts)
-        if isinstance(result, str):
-            skipped[name] = result
-            continue
-        singles[name] = result
-        groups.find(name)
-        shared = result.shared.keys()
-        for key in shared & owner.keys():  # set operations: C speed for big variables
-            groups.union(name, owner[key])
-        owner.update(dict.fromkeys(shared, name))
+        else:
+            names.append(name)
+    foreseen, private = _predict(names, values, module_dicts)
 
-    members: dict[str, list[str]] = {}
-    for name in singles:
-        members.setdefault(groups.find(name), []).append(name)
+    units: list[_Unit] = []
+    for unit_names in foreseen:
+        if on_variable is not None:
+            on_variable(",".join(unit_names))
+        result = _pickle_unit(unit_names, values, module_dicts, unit_names[0] in private)
+        if isinstance(result, _Unit):
+            units.append(result)
+        elif len(unit_names) == 1:
+            skipped[unit_names[0]] = result
+        else:  # one bad value must not sink the others: each alone
+            for name in unit_names:
+                if on_variable is not None:
+                    on_variable(name)
+                one = _pickle_unit([name], values, module_dicts, name in private)
+                if isinstance(one, _Unit):
+                    units.append(one)
+                else:
+                    skipped[name] = one
+
+    groups = _Groups()
+    owner: dict[int, Any] = {}
+    for index, unit in enumerate(units):
+        groups.link(index, unit.shared, owner)
 
     payloads: list[Payload] = []
     notes: list[str] = []
-    for name, one in singles.items():
-        notes.extend(f"{name}: {note}" for note in dict.fromkeys(one.reductions.notes))
-    for names in members.values():
-        if len(names) == 1:
-            payloads.append(_single_payload(singles[names[0]]))
+    for unit in units:
+        label = ", ".join(unit.names)
+        notes.extend(f"{label}: {note}" for note in dict.fromkeys(unit.reductions.notes))
+    order = {name: i for i, name in enumerate(names)}
+    for indexes in groups.members(range(len(units))):
+        if len(indexes) == 1:
+            payloads.append(units[indexes[0]].payload())
             continue
-        use_dill = any(singles[n].pickler == "dill" for n in names)
+        joined = [units[i] for i in indexes]
+        group = sorted((n for unit in joined for n in unit.names), key=order.__getitem__)
+        use_dill = any(unit.pickler == "dill" for unit in joined)
         if on_variable is not None:
-            on_variable(",".join(names))
+            on_variable(",".join(group))
         try:
-            dumped = _dump({n: values[n] for n in names}, use_dill)
+            dumped = _dump({n: values[n] for n in group}, use_dill, track=False)
         except Exception as exc:
             notes.append(
-                f"{', '.join(names)} share objects but could not be pickled together "
+                f"{', '.join(group)} share objects but could not be pickled together "
                 f"({describe_error(exc)}); they were saved one by one and will not share them "
                 "after a restore"
             )
-            payloads.extend(_single_payload(singles[n]) for n in names)
+            payloads.extend(unit.payload() for unit in joined)
             continue
         pickler = "dill" if use_dill else "pickle"
         done = dumped.reductions
         payloads.append(
-            Payload(names, pickler, dumped.data, dumped.buffers, done.files, done.opened)
+            Payload(group, pickler, dumped.data, dumped.buffers, done.files, done.opened)
         )
     return Serialized(payloads, modules, types, skipped, notes)
-
-
-def _single_payload(one: _Single) -> Payload:
-    done = one.reductions
-    return Payload([one.name], one.pickler, one.data, one.buffers, done.files, done.opened)
 
 
 def load_payload(

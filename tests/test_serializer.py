@@ -495,6 +495,91 @@ def test_containers_held_once_are_private_trees() -> None:
         assert not serializer._private_tree(value), value
 
 
+# -- each object pickled once ---------------------------------------------------------
+
+#: id -> how many times an instance of a class made by notebook_class() was pickled
+PICKLED: collections.Counter[int] = collections.Counter()
+
+
+def notebook_class() -> type:
+    """A class as a notebook cell makes it (``__module__ == "__main__"``, so it is
+    pickled by value with dill), counting each time one of its instances is pickled."""
+
+    class Counted:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __getstate__(self) -> dict[str, Any]:
+            PICKLED[id(self)] += 1
+            return self.__dict__
+
+    Counted.__module__ = "__main__"
+    Counted.__qualname__ = Counted.__name__
+    return Counted
+
+
+def _class_and_instances() -> tuple[dict[str, Any], list[Any]]:
+    C = notebook_class()
+    objs, one = [C(i) for i in range(300)], C(-1)
+    return {"C": C, "objs": objs, "one": one, "n": 5}, [*objs, one]
+
+
+def _instance_in_two_containers() -> tuple[dict[str, Any], list[Any]]:
+    C = notebook_class()
+    x, y = C(1), C(2)
+    return {"a": [x, 1], "b": {"k": x}, "alone": [y]}, [x, y]
+
+
+def _instance_bound_twice_and_an_alias() -> tuple[dict[str, Any], list[Any]]:
+    C = notebook_class()
+    x = C(1)
+    items = [C(2), C(3)]
+    return {"x": x, "y": x, "items": items, "same": items}, [x, *items]
+
+
+@pytest.mark.parametrize(
+    "make", [_class_and_instances, _instance_in_two_containers, _instance_bound_twice_and_an_alias]
+)
+def test_each_object_is_pickled_once(make: Any) -> None:
+    """Variables that share objects are pickled once, together: not alone
+    first and then again as a group. Sharing survives the round trip."""
+    ns, instances = make()
+    PICKLED.clear()
+    ser = serialize(ns)
+    assert ser.skipped == {}
+    assert set(PICKLED) == set(map(id, instances))
+    assert set(PICKLED.values()) == {1}
+    restored = load_all(ser)
+    assert set(restored) == set(ns)
+    for name, value in ns.items():
+        for other, again in ns.items():
+            assert (restored[name] is restored[other]) == (value is again), (name, other)
+
+
+def test_class_and_instances_restore_as_one() -> None:
+    ns, _ = _class_and_instances()
+    ser = serialize(ns)
+    assert sorted(map(sorted, group_names(ser))) == [["C", "objs", "one"], ["n"]]
+    restored = load_all(ser)
+    C = restored["C"]
+    assert all(type(o) is C for o in restored["objs"])
+    assert type(restored["one"]) is C and restored["one"].n == -1
+    assert [o.n for o in restored["objs"]] == list(range(300))
+
+
+def test_unchanged_groups_give_the_same_bytes() -> None:
+    """The store skips a group whose bytes it already has: a namespace pickled
+    twice gives the same streams, foreseen groups and late-found ones alike."""
+    ns, _ = _class_and_instances()
+    x = [1]
+    ns.update({"deep_a": [[x]], "deep_b": [[x]], "plain": {"k": [1, 2]}})
+    first, second = serialize(ns), serialize(ns)
+    assert [(p.names, bytes(p.data)) for p in first.payloads] == [
+        (p.names, bytes(p.data)) for p in second.payloads
+    ]
+    assert {"deep_a", "deep_b"} in group_names(first)
+
+
 # -- notebook objects that pickle saves by name ------------------------------------------
 
 NOTEBOOK_OBJECTS = """
