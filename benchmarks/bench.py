@@ -312,6 +312,13 @@ class Kernel:
             times.append(time.perf_counter() - start)
         return times
 
+    def restart(self) -> None:
+        """Restart as a client's Restart does (shutdown_request with restart, then the
+        same command line, connection file and environment); returns once it answers."""
+        self.km.restart_kernel(now=False)
+        self.pid = self.km.provisioner.pid  # type: ignore[union-attr]
+        self.kc.wait_for_ready(timeout=180)
+
     def timed_shutdown(self) -> dict[str, float]:
         """shutdown_request on the control channel; time to its reply and to process exit."""
         process = self.km.provisioner.process  # type: ignore[union-attr]
@@ -597,6 +604,23 @@ class Bench:
                 m["ours.restore_problems"] = rr["problems"]
                 m["ours.restore_ok"] = self._same(k, w, original, "ours restore")
 
+            # 2b. ours: restart after a cell that changed nothing, then after one that
+            # changed a small variable. The final checkpoint's writer pickles the state
+            # again while the new kernel starts and loads what is already on disk.
+            log(f"{tag}: ours: restart after a cell that changed nothing / a small change")
+            extra = [PREIMPORT, prefault_line(pre)]
+            with self.kernel_ctx(OURS, f"{w.key}-{rep}-ours-restart", session, ckdir, extra) as k:
+                k.call("restore_report()")
+                for key, cell in (("noop", "pass"), ("small", "x_small = 1")):
+                    k.run(cell)
+                    start = time.perf_counter()
+                    k.restart()
+                    rr = k.call("restore_report()")
+                    m[f"ours.restart_{key}"] = time.perf_counter() - start
+                    m[f"ours.restart_{key}_waited"] = rr["waited"]
+                    m[f"ours.restart_{key}_reused"] = len(rr["reused"])
+                    m[f"ours.restart_{key}_ok"] = self._same(k, w, original, f"restart ({key})")
+
             # 3. stock: build, dill dump, raw write, [latency], shutdown
             log(f"{tag}: stock: start + build")
             with self.kernel_ctx(STOCK, f"{w.key}-{rep}-stock", session, ckdir) as k:
@@ -642,6 +666,7 @@ class Bench:
                 k.run(prefault_code(pre))
                 rd = k.call(f"raw_read({str(raw_file)!r}, {w.raw_kind!r}, {layout!r})")
                 m["raw.read"] = rd["elapsed"]
+                m["raw.start_e2e"] = k.since_start()  # stock start + the raw read, done
                 if rd["bytes"] != rd["size"]:
                     raise KernelError(f"raw read got {rd['bytes']} of {rd['size']} bytes")
         finally:
@@ -773,6 +798,11 @@ def build_rows(med: dict[str, dict[str, Any]], wls: list[Workload]) -> list[Row]
             raw_name,
             _time,
             **(within15 if w.key == "arrays" else {}),
+            **(
+                {"target": "<= 1.3x raw", "check": lambda o, p: o <= 1.3 * p}
+                if w.key == "objects"
+                else {}
+            ),
         )
         add(
             f"{t}: kernel pause",
@@ -830,6 +860,16 @@ def build_rows(med: dict[str, dict[str, Any]], wls: list[Workload]) -> list[Row]
             "stock start + dill.load_module cell",
             _time,
         )
+        for key, what in (("noop", "changed nothing"), ("small", "changed `x_small`")):
+            add(
+                f"{t}: restart after a cell that {what}, to first cell done",
+                m.get(f"ours.restart_{key}"),
+                m.get("raw.start_e2e"),
+                f"stock start + {read_name}",
+                _time,
+                target="<= 1.2x",
+                check=lambda o, p: p is not None and o <= 1.2 * p,
+            )
         if w.latency:
             add(
                 "W4 after `x = 1`: bytes written",

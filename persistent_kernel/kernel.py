@@ -52,7 +52,7 @@ from .autosave import Autosaver, Failure, Ticket
 from .checkpoint import CheckpointResult
 from .errors import UnreadableSettings
 from .kernelconfig import default_checkpoint_dir
-from .restore import RestoreReport
+from .restore import Preloaded, RestoreReport
 from .session import SESSION_ENV, session_key
 from .store import SessionStore, Store, is_disk_error
 from .store.tiers import BucketStore, TieredSession, open_session, open_store, upload_in_child
@@ -392,11 +392,14 @@ class PersistentKernel(IPythonKernel):
         event.set()
         return True
 
-    def _decide_identity(self) -> identity.Decision:
-        """Which checkpoints this kernel continues (see :mod:`identity`); waits for the first
-        cell when it cannot tell before it."""
+    def _decide_identity(self, wait: bool = True) -> identity.Decision:
+        """Which checkpoints this kernel continues (see :mod:`identity`); waits for the
+        writers still finishing a previous kernel's checkpoints, and for the first cell
+        when it cannot tell before it. With *wait* false, waits for neither: a guess from
+        what is on disk now, which may say ``defer``."""
         store = self._local_store()
-        self._wait_for_writers(list(store.sessions()))
+        if wait:
+            self._wait_for_writers(list(store.sessions()))
         event, info = self._first_cell
         signals = identity.signals_from(
             os.environ, os.getcwd(), getattr(self.parent, "connection_file", None),
@@ -406,7 +409,7 @@ class PersistentKernel(IPythonKernel):
             decision = identity.decide_unattached(
                 signals, info.get("interactive"), identity.survey(store)
             )
-            if not decision.defer:
+            if not decision.defer or not wait:
                 return decision
             event.wait()
             return self._decide_identity()
@@ -433,7 +436,34 @@ class PersistentKernel(IPythonKernel):
         finally:
             self._waiting_for = None
 
+    def _preload(self) -> Preloaded | None:
+        """While the previous kernel's writer is still writing this notebook's
+        checkpoint, unpickle the newest generation already on disk.
+
+        A restart after a cell that changed nothing (or little) would otherwise
+        wait for that writer to pickle everything again and then unpickle
+        everything: this way the wait and the unpickling overlap, and the
+        restore after the wait loads only the groups the writer changed (see
+        :class:`restore.Preloaded`). Only when the guess of which notebook
+        this is needs no waiting (no first cell, no rename to follow) and the
+        store is on this machine's disk; a failure here only costs the time.
+        """
+        if isinstance(open_store(self.checkpoint_dir), BucketStore):
+            return None
+        try:
+            decision = self._decide_identity(wait=False)
+            if decision.defer or not decision.restore or decision.adopt_from is not None:
+                return None
+            session = Store(self.checkpoint_dir).session(decision.key)
+            if not session.running_writers() or not session.generations():
+                return None
+            return restore.preload(session, decision.key, self._restore_progress)
+        except Exception:
+            self.log.warning("persistent-kernel: loading ahead of the writer failed", exc_info=True)
+            return None
+
     def _restore_at_start(self) -> None:
+        preloaded = self._preload()
         decision = self._decide_identity()
         self.session_key = decision.key
         self.notebook_path = decision.notebook
@@ -454,7 +484,10 @@ class PersistentKernel(IPythonKernel):
         # there (damaged, unsigned, newer generations): the walk loads only what
         # verifies, and the user hears why nothing came back.
         if decision.restore or (not decision.defer and session.generations()):
-            result = restore.restore_checkpoint(session, self.shell.user_ns, self._restore_progress)
+            reuse = preloaded if preloaded is not None and preloaded.key == decision.key else None
+            result = restore.restore_checkpoint(
+                session, self.shell.user_ns, self._restore_progress, reuse
+            )
         else:
             result = RestoreReport()
         if decision.note:

@@ -97,6 +97,87 @@ class RestoreReport:
     carried: list[CarriedGroup] = field(default_factory=list)  # groups not loaded, intact
     # name -> source of the cell that last bound it (for `%persist rerun NAME`)
     cells: dict[str, str] = field(default_factory=dict)
+    # names whose group was unpickled ahead of time, from the same bytes (see Preloaded)
+    reused: list[str] = field(default_factory=list)
+
+
+GroupKey = tuple[str, str, str]
+
+
+def group_key(content: Content, group: Group) -> GroupKey:
+    """What makes two groups unpickle to the same values: the hash that names
+    their blobs, their pickler and every blob's hash (stream, buffers, chunks)."""
+    return (content.hash, group.pickler, group.fingerprint())
+
+
+class Preloaded:
+    """Groups unpickled ahead of a restore, by the bytes they came from.
+
+    A kernel that starts while the previous kernel's writer is still writing
+    (its final checkpoint) unpickles the newest generation already on disk
+    meanwhile (:func:`preload`); the restore that follows the wait takes from
+    here every group whose bytes are unchanged (:func:`group_key`) and reads
+    and unpickles only the rest. The restored state is still the newest
+    generation's: a value is taken only where its bytes are that
+    generation's, byte for byte. Each value is taken once; what is left is
+    dropped with this object.
+
+    Limits: until the restore is done, the kernel holds both the preloaded
+    values and, for the groups that changed, their new ones.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key  # the session it was loaded from
+        self.generation: int | None = None
+        self._values: dict[GroupKey, dict[str, Any]] = {}
+
+    def put(self, key: GroupKey, values: dict[str, Any]) -> None:
+        self._values[key] = values
+
+    def take(self, key: GroupKey) -> dict[str, Any] | None:
+        """The values of the group with *key*, once; ``None`` if not preloaded."""
+        return self._values.pop(key, None)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def preload(session: SessionStore, key: str, progress: RestoreProgress | None = None) -> Preloaded:
+    """Unpickle the newest intact generation of *session* into a :class:`Preloaded`.
+
+    Never raises for what it cannot read or load: a group it cannot load is
+    left out, and the restore after it reads that group again (and reports
+    it). Stops early when *progress* is stopped. It reads while a writer may
+    be committing and pruning: what it reads is verified by hash as ever,
+    and a generation pruned under it is passed over.
+    **Unpickling runs code**, as a restore does; crash markers are left as in
+    a restore, so a group that kills the kernel is skipped at its next start.
+    """
+    found = Preloaded(key)
+    try:
+        manifest, blobs = session.newest(lambda m: _read_groups(session, m, progress))
+    except (NoCheckpoint, RestoreInterrupted, OSError):
+        return found
+    content = parse_content(manifest)
+    found.generation = manifest.generation
+    poisoned = session.poisoned()
+    for group, parts in zip(content.groups, blobs, strict=True):
+        if progress is not None and progress.stop.is_set():
+            break
+        if parts is None or group.id in poisoned or _missing_file(group):
+            continue
+        session.begin_loading(group.id)
+        try:
+            values = serializer.load_payload(group.pickler, parts[0], parts[1:])
+        except Exception:
+            continue  # the restore tries again, and says why
+        finally:
+            session.end_loading()
+        found.put(group_key(content, group), values)
+    return found
 
 
 def _read_group(
@@ -118,12 +199,20 @@ def _read_groups(
     manifest: Manifest,
     progress: RestoreProgress | None,
     partial: RestoreReport | None = None,
+    reuse: Preloaded | None = None,
 ) -> list[list[Any] | None]:
-    """Every group's parts; with *partial*, a damaged group is ``None`` and noted."""
+    """Every group's parts; with *partial*, a damaged group is ``None`` and noted.
+    A group in *reuse* is not read (its parts are an empty list)."""
     parts: list[list[Any] | None] = []
     if progress is not None:
         progress.generation, progress.total, progress.done = manifest.generation, manifest.size, 0
-    for group in parse_content(manifest).groups:
+    content = parse_content(manifest)
+    for group in content.groups:
+        if reuse is not None and group_key(content, group) in reuse:
+            parts.append([])
+            if progress is not None:
+                progress.done += group.size
+            continue
         try:
             parts.append(_read_group(session, manifest, group, progress))
         except UnreadableCheckpoint as exc:
@@ -135,9 +224,15 @@ def _read_groups(
 
 
 def restore_checkpoint(
-    session: SessionStore, into: dict[str, Any], progress: RestoreProgress | None = None
+    session: SessionStore,
+    into: dict[str, Any],
+    progress: RestoreProgress | None = None,
+    reuse: Preloaded | None = None,
 ) -> RestoreReport:
     """Load the newest intact generation of *session* into *into*.
+
+    Groups whose bytes *reuse* has already unpickled (:func:`preload`) are
+    taken from it, neither read nor unpickled again.
 
     Every blob of a generation is read and checked before anything is
     unpickled; a generation with a bad manifest or blob is passed over for
@@ -151,7 +246,7 @@ def restore_checkpoint(
     start = time.monotonic()
     report = RestoreReport()
     try:
-        _restore(session, into, progress, report)
+        _restore(session, into, progress, report, reuse)
     except RestoreInterrupted:
         report.interrupted = True
         report.problems.append(
@@ -222,6 +317,7 @@ def _restore(
     into: dict[str, Any],
     progress: RestoreProgress | None,
     report: RestoreReport,
+    reuse: Preloaded | None = None,
 ) -> None:
     readable: list[Manifest] = []
 
@@ -229,7 +325,7 @@ def _restore(
         parse_content(manifest)  # a malformed manifest is passed over, like a damaged one
         readable.append(manifest)
         try:
-            return _read_groups(session, manifest, progress)
+            return _read_groups(session, manifest, progress, reuse=reuse)
         except RestoreInterrupted:
             # Stopped while reading: nothing is unpickled, all of it stays pending.
             _load(session, manifest, None, into, report, progress)
@@ -251,7 +347,8 @@ def _restore(
             f"{readable[0].generation}"
         )
         manifest = readable[0]
-    _load(session, manifest, blobs, into, report, progress)
+        reuse = None  # read as it is: nothing was skipped
+    _load(session, manifest, blobs, into, report, progress, reuse=reuse)
 
 
 def _load(
@@ -263,11 +360,13 @@ def _load(
     progress: RestoreProgress | None,
     main: ModuleType | None = None,
     markers: bool = True,
+    reuse: Preloaded | None = None,
 ) -> None:
     """Unpickle *blobs* into *into*. *markers*: leave a crash marker while a
     group is unpickled, and skip groups whose unpickling killed a kernel.
     *blobs* None: the read was interrupted; modules are imported, every group
-    is carried unchanged."""
+    is carried unchanged. A group in *reuse* is taken from it (its *blobs*
+    entry is empty), after the same checks of its files."""
     content = parse_content(manifest)
     report.generation, report.created, report.size = (
         manifest.generation,
@@ -316,6 +415,12 @@ def _load(
             report.carried.append(_carry(content, group))
             continue
         report.problems.extend(_changed_files(group, names))
+        preloaded = reuse.take(group_key(content, group)) if reuse is not None else None
+        if preloaded is not None:
+            into.update(preloaded)
+            report.restored.extend(preloaded)
+            report.reused.extend(preloaded)
+            continue
         if markers:
             session.begin_loading(group.id)
         try:

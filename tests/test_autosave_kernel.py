@@ -330,6 +330,25 @@ def test_the_progress_line_waits_then_restores_then_becomes_the_report(
     assert "restored" in out.results[-1]  # the line became the report
 
 
+def test_a_restart_loads_the_last_checkpoint_while_the_final_one_is_written(
+    kernels: KernelHarness,
+) -> None:
+    """The new kernel does not sit idle while the previous kernel's writer
+    pickles everything again: it unpickles the generation already on disk
+    meanwhile, then loads only what that writer changed. The state it
+    restores is still the newest: changed in place, rebound, deleted."""
+    kernel = kernels.start(args=LONG)
+    kernel.run(
+        SLOW_PICKLE + "s = Slow('kept', 4)\nbig = list(range(200_000))\nsmall = 1\ngone = 2\n"
+        "%persist save"
+    ).check()
+    kernel.run("big.append(-1)\nsmall = 2\ndel gone").check()
+    kernel.restart()  # the final writer takes 4 s or more (pickling s)
+    assert kernel.value("(s.v, big[-1], small, 'gone' in dir())") == "('kept', -1, 2, False)"
+    assert quiet_value(kernel, "get_ipython().kernel.restore_report.reused") == "['Slow', 's']"
+    assert kernels.session().generations() == [1, 2]
+
+
 # -- 9: subshells ------------------------------------------------------------------------------
 
 

@@ -15,7 +15,12 @@ import pytest
 
 from persistent_kernel.checkpoint import CheckpointResult, write_checkpoint
 from persistent_kernel.errors import NoSuchVariable
-from persistent_kernel.restore import RestoreReport, load_generation, restore_checkpoint
+from persistent_kernel.restore import (
+    RestoreReport,
+    load_generation,
+    preload,
+    restore_checkpoint,
+)
 from persistent_kernel.store import SessionStore
 
 from .helpers import INFO, flip_a_bit, largest_blob_of
@@ -364,3 +369,76 @@ def test_asking_for_a_variable_a_generation_never_held_names_it(session: Session
     write(session, {"a": 1})
     with pytest.raises(NoSuchVariable, match="has no variable nope"):
         load_generation(session, None, ["a", "nope"])
+
+
+# -- loading ahead of a writer -----------------------------------------------------------
+
+
+def test_a_restore_takes_unchanged_groups_from_a_preload(
+    session: SessionStore, loads: list[str]
+) -> None:
+    """What a kernel does when it starts while the last writer still runs: the
+    older generation is unpickled meanwhile, and the restore of the newest one
+    unpickles again only what changed, drops what was deleted, and brings
+    back exactly the newest state."""
+    big = np.arange(1 << 20, dtype=np.float64)
+    write(session, {"big": big, "same": Tracked("same"), "changes": Tracked("old"), "gone": 1})
+    early = preload(session, "k")
+    assert early.generation == 1 and len(early) == 4 and loads == ["same", "old"]
+
+    big[7] = -1.0  # changed in place: a different buffer, its group must be read again
+    write(session, {"big": big, "same": Tracked("same"), "changes": Tracked("new")})
+    loads.clear()
+    into: dict[str, Any] = {}
+    report = restore_checkpoint(session, into, reuse=early)
+
+    assert report.generation == 2
+    assert sorted(into) == ["big", "changes", "same"]  # "gone" was deleted since
+    assert into["big"][7] == -1.0 and into["changes"].tag == "new"
+    assert loads == ["new"]  # "same" came from the preload, unpickled once in all
+    assert report.reused == ["same"]
+    assert report.restored == ["big", "changes", "same"]
+
+
+def test_a_preload_of_the_newest_generation_leaves_nothing_to_read(
+    session: SessionStore, loads: list[str]
+) -> None:
+    """The writer found nothing changed (no new generation): nothing is read twice."""
+    write(session, {"a": Tracked("a"), "b": [1, 2, 3]})
+    early = preload(session, "k")
+    loads.clear()
+    blobs = [p for p in session.objects_dir.rglob("*") if p.is_file()]
+    assert blobs
+    for blob in blobs:
+        blob.unlink()  # a read would fail now: proof that nothing is read
+    into: dict[str, Any] = {}
+    report = restore_checkpoint(session, into, reuse=early)
+    assert into["b"] == [1, 2, 3] and into["a"].tag == "a" and loads == []
+    assert report.reused == ["a", "b"] and report.problems == []
+
+
+def test_a_preload_leaves_out_what_fails_and_the_restore_says_why(
+    session: SessionStore, fly_module: types.ModuleType
+) -> None:
+    write(session, {"bad": fly_module.Gone(1), "good": [1]})
+    del fly_module.Gone
+    early = preload(session, "k")
+    assert len(early) == 1
+    into: dict[str, Any] = {}
+    report = restore_checkpoint(session, into, reuse=early)
+    assert into == {"good": [1]} and report.reused == ["good"]
+    assert "could not be loaded" in report.skipped["bad"]
+
+
+def test_a_preload_of_a_damaged_generation_falls_back_like_a_restore(
+    session: SessionStore, loads: list[str]
+) -> None:
+    write(session, {"a": Tracked("one")})
+    write(session, {"a": Tracked("two")})
+    flip_a_bit(largest_blob_of(session, "a"))
+    early = preload(session, "k")
+    assert early.generation == 1 and loads == ["one"]
+    into: dict[str, Any] = {}
+    report = restore_checkpoint(session, into, reuse=early)
+    assert into["a"].tag == "one" and report.generation == 1 and report.reused == ["a"]
+    assert "generation 2 was passed over" in report.problems[0]
