@@ -110,7 +110,10 @@ class Writer:
 
     def __init__(self, fd: int | None, pid: int | None, result: dict[str, Any] | None) -> None:
         self.fd = fd  # read end of the result pipe; None once closed
-        self.pid = pid  # the detached writer's pid, when forked
+        self._pid = pid
+        # A forked writer's parent, which exits as soon as it has forked the writer
+        # and sent its pid: (its pid, the read end of that pipe); reaped on first need.
+        self._intermediate: tuple[int, int] | None = None
         self.result = result
         self.started = time.monotonic()
         self.pause = 0.0  # seconds the kernel stopped to start this writer
@@ -119,6 +122,30 @@ class Writer:
         self.beacon: Beacon | None = None  # what the writer was saving, if it says
         self.timed_out = False  # ... because it passed its deadline and was killed
         self._buffer = b""
+
+    @property
+    def pid(self) -> int | None:
+        """The detached writer's pid, when forked.
+
+        The first use reads it from the intermediate child and reaps that
+        child; :func:`start_forked` does not wait for it, so that the kernel's
+        pause is one ``fork()``, not two plus an exit.
+        """
+        if self._intermediate is not None:
+            child, pid_r = self._intermediate
+            self._intermediate = None
+            try:
+                data = os.read(pid_r, 8)  # sent right after the second fork
+            finally:
+                os.close(pid_r)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child, 0)  # exits right after sending it
+            self._pid = struct.unpack("q", data)[0] if len(data) == 8 else None
+        return self._pid
+
+    @pid.setter
+    def pid(self, value: int | None) -> None:
+        self._pid = value
 
     @property
     def done(self) -> bool:
@@ -176,6 +203,7 @@ class Writer:
             return
         os.close(self.fd)
         self.fd = None
+        _ = self.pid  # reap the intermediate child, if not yet
         try:
             result = json.loads(self._buffer.decode()) if self._buffer else None
         except ValueError:
@@ -281,7 +309,10 @@ def start_forked(job: Job, inherit: Sequence[int] = (), deadline: float | None =
     *inherit* are descriptors the writer keeps (flocks it must hold); the
     caller closes its own copies afterwards. The writer ends itself
     *deadline* seconds from now, whoever watches it. The kernel's pause is
-    the ``fork()`` itself: a few milliseconds per GiB of resident memory.
+    one ``fork()``: a few milliseconds per GiB of resident memory. The writer
+    is detached by a second fork in an intermediate child (so that it is not
+    the kernel's child, which ipykernel ends at shutdown); that child is
+    reaped when the writer's pid is first needed (:attr:`Writer.pid`).
     """
     rfd, wfd = os.pipe()
     pid_r, pid_w = os.pipe()
@@ -300,12 +331,10 @@ def start_forked(job: Job, inherit: Sequence[int] = (), deadline: float | None =
             os._exit(0)
     os.close(wfd)
     os.close(pid_w)
-    os.waitpid(pid, 0)  # the intermediate child exits at once
-    data = os.read(pid_r, 8)
-    os.close(pid_r)
     os.set_blocking(rfd, False)
     writer = Writer(rfd, None, None)
-    writer.pid = struct.unpack("q", data)[0] if len(data) == 8 else None
+    # Not waited for here: its second fork and its exit run beside the kernel.
+    writer._intermediate = (pid, pid_r)
     return writer
 
 

@@ -92,3 +92,18 @@ def test_a_writer_nobody_watches_ends_itself_at_its_deadline() -> None:
     result = writer.wait(timeout=30)
     assert result is not None and writer.died and not writer.crashed
     assert time.monotonic() - began < 10  # 0.5 s + the grace the kernel's own kill gets
+
+
+def test_a_forked_writer_is_detached_and_leaves_no_zombie(tmp_path: Path) -> None:
+    """The kernel forks once and goes on; the intermediate child that detaches the
+    writer (so ipykernel's end-of-kernel cleanup does not reach it) is reaped by the
+    time the writer's result is read, and the writer is no child of the kernel."""
+    import psutil
+
+    me = psutil.Process()
+    before = {c.pid for c in me.children()}  # other tests' children, if any
+    writer = snapshot.start_forked(writes(tmp_path / "out"), deadline=30)
+    result = writer.wait(timeout=30)
+    assert result is not None and result.get("ok", True) and wait_for(tmp_path / "out")
+    assert {c.pid for c in me.children()} <= before  # the intermediate child was reaped
+    assert writer.pid is not None and writer.pid not in before
