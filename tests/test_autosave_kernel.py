@@ -34,6 +34,11 @@ class Hang:
         return (Hang, ())
 """
 
+CHILDREN_ALIVE = (
+    "import psutil\n"
+    "children = len([c for c in psutil.Process().children() if c.status() != 'zombie'])"
+)
+
 SLOW_PICKLE = """
 import time
 class Slow:
@@ -236,6 +241,20 @@ def test_a_restart_during_a_cell_restores_the_state_before_it(kernels: KernelHar
     time.sleep(1.5)
     kernel.restart()
     assert kernel.value("(x, y, z)") == "(1, 1, 0)"
+
+
+def test_without_a_standby_a_restart_during_a_cell_restores_the_last_checkpoint(
+    kernels: KernelHarness,
+) -> None:
+    kernel = kernels.start(args=[*LONG, "--PersistentKernel.standby=False"])
+    kernel.run("x = 1\n%persist save").check()
+    kernel.run("x = 2").check()
+    kernel.run(CHILDREN_ALIVE).check()
+    assert kernel.value("children") == "0"  # no standby forked for this cell
+    kernel.kc.execute("import time\ntime.sleep(1000)")
+    time.sleep(1.5)
+    kernel.restart()
+    assert kernel.value("x") == "1"  # the change of the cell before is lost: the price
 
 
 def test_a_kill_during_a_cell_keeps_the_cells_before_it(kernels: KernelHarness) -> None:

@@ -212,3 +212,25 @@ def test_vscode_two_notebooks_in_one_folder(kernels: KernelHarness) -> None:
     for key in found:  # VS Code's own names are VS Code's, not the notebook's
         manifest, _ = Store(kernels.root).session(key).latest()
         assert set(manifest.content["variables"]) == {"who"}, manifest.content["variables"]
+
+
+CHILDREN = (
+    "import psutil\n"
+    "print(len([c for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE]))"
+)
+
+
+def test_a_batch_run_forks_no_standby_per_cell(kernels: KernelHarness) -> None:
+    """A standby costs every cell a fork and its copy-on-write faults; a batch run's
+    state is kept for its own restarts only, so its cells go without. An interactive
+    kernel in the same situation (a cell starting on unsaved changes) forks one."""
+    long = ["--PersistentKernel.checkpoint_interval=3600"]
+    interactive = kernels.start(args=long)
+    interactive.run("x = 1").check()
+    interactive.run("y = 2").check()
+    assert interactive.run(CHILDREN).check().stdout.strip() == "1"
+    batch = kernels.start(None, args=long)
+    batch.kc.allow_stdin = False
+    batch.run("x = 1").check()
+    batch.run("y = 2").check()
+    assert batch.run(CHILDREN).check().stdout.strip() == "0"
