@@ -990,7 +990,10 @@ def large_state(bench: Bench, sizes: list[float]) -> list[dict[str, Any]]:
        spare the writer copy-on-write pages?
     4. the peer: the same arrays written raw (``tofile`` + fsync) in the
        same kernel, the file removed after;
-    5. the checkpoint directory's size, every generation kept so far.
+    5. the checkpoint directory's size, every generation kept so far;
+    6. once the kernel is gone, a cold restore (page cache dropped) of the
+       generation saved at each size, in this process, against a cold
+       ``np.fromfile`` of the raw file written at that size.
     """
     rows: list[dict[str, Any]] = []
     ckdir = bench.root / "checkpoints" / "large"
@@ -1020,6 +1023,7 @@ def large_state(bench: Bench, sizes: list[float]) -> list[dict[str, Any]]:
 
             bench.prefault(1.5 * BLOCK)
             save("save")
+            m["save.generation"] = max(int(p.stem) for p in ckdir.glob("**/generations/*.json"))
             k.run("big_0[12345] += 1.0")
             save("change")
             k.run("__import__('gc').freeze(); big_0[23456] += 1.0")
@@ -1027,13 +1031,59 @@ def large_state(bench: Bench, sizes: list[float]) -> list[dict[str, Any]]:
             k.run("__import__('gc').unfreeze()")
             log(f"large {gib} GiB: raw write")
             raw = k.call(f"raw_write({str(raw_file)!r}, {names!r}, 'arrays')")
-            raw_file.unlink()
+            kept = raw_file.with_name(f"large-{gib:g}.raw")  # read back cold below
+            raw_file.rename(kept)
             m["raw.elapsed"], m["raw.size"] = raw["elapsed"], raw["size"]
+            m["raw.file"], m["raw.layout"] = str(kept), raw["layout"]
             m["disk"] = sum(size for size, _ in _tree(ckdir).values())
             m["generations"] = len(list((ckdir).glob("**/generations/*.json")))
             rows.append(m)
             log(f"large {gib} GiB: {m}")
+    for m in rows:
+        log(f"large {m['gib']:g} GiB: cold restore, cold np.fromfile")
+        cold_restore(bench, ckdir, m)
+        Path(m.pop("raw.file")).unlink()
     return rows
+
+
+def drop_page_cache() -> bool:
+    """Write back and drop the page cache (root only); False if it cannot."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def cold_restore(bench: Bench, ckdir: Path, m: dict[str, Any]) -> None:
+    """Restore the generation saved at this size with the page cache dropped, and read
+    the raw file the same way: ``load_generation`` (what a restore runs: read, check,
+    unpickle) against ``np.fromfile`` of every array, each in this process."""
+    import numpy as np
+
+    from persistent_kernel.restore import load_generation
+    from persistent_kernel.store import Store
+
+    if not drop_page_cache():
+        log("warning: cannot drop the page cache (not root?): no cold figures")
+        return
+    session = Store(ckdir).session("bench-large")
+    bench.prefault(m["raw.size"])
+    drop_page_cache()
+    start = time.perf_counter()
+    values, _ = load_generation(session, m["save.generation"])
+    m["cold.restore"] = time.perf_counter() - start
+    m["cold.restore_bytes"] = sum(getattr(v, "nbytes", 0) for v in values.values())
+    del values
+    bench.prefault(m["raw.size"])
+    drop_page_cache()
+    start = time.perf_counter()
+    with open(m["raw.file"], "rb") as f:
+        arrays = [np.fromfile(f, dtype=dtype, count=count) for dtype, count in m["raw.layout"]]
+    m["cold.fromfile"] = time.perf_counter() - start
+    m["cold.fromfile_bytes"] = sum(a.nbytes for a in arrays)
+    del arrays
 
 
 def large_table(rows: list[dict[str, Any]]) -> str:
@@ -1055,6 +1105,12 @@ def large_table(rows: list[dict[str, Any]]) -> str:
             f"{_time(m['change.elapsed'])} ({pct(m['change.elapsed'], raw_t)} of a raw write)",
             f"{_size(m['disk'])} ({m['disk'] / raw_n:.2f}x the state, "
             f"{m['generations']} generations)",
+            f"{_time(m.get('cold.restore'))} / {_time(m.get('cold.fromfile'))} "
+            + (
+                f"({m['cold.restore'] / m['cold.fromfile']:.2f}x)"
+                if m.get("cold.restore") and m.get("cold.fromfile")
+                else ""
+            ),
         ]
 
     titles = [
@@ -1067,6 +1123,7 @@ def large_table(rows: list[dict[str, Any]]) -> str:
         "one-element change: bytes written",
         "one-element change: writer time",
         "checkpoint dir, all generations so far",
+        "cold restore / cold np.fromfile (page cache dropped)",
     ]
     columns = [cells(m) for m in rows]
     out = ["| measure | " + " | ".join(f"{m['gib']:g} GiB" for m in rows) + " |"]
