@@ -427,9 +427,9 @@ def _scan(value: Any) -> bool:
     while streams:
         level: list[tuple[_Stream, bool]] = []
         for stream, held in streams:
-            kinds = set(map(type, stream()))
-            if kinds <= _ATOMS:
+            if _ATOMS.issuperset(map(type, stream())):  # stops at the first non-atom
                 continue
+            kinds = set(map(type, stream()))
             if not held or not kinds <= _ATOMS_OR_NODES:
                 return False
             mutable = kinds & _MUTABLE_NODES
@@ -610,6 +610,19 @@ def _predict(
     return groups.members(names), private
 
 
+def _suspects(names: list[str], values: Mapping[str, Any]) -> list[str]:
+    """Whom to blame if pickling *names* together kills the writer: not the
+    notebook's classes and functions (dill rebuilds those from their code)
+    but the values that use them, whose reductions run arbitrary code; so a
+    crashing instance leaves its class saved, as when each was pickled alone."""
+    used = [
+        n
+        for n in names
+        if not (isinstance(values[n], (type, FunctionType)) and _defined_in_main(values[n]))
+    ]
+    return used or names
+
+
 def serialize(
     values: Mapping[str, Any], on_variable: Callable[[str], None] | None = None
 ) -> Serialized:
@@ -643,7 +656,7 @@ def serialize(
     units: list[_Unit] = []
     for unit_names in foreseen:
         if on_variable is not None:
-            on_variable(",".join(unit_names))
+            on_variable(",".join(_suspects(unit_names, values)))
         result = _pickle_unit(unit_names, values, module_dicts, unit_names[0] in private)
         if isinstance(result, _Unit):
             units.append(result)
@@ -678,7 +691,7 @@ def serialize(
         group = sorted((n for unit in joined for n in unit.names), key=order.__getitem__)
         use_dill = any(unit.pickler == "dill" for unit in joined)
         if on_variable is not None:
-            on_variable(",".join(group))
+            on_variable(",".join(_suspects(group, values)))
         try:
             dumped = _dump({n: values[n] for n in group}, use_dill, track=False)
         except Exception as exc:

@@ -567,6 +567,17 @@ def test_class_and_instances_restore_as_one() -> None:
     assert [o.n for o in restored["objs"]] == list(range(300))
 
 
+def test_a_group_blames_the_instances_not_their_class() -> None:
+    """The name a writer killed while pickling is blamed on (and left out of
+    later checkpoints) is the instance's, not its class's, as when each was
+    pickled alone."""
+    ns, _ = _class_and_instances()
+    told: list[str] = []
+    serialize(ns, told.append)
+    assert "objs,one" in told
+    assert not [t for t in told if "C" in t.split(",")]
+
+
 def test_unchanged_groups_give_the_same_bytes() -> None:
     """The store skips a group whose bytes it already has: a namespace pickled
     twice gives the same streams, foreseen groups and late-found ones alike."""
