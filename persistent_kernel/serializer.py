@@ -45,9 +45,8 @@ Limits: sharing is detected between objects that pickle reaches. Immutable
 values (str, bytes, numbers, tuples, frozensets) and objects imported from
 modules are not counted as sharing: their identity carries no meaning.
 Sharing found only deeper than the top level (``a = [[x]]; b = [[x]]``)
-costs those variables a second pickling, together. A value whose class is
-a notebook class bound to a name is grouped with that name even if its own
-``__reduce__`` leaves the class out. A reduction that pickles the contents
+costs those variables a second pickling, together (as does an instance
+whose class reduces it itself). A reduction that pickles the contents
 of a private tree without the tree's root (``__reduce__`` returning
 ``list(self.rows)``) makes a copy, not counted as sharing it. numpy
 views are pickled with the array owning their memory, so they share it
@@ -574,16 +573,29 @@ class _Groups:
 _CONTAINERS: frozenset[type] = frozenset({dict, list, tuple, set, frozenset})
 
 
+#: Does pickling an instance of this type pickle the type? Yes, unless the type
+#: reduces its instances itself (``__reduce__`` may name any function instead).
+_CARRIES_ITS_CLASS = _TypeFlags(
+    lambda tp: (
+        getattr(tp, "__reduce_ex__", None) is object.__reduce_ex__
+        and getattr(tp, "__reduce__", None) is object.__reduce__
+    )
+)
+
+
 def _first_links(value: Any, ignore: set[int]) -> dict[int, Any]:
     """What *value* will surely share if another variable has it too: itself,
-    its type (a notebook class), the items of a dict, list, tuple or set
-    (and their types). A cheap look, in C loops, before anything is pickled."""
-    near: list[Any] = [value, type(value)]
+    the items of a dict, list, tuple or set, and the notebook classes of
+    *value* and of those items (unless they reduce their instances
+    themselves). A cheap look, in C loops, before anything is pickled."""
     kind = type(value)
+    near: list[Any] = [value]
+    kinds = {kind}
     if kind in _CONTAINERS:
         items = list(chain(value.keys(), value.values()) if kind is dict else value)
         near.extend(items)
-        near.extend(set(map(type, items)))
+        kinds.update(map(type, items))
+    near.extend(filter(_CARRIES_ITS_CLASS.__getitem__, kinds))
     return _shared_candidates(near, ignore)
 
 
@@ -595,7 +607,10 @@ def _predict(
     A variable is joined with another when they hold the same object at the
     top (``l2 = l1``, ``a = [x]; b = {'k': x}``), or when its value, or an
     item of it, is an instance of a notebook class bound to a name (its
-    pickle carries the class). Deeper sharing is found when pickling.
+    pickle carries the class, unless the class has its own ``__reduce__``).
+    Each of these is sharing the pickled result would show too, so nothing
+    is grouped that pickling each alone would not have grouped; deeper
+    sharing is found when pickling.
     """
     groups = _Groups()
     owner: dict[int, Any] = {}

@@ -578,6 +578,32 @@ def test_a_group_blames_the_instances_not_their_class() -> None:
     assert not [t for t in told if "C" in t.split(",")]
 
 
+def _rebuild(v: int) -> tuple[str, int]:
+    return ("rebuilt", v)
+
+
+class _ReducesItself:
+    def __init__(self, v: int) -> None:
+        self.v = v
+
+    def __reduce__(self) -> Any:
+        return (_rebuild, (self.v,))
+
+
+def test_a_class_that_reduces_itself_is_not_grouped_with_its_instances(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An instance whose class has its own ``__reduce__`` is pickled through
+    whatever that names (here an imported function), not its class: it
+    shares nothing with the class, as pickling it alone shows."""
+    monkeypatch.setattr(_ReducesItself, "__module__", "__main__")
+    ns = {"Own": _ReducesItself, "rebuild": _rebuild, "x": _ReducesItself(7)}
+    ser = serialize(ns)
+    assert ser.skipped == {}
+    assert sorted(map(sorted, group_names(ser))) == [["Own"], ["rebuild"], ["x"]]
+    assert load_all(ser)["x"] == ("rebuilt", 7)
+
+
 def test_unchanged_groups_give_the_same_bytes() -> None:
     """The store skips a group whose bytes it already has: a namespace pickled
     twice gives the same streams, foreseen groups and late-found ones alike."""
