@@ -638,11 +638,16 @@ def _predict(
     private: set[str] = set()
     for name in names:
         value = values[name]
-        if _private_tree(value):
-            private.add(name)
-            groups.link(name, _shared_candidates([value], ignore), owner)
-        else:
-            groups.link(name, _first_links(value, ignore), owner)
+        try:
+            if _private_tree(value):
+                private.add(name)
+                links = _shared_candidates([value], ignore)
+            else:
+                links = _first_links(value, ignore)
+        except Exception:  # (a dict changed by another thread) pickling will tell
+            private.discard(name)
+            links = _shared_candidates([value], ignore)
+        groups.link(name, links, owner)
     return groups.members(names), private
 
 

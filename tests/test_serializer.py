@@ -604,6 +604,32 @@ def test_a_class_that_reduces_itself_is_not_grouped_with_its_instances(
     assert load_all(ser)["x"] == ("rebuilt", 7)
 
 
+def test_a_look_that_fails_leaves_the_decision_to_pickling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the look ahead of pickling fails on a value (a dict another thread
+    changes while it is read: injected here, as a single thread cannot make
+    it happen on cue), the value is still pickled and grouped by what its
+    pickle meets."""
+    from persistent_kernel import serializer
+
+    x = [1]
+    changing: dict[str, Any] = {"x": x, "y": [x]}
+    real = serializer._first_links
+
+    def failing(value: Any, ignore: set[int]) -> dict[int, Any]:
+        if value is changing:
+            raise RuntimeError("dictionary changed size during iteration")
+        return real(value, ignore)
+
+    monkeypatch.setattr(serializer, "_first_links", failing)
+    ser = serialize({"changing": changing, "other": [x]})
+    assert ser.skipped == {}
+    assert group_names(ser) == [{"changing", "other"}]
+    restored = load_all(ser)
+    assert restored["changing"]["x"] is restored["other"][0]
+
+
 def test_unchanged_groups_give_the_same_bytes() -> None:
     """The store skips a group whose bytes it already has: a namespace pickled
     twice gives the same streams, foreseen groups and late-found ones alike."""
