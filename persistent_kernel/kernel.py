@@ -40,6 +40,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, defa
 from . import (
     checkpoint,
     identity,
+    memory,
     namespace,
     notebook,
     quickexit,
@@ -458,8 +459,10 @@ class PersistentKernel(IPythonKernel):
         everything: this way the wait and the unpickling overlap, and the
         restore after the wait loads only the groups the writer changed (see
         :class:`restore.Preloaded`). Only when the guess of which notebook
-        this is needs no waiting (no first cell, no rename to follow) and the
-        store is on this machine's disk; a failure here only costs the time.
+        this is needs no waiting (no first cell, no rename to follow), the
+        store is on this machine's disk, and memory has room for the state
+        twice more (the writer holds it once already: see :mod:`memory`); a
+        failure here only costs the time.
         """
         if isinstance(open_store(self.checkpoint_dir), BucketStore):
             return None
@@ -470,6 +473,9 @@ class PersistentKernel(IPythonKernel):
             session = Store(self.checkpoint_dir).session(decision.key)
             if not session.running_writers() or not session.generations():
                 return None
+            newest, _ = session.latest()
+            if not memory.enough_for(newest.size, memory.available()):
+                return None  # the writer holds the old state: no room for a second copy
             return restore.preload(session, decision.key, self._restore_progress)
         except Exception:
             self.log.warning("persistent-kernel: loading ahead of the writer failed", exc_info=True)

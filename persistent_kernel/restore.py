@@ -122,8 +122,10 @@ class Preloaded:
     generation's, byte for byte. Each value is taken once; what is left is
     dropped with this object.
 
-    Limits: until the restore is done, the kernel holds both the preloaded
-    values and, for the groups that changed, their new ones.
+    Limits: a restore drops the values of the groups that changed before it
+    reads their new data (:meth:`keep_only`), yet while the writer runs the
+    machine holds the state twice, in the writer and here: the kernel
+    preloads only when there is room for it (:mod:`persistent_kernel.memory`).
     """
 
     def __init__(self, key: str) -> None:
@@ -137,6 +139,12 @@ class Preloaded:
     def take(self, key: GroupKey) -> dict[str, Any] | None:
         """The values of the group with *key*, once; ``None`` if not preloaded."""
         return self._values.pop(key, None)
+
+    def keep_only(self, keys: set[GroupKey]) -> None:
+        """Drop (and so free) every value whose group is not among *keys*: done before
+        a generation's data is read, so that the values it replaced are gone first."""
+        for key in self._values.keys() - keys:
+            del self._values[key]
 
     def __contains__(self, key: object) -> bool:
         return key in self._values
@@ -322,8 +330,11 @@ def _restore(
     readable: list[Manifest] = []
 
     def read(manifest: Manifest) -> list[list[Any] | None]:
-        parse_content(manifest)  # a malformed manifest is passed over, like a damaged one
+        # A malformed manifest is passed over, like a damaged one.
+        content = parse_content(manifest)
         readable.append(manifest)
+        if reuse is not None:
+            reuse.keep_only({group_key(content, group) for group in content.groups})
         try:
             return _read_groups(session, manifest, progress, reuse=reuse)
         except RestoreInterrupted:

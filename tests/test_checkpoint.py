@@ -440,5 +440,44 @@ def test_a_preload_of_a_damaged_generation_falls_back_like_a_restore(
     assert early.generation == 1 and loads == ["one"]
     into: dict[str, Any] = {}
     report = restore_checkpoint(session, into, reuse=early)
-    assert into["a"].tag == "one" and report.generation == 1 and report.reused == ["a"]
+    # Its preloaded value was let go when generation 2 was about to be read, before
+    # that read failed: generation 1 is read again, and restored all the same.
+    assert into["a"].tag == "one" and report.generation == 1 and report.reused == []
     assert "generation 2 was passed over" in report.problems[0]
+
+
+#: What happened to Freed objects, in order: proof of when a value was let go.
+EVENTS: list[str] = []
+
+
+def _made(tag: str) -> Freed:
+    EVENTS.append(f"loaded {tag}")
+    return Freed(tag)
+
+
+class Freed:
+    """Logs its unpickling and its end."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def __reduce__(self) -> Any:
+        return _made, (self.tag,)
+
+    def __del__(self) -> None:
+        EVENTS.append(f"freed {self.tag}")
+
+
+def test_a_restore_lets_go_of_replaced_preloaded_values_before_loading_new_ones(
+    session: SessionStore,
+) -> None:
+    """The machine must not hold a changed variable twice over (its old value,
+    loaded ahead, and its new one): the old one goes before the new one is read."""
+    write(session, {"big": Freed("old"), "same": [1, 2]})
+    early = preload(session, "k")
+    write(session, {"big": Freed("new"), "same": [1, 2]})
+    EVENTS.clear()
+    into: dict[str, Any] = {}
+    report = restore_checkpoint(session, into, reuse=early)
+    assert into["big"].tag == "new" and report.reused == ["same"]
+    assert EVENTS.index("freed old") < EVENTS.index("loaded new"), EVENTS
