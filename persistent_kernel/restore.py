@@ -177,13 +177,10 @@ def preload(session: SessionStore, key: str, progress: RestoreProgress | None = 
             break
         if parts is None or group.id in poisoned or _missing_file(group):
             continue
-        session.begin_loading(group.id)
         try:
-            values = serializer.load_payload(group.pickler, parts[0], parts[1:])
+            values = _unpickle(session, group, parts)
         except Exception:
             continue  # the restore tries again, and says why
-        finally:
-            session.end_loading()
         found.put(group_key(content, group), values)
     return found
 
@@ -432,21 +429,34 @@ def _load(
             report.restored.extend(preloaded)
             report.reused.extend(preloaded)
             continue
-        if markers:
-            session.begin_loading(group.id)
         try:
-            values = serializer.load_payload(group.pickler, parts[0], parts[1:], main)
+            values = _unpickle(session, group, parts, main, markers)
         except Exception as exc:
             reason = f"could not be loaded ({serializer.describe_error(exc)})"
             report.skipped.update(dict.fromkeys(names, reason))
             report.carried.append(_carry(content, group))
             continue
-        finally:
-            if markers:
-                session.end_loading()
         into.update(values)
         report.restored.extend(values)
     report.restored.sort()
+
+
+def _unpickle(
+    session: SessionStore,
+    group: Group,
+    parts: list[Any],
+    main: ModuleType | None = None,
+    markers: bool = True,
+) -> dict[str, Any]:
+    """Unpickle one group's *parts*; with *markers*, a crash marker names the group
+    while it runs, so that a start after a crash here leaves the group alone."""
+    if markers:
+        session.begin_loading(group.id)
+    try:
+        return serializer.load_payload(group.pickler, parts[0], parts[1:], main)
+    finally:
+        if markers:
+            session.end_loading()
 
 
 def _group_files(group: Group) -> list[tuple[str, int, int, os.stat_result | None]]:
