@@ -83,6 +83,22 @@ def generation_with(session: SessionStore, name: str, timeout: float = 60) -> in
     raise AssertionError(f"no generation holds {name}: {session.generations()}")
 
 
+def interrupted_start(
+    kernels: KernelHarness, session: SessionStore, code: str
+) -> tuple[Kernel, Output]:
+    """Start a kernel while a writer of the previous one seems busy (one is
+    registered), run *code* as its first cell, and interrupt the wait for it."""
+    fd, path = session.register_writer()
+    try:
+        kernel = kernels.start(args=NOW)
+        msg_id = kernel.kc.execute(code)
+        time.sleep(2.5)
+        kernel.km.interrupt_kernel()
+        return kernel, collect(kernel, msg_id)
+    finally:
+        session.release_writer(fd, path)
+
+
 def others(kernel: Kernel) -> list[psutil.Process]:
     """Live processes forked by *kernel* (writers, standbys), not the kernel itself."""
     return [
@@ -105,15 +121,9 @@ def test_interrupting_the_restore_before_anything_loaded_keeps_everything(
     kernel.shutdown()
     before = session.latest()[0].content
     # A writer of the previous kernel that is still busy: the new one waits for it.
-    fd, path = session.register_writer()
-    try:
-        kernel = kernels.start(args=NOW)
-        msg_id = kernel.kc.execute("print('after', 'big' in dir(), 'small' in dir())")
-        time.sleep(2.5)
-        kernel.km.interrupt_kernel()
-        out = collect(kernel, msg_id)
-    finally:
-        session.release_writer(fd, path)
+    kernel, out = interrupted_start(
+        kernels, session, "print('after', 'big' in dir(), 'small' in dir())"
+    )
     assert "after False False" in out.text, out.text
     assert "waiting for the previous kernel" in out.results[0]
     assert "the restore was interrupted" in out.text
@@ -137,15 +147,7 @@ def test_pending_variables_load_with_persist_restore(kernels: KernelHarness) -> 
     session = kernels.session()
     kernels.wait_generations(session, 1)
     kernel.shutdown()
-    fd, path = session.register_writer()
-    try:
-        kernel = kernels.start(args=NOW)
-        msg_id = kernel.kc.execute("pass")
-        time.sleep(2.5)
-        kernel.km.interrupt_kernel()
-        collect(kernel, msg_id)
-    finally:
-        session.release_writer(fd, path)
+    kernel, _ = interrupted_start(kernels, session, "pass")
     out = kernel.run("%persist restore big small").check().stdout
     assert "Restored 2 variable(s)" in out
     assert kernel.value("(len(big), small)") == "(1000, 'x')"
