@@ -47,7 +47,7 @@ from .errors import (
 from .restore import history
 from .session import resolve_session_arg
 from .store import LocalBackend, Manifest, SessionStore
-from .store.tiers import open_store
+from .store.where import open_store
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -30,8 +30,9 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipykernel.ipkernel import IPythonKernel
 from IPython.display import clear_output, display
@@ -56,8 +57,13 @@ from .kernelconfig import default_checkpoint_dir
 from .restore import Preloaded, RestoreReport
 from .session import SESSION_ENV, session_key
 from .store import SessionStore, Store, is_disk_error
-from .store.tiers import BucketStore, TieredSession, open_session, open_store, upload_in_child
+from .store.where import bucket_store, is_url, open_session
 from .writerwatch import TornadoLoop, WriterWatch, deadline_for
+
+if TYPE_CHECKING:
+    # Imported where a storage URL is used: a kernel on the local disk never
+    # loads the object-storage modules (see store.where).
+    from .store.tiers import TieredSession
 
 # Seconds an interrupted cell's state waits before it counts as a change: a
 # restart interrupts the running cell and sends shutdown_request at once.
@@ -257,9 +263,9 @@ class PersistentKernel(IPythonKernel):
     def _local_store(self) -> Store:
         """The store on this machine's disk; for a storage URL, the bucket's local tier,
         after the newest generation of this notebook's own key was pulled into it."""
-        store = open_store(self.checkpoint_dir)
-        if not isinstance(store, BucketStore):
-            return store
+        store = bucket_store(self.checkpoint_dir)
+        if store is None:
+            return Store(self.checkpoint_dir)
         if not self._pulled:  # once: the decision may be taken again after the first cell
             self._pulled = True
             self._pull(store.tiered(self.session_key))
@@ -464,7 +470,7 @@ class PersistentKernel(IPythonKernel):
         twice more (the writer holds it once already: see :mod:`memory`); a
         failure here only costs the time.
         """
-        if isinstance(open_store(self.checkpoint_dir), BucketStore):
+        if is_url(self.checkpoint_dir):
             return None
         try:
             decision = self._decide_identity(wait=False)
@@ -558,7 +564,7 @@ class PersistentKernel(IPythonKernel):
 
     def _adopt(self, key: str, session: SessionStore) -> bool:
         """Take over the checkpoints of session *key* (this notebook's, under another name)."""
-        if isinstance(session, TieredSession):  # renames are followed on the local disk only
+        if is_url(self.checkpoint_dir):  # renames are followed on the local disk only
             return False
         old = Store(self.checkpoint_dir).session(key)
         old.wait_for_writers(self.writer_wait)
@@ -680,8 +686,7 @@ class PersistentKernel(IPythonKernel):
         inputs = list(self.shell.user_ns.get("In") or [])  # for `%persist rerun`
         keep = self.keep
         on_variable = beacon.set if beacon is not None else None
-
-        bucket_seen = self._bucket_seen
+        upload = self._uploader(session) if is_url(self.checkpoint_dir) else None
 
         def job() -> dict[str, Any]:
             # Read in the writer, not the kernel: a notebook with outputs can be large.
@@ -696,11 +701,24 @@ class PersistentKernel(IPythonKernel):
                 on_variable=on_variable,
                 inputs=inputs,
             ).to_dict()
-            if isinstance(session, TieredSession) and session.pending():
-                result["upload"] = upload_in_child(session, keep if bucket_seen else 0)
+            if upload is not None and (outcome := upload()) is not None:
+                result["upload"] = outcome
             return result
 
         return job, session
+
+    def _uploader(self, session: SessionStore) -> Callable[[], dict[str, Any] | None]:
+        """What the writer runs after its commit, for a session tiered over a bucket:
+        the upload of what the bucket lacks (None when it lacks nothing)."""
+        from .store.tiers import TieredSession, upload_in_child  # a bucket only: see store.where
+
+        assert isinstance(session, TieredSession)
+        keep = self.keep if self._bucket_seen else 0
+
+        def upload() -> dict[str, Any] | None:
+            return upload_in_child(session, keep) if session.pending() else None
+
+        return upload
 
     def start_checkpoint(
         self, *, detach: bool = True, covers_running_cell: bool = False

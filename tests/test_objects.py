@@ -22,16 +22,14 @@ from persistent_kernel.store.objects import (
     Location,
     MissingExtra,
     ObjectBackend,
-    is_url,
 )
 from persistent_kernel.store.tiers import (
     SECRET_ENV,
     BucketStore,
     NoSecret,
     TieredSession,
-    open_session,
-    open_store,
 )
+from persistent_kernel.store.where import is_url, open_session, open_store
 
 from .helpers import INFO, KEY
 from .s3server import CREDENTIALS, S3Server

@@ -48,8 +48,9 @@ The package, by job:
 * :mod:`.backend` and :mod:`.local`: where the bytes live (the local disk);
 * :mod:`.objects`: the same layout in a bucket (``<prefix>/sessions/<slug>-<hash>/``),
   manifests created only if absent; :mod:`.tiers`: a bucket with the local
-  disk as a cache tier (push after each commit, pull at start), and
-  :func:`.tiers.open_store`, which turns ``checkpoint_dir`` into a store;
+  disk as a cache tier (push after each commit, pull at start);
+* :mod:`.where`: :func:`.where.open_store` turns ``checkpoint_dir`` into a store,
+  importing the two modules above only for a storage URL;
 * :mod:`.sessions`: the format itself (manifests, blobs, commit, prune).
 
 This package knows nothing of kernels or pickles: the CLI reads it with no

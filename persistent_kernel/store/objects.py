@@ -1,9 +1,10 @@
 """The object-storage backend: a session's bytes in a bucket (S3 and what speaks its API).
 
 A storage URL such as ``s3://bucket/prefix`` (or ``gs://``, ``az://``: what
-obstore reads) names the bucket; query parameters are passed to obstore as
-store configuration, ``endpoint`` (or ``endpoint_url``) being the one an
-S3-compatible server (MinIO, Ceph, R2, a test server) needs::
+obstore reads; :func:`.where.is_url` tells one from a path) names the
+bucket; query parameters are passed to obstore as store configuration,
+``endpoint`` (or ``endpoint_url``) being the one an S3-compatible server
+(MinIO, Ceph, R2, a test server) needs::
 
     s3://checkpoints/users/ada?endpoint=http://minio.svc:9000
 
@@ -53,8 +54,6 @@ from ..errors import CorruptCheckpoint, NoCheckpoint, PersistentKernelError
 from .backend import Backend, Digest
 from .fs import TMP
 
-#: URL schemes read as object storage (obstore's).
-SCHEMES = ("s3", "s3a", "gs", "az", "abfs", "abfss", "azure", "r2")
 #: Seconds a blob must have existed before a prune may delete it.
 SETTLE = 3600.0
 #: Parts of a multipart upload, and how many go at once.
@@ -85,12 +84,6 @@ def _lib() -> Any:
 
 class BucketUnreachable(PersistentKernelError, ConnectionError):
     """The object store did not answer, or refused the request."""
-
-
-def is_url(location: str) -> bool:
-    """True if *location* names object storage rather than a local directory."""
-    scheme = urlsplit(location).scheme.lower()
-    return scheme in SCHEMES
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from ..errors import (
 from ..session import session_dirname
 from .fs import TMP, private_dir
 from .local import LocalBackend
-from .objects import GenerationTaken, Location, ObjectBackend, connect, is_url
+from .objects import GenerationTaken, Location, ObjectBackend, connect
 from .sessions import Manifest, SessionStore, Store, hasher
 from .trust import Signer, read_private
 
@@ -458,22 +458,6 @@ def _upload_main(argv: list[str]) -> int:
         outcome = {"error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(outcome), flush=True)
     return 0
-
-
-def open_store(location: str | os.PathLike[str]) -> Store:
-    """The store *location* names: a local directory, or a bucket (:class:`BucketStore`)."""
-    text = os.fspath(location)
-    if is_url(text):
-        return BucketStore(text)
-    return Store(text)
-
-
-def open_session(location: str | os.PathLike[str], key: str) -> SessionStore:
-    """The session a kernel writes: on the local disk, or tiered over a bucket."""
-    store = open_store(location)
-    if isinstance(store, BucketStore):
-        return store.tiered(key)
-    return store.session(key)
 
 
 if __name__ == "__main__":
