@@ -382,9 +382,11 @@ class WriterSampler:
     """Peak private memory of the kernel's forked writer, sampled from outside.
 
     The package reports ``writer_private_bytes`` once, when the writer's job
-    has returned; memory it used and freed before then is not in it. This
-    finds the writer (a process with the kernel's exact command line that is
-    not the kernel: fork copies it) and samples its smaps_rollup every 5 ms.
+    has returned; memory it used and freed before then is not in it, nor the
+    memory of the helper process a writer may pickle with. This finds the
+    writer and its helper (processes with the kernel's exact command line that
+    are not the kernel: fork copies it) and samples their smaps_rollup every
+    5 ms; a sample is the sum over the processes found.
     """
 
     def __init__(self, kernel_pid: int) -> None:
@@ -422,12 +424,14 @@ class WriterSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            total = 0
             for pid in self._find():
                 value = _private_bytes(pid)
                 if value is not None:
                     self.pids.add(pid)
                     self.samples += 1
-                    self.peak = max(self.peak, value)
+                    total += value
+            self.peak = max(self.peak, total)
             self._stop.wait(0.005)
 
     def __enter__(self) -> WriterSampler:

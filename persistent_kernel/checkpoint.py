@@ -118,6 +118,7 @@ class CheckpointResult:
     disk_error: bool = False
     pause: float = 0.0  # seconds the kernel stopped for (filter + fork, or all if inline)
     writer_private_bytes: int | None = None  # memory the forked writer did not share
+    second_core: list[str] = field(default_factory=list)  # shared with a helper process
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,6 +139,7 @@ def write_checkpoint(
     carried: Sequence[CarriedGroup] = (),
     on_variable: Callable[[str], None] | None = None,
     inputs: Sequence[str] = (),
+    second_core: bool = False,
 ) -> CheckpointResult:
     """Serialise *values* and commit them as a new generation of *session*.
 
@@ -150,10 +152,12 @@ def write_checkpoint(
     class that is missing here): they are kept in the new generation as they
     were, byte for byte, unless one of their names has been bound again.
     A namespace identical to the newest generation's commits nothing.
+    *second_core*: let a helper process pickle some variables meanwhile (see
+    :func:`serializer.serialize`); only in a process that may fork, a writer.
     Raises only for storage failures (the previous generation is intact).
     """
     start = time.monotonic()
-    ser = serializer.serialize(values, on_variable)
+    ser = serializer.serialize(values, on_variable, second_core)
     if on_variable is not None:
         on_variable("")
     all_skipped = {**skipped, **ser.skipped}
@@ -218,6 +222,7 @@ def write_checkpoint(
         notes=notes,
         unchanged=unchanged,
         elapsed=time.monotonic() - start,
+        second_core=ser.second_core,
     )
 
 

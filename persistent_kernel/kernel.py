@@ -652,7 +652,10 @@ class PersistentKernel(IPythonKernel):
 
     # -- how --------------------------------------------------------------------------
 
-    def _job(self, beacon: snapshot.Beacon | None) -> tuple[snapshot.Job, SessionStore]:
+    def _job(
+        self, beacon: snapshot.Beacon | None, forked: bool = True
+    ) -> tuple[snapshot.Job, SessionStore]:
+        """The checkpoint's work, to run in a forked writer (or inline: not *forked*)."""
         assert self.shell is not None
         try:
             settings = self.settings
@@ -700,6 +703,7 @@ class PersistentKernel(IPythonKernel):
                 carried=carried,
                 on_variable=on_variable,
                 inputs=inputs,
+                second_core=forked,
             ).to_dict()
             if upload is not None and (outcome := upload()) is not None:
                 result["upload"] = outcome
@@ -731,7 +735,7 @@ class PersistentKernel(IPythonKernel):
         began = time.perf_counter()
         forked = detach and self._use_fork()
         beacon = snapshot.Beacon() if forked else None
-        job, session = self._job(beacon)
+        job, session = self._job(beacon, forked)
         threads = bool(user_threads(self._baseline_threads))
         ticket = self._ticket = self.autosaver.begin(
             covers_running_cell=covers_running_cell, threads=threads

@@ -66,6 +66,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain, compress
 from types import (
     BuiltinFunctionType,
@@ -77,6 +78,7 @@ from types import (
 )
 from typing import IO, Any, TypeVar
 
+from . import memory, offload
 from .reducers import (
     NotRestorable,
     Reductions,
@@ -209,6 +211,8 @@ class Serialized:
     types: dict[str, str]  # variable name -> qualified type name
     skipped: dict[str, str]  # variable name -> reason
     notes: list[str] = field(default_factory=list)
+    #: Variables shared with a helper process (whichever process pickled them).
+    second_core: list[str] = field(default_factory=list)
 
 
 def type_name(value: Any) -> str:
@@ -402,10 +406,11 @@ _HELD_ONCE = max(map(sys.getrefcount, [[]]))
 _Stream = Callable[[], Iterable[Any]]
 
 
-def _private_tree(value: Any) -> bool:
-    """True if *value* is a dict, list, set or tuple whose contents nothing
-    else can reach: then only *value* itself can be shared with another
-    variable, and it is pickled without tracking the objects in it.
+def _private_tree(value: Any) -> int:
+    """The size of *value* (about how many objects it holds, at least 1) if it
+    is a dict, list, set or tuple whose contents nothing else can reach, else
+    0. Then only *value* itself can be shared with another variable, and it is
+    pickled without tracking the objects in it.
 
     That holds for a tree of dicts, lists and tuples with atoms (numbers,
     strings, bytes, None) as leaves, in which every dict and list below the
@@ -416,13 +421,14 @@ def _private_tree(value: Any) -> bool:
     tracked. Tuples have no identity of their own, so one whose reference
     count was not checked may hold atoms only, as may a tuple or frozenset at
     the root; sets below the root (they can be weakly referenced) and any
-    other type make the answer False, and the variable is tracked object by
+    other type make the answer 0, and the variable is tracked object by
     object as before.
 
     Decided level by level, each level in a few C loops (``map`` over
-    ``type``, ``sys.getrefcount``), never a Python loop over the items: a
-    dict of a million ``str -> tuple`` and a list of half a million small
-    dicts take a few hundredths of the time pickling them takes.
+    ``type``, ``sys.getrefcount``, ``len``), never a Python loop over the
+    items: a dict of a million ``str -> tuple`` takes about a sixth of the time
+    pickling it takes (each object is visited, which is as far as
+    reference counts can go).
 
     Limit: a reduction that pickles the contents of a container it holds
     without the container (``__reduce__`` returning ``list(self.rows)``)
@@ -432,18 +438,20 @@ def _private_tree(value: Any) -> bool:
     try:
         return _scan(value)
     except RecursionError:  # each level's stream is made from the one above
-        return False  # deeper than the recursion limit: tracked, in a deep thread
+        return 0  # deeper than the recursion limit: tracked, in a deep thread
 
 
-def _scan(value: Any) -> bool:
+def _scan(value: Any) -> int:
     kind = type(value)
     if kind is dict:
         streams: list[tuple[_Stream, bool]] = [(value.keys, True), (value.values, True)]
+        size = 1 + 2 * len(value)
     elif kind in (list, set, tuple, frozenset):
         # the items of a tuple or frozenset root are shared by whoever shares it
         streams = [(lambda: value, kind in (list, set))]
+        size = 1 + len(value)
     else:
-        return False
+        return 0
     while streams:
         level: list[tuple[_Stream, bool]] = []
         for stream, held in streams:
@@ -451,20 +459,22 @@ def _scan(value: Any) -> bool:
                 continue
             kinds = set(map(type, stream()))
             if not held or not kinds <= _ATOMS_OR_NODES:
-                return False
+                return 0
             mutable = kinds & _MUTABLE_NODES
             if mutable:
                 nodes, extra = _only(stream, kinds, mutable)
                 if max(map(sys.getrefcount, nodes())) > _HELD_ONCE + extra:
-                    return False
+                    return 0
+                size += sum(map(len, nodes())) * (2 if dict in mutable else 1)
                 level.extend((items, True) for items in _items(nodes, mutable))
             if tuple in kinds:
                 # A tuple's count is not checked (a constant tuple is held by the code
                 # that made it too): what it holds must be atoms, or this falls back.
                 tuples, _ = _only(stream, kinds, _TUPLES)
+                size += sum(map(len, tuples()))
                 level.append((_contents(tuples), False))
         streams = level
-    return True
+    return size
 
 
 def _only(
@@ -621,9 +631,13 @@ def _first_links(value: Any, ignore: set[int]) -> dict[int, Any]:
 
 
 def _predict(
-    names: list[str], values: Mapping[str, Any], ignore: set[int]
-) -> tuple[list[list[str]], set[str]]:
-    """Groups foreseen before pickling, and the names that are private trees.
+    names: list[str],
+    values: Mapping[str, Any],
+    ignore: set[int],
+    deferred: AbstractSet[str] = frozenset(),
+) -> tuple[list[list[str]], dict[str, int]]:
+    """Groups foreseen before pickling, and the names that are private trees
+    with their sizes.
 
     A variable is joined with another when they hold the same object at the
     top (``l2 = l1``, ``a = [x]; b = {'k': x}``), or when its value, or an
@@ -632,20 +646,28 @@ def _predict(
     Each of these is sharing the pickled result would show too, so nothing
     is grouped that pickling each alone would not have grouped; deeper
     sharing is found when pickling.
+
+    The *deferred* are not looked into now (a helper process may do it): only
+    the object itself counts. That is all a private tree could share; for any
+    other, sharing below the top is found when pickling, as deeper sharing is.
     """
     groups = _Groups()
     owner: dict[int, Any] = {}
-    private: set[str] = set()
+    private: dict[str, int] = {}
     for name in names:
         value = values[name]
+        if name in deferred:
+            groups.link(name, _shared_candidates([value], ignore), owner)
+            continue
         try:
-            if _private_tree(value):
-                private.add(name)
+            size = _private_tree(value)
+            if size:
+                private[name] = size
                 links = _shared_candidates([value], ignore)
             else:
                 links = _first_links(value, ignore)
         except Exception:  # (a dict changed by another thread) pickling will tell
-            private.discard(name)
+            private.pop(name, None)
             links = _shared_candidates([value], ignore)
         groups.link(name, links, owner)
     return groups.members(names), private
@@ -664,8 +686,121 @@ def _suspects(names: list[str], values: Mapping[str, Any]) -> list[str]:
     return used or names
 
 
+def _pickle_group(
+    unit_names: list[str],
+    values: Mapping[str, Any],
+    ignore: set[int],
+    private: Mapping[str, int],
+    skipped: dict[str, str],
+    on_variable: Callable[[str], None] | None,
+) -> list[_Unit]:
+    """Pickle one foreseen group; if it fails, each of its variables alone
+    (one bad value must not sink the others). Failures land in *skipped*."""
+    if on_variable is not None:
+        on_variable(",".join(_suspects(unit_names, values)))
+    result = _pickle_unit(unit_names, values, ignore, unit_names[0] in private)
+    if isinstance(result, _Unit):
+        return [result]
+    if len(unit_names) == 1:
+        skipped[unit_names[0]] = result
+        return []
+    units: list[_Unit] = []
+    for name in unit_names:
+        if on_variable is not None:
+            on_variable(name)
+        one = _pickle_unit([name], values, ignore, name in private)
+        if isinstance(one, _Unit):
+            units.append(one)
+        else:
+            skipped[name] = one
+    return units
+
+
+#: A variable is shared with a helper process if it is a dict, list, tuple or set
+#: of at least this many items (about 2 ms of pickling if it is a private tree).
+SHARE_MIN = 2_000
+
+
+def _candidates(names: list[str], values: Mapping[str, Any]) -> list[str]:
+    """The variables worth sharing with a helper process, largest first: large
+    containers whose first item is plain data, by a look at that item and
+    their length only (whether each is a private tree is found out by
+    whoever takes it). Empty unless there are two.
+
+    The first item is looked at so that a list of instances of a notebook
+    class keeps being grouped with its class before pickling (see
+    :func:`_predict`), not after.
+    """
+    large = [
+        (len(values[n]), n)
+        for n in names
+        if type(values[n]) in _CONTAINERS
+        and len(values[n]) >= SHARE_MIN
+        and type(_first_item(values[n])) in _ATOMS_OR_NODES
+    ]
+    return [n for _, n in sorted(large, reverse=True)] if len(large) > 1 else []
+
+
+def _first_item(container: Any) -> Any:
+    """A dict's first value, another container's first item."""
+    return next(iter(container.values() if type(container) is dict else container))
+
+
+def _pickled(values: Mapping[str, Any], names: list[str], number: int) -> memoryview | None:
+    """The stream :func:`_pickle_unit` makes of *names[number]* if it is a private
+    tree; ``None`` (left to the writer) if not. Runs in the helper process."""
+    name = names[number]
+    if not _private_tree(values[name]):
+        return None
+    dumped = _dump({name: values[name]}, use_dill=False, track=False)
+    return None if dumped.buffers else dumped.data
+
+
+def _with_helper(
+    helper: offload.Helper,
+    foreseen: list[list[str]],
+    shareable: list[str],
+    names: list[str],
+    here: Callable[[list[str]], list[_Unit]],
+    values: Mapping[str, Any],
+    ignore: set[int],
+) -> tuple[list[list[_Unit]], list[str]]:
+    """Pickle the *foreseen* groups, each by *here* or by *helper*: the variables of
+    *shareable* that make a group alone go to a queue both take from; the
+    rest are pickled here first. Returns the units of each group, in order,
+    and the names queued.
+
+    Whatever the helper has not finished when the queue is empty (the job it
+    is on, those it declined, all it had left if it died) is pickled here
+    rather than waited for: the helper saves time, or costs one job, never
+    more, and nothing waits on it.
+    """
+    group_of = {g[0]: i for i, g in enumerate(foreseen) if len(g) == 1}
+    shared = [group_of[n] for n in shareable if n in group_of]
+    number = {name: i for i, name in enumerate(names)}  # jobs by name: forked before groups
+    by_job = {number[foreseen[i][0]]: i for i in shared}
+    helper.share(list(by_job))
+    done: dict[int, list[_Unit]] = {}
+    for index in sorted(set(range(len(foreseen))).difference(shared)):
+        done[index] = here(foreseen[index])
+    while (job := helper.claim()) is not None:
+        done[by_job[job]] = here(foreseen[by_job[job]])
+    finished = helper.finished()
+    for job in helper.unfinished(finished):
+        done[by_job[job]] = here(foreseen[by_job[job]])
+    for job, data in finished.items():
+        index = by_job[job]
+        if index not in done:
+            name = names[job]
+            links = _shared_candidates([values[name]], ignore)
+            done[index] = [_Unit([name], "pickle", data, [], links, Reductions())]
+    return [done[i] for i in range(len(foreseen))], [foreseen[i][0] for i in shared]
+
+
 def serialize(
-    values: Mapping[str, Any], on_variable: Callable[[str], None] | None = None
+    values: Mapping[str, Any],
+    on_variable: Callable[[str], None] | None = None,
+    second_core: bool = False,
 ) -> Serialized:
     """Pickle *values* into groups; never raises for a bad value.
 
@@ -677,12 +812,22 @@ def serialize(
     Groups are foreseen before pickling (:func:`_predict`) and each is
     pickled once; only variables whose sharing shows up deeper than that
     look are pickled again, together.
+
+    *second_core*: where this process has a second core and two large
+    containers or more, a helper process (:mod:`persistent_kernel.offload`)
+    takes turns with this one at the large containers but the largest, each
+    pickled by whichever takes it if it is a private tree (the same bytes
+    either way). Only for a process that may fork (a writer).
     """
     with _collector_paused():
-        return _serialize(values, on_variable)
+        return _serialize(values, on_variable, second_core)
 
 
-def _serialize(values: Mapping[str, Any], on_variable: Callable[[str], None] | None) -> Serialized:
+def _serialize(
+    values: Mapping[str, Any],
+    on_variable: Callable[[str], None] | None,
+    second_core: bool = False,
+) -> Serialized:
     modules: dict[str, str] = {}
     types: dict[str, str] = {}
     skipped: dict[str, str] = {}
@@ -697,26 +842,33 @@ def _serialize(values: Mapping[str, Any], on_variable: Callable[[str], None] | N
             modules[name] = value.__name__
         else:
             names.append(name)
-    foreseen, private = _predict(names, values, module_dicts)
+    # Forked before anything looks into the values: a look touches every object
+    # (reference counts), which a fork after it would make this process copy again.
+    candidates = _candidates(names, values) if second_core and memory.cores() > 1 else []
+    helper = offload.start(partial(_pickled, values, names)) if candidates else None
+    helped: list[str] = []
+    try:
+        deferred = set(candidates) if helper is not None else set()
+        foreseen, private = _predict(names, values, module_dicts, deferred)
 
-    units: list[_Unit] = []
-    for unit_names in foreseen:
-        if on_variable is not None:
-            on_variable(",".join(_suspects(unit_names, values)))
-        result = _pickle_unit(unit_names, values, module_dicts, unit_names[0] in private)
-        if isinstance(result, _Unit):
-            units.append(result)
-        elif len(unit_names) == 1:
-            skipped[unit_names[0]] = result
-        else:  # one bad value must not sink the others: each alone
-            for name in unit_names:
-                if on_variable is not None:
-                    on_variable(name)
-                one = _pickle_unit([name], values, module_dicts, name in private)
-                if isinstance(one, _Unit):
-                    units.append(one)
-                else:
-                    skipped[name] = one
+        def here(group: list[str]) -> list[_Unit]:
+            if group[0] in deferred:  # not looked into yet
+                deferred.discard(group[0])
+                if size := _private_tree(values[group[0]]):
+                    private[group[0]] = size
+            return _pickle_group(group, values, module_dicts, private, skipped, on_variable)
+
+        if helper is None:
+            per_group = [here(group) for group in foreseen]
+        else:
+            # The largest stays here; the others go to the queue, largest first.
+            per_group, helped = _with_helper(
+                helper, foreseen, candidates[1:], names, here, values, module_dicts
+            )
+    finally:
+        if helper is not None:
+            helper.stop()
+    units = [unit for group_units in per_group for unit in group_units]
 
     groups = _Groups()
     owner: dict[int, Any] = {}
@@ -753,7 +905,7 @@ def _serialize(values: Mapping[str, Any], on_variable: Callable[[str], None] | N
         payloads.append(
             Payload(group, pickler, dumped.data, dumped.buffers, done.files, done.opened)
         )
-    return Serialized(payloads, modules, types, skipped, notes)
+    return Serialized(payloads, modules, types, skipped, notes, helped)
 
 
 def load_payload(

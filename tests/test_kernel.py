@@ -309,6 +309,25 @@ s = Slow('made it')
     assert time.monotonic() - began >= 5  # the new kernel did wait for the writer
 
 
+def test_plain_data_pickled_on_a_second_core_comes_back(kernels: KernelHarness) -> None:
+    """Two large trees of dicts, lists and tuples: where the machine has a second
+    core, the writer shares the smaller with a helper process, and both come back."""
+    from persistent_kernel import memory
+
+    kernel = kernels.start(args=NOW)
+    kernel.run(
+        "table = {f'k{i}': (i, f'v{i}') for i in range(150_000)}\n"
+        "records = [{'id': i, 'n': str(i)} for i in range(100_000)]"
+    ).check()
+    kernels.wait_generations(kernels.session(), 1)
+    k = "get_ipython().kernel"
+    helped = kernel.value(f"({k}.wait_for_writer(60), {k}.last_result.second_core)[1]")
+    assert helped == ("['records']" if memory.cores() > 1 else "[]")
+    kernel.restart()
+    out = kernel.run("print(len(table), table['k149999'], len(records), records[-1])").check()
+    assert "150000 (149999, 'v149999') 100000 {'id': 99999, 'n': '99999'}" in out.text
+
+
 def test_persist_list_json(kernels: KernelHarness) -> None:
     kernel = kernels.start(args=NOW)
     kernel.run("alpha = 1\nbeta = [1, 2]").check()

@@ -495,6 +495,65 @@ def test_containers_held_once_are_private_trees() -> None:
         assert not serializer._private_tree(value), value
 
 
+def test_a_private_trees_size_counts_what_it_holds() -> None:
+    from persistent_kernel import serializer
+
+    assert serializer._private_tree([]) == 1  # private, and holding nothing
+    assert serializer._private_tree({"a": (1, 2)}) == 1 + 2 + 2
+    assert serializer._private_tree([{"a": 1}, {"b": 2}]) == 1 + 2 + 4
+    assert serializer._private_tree([object()]) == 0
+
+
+def test_large_plain_containers_are_the_candidates_for_a_helper() -> None:
+    from persistent_kernel.serializer import SHARE_MIN, _candidates
+
+    n = SHARE_MIN
+    values = {
+        "small": list(range(n - 1)),
+        "rows": [{"a": i} for i in range(2 * n)],
+        "table": {i: (i,) for i in range(3 * n)},
+        "pairs": [(i, i) for i in range(n)],
+        "objs": [RaisesOnReduce() for _ in range(4 * n)],  # grouped with its class first
+    }
+    assert _candidates(list(values), values) == ["table", "rows", "pairs"]
+    assert _candidates(["small", "rows"], values) == []  # one is not worth a helper
+
+
+def test_a_second_core_pickles_private_trees_to_the_same_bytes() -> None:
+    """What a helper process pickles is byte for byte what this process would,
+    so an unchanged variable is never written again because of where it was
+    pickled; everything else is pickled here, as before."""
+    import mmap
+
+    from persistent_kernel import memory
+
+    table = {f"k{i}": (i, f"v{i}") for i in range(300_000)}
+    records = [{"id": i, "name": str(i)} for i in range(60_000)]
+    other = {"x": [1]}
+    values = {"table": table, "records": records, "other": other, "alias": [other]}
+    values["arr"] = np.arange(5)
+    values["bad"] = socket.socket()
+    try:
+        alone, helped = serialize(values), serialize(values, second_core=True)
+    finally:
+        values["bad"].close()
+
+    def described(ser: Serialized) -> list[Any]:
+        return [
+            (p.names, p.pickler, bytes(p.data), [bytes(b.raw()) for b in p.buffers])
+            for p in ser.payloads
+        ]
+
+    assert described(helped) == described(alone)
+    assert helped.skipped == alone.skipped and "bad" in helped.skipped
+    # records, the smaller, is shared with the helper; the helper's own results
+    # (if it got to it first) are read from its file
+    assert helped.second_core == (["records"] if memory.cores() > 1 else [])
+    aside = [p.names for p in helped.payloads if isinstance(p.data.obj, mmap.mmap)]
+    assert aside in ([], [["records"]]) and not alone.second_core
+    assert load_all(helped)["records"] == records
+
+
 # -- each object pickled once ---------------------------------------------------------
 
 #: id -> how many times an instance of a class made by notebook_class() was pickled
