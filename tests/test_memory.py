@@ -1,7 +1,9 @@
-"""How much memory a restart may take ahead of the previous writer: real files."""
+"""How much memory a restart may take ahead of the previous writer, and how many
+cores a writer may use: real files."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from persistent_kernel import memory
@@ -57,3 +59,32 @@ def test_room_for_the_state_twice_and_a_margin() -> None:
     assert memory.enough_for(GiB, 3 * GiB)
     assert not memory.enough_for(GiB, 2 * GiB)  # twice, but nothing to spare
     assert not memory.enough_for(4 * GiB, 5 * GiB)
+
+
+def test_cores_are_capped_by_a_cgroup_v2_cpu_quota(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path, GiB // 1024, "0::/user/jovyan\n")
+    group = tmp_path / "cg" / "user" / "jovyan"
+    group.mkdir(parents=True)
+    machine = len(os.sched_getaffinity(0))
+    (group / "cpu.max").write_text("100000 100000\n")  # one CPU's worth
+    assert memory.cores(proc, tmp_path / "cg") == 1
+    (group / "cpu.max").write_text("50000 100000\n")  # half a CPU: still one core
+    assert memory.cores(proc, tmp_path / "cg") == 1
+    (group / "cpu.max").write_text("max 100000\n")
+    assert memory.cores(proc, tmp_path / "cg") == machine
+
+
+def test_cores_are_capped_by_a_cgroup_v1_cfs_quota(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path, GiB // 1024, "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n")
+    base = tmp_path / "cg" / "cpu,cpuacct"
+    base.mkdir(parents=True)  # the container's own group is the mount's root
+    machine = len(os.sched_getaffinity(0))
+    (base / "cpu.cfs_period_us").write_text("100000\n")
+    (base / "cpu.cfs_quota_us").write_text("-1\n")  # no quota
+    assert memory.cores(proc, tmp_path / "cg") == machine
+    (base / "cpu.cfs_quota_us").write_text("150000\n")
+    assert memory.cores(proc, tmp_path / "cg") == min(machine, 1)
+
+
+def test_cores_without_cgroups_are_the_cpus_this_process_may_run_on(tmp_path: Path) -> None:
+    assert memory.cores(tmp_path / "nothing", tmp_path / "nothing") == len(os.sched_getaffinity(0))
