@@ -35,6 +35,7 @@ import faulthandler
 import gc
 import mmap
 import os
+import select
 import signal
 import struct
 import warnings
@@ -64,16 +65,31 @@ class Helper:
         self._mine: list[int] = []
         self._stopped = False
 
-    def share(self, jobs: Sequence[int]) -> None:
-        """Queue *jobs* (job numbers, taken in this order) and let the helper start."""
+    def share(self, jobs: Sequence[int]) -> list[int]:
+        """Queue *jobs* (job numbers, taken in this order) and let the helper start.
+
+        Returns the jobs queued: all of them, unless the pipe is smaller than
+        usual (a user over ``pipe-user-pages-soft`` gets one page), in which
+        case the first that fit; the others are not the helper's to do.
+        """
         if len(jobs) > MAX_JOBS:
             raise ValueError(f"at most {MAX_JOBS} jobs")
-        self._jobs = list(jobs)
-        os.write(self._fill, b"".join(map(_NUMBER.pack, jobs)))
+        os.set_blocking(self._fill, False)
+        queued = 0
+        per_write = select.PIPE_BUF // _NUMBER.size  # a write this small is never split
+        while queued < len(jobs):
+            batch = jobs[queued : queued + per_write]
+            try:
+                os.write(self._fill, b"".join(map(_NUMBER.pack, batch)))
+            except BlockingIOError:
+                break
+            queued += len(batch)
+        self._jobs = list(jobs[:queued])
         os.close(self._fill)
         self._fill = -1
         os.set_blocking(self._queue, False)  # for both: an empty queue reads EAGAIN
         os.write(self._go, b"g")
+        return self._jobs
 
     def claim(self) -> int | None:
         """Take the next job from the queue for this process; ``None`` once it is empty."""

@@ -779,7 +779,8 @@ def _with_helper(
     shared = [group_of[n] for n in shareable if n in group_of]
     number = {name: i for i, name in enumerate(names)}  # jobs by name: forked before groups
     by_job = {number[foreseen[i][0]]: i for i in shared}
-    helper.share(list(by_job))
+    queued = helper.share(list(by_job))
+    shared = [by_job[job] for job in queued]
     done: dict[int, list[_Unit]] = {}
     for index in sorted(set(range(len(foreseen))).difference(shared)):
         done[index] = here(foreseen[index])

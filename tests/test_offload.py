@@ -186,3 +186,21 @@ def test_the_helper_dies_with_the_process_that_started_it() -> None:
         parent.wait(timeout=30)
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+def test_a_small_pipe_queues_what_fits_and_leaves_the_rest_here() -> None:
+    """A user over ``pipe-user-pages-soft`` gets pipes of one page: the queue
+    takes the first 512 jobs and never blocks the writer."""
+    import fcntl
+
+    helper = offload.start(lambda number: bytes([number % 256]))
+    assert helper is not None
+    try:
+        fcntl.fcntl(helper._fill, fcntl.F_SETPIPE_SZ, 4096)  # as such a user's pipe
+        queued = helper.share(list(range(offload.MAX_JOBS)))
+        assert queued == list(range(512))
+        wait_until(lambda: gone(helper.pid), timeout=60, what="the helper to finish")
+        finished = helper.finished()
+        assert sorted(finished) == queued and helper.unfinished(finished) == []
+    finally:
+        helper.stop()
