@@ -935,6 +935,8 @@ class PersistentKernel(IPythonKernel):
         SIGKILLs this process group 2.5 s from now; the next kernel waits
         for it (at most until its deadline).
         """
+        if self.fast_exit:
+            quickexit.note_files()  # before any fork: see quickexit
         if self._ephemeral and self._shutdown_restart is False:
             self._forget_batch_state()
             return

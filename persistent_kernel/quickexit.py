@@ -19,6 +19,15 @@ cell wrote without closing its file still reach the disk, and calls the C
 library's ``exit``: the exit handlers of C extensions run, the interpreter's
 own teardown does not.
 
+Finding the open files means walking every object the collector tracks, which
+writes to each one (a reference count): just after the final checkpoint's
+``fork()`` that costs a copy-on-write fault per page of objects, tens of
+milliseconds, enough to make a client that polls the process every 100 ms
+wait one more poll. So the kernel calls :func:`note_files` before that fork:
+it walks every object once, keeps the open files it finds, and freezes the
+collector; :func:`arm` and :func:`_finish` then walk only the objects made
+since (the collector's ``get_objects`` leaves frozen ones out).
+
 Limits: ``__del__`` methods of objects still alive at exit do not run (Python
 does not promise that they do), and a buffered writer that is not a Python
 file object (a library's own buffer) is not flushed. ``PersistentKernel.fast_exit
@@ -39,8 +48,11 @@ from typing import Any
 
 #: Every namespace value, kept alive until the process ends.
 _kept: list[Any] = []
+#: Open files found among the objects frozen since (see note_files).
+_files: list[Any] = []
 _installed = False
 _armed = False
+_noted = False
 
 #: Text layers first: flushing one pushes its bytes into the binary layer below.
 _RANK: dict[type, int] = {io.TextIOWrapper: 0, io.BufferedWriter: 1, io.BufferedRandom: 1}
@@ -60,6 +72,28 @@ def install() -> bool:
     return True
 
 
+def note_files() -> None:
+    """Keep the open files of the whole process, then freeze the collector.
+
+    Call once the kernel has stopped, before the final checkpoint forks (see
+    the module's docstring); the exit then walks only the objects made after
+    this. Without a prior :func:`install` this does nothing; without a later
+    :func:`arm`, the exit unfreezes the collector and is Python's own.
+    """
+    global _noted
+    if not _installed:
+        return
+    if not _noted:
+        gc.unfreeze()  # objects someone froze before: get_objects() would skip them
+        _noted = True
+    _note_new_files()
+
+
+def _note_new_files() -> None:
+    _files.extend(open_files())
+    gc.freeze()
+
+
 def arm(keep: Iterable[Any]) -> None:
     """Make the coming exit quick: keep *keep* alive and stop garbage collection.
 
@@ -71,7 +105,10 @@ def arm(keep: Iterable[Any]) -> None:
         return
     _kept.extend(keep)
     gc.disable()
-    gc.freeze()  # exit handlers' gc.collect() then skips everything made so far
+    if not _noted:
+        gc.unfreeze()  # as note_files: every object is walked once
+    # Exit handlers' gc.collect() then skips everything made so far.
+    _note_new_files()
     _armed = True
 
 
@@ -80,8 +117,8 @@ def armed() -> bool:
 
 
 def open_files() -> list[Any]:
-    """Every open, writable Python file object, text layers first."""
-    gc.unfreeze()  # get_objects() does not list frozen objects
+    """Every open, writable Python file object the collector tracks and has not
+    frozen, text layers first."""
     objects = gc.get_objects()
     # C-speed filter: a million tracked objects cost milliseconds, not a Python loop.
     files = list(itertools.compress(objects, map(_RANK.__contains__, map(type, objects))))
@@ -91,7 +128,9 @@ def open_files() -> list[Any]:
 
 def flush_all() -> None:
     """Flush every open Python file; a file that fails is left as it is."""
-    for f in [*open_files(), sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__]:
+    files = [*_files, *open_files()]
+    files.sort(key=lambda f: _RANK[type(f)])
+    for f in [*files, sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__]:
         try:
             if f is not None and not f.closed:
                 f.flush()
@@ -101,6 +140,8 @@ def flush_all() -> None:
 
 def _finish() -> None:
     if not _armed:
+        if _noted:
+            gc.unfreeze()  # Python's own exit collects what was frozen
         return
     flush_all()
     import ctypes  # here, not at the top: the launcher imports this module first thing

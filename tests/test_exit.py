@@ -142,3 +142,65 @@ def test_install_stands_aside_for_an_earlier_exit_handler() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["False", "False", "earlier handler ran"]
+
+
+def test_files_are_flushed_whenever_they_were_opened(tmp_path: Path) -> None:
+    # The kernel notes the open files before its final checkpoint forks and then
+    # walks only newer objects: files opened before (even ones the user froze),
+    # between and after all reach the disk.
+    names = [str(tmp_path / f"{n}.txt") for n in ("frozen", "noted", "between", "handler")]
+    done = _run(
+        """
+        import atexit, gc, sys
+        from persistent_kernel import quickexit
+        assert quickexit.install()
+        keep = [open(sys.argv[1], "w")]
+        keep[0].write("frozen by the user")
+        gc.freeze()
+        keep.append(open(sys.argv[2], "w"))
+        keep[1].write("open when noted")
+        quickexit.note_files()
+        keep.append(open(sys.argv[3], "w"))
+        keep[2].write("opened before arm")
+        quickexit.arm([])
+
+        def late():
+            keep.append(open(sys.argv[4], "w"))
+            keep[3].write("opened by an exit handler")
+
+        atexit.register(late)
+        print("armed")
+        """,
+        *names,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["armed"]
+    assert [Path(n).read_text() for n in names] == [
+        "frozen by the user",
+        "open when noted",
+        "opened before arm",
+        "opened by an exit handler",
+    ]
+
+
+def test_noted_but_unarmed_exit_is_pythons_own() -> None:
+    # An unclean stop notes the files but does not arm: the collector is
+    # unfrozen again, so Python's exit still collects garbage cycles.
+    done = _run(
+        """
+        from persistent_kernel import quickexit
+        assert quickexit.install()
+
+        class Noisy:
+            def __del__(self):
+                print("__del__ ran")
+
+        cycle = Noisy()
+        cycle.me = cycle
+        del cycle
+        quickexit.note_files()
+        print("noted")
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["noted", "__del__ ran"]
