@@ -249,6 +249,7 @@ class PersistentKernel(IPythonKernel):
 
             self.shell.register_magics(PersistMagics(shell=self.shell, kernel=self))
             self.shell.events.register("pre_run_cell", self._show_restore_summary)
+        quickexit.mark_start()  # before the notebook's code runs: see quickexit
 
     # -- where ------------------------------------------------------------------
 

@@ -28,9 +28,20 @@ it walks every object once, keeps the open files it finds, and freezes the
 collector; :func:`arm` and :func:`_finish` then walk only the objects made
 since (the collector's ``get_objects`` leaves frozen ones out).
 
+Most often no walk is needed at all: a file object can hold bytes for a file
+only while its descriptor is open, so when every descriptor open for writing
+(files, pipes, terminals) points where one already did when the kernel was
+made (:func:`mark_start`, before IPython's startup files, ``exec_lines`` and
+the cells ran), no file the notebook opened is left open, and the walk of
+everything is skipped.
+
 Limits: ``__del__`` methods of objects still alive at exit do not run (Python
 does not promise that they do), and a buffered writer that is not a Python
-file object (a library's own buffer) is not flushed. ``PersistentKernel.fast_exit
+file object (a library's own buffer) is not flushed; nor, when no file the
+notebook opened is left open, is a second writer it made where the kernel
+already writes (``open("/dev/stdout", "w")``), or a writer on a socket
+(``socket.makefile``): sockets are left out of the comparison, since the
+kernel's messaging opens and closes its own. ``PersistentKernel.fast_exit
 = False`` restores the ordinary exit. When something registered an exit handler
 before the launcher (a ``sitecustomize`` or ``.pth`` hook, such as coverage's),
 :func:`install` does nothing, because that handler would run after ours.
@@ -39,9 +50,12 @@ before the launcher (a ``sitecustomize`` or ``.pth`` hook, such as coverage's),
 from __future__ import annotations
 
 import atexit
+import fcntl
 import gc
 import io
 import itertools
+import os
+import stat
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -50,6 +64,8 @@ from typing import Any
 _kept: list[Any] = []
 #: Open files found among the objects frozen since (see note_files).
 _files: list[Any] = []
+#: (device, inode) of what was open for writing at mark_start().
+_known: frozenset[tuple[int, int]] | None = None
 _installed = False
 _armed = False
 _noted = False
@@ -72,6 +88,43 @@ def install() -> bool:
     return True
 
 
+def writable_targets() -> frozenset[tuple[int, int]] | None:
+    """(device, inode) of every file, pipe or terminal this process has open for
+    writing; None where ``/proc/self/fd`` cannot be read (not Linux)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    found = set()
+    for name in names:
+        fd = int(name)
+        try:
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+                continue
+            st = os.fstat(fd)
+        except OSError:  # closed since the listing (the listing's own, for one)
+            continue
+        if stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode):
+            found.add((st.st_dev, st.st_ino))
+    return frozenset(found)
+
+
+def mark_start() -> None:
+    """Note what this process has open for writing; call before the notebook's code
+    (IPython's startup files, ``exec_lines``, cells) runs."""
+    global _known
+    _known = writable_targets()
+
+
+def needs_walk() -> bool:
+    """Whether open files must be looked for among all objects: something is open
+    for writing that was not at :func:`mark_start` (or that cannot be told)."""
+    if _known is None:
+        return True
+    now = writable_targets()
+    return now is None or not now <= _known
+
+
 def note_files() -> None:
     """Keep the open files of the whole process, then freeze the collector.
 
@@ -83,10 +136,15 @@ def note_files() -> None:
     global _noted
     if not _installed:
         return
-    if not _noted:
+    if _noted:
+        _note_new_files()
+        return
+    _noted = True
+    if needs_walk():
         gc.unfreeze()  # objects someone froze before: get_objects() would skip them
-        _noted = True
-    _note_new_files()
+        _note_new_files()
+    else:
+        gc.freeze()  # the exit walks only objects made from now on
 
 
 def _note_new_files() -> None:
@@ -105,10 +163,8 @@ def arm(keep: Iterable[Any]) -> None:
         return
     _kept.extend(keep)
     gc.disable()
-    if not _noted:
-        gc.unfreeze()  # as note_files: every object is walked once
     # Exit handlers' gc.collect() then skips everything made so far.
-    _note_new_files()
+    note_files()
     _armed = True
 
 

@@ -204,3 +204,42 @@ def test_noted_but_unarmed_exit_is_pythons_own() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["noted", "__del__ ran"]
+
+
+def test_the_walk_for_open_files_is_skipped_only_when_none_is_new(tmp_path: Path) -> None:
+    # A file object holds bytes for a file only while its descriptor is open: with
+    # nothing open for writing but what was open at start, no walk is needed.
+    done = _run(
+        """
+        import os, sys
+        from persistent_kernel import quickexit
+        quickexit.mark_start()
+        seen = [quickexit.needs_walk()]
+        f = open(sys.argv[1], "w")
+        seen.append(quickexit.needs_walk())  # a file opened since
+        f.close()
+        seen.append(quickexit.needs_walk())
+        r, w = os.pipe()
+        seen.append(quickexit.needs_walk())  # a pipe's write end
+        os.close(w)
+        seen.append(quickexit.needs_walk())  # its read end: nothing to flush there
+        g = open(sys.argv[1])
+        seen.append(quickexit.needs_walk())  # read only
+        print(seen)
+        """,
+        str(tmp_path / "f.txt"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[False, True, False, True, False, False]"
+
+
+def test_a_file_opened_by_exec_lines_is_flushed_at_exit(
+    kernels: KernelHarness, tmp_path: Path
+) -> None:
+    # IPython's startup code runs after the kernel noted its own descriptors.
+    target = tmp_path / "startup.txt"
+    line = f"log = open({str(target)!r}, 'w'); log.write('from exec_lines')"
+    kernel = kernels.start(args=[f"--IPKernelApp.exec_lines={line}"])
+    kernel.run("x = 1").check()
+    assert _exit_code_after_shutdown(kernel) == 0
+    assert target.read_text() == "from exec_lines"
