@@ -140,6 +140,7 @@ def write_checkpoint(
     on_variable: Callable[[str], None] | None = None,
     inputs: Sequence[str] = (),
     second_core: bool = False,
+    urgent: bool = False,
 ) -> CheckpointResult:
     """Serialise *values* and commit them as a new generation of *session*.
 
@@ -152,12 +153,13 @@ def write_checkpoint(
     class that is missing here): they are kept in the new generation as they
     were, byte for byte, unless one of their names has been bound again.
     A namespace identical to the newest generation's commits nothing.
-    *second_core*: let a helper process pickle some variables meanwhile (see
-    :func:`serializer.serialize`); only in a process that may fork, a writer.
+    *second_core*, *urgent*: let a helper process pickle some variables
+    meanwhile, at a lower priority unless urgent (see :func:`serializer.serialize`);
+    only in a process that may fork, a writer.
     Raises only for storage failures (the previous generation is intact).
     """
     start = time.monotonic()
-    ser = serializer.serialize(values, on_variable, second_core)
+    ser = serializer.serialize(values, on_variable, second_core, urgent)
     if on_variable is not None:
         on_variable("")
     all_skipped = {**skipped, **ser.skipped}

@@ -654,9 +654,14 @@ class PersistentKernel(IPythonKernel):
     # -- how --------------------------------------------------------------------------
 
     def _job(
-        self, beacon: snapshot.Beacon | None, forked: bool = True
+        self, beacon: snapshot.Beacon | None, forked: bool = True, final: bool = False
     ) -> tuple[snapshot.Job, SessionStore]:
-        """The checkpoint's work, to run in a forked writer (or inline: not *forked*)."""
+        """The checkpoint's work, to run in a forked writer (or inline: not *forked*).
+
+        *final*: the kernel is ending; no cell will run beside the writer, and
+        the next kernel waits for it, so its helper process (if any) is not
+        made to yield.
+        """
         assert self.shell is not None
         try:
             settings = self.settings
@@ -705,6 +710,7 @@ class PersistentKernel(IPythonKernel):
                 on_variable=on_variable,
                 inputs=inputs,
                 second_core=forked,
+                urgent=final,
             ).to_dict()
             if upload is not None and (outcome := upload()) is not None:
                 result["upload"] = outcome
@@ -726,17 +732,18 @@ class PersistentKernel(IPythonKernel):
         return upload
 
     def start_checkpoint(
-        self, *, detach: bool = True, covers_running_cell: bool = False
+        self, *, detach: bool = True, covers_running_cell: bool = False, final: bool = False
     ) -> snapshot.Writer:
         """Snapshot the namespace now; in a forked writer unless told otherwise.
 
         *covers_running_cell*: called as the last line of the running cell
         (``%persist save``), so the snapshot holds all of that cell's changes.
+        *final*: the kernel's last checkpoint (see :meth:`_job`).
         """
         began = time.perf_counter()
         forked = detach and self._use_fork()
         beacon = snapshot.Beacon() if forked else None
-        job, session = self._job(beacon, forked)
+        job, session = self._job(beacon, forked, final)
         threads = bool(user_threads(self._baseline_threads))
         ticket = self._ticket = self.autosaver.begin(
             covers_running_cell=covers_running_cell, threads=threads
@@ -902,7 +909,7 @@ class PersistentKernel(IPythonKernel):
         def job() -> dict[str, Any]:
             # Runs in the standby, on its own copy of the namespace.
             try:
-                return self._job(None)[0]()
+                return self._job(None, final=True)[0]()  # written only at the end
             finally:
                 session.release_writer(*registration)
 
@@ -956,7 +963,7 @@ class PersistentKernel(IPythonKernel):
         if not (self.autosave and self.autosaver.dirty):
             return
         try:
-            self.start_checkpoint()
+            self.start_checkpoint(final=True)
         except Exception:
             self.log.exception("persistent-kernel: final checkpoint failed")
 

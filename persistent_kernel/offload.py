@@ -18,8 +18,10 @@ than the job it was doing, and nothing waits on it.
 Safety: the helper only computes bytes; the writer decides what is stored.
 It holds no descriptor of the writer's (the lock, the result pipe), dies with
 the thread that started it (``PR_SET_PDEATHSIG``), and runs at a lower
-priority than the kernel (``nice``). Whatever happens to it (killed, crashed,
-a job that raised), its unfinished jobs are the writer's.
+priority than the kernel (``nice``), unless told otherwise (the final
+checkpoint of a kernel that is ending, which the next kernel waits for).
+Whatever happens to it (killed, crashed, a job that raised), its unfinished
+jobs are the writer's.
 
 Limits: Linux only (``memfd_create``, ``prctl``); elsewhere :func:`start`
 returns ``None``. At most :data:`MAX_JOBS` jobs (the queue is one pipe's
@@ -49,7 +51,7 @@ _HEADER = struct.Struct("<qQ")
 #: Jobs one queue holds: a pipe's buffer is at least 64 KiB on Linux.
 MAX_JOBS = 4096
 _PR_SET_PDEATHSIG = 1
-#: The helper yields its core to the kernel when both want it.
+#: The helper yields its core to a kernel running cells when both want it.
 NICENESS = 10
 
 
@@ -144,10 +146,11 @@ class Helper:
                 os.close(fd)
 
 
-def start(run: Callable[[int], Any]) -> Helper | None:
+def start(run: Callable[[int], Any], nice: int = NICENESS) -> Helper | None:
     """Fork a helper now; once given jobs (:meth:`Helper.share`) it calls *run*
     with the number of each job it takes, which returns the job's bytes, or
-    ``None`` to decline the job (it is then :meth:`Helper.unfinished`).
+    ``None`` to decline the job (it is then :meth:`Helper.unfinished`). The
+    helper lowers its priority by *nice* (0: the caller's own priority).
     ``None`` if no helper can be started here. The helper is killed when the
     thread that started it ends: stop it from that thread."""
     if not hasattr(os, "memfd_create"):
@@ -169,12 +172,12 @@ def start(run: Callable[[int], Any]) -> Helper | None:
             os.close(fd)
         return None
     if pid == 0:  # pragma: no cover - runs in the helper
-        _helper_main(Helper(parent, (queue, fill), wait, results), parent, run)
+        _helper_main(Helper(parent, (queue, fill), wait, results), parent, run, nice)
     os.close(wait)
     return Helper(pid, (queue, fill), go, results)
 
 
-def _helper_main(helper: Helper, parent: int, run: Callable[[int], Any]) -> None:
+def _helper_main(helper: Helper, parent: int, run: Callable[[int], Any], nice: int) -> None:
     """Body of the helper (*helper* describes its side). Never returns."""
     code = 1
     try:
@@ -184,7 +187,7 @@ def _helper_main(helper: Helper, parent: int, run: Callable[[int], Any]) -> None
         _close_all_but(keep)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         gc.disable()  # a collection would touch, and so copy, every tracked object
-        os.nice(NICENESS)
+        os.nice(nice)
         if os.read(helper._go, 1) != b"g":  # closed unshared: nothing to do
             os._exit(0)
         while (number := helper.claim()) is not None:

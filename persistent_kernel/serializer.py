@@ -802,6 +802,7 @@ def serialize(
     values: Mapping[str, Any],
     on_variable: Callable[[str], None] | None = None,
     second_core: bool = False,
+    urgent: bool = False,
 ) -> Serialized:
     """Pickle *values* into groups; never raises for a bad value.
 
@@ -818,16 +819,19 @@ def serialize(
     containers or more, a helper process (:mod:`persistent_kernel.offload`)
     takes turns with this one at the large containers but the largest, each
     pickled by whichever takes it if it is a private tree (the same bytes
-    either way). Only for a process that may fork (a writer).
+    either way). Only for a process that may fork (a writer). *urgent*: no
+    cell can run meanwhile (a kernel's final checkpoint, which the next kernel
+    waits for): the helper runs at this process's priority, not below it.
     """
     with _collector_paused():
-        return _serialize(values, on_variable, second_core)
+        return _serialize(values, on_variable, second_core, urgent)
 
 
 def _serialize(
     values: Mapping[str, Any],
     on_variable: Callable[[str], None] | None,
     second_core: bool = False,
+    urgent: bool = False,
 ) -> Serialized:
     modules: dict[str, str] = {}
     types: dict[str, str] = {}
@@ -846,7 +850,8 @@ def _serialize(
     # Forked before anything looks into the values: a look touches every object
     # (reference counts), which a fork after it would make this process copy again.
     candidates = _candidates(names, values) if second_core and memory.cores() > 1 else []
-    helper = offload.start(partial(_pickled, values, names)) if candidates else None
+    nice = 0 if urgent else offload.NICENESS
+    helper = offload.start(partial(_pickled, values, names), nice) if candidates else None
     helped: list[str] = []
     try:
         deferred = set(candidates) if helper is not None else set()

@@ -204,3 +204,19 @@ def test_a_small_pipe_queues_what_fits_and_leaves_the_rest_here() -> None:
         assert sorted(finished) == queued and helper.unfinished(finished) == []
     finally:
         helper.stop()
+
+
+def test_the_helper_yields_unless_told_not_to(tmp_path: Path) -> None:
+    """Below the kernel's priority while cells may run; at the writer's own for
+    a final checkpoint, which the next kernel waits for."""
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    for nice, expected in ((offload.NICENESS, min(19, mine + offload.NICENESS)), (0, mine)):
+        marker = tmp_path / f"started-{nice}"
+        helper = offload.start(lambda number, marker=marker: started(marker)(), nice)
+        assert helper is not None
+        try:
+            helper.share([0])
+            wait_until(marker.exists, timeout=60, what="the helper to start")
+            assert os.getpriority(os.PRIO_PROCESS, helper.pid) == expected
+        finally:
+            helper.stop()
