@@ -54,6 +54,15 @@ def start(jobs: dict[int, Job]) -> offload.Helper:
     return helper
 
 
+def ended(helper: offload.Helper) -> tuple[list[int], list[int], list[int]]:
+    """Once the helper has exited: the jobs still queued (now claimed here), the
+    jobs it finished, and those it left unfinished."""
+    wait_until(lambda: gone(helper.pid), timeout=60, what="the helper to end")
+    left = list(iter(helper.claim, None))
+    finished = helper.finished()
+    return left, sorted(finished), helper.unfinished(finished)
+
+
 def test_the_queue_is_shared_and_each_job_done_once() -> None:
     def job(n: int) -> Callable[[], bytes]:
         def run() -> bytes:
@@ -98,11 +107,8 @@ def test_a_failing_job_leaves_it_and_the_rest_to_this_process() -> None:
 
     helper = start({0: lambda: b"a", 1: fails, 2: lambda: b"c"})
     try:
-        wait_until(lambda: gone(helper.pid), timeout=60, what="the helper to fail")
-        assert helper.claim() == 2  # never taken by the helper
-        assert helper.claim() is None
-        finished = helper.finished()
-        assert list(finished) == [0] and helper.unfinished(finished) == [1]
+        # 2 was never taken by the helper; 1 failed in it
+        assert ended(helper) == ([2], [0], [1])
     finally:
         helper.stop()
 
@@ -132,10 +138,7 @@ def test_a_helper_given_nothing_to_do_is_stopped() -> None:
 def test_a_declined_job_is_left_to_this_process() -> None:
     helper = start({0: lambda: None, 1: lambda: b"b"})
     try:
-        wait_until(lambda: gone(helper.pid), timeout=60, what="the helper to finish")
-        assert helper.claim() is None
-        finished = helper.finished()
-        assert list(finished) == [1] and helper.unfinished(finished) == [0]
+        assert ended(helper) == ([], [1], [0])
     finally:
         helper.stop()
 
