@@ -12,8 +12,8 @@ that gets little CPU (the kernel is busy, the container has one core after
 all) simply takes fewer. The helper hands its results back through an
 anonymous in-memory file (``memfd``). When the queue is empty, the writer
 does itself any job the helper has not finished (:meth:`Helper.unfinished`)
-rather than wait for it: so the helper can save time but never cost more
-than the job it was doing, and nothing waits on it.
+rather than wait for it: nothing waits on the helper. (What it costs when
+it gets no CPU is its fork and the CPU it does get.)
 
 Safety: the helper only computes bytes; the writer decides what is stored.
 It holds no descriptor of the writer's (the lock, the result pipe), dies with

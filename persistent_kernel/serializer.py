@@ -772,8 +772,7 @@ def _with_helper(
 
     Whatever the helper has not finished when the queue is empty (the job it
     is on, those it declined, all it had left if it died) is pickled here
-    rather than waited for: the helper saves time, or costs one job, never
-    more, and nothing waits on it.
+    rather than waited for: nothing waits on the helper.
     """
     group_of = {g[0]: i for i, g in enumerate(foreseen) if len(g) == 1}
     shared = [group_of[n] for n in shareable if n in group_of]
