@@ -40,9 +40,10 @@ import os
 import select
 import signal
 import struct
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from . import snapshot
 
 #: A job number in the queue.
 _NUMBER = struct.Struct("<q")
@@ -163,10 +164,7 @@ def start(run: Callable[[int], Any], nice: int = NICENESS) -> Helper | None:
     queue, fill = os.pipe()
     wait, go = os.pipe()
     try:
-        with warnings.catch_warnings():
-            # Python 3.12+ warns on fork() with threads; the helper takes no lock.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        pid = snapshot.fork()  # the helper takes no lock another thread could hold
     except OSError:
         for fd in (results, queue, fill, wait, go):
             os.close(fd)
@@ -183,8 +181,7 @@ def _helper_main(helper: Helper, parent: int, run: Callable[[int], Any], nice: i
     try:
         _die_with_parent(parent)
         faulthandler.disable()  # its report would go to the writer's result pipe
-        keep = (helper._queue, helper._go, helper._results)
-        _close_all_but(keep)
+        snapshot.close_fds_except([helper._queue, helper._go, helper._results])
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         gc.disable()  # a collection would touch, and so copy, every tracked object
         os.nice(nice)
@@ -195,21 +192,13 @@ def _helper_main(helper: Helper, parent: int, run: Callable[[int], Any], nice: i
             if result is None:  # declined: left to the writer
                 continue
             data = memoryview(result).cast("B")
-            _write_all(helper._results, _HEADER.pack(number, data.nbytes))
-            _write_all(helper._results, data)
+            snapshot.write_all(helper._results, _HEADER.pack(number, data.nbytes))
+            snapshot.write_all(helper._results, data)
         code = 0
     except BaseException:
         code = 1
     finally:
         os._exit(code)
-
-
-def _close_all_but(keep: Sequence[int]) -> None:
-    low = 0
-    for fd in sorted(keep):
-        os.closerange(max(low, 3), fd)
-        low = fd + 1
-    os.closerange(max(low, 3), os.sysconf("SC_OPEN_MAX"))
 
 
 def _die_with_parent(parent: int) -> None:
@@ -218,9 +207,3 @@ def _die_with_parent(parent: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:  # the parent died before the line above
         raise ProcessLookupError(parent)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

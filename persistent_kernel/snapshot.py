@@ -242,10 +242,10 @@ def _quiet_child() -> None:
     sys.stdout = sys.stderr = open(devnull, "w", closefd=False)  # noqa: SIM115
 
 
-def _close_fds_except(keep: Sequence[int]) -> None:
+def close_fds_except(keep: Sequence[int]) -> None:
     """Close every descriptor from 3 up but *keep*.
 
-    The writer must not hold the kernel's sockets: a restarted kernel binds
+    A forked child must not hold the kernel's sockets: a restarted kernel binds
     the same ports again, and would fail while a writer kept them open.
     """
     low = 3
@@ -260,7 +260,7 @@ def _writer_main(job: Job, wfd: int, keep: Sequence[int], deadline: float | None
     """Body of the detached writer. Never returns."""
     code = 0
     try:
-        _close_fds_except([wfd, *keep])
+        close_fds_except([wfd, *keep])
         _arm_deadline(deadline)
         # A fatal signal (SIGSEGV in an extension, abort()) leaves its mark in
         # the pipe; SIGKILL (the OOM killer, a user) leaves nothing.
@@ -271,10 +271,7 @@ def _writer_main(job: Job, wfd: int, keep: Sequence[int], deadline: float | None
         result = run_job(job)
         result["pid"] = os.getpid()
         result["writer_private_bytes"] = private_bytes()
-        data = json.dumps(result, default=str).encode()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(wfd, view) :]
+        write_all(wfd, json.dumps(result, default=str).encode())
     except BaseException:
         code = 1
     finally:
@@ -294,7 +291,15 @@ def _arm_deadline(seconds: float | None) -> None:
         signal.alarm(max(1, math.ceil(seconds + DEADLINE_GRACE)))
 
 
-def _fork() -> int:
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of *data* to the descriptor *fd* (a pipe may take it in parts)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def fork() -> int:
+    """``os.fork()``, without Python 3.12's warning about threads (see below)."""
     with warnings.catch_warnings():
         # Python 3.12+ warns on fork() in a threaded process. The child only
         # pickles memory it owns, writes files and exits; it takes no lock
@@ -316,7 +321,7 @@ def start_forked(job: Job, inherit: Sequence[int] = (), deadline: float | None =
     """
     rfd, wfd = os.pipe()
     pid_r, pid_w = os.pipe()
-    pid = _fork()
+    pid = fork()
     if pid == 0:  # pragma: no cover - runs in the intermediate child
         try:
             os.close(rfd)
@@ -407,13 +412,13 @@ class Standby:
 def start_standby(job: Job, inherit: Sequence[int] = (), deadline: float | None = None) -> Standby:
     """Fork a :class:`Standby` that runs *job* only if told to (or if the kernel dies)."""
     rfd, wfd = os.pipe()
-    pid = _fork()
+    pid = fork()
     if pid == 0:  # pragma: no cover - runs in the standby
         code = 0
         try:
             os.setsid()
             os.close(wfd)
-            _close_fds_except([rfd, *inherit])
+            close_fds_except([rfd, *inherit])
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             _quiet_child()
