@@ -406,11 +406,10 @@ _HELD_ONCE = max(map(sys.getrefcount, [[]]))
 _Stream = Callable[[], Iterable[Any]]
 
 
-def _private_tree(value: Any) -> int:
-    """The size of *value* (about how many objects it holds, at least 1) if it
-    is a dict, list, set or tuple whose contents nothing else can reach, else
-    0. Then only *value* itself can be shared with another variable, and it is
-    pickled without tracking the objects in it.
+def _private_tree(value: Any) -> bool:
+    """True if *value* is a dict, list, set or tuple whose contents nothing
+    else can reach: then only *value* itself can be shared with another
+    variable, and it is pickled without tracking the objects in it.
 
     That holds for a tree of dicts, lists and tuples with atoms (numbers,
     strings, bytes, None) as leaves, in which every dict and list below the
@@ -421,11 +420,11 @@ def _private_tree(value: Any) -> int:
     tracked. Tuples have no identity of their own, so one whose reference
     count was not checked may hold atoms only, as may a tuple or frozenset at
     the root; sets below the root (they can be weakly referenced) and any
-    other type make the answer 0, and the variable is tracked object by
+    other type make the answer False, and the variable is tracked object by
     object as before.
 
     Decided level by level, each level in a few C loops (``map`` over
-    ``type``, ``sys.getrefcount``, ``len``), never a Python loop over the
+    ``type``, ``sys.getrefcount``), never a Python loop over the
     items: a dict of a million ``str -> tuple`` takes about a sixth of the time
     pickling it takes (each object is visited, which is as far as
     reference counts can go).
@@ -438,20 +437,18 @@ def _private_tree(value: Any) -> int:
     try:
         return _scan(value)
     except RecursionError:  # each level's stream is made from the one above
-        return 0  # deeper than the recursion limit: tracked, in a deep thread
+        return False  # deeper than the recursion limit: tracked, in a deep thread
 
 
-def _scan(value: Any) -> int:
+def _scan(value: Any) -> bool:
     kind = type(value)
     if kind is dict:
         streams: list[tuple[_Stream, bool]] = [(value.keys, True), (value.values, True)]
-        size = 1 + 2 * len(value)
     elif kind in (list, set, tuple, frozenset):
         # the items of a tuple or frozenset root are shared by whoever shares it
         streams = [(lambda: value, kind in (list, set))]
-        size = 1 + len(value)
     else:
-        return 0
+        return False
     while streams:
         level: list[tuple[_Stream, bool]] = []
         for stream, held in streams:
@@ -459,22 +456,20 @@ def _scan(value: Any) -> int:
                 continue
             kinds = set(map(type, stream()))
             if not held or not kinds <= _ATOMS_OR_NODES:
-                return 0
+                return False
             mutable = kinds & _MUTABLE_NODES
             if mutable:
                 nodes, extra = _only(stream, kinds, mutable)
                 if max(map(sys.getrefcount, nodes())) > _HELD_ONCE + extra:
-                    return 0
-                size += sum(map(len, nodes())) * (2 if dict in mutable else 1)
+                    return False
                 level.extend((items, True) for items in _items(nodes, mutable))
             if tuple in kinds:
                 # A tuple's count is not checked (a constant tuple is held by the code
                 # that made it too): what it holds must be atoms, or this falls back.
                 tuples, _ = _only(stream, kinds, _TUPLES)
-                size += sum(map(len, tuples()))
                 level.append((_contents(tuples), False))
         streams = level
-    return size
+    return True
 
 
 def _only(
@@ -635,9 +630,8 @@ def _predict(
     values: Mapping[str, Any],
     ignore: set[int],
     deferred: AbstractSet[str] = frozenset(),
-) -> tuple[list[list[str]], dict[str, int]]:
-    """Groups foreseen before pickling, and the names that are private trees
-    with their sizes.
+) -> tuple[list[list[str]], set[str]]:
+    """Groups foreseen before pickling, and the names that are private trees.
 
     A variable is joined with another when they hold the same object at the
     top (``l2 = l1``, ``a = [x]; b = {'k': x}``), or when its value, or an
@@ -653,21 +647,20 @@ def _predict(
     """
     groups = _Groups()
     owner: dict[int, Any] = {}
-    private: dict[str, int] = {}
+    private: set[str] = set()
     for name in names:
         value = values[name]
         if name in deferred:
             groups.link(name, _shared_candidates([value], ignore), owner)
             continue
         try:
-            size = _private_tree(value)
-            if size:
-                private[name] = size
+            if _private_tree(value):
+                private.add(name)
                 links = _shared_candidates([value], ignore)
             else:
                 links = _first_links(value, ignore)
         except Exception:  # (a dict changed by another thread) pickling will tell
-            private.pop(name, None)
+            private.discard(name)
             links = _shared_candidates([value], ignore)
         groups.link(name, links, owner)
     return groups.members(names), private
@@ -690,7 +683,7 @@ def _pickle_group(
     unit_names: list[str],
     values: Mapping[str, Any],
     ignore: set[int],
-    private: Mapping[str, int],
+    private: AbstractSet[str],
     skipped: dict[str, str],
     on_variable: Callable[[str], None] | None,
 ) -> list[_Unit]:
@@ -859,8 +852,8 @@ def _serialize(
         def here(group: list[str]) -> list[_Unit]:
             if group[0] in deferred:  # not looked into yet
                 deferred.discard(group[0])
-                if size := _private_tree(values[group[0]]):
-                    private[group[0]] = size
+                if _private_tree(values[group[0]]):
+                    private.add(group[0])
             return _pickle_group(group, values, module_dicts, private, skipped, on_variable)
 
         if helper is None:

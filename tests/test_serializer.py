@@ -495,15 +495,6 @@ def test_containers_held_once_are_private_trees() -> None:
         assert not serializer._private_tree(value), value
 
 
-def test_a_private_trees_size_counts_what_it_holds() -> None:
-    from persistent_kernel import serializer
-
-    assert serializer._private_tree([]) == 1  # private, and holding nothing
-    assert serializer._private_tree({"a": (1, 2)}) == 1 + 2 + 2
-    assert serializer._private_tree([{"a": 1}, {"b": 2}]) == 1 + 2 + 4
-    assert serializer._private_tree([object()]) == 0
-
-
 def test_large_plain_containers_are_the_candidates_for_a_helper() -> None:
     from persistent_kernel.serializer import SHARE_MIN, _candidates
 
