@@ -745,8 +745,10 @@ def _pickled(values: Mapping[str, Any], names: list[str], number: int) -> memory
     name = names[number]
     if not _private_tree(values[name]):
         return None
-    dumped = _dump({name: values[name]}, use_dill=False, track=False)
-    return None if dumped.buffers else dumped.data
+    unit = _pickle_unit([name], values, set(), private=True)
+    if not isinstance(unit, _Unit) or unit.pickler != "pickle" or unit.buffers:
+        return None  # not plain after all: the writer's own path says how
+    return unit.data
 
 
 def _with_helper(
