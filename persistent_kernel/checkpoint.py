@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import namespace, serializer
+from . import namespace, pagewrites, serializer
 from ._version import __version__
 from .errors import CorruptCheckpoint, NoCheckpoint, UnreadableCheckpoint
 from .store import HASH, BlobRef, Manifest, SessionStore, chunks
@@ -119,6 +119,9 @@ class CheckpointResult:
     pause: float = 0.0  # seconds the kernel stopped for (filter + fork, or all if inline)
     writer_private_bytes: int | None = None  # memory the forked writer did not share
     second_core: list[str] = field(default_factory=list)  # shared with a helper process
+    #: [address, size, chunk names, written, hashed] of each chunked buffer (see pagewrites)
+    buffers: list[list[Any]] = field(default_factory=list, repr=False)
+    hashed: int = 0  # bytes of chunked buffers hashed (the rest no write had touched)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +144,7 @@ def write_checkpoint(
     inputs: Sequence[str] = (),
     second_core: bool = False,
     urgent: bool = False,
+    known: Mapping[tuple[int, int], Sequence[str | None]] | None = None,
 ) -> CheckpointResult:
     """Serialise *values* and commit them as a new generation of *session*.
 
@@ -156,6 +160,9 @@ def write_checkpoint(
     *second_core*, *urgent*: let a helper process pickle some variables
     meanwhile, at a lower priority unless urgent (see :func:`serializer.serialize`);
     only in a process that may fork, a writer.
+    *known*: names of chunks of large buffers, by the buffer's (address,
+    size), that no write has touched since they were hashed (see
+    :mod:`.pagewrites`); None where a chunk must be hashed.
     Raises only for storage failures (the previous generation is intact).
     """
     start = time.monotonic()
@@ -168,8 +175,10 @@ def write_checkpoint(
         # One blob per part, large buffers in chunks: a changed array rewrites
         # the chunks of it that changed only.
         # The stream (part 0) stays one blob: a group is named by its stream's hash.
+        buffers: list[list[Any]] = []
+        names = known or {}
         stored = [
-            [chunks.write_part(session, part, i > 0) for i, part in enumerate(p.parts())]
+            [_write_part(session, part, i > 0, names, buffers) for i, part in enumerate(p.parts())]
             for p in ser.payloads
         ]
         content = _content(ser, stored, all_skipped)
@@ -225,7 +234,33 @@ def write_checkpoint(
         unchanged=unchanged,
         elapsed=time.monotonic() - start,
         second_core=ser.second_core,
+        buffers=buffers,
+        hashed=sum(b[4] for b in buffers),
     )
+
+
+def _write_part(
+    session: SessionStore,
+    part: memoryview,
+    chunk: bool,
+    known: Mapping[tuple[int, int], Sequence[str | None]],
+    buffers: list[list[Any]],
+) -> BlobRef | chunks.Chunked:
+    """Store *part* (see :func:`chunks.write_part`); list each chunked buffer in *buffers*:
+    ``[address, size, chunk names, bytes written, bytes hashed]``."""
+    if not chunk or part.nbytes < chunks.THRESHOLD:
+        return chunks.write_part(session, part, chunk)
+    address = pagewrites.address_of(part)
+    names = known.get((address, part.nbytes), ())
+    stored = chunks.write_part(session, part, chunk, names)
+    if isinstance(stored, chunks.Chunked):
+        cuts = chunks.spans(part.nbytes)
+        named = names if len(names) == len(cuts) else [None] * len(cuts)
+        hashed = sum(end - start for (start, end), n in zip(cuts, named, strict=True) if n is None)
+        buffers.append(
+            [address, part.nbytes, [c.hash for c in stored.chunks], stored.written, hashed]
+        )
+    return stored
 
 
 def _blobs_of(part: BlobRef | chunks.Chunked) -> tuple[BlobRef, ...]:

@@ -44,6 +44,7 @@ from . import (
     memory,
     namespace,
     notebook,
+    pagewrites,
     quickexit,
     render,
     restore,
@@ -56,7 +57,7 @@ from .errors import UnreadableSettings
 from .kernelconfig import default_checkpoint_dir
 from .restore import Preloaded, RestoreReport
 from .session import SESSION_ENV, session_key
-from .store import SessionStore, Store, is_disk_error
+from .store import SessionStore, Store, chunks, is_disk_error
 from .store.where import bucket_store, is_url, open_session
 from .writerwatch import TornadoLoop, WriterWatch, deadline_for
 
@@ -178,6 +179,17 @@ class PersistentKernel(IPythonKernel):
         the previous kernel's final checkpoint before restoring.""",
     ).tag(config=True)
 
+    track_writes = Bool(
+        True,
+        help="""Ask Linux (6.7 or newer, where userfaultfd is allowed) which pages of large
+        arrays were written since the last checkpoint, so that a checkpoint hashes and
+        writes only the 8 MiB chunks a cell changed: a one-element change of a large array
+        then costs milliseconds, not a pass over all of it. The first write to each page
+        after a checkpoint costs a page fault (a large array found mostly rewritten is no
+        longer watched until it is found unchanged again). False: every chunk of every large
+        array is hashed at every checkpoint. Without kernel support this does nothing.""",
+    ).tag(config=True)
+
     fast_exit = Bool(
         True,
         help="""After a clean stop, with nothing left to save, end the process without
@@ -241,6 +253,9 @@ class PersistentKernel(IPythonKernel):
         self._bucket_seen = True  # the start-up pull reached the bucket (else: never prune it)
         #: What the last upload to the bucket did (generation, bytes, seconds) or its error.
         self.last_upload: dict[str, Any] | None = None
+        #: Which chunks of large buffers writes touched (see pagewrites); made at the first
+        #: forked checkpoint, False where the operating system cannot tell.
+        self._tracker: pagewrites.Tracker | bool | None = None
         if self.shell is not None:
             serializer.import_dill()  # now that __main__ is the notebook's namespace
             # `%config PersistentKernel.x = y` reaches the configurables listed here.
@@ -654,13 +669,19 @@ class PersistentKernel(IPythonKernel):
     # -- how --------------------------------------------------------------------------
 
     def _job(
-        self, beacon: snapshot.Beacon | None, forked: bool = True, final: bool = False
+        self,
+        beacon: snapshot.Beacon | None,
+        forked: bool = True,
+        final: bool = False,
+        tracked: int | None = None,
     ) -> tuple[snapshot.Job, SessionStore]:
         """The checkpoint's work, to run in a forked writer (or inline: not *forked*).
 
         *final*: the kernel is ending; no cell will run beside the writer, and
         the next kernel waits for it, so its helper process (if any) is not
         made to yield.
+        *tracked*: the read end of a pipe on which the writer receives what
+        :meth:`pagewrites.Tracker.forked` says once the kernel has forked it.
         """
         assert self.shell is not None
         try:
@@ -696,8 +717,14 @@ class PersistentKernel(IPythonKernel):
         keep = self.keep
         on_variable = beacon.set if beacon is not None else None
         upload = self._uploader(session) if is_url(self.checkpoint_dir) else None
+        tracker = self._tracker if tracked is not None else None
+        if isinstance(tracker, pagewrites.Tracker):
+            tracker.watch_new(pagewrites.top_level_buffers(values, chunks.THRESHOLD))
 
         def job() -> dict[str, Any]:
+            names = None
+            if isinstance(tracker, pagewrites.Tracker) and tracked is not None:
+                names = tracker.reusable(pagewrites.receive(tracked, timeout=10.0))
             # Read in the writer, not the kernel: a notebook with outputs can be large.
             info.update(notebook.cells_for_checkpoint(session, info, known))
             result = checkpoint.write_checkpoint(
@@ -711,6 +738,7 @@ class PersistentKernel(IPythonKernel):
                 inputs=inputs,
                 second_core=forked,
                 urgent=final,
+                known=names,
             ).to_dict()
             if upload is not None and (outcome := upload()) is not None:
                 result["upload"] = outcome
@@ -743,11 +771,46 @@ class PersistentKernel(IPythonKernel):
         began = time.perf_counter()
         forked = detach and self._use_fork()
         beacon = snapshot.Beacon() if forked else None
-        job, session = self._job(beacon, forked, final)
+        pipe = os.pipe() if forked and self._write_tracker() is not None else None
+        try:
+            job, session = self._job(beacon, forked, final, pipe[0] if pipe else None)
+        except BaseException:
+            for fd in pipe or ():
+                os.close(fd)
+            raise
         threads = bool(user_threads(self._baseline_threads))
         ticket = self._ticket = self.autosaver.begin(
             covers_running_cell=covers_running_cell, threads=threads
         )
+        try:
+            return self._start_writer(job, session, ticket, began, forked, beacon, pipe)
+        finally:
+            for fd in pipe or ():
+                os.close(fd)
+
+    def _write_tracker(self) -> pagewrites.Tracker | None:
+        """The tracker of writes to large buffers, made on first use; None where
+        turned off or where the operating system cannot tell."""
+        if not self.track_writes:
+            return None
+        if self._tracker is None:
+            watcher = pagewrites.Watcher.open()
+            self._tracker = (
+                pagewrites.Tracker(watcher, chunks.CHUNK) if watcher is not None else False
+            )
+        return self._tracker if isinstance(self._tracker, pagewrites.Tracker) else None
+
+    def _start_writer(
+        self,
+        job: snapshot.Job,
+        session: SessionStore,
+        ticket: Ticket,
+        began: float,
+        forked: bool,
+        beacon: snapshot.Beacon | None,
+        pipe: tuple[int, int] | None,
+    ) -> snapshot.Writer:
+        """Run *job*, forked unless not *forked*; *pipe*: see :meth:`_job`."""
         if not forked:
             writer = snapshot.run_inline(job)
             writer.pause = time.perf_counter() - began
@@ -768,10 +831,15 @@ class PersistentKernel(IPythonKernel):
                 session.release_writer(*registration)
 
         deadline = self._deadline()
+        inherit = [registration[0], *(pipe[:1] if pipe else ())]
         try:
-            writer = snapshot.start_forked(announced_job, [registration[0]], deadline)
+            writer = snapshot.start_forked(announced_job, inherit, deadline)
         finally:
             os.close(registration[0])  # the writer holds its own copy of the lock
+        tracker = self._write_tracker() if pipe else None
+        if pipe and tracker is not None:
+            pagewrites.send(pipe[1], tracker.forked())  # after the fork: see pagewrites
+            writer.tracked_fork = tracker.forks
         writer.pause = time.perf_counter() - began
         writer.beacon = beacon
         self.writers.watch(writer, deadline)
@@ -829,7 +897,10 @@ class PersistentKernel(IPythonKernel):
         result.disk_error = (
             not result.ok and errno_ is not None and is_disk_error(OSError(errno_, ""))
         )
+        buffers, result.buffers = result.buffers, []
         self.last_result = result
+        if result.ok and writer.tracked_fork and isinstance(self._tracker, pagewrites.Tracker):
+            self._tracker.committed(writer.tracked_fork, buffers)
         if result.ok:
             self.log.info(
                 "persistent-kernel: checkpoint %s %s: %d saved, %d skipped, %s written in %.2f s",

@@ -120,6 +120,7 @@ class Writer:
         self.died = False  # the writer exited without reporting (killed, crashed)
         self.crashed = False  # ... and it was a crash (a fatal signal), not a kill
         self.beacon: Beacon | None = None  # what the writer was saving, if it says
+        self.tracked_fork = 0  # its fork's number for pagewrites.Tracker, if tracked
         self.timed_out = False  # ... because it passed its deadline and was killed
         self._buffer = b""
 

@@ -78,20 +78,32 @@ def spans(size: int, chunk: int = CHUNK) -> list[tuple[int, int]]:
     return [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
 
 
-def write_part(session: SessionStore, part: Any, chunk: bool = True) -> BlobRef | Chunked:
+def write_part(
+    session: SessionStore,
+    part: Any,
+    chunk: bool = True,
+    known: Sequence[str | None] = (),
+) -> BlobRef | Chunked:
     """Store one part: one blob if small (or *chunk* is false), else chunks.
 
     Only chunks not already stored are written. Hold the session's lock.
     Chunks are hashed on :data:`THREADS` threads and written, each as soon as
     it is hashed, on :data:`WRITERS` threads; the result lists them in order.
+    *known*: the name of each chunk where the caller knows it already (the
+    bytes are those an earlier checkpoint hashed; see :mod:`..pagewrites`),
+    None where it must be hashed. A known chunk missing from the store is
+    written under that name.
     """
     view = memoryview(part).cast("B")
     if not chunk or view.nbytes < THRESHOLD:
         return session.write_blob([view])
     cuts = spans(view.nbytes)
+    if len(known) != len(cuts):
+        known = [None] * len(cuts)
+    names = dict(zip(cuts, known, strict=True))
 
     def digest(span: tuple[int, int]) -> str:
-        return blob_hash([view[span[0] : span[1]]])
+        return names[span] or blob_hash([view[span[0] : span[1]]])
 
     def store(span: tuple[int, int], name: str) -> BlobRef:
         return session.write_blob([view[span[0] : span[1]]], digest=name)

@@ -1,0 +1,421 @@
+"""Which parts of large buffers were written since the last checkpoint.
+
+A checkpoint names each 8 MiB chunk of a large buffer by its BLAKE3 hash
+(:mod:`.store.chunks`), and hashing is what a one-element change of a large
+array costs: every chunk is read and hashed again to find the one that
+changed (about 0.3 s a GiB on two cores). This module lets the writer skip
+the chunks no write has touched, by asking the operating system.
+
+How: the kernel registers the memory of each large buffer with a userfaultfd
+in *asynchronous write-protect* mode (Linux 6.7 and newer) and scans it with
+the ``PAGEMAP_SCAN`` ioctl, which reports the pages written since the last
+scan and write-protects them again, atomically. A write to a protected page
+costs the writing thread one page fault, handled by the kernel without any
+thread of ours.
+
+Why a checkpoint can trust it. The writer is forked (:mod:`.snapshot`), and
+the kernel scans right *after* each fork, then sends the result to the
+writer through a pipe. A scan reports writes made since the scan before it,
+which was made after the previous fork; so the scans made after the fork of
+checkpoint *m* and up to this one's together cover every write between those
+two forks, including writes that raced with a scan (a page being written
+while it is re-protected is reported by that scan). A chunk is reused by
+name only when its buffer is at the same address with the same size as in
+checkpoint *m*, its memory was registered before checkpoint *m*'s fork and
+stayed so, and no reported page touches it. Memory that is unmapped or
+mapped anew loses its registration, and its scan fails: its chunks are hashed.
+A page the kernel discards (``MADV_DONTNEED``) is reported as written. The
+chunk's blob must still be in the store, as for any reused blob.
+
+Limits:
+
+* Linux 6.7 or newer, on x86-64 or arm64, where ``userfaultfd`` is allowed
+  (Docker's default seccomp profile forbids it). Elsewhere every chunk is
+  hashed, as before.
+* Only buffers the kernel knows of are watched: arrays bound directly to a
+  name are watched before the checkpoint that first saves them, others (an
+  array inside a DataFrame or a dict) once a checkpoint has saved them, so
+  their chunks are reused from the third checkpoint on.
+* A write to a watched page splits its transparent huge page: the first
+  write to each 4 KiB page after a checkpoint costs a page fault (about a
+  microsecond). A buffer found mostly rewritten is therefore no longer
+  watched (its chunks all change anyway), until a checkpoint finds it
+  unchanged again.
+* A device writing into memory pinned for DMA (RDMA, ``cudaHostRegister``)
+  after the cell that started it has ended writes without a page fault.
+  Such writes are not seen.
+* ``PersistentKernel.track_writes = False`` turns all of this off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import mmap
+import os
+import platform
+import select
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+PAGE = mmap.PAGESIZE
+#: ``userfaultfd`` system call numbers.
+_SYSCALL = {"x86_64": 323, "aarch64": 282}
+_UFFD_API = 0xAA
+_UFFD_USER_MODE_ONLY = 1
+_FEATURE_WP_ASYNC = 1 << 15
+_MODE_WP = 1 << 1
+_SCAN_WP_MATCHING = 1 << 0
+_SCAN_CHECK_WPASYNC = 1 << 1
+_PAGE_IS_WRITTEN = 1 << 1
+#: Regions one PAGEMAP_SCAN call returns at most; the scan resumes after them.
+_REGIONS = 256
+#: Scans kept while no writer commits; past this the chunk names are forgotten.
+_MAX_REPORTS = 64
+
+
+def _iowr(kind: int, number: int, size: int) -> int:
+    return (3 << 30) | (size << 16) | (kind << 8) | number
+
+
+_UFFDIO_API = _iowr(0xAA, 0x3F, 24)
+_UFFDIO_REGISTER = _iowr(0xAA, 0x00, 32)
+_UFFDIO_UNREGISTER = (2 << 30) | (16 << 16) | (0xAA << 8) | 0x01
+_PAGEMAP_SCAN = _iowr(ord("f"), 16, 96)
+
+
+def page_span(address: int, size: int) -> tuple[int, int]:
+    """The whole pages ``[start, end)`` that hold ``size`` bytes from *address*."""
+    return address // PAGE * PAGE, -(-(address + size) // PAGE) * PAGE
+
+
+class _PyBuffer(ctypes.Structure):
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+def address_of(buffer: Any) -> int:
+    """The address of the first byte of *buffer* (anything with the buffer protocol,
+    read-only or not)."""
+    view = _PyBuffer()
+    api = ctypes.pythonapi
+    if api.PyObject_GetBuffer(ctypes.py_object(buffer), ctypes.byref(view), 0) != 0:
+        raise BufferError("no buffer")
+    try:
+        return int(view.buf or 0)
+    finally:
+        api.PyBuffer_Release(ctypes.byref(view))
+
+
+def private_anonymous(start: int, end: int) -> bool:
+    """Whether ``[start, end)`` is wholly private anonymous memory of this process
+    (``/proc/self/maps``: private, writable, no file, or the heap)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            lines = maps.readlines()
+    except OSError:
+        return False
+    at = start
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        if high <= at or low >= end:
+            continue
+        path = fields[5].strip() if len(fields) > 5 else ""
+        if low > at or fields[1][1:] != "w-p" or path not in ("", "[heap]"):
+            return False
+        at = high
+        if at >= end:
+            return True
+    return False
+
+
+class Watcher:
+    """Write tracking of this process's memory: a userfaultfd in asynchronous
+    write-protect mode, and ``PAGEMAP_SCAN`` over ``/proc/self/pagemap``.
+
+    Thin: each method is one or two system calls. :meth:`open` returns None
+    where the kernel lacks either, or forbids them.
+    """
+
+    def __init__(self, uffd: int, pagemap: int, libc: ctypes.CDLL) -> None:
+        self._uffd, self._pagemap, self._libc = uffd, pagemap, libc
+
+    @classmethod
+    def open(cls) -> Watcher | None:
+        number = _SYSCALL.get(platform.machine())
+        if number is None or not sys.platform.startswith("linux"):
+            return None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.syscall.restype = ctypes.c_long
+            libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+            libc.ioctl.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            return None
+        uffd = int(libc.syscall(number, os.O_CLOEXEC | os.O_NONBLOCK | _UFFD_USER_MODE_ONLY))
+        if uffd < 0:
+            return None
+        api = (ctypes.c_uint64 * 3)(_UFFD_API, _FEATURE_WP_ASYNC, 0)
+        if libc.ioctl(uffd, _UFFDIO_API, ctypes.addressof(api)) != 0:
+            os.close(uffd)
+            return None
+        try:
+            pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(uffd)
+            return None
+        watcher = cls(uffd, pagemap, libc)
+        if not watcher._works():
+            watcher.close()
+            return None
+        return watcher
+
+    def _works(self) -> bool:
+        """Check on a scratch mapping that a write is reported once, and only it."""
+        scratch = mmap.mmap(-1, 4 * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            scratch.write(b"x" * (4 * PAGE))
+            start = address_of(scratch)
+            if not self.watch(start, start + 4 * PAGE):
+                return False
+            scratch[PAGE + 1] = 7
+            first = self.written(start, start + 4 * PAGE)
+            second = self.written(start, start + 4 * PAGE)
+            self.unwatch(start, start + 4 * PAGE)
+            return first == [(start + PAGE, start + 2 * PAGE)] and second == []
+        finally:
+            scratch.close()
+
+    def watch(self, start: int, end: int) -> bool:
+        """Register ``[start, end)`` (whole pages) and write-protect it; False if refused:
+        memory that is not private and anonymous (shared memory or a file's pages change
+        without a write of this process), or watched by another userfaultfd."""
+        if not private_anonymous(start, end):
+            return False
+        register = (ctypes.c_uint64 * 4)(start, end - start, _MODE_WP, 0)
+        if self._libc.ioctl(self._uffd, _UFFDIO_REGISTER, ctypes.addressof(register)) != 0:
+            return False
+        if self.written(start, end) is None:
+            self.unwatch(start, end)
+            return False
+        return True
+
+    def unwatch(self, start: int, end: int) -> None:
+        span = (ctypes.c_uint64 * 2)(start, end - start)
+        self._libc.ioctl(self._uffd, _UFFDIO_UNREGISTER, ctypes.addressof(span))
+
+    def written(self, start: int, end: int) -> list[tuple[int, int]] | None:
+        """``[start, end)`` ranges of pages written since the last call, which are
+        write-protected again; None when part of the span is no longer watched
+        (unmapped and mapped anew, moved)."""
+        found: list[tuple[int, int]] = []
+        regions = (ctypes.c_uint64 * (3 * _REGIONS))()
+        at = start
+        while at < end:
+            arg = (ctypes.c_uint64 * 12)(
+                96, _SCAN_WP_MATCHING | _SCAN_CHECK_WPASYNC, at, end, 0,
+                ctypes.addressof(regions), _REGIONS, 0, 0, _PAGE_IS_WRITTEN, 0, _PAGE_IS_WRITTEN,
+            )  # fmt: skip
+            count = self._libc.ioctl(self._pagemap, _PAGEMAP_SCAN, ctypes.addressof(arg))
+            if count < 0:
+                if ctypes.get_errno() == errno.EINTR:
+                    continue
+                return None
+            for i in range(count):
+                region = (int(regions[3 * i]), int(regions[3 * i + 1]))
+                if found and found[-1][1] == region[0]:
+                    found[-1] = (found[-1][0], region[1])
+                else:
+                    found.append(region)
+            if int(arg[4]) <= at:
+                return None  # no progress: do not trust the rest
+            at = int(arg[4])
+        return found
+
+    def close(self) -> None:
+        for fd in (self._uffd, self._pagemap):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@dataclass
+class Tracker:
+    """Which chunks of which buffers a writer may name without hashing them.
+
+    Plain bookkeeping around a :class:`Watcher` (or anything with its
+    ``watch``/``unwatch``/``written``); the kernel calls :meth:`watch_new`
+    before a checkpoint's fork, :meth:`forked` right after it (its return
+    goes to the writer), and :meth:`committed` with the writer's result.
+    The module's docstring says why this is sound.
+    """
+
+    watcher: Any
+    chunk: int
+    #: Tracked forks so far.
+    forks: int = 0
+    #: Watched page spans -> the number of forks made before they were watched.
+    spans: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: Spans found mostly rewritten, not watched until their buffer is found unchanged.
+    dense: set[tuple[int, int]] = field(default_factory=set)
+    #: (address, size) of each buffer the last committed writer saved -> its chunks' names.
+    table: dict[tuple[int, int], list[str]] = field(default_factory=dict)
+    #: The fork whose writer made :attr:`table`.
+    table_fork: int = 0
+    #: Each scan since that fork: (fork, {span: written ranges}).
+    reports: list[tuple[int, dict[tuple[int, int], list[tuple[int, int]]]]] = field(
+        default_factory=list
+    )
+
+    def watch_new(self, buffers: Iterable[tuple[int, int]]) -> None:
+        """Watch the memory of *buffers* (address, size) not watched yet; before a fork."""
+        for address, size in buffers:
+            span = page_span(address, size)
+            if span in self.dense or self._within(address, size) is not None:
+                continue
+            self._watch(span)
+
+    def _watch(self, span: tuple[int, int]) -> None:
+        if any(s < span[1] and span[0] < e for s, e in self.spans):
+            return  # overlaps a watched span: registering it again would fail
+        if self.watcher.watch(*span):
+            self.spans[span] = self.forks
+
+    def _within(self, address: int, size: int) -> tuple[int, int] | None:
+        for span in self.spans:
+            if span[0] <= address and address + size <= span[1]:
+                return span
+        return None
+
+    def forked(self) -> bytes:
+        """Right after a checkpoint's fork: scan, and say which chunks of the
+        last committed buffers no write has touched since (for the writer)."""
+        self.forks += 1
+        report: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for span in list(self.spans):
+            written = self.watcher.written(*span)
+            if written is None:
+                self._drop(span)
+                continue
+            report[span] = written
+            if sum(e - s for s, e in written) * 2 > span[1] - span[0]:
+                self._drop(span)  # mostly rewritten: see the module's limits
+                self.dense.add(span)
+        self.reports.append((self.forks, report))
+        if len(self.reports) > _MAX_REPORTS:  # no writer has committed for long
+            self.table, self.reports = {}, self.reports[-1:]
+        clean = []
+        for address, size in self.table:
+            within = self._within(address, size)
+            if within is None or self.spans[within] >= self.table_fork:
+                continue  # not watched since before that writer's fork
+            clean.append([address, size, sorted(self._dirty(within, address, size))])
+        return json.dumps({"fork": self.forks, "buffers": clean}).encode()
+
+    def _dirty(self, span: tuple[int, int], address: int, size: int) -> set[int]:
+        dirty: set[int] = set()
+        for _fork, report in self.reports:
+            for start, end in report.get(span, ()):
+                lo, hi = max(start, address), min(end, address + size)
+                if lo < hi:
+                    first, last = (lo - address) // self.chunk, (hi - 1 - address) // self.chunk
+                    dirty.update(range(first, last + 1))
+        return dirty
+
+    def _drop(self, span: tuple[int, int]) -> None:
+        self.spans.pop(span, None)
+        self.watcher.unwatch(*span)
+
+    def committed(self, fork: int, buffers: Sequence[Sequence[Any]]) -> None:
+        """The writer of *fork* committed *buffers*: ``[address, size, names, written, ...]``
+        (:attr:`.checkpoint.CheckpointResult.buffers`)."""
+        if fork < self.table_fork:
+            return
+        self.table = {(int(b[0]), int(b[1])): list(b[2]) for b in buffers}
+        self.table_fork = fork
+        self.reports = [(f, r) for f, r in self.reports if f >= fork]
+        used = set()
+        for address, size, _names, written, *_ in buffers:
+            span = self._within(address, size)
+            if span is None:
+                span = page_span(address, size)
+                if span in self.dense and written:
+                    continue
+                self.dense.discard(span)
+                self._watch(span)
+            used.add(span)
+        for span, since in list(self.spans.items()):
+            if since < fork and span not in used:
+                self._drop(span)  # its buffer is gone
+
+    def reusable(self, message: bytes) -> dict[tuple[int, int], list[str | None]]:
+        """In the writer: the name of each chunk it may reuse, from :meth:`forked`'s
+        *message* and the table inherited with the fork; None where it must hash."""
+        try:
+            data = json.loads(message)
+            buffers = data["buffers"]
+            found: dict[tuple[int, int], list[str | None]] = {}
+            for address, size, dirty in buffers:
+                names: list[str | None] = list(self.table[(address, size)])
+                for index in dirty:
+                    names[index] = None
+                found[(address, size)] = names
+        except (ValueError, KeyError, TypeError, IndexError):
+            return {}
+        return found
+
+
+def send(fd: int, message: bytes) -> None:
+    """Write *message* to the writer's pipe without blocking (the caller closes *fd*).
+    A message the pipe cannot take whole is cut short, which the writer reads as none."""
+    with contextlib.suppress(OSError):
+        os.set_blocking(fd, False)
+        os.write(fd, message)
+
+
+def receive(fd: int, timeout: float) -> bytes:
+    """In the writer: what :func:`send` wrote, or nothing after *timeout* seconds."""
+    data = bytearray()
+    try:
+        while select.select([fd], [], [], timeout)[0]:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            data += chunk
+        else:
+            return b""
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+    return bytes(data)
+
+
+def top_level_buffers(values: Mapping[str, Any], threshold: int) -> list[tuple[int, int]]:
+    """(address, size) of the contiguous numpy arrays of at least *threshold* bytes
+    bound to a name: watched before the checkpoint that first saves them."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return []
+    found = []
+    for value in values.values():
+        if type(value) is numpy.ndarray and value.nbytes >= threshold:
+            flags = value.flags
+            if flags.c_contiguous or flags.f_contiguous:
+                found.append((int(value.__array_interface__["data"][0]), int(value.nbytes)))
+    return found
