@@ -1072,6 +1072,7 @@ def large_state(bench: Bench, sizes: list[float]) -> list[dict[str, Any]]:
                 m[f"{what}.pause"], m[f"{what}.elapsed"] = r["pause"], r["elapsed"]
                 m[f"{what}.written"] = _written(before, _tree(ckdir))
                 m[f"{what}.private"] = r["writer_private_bytes"]
+                m[f"{what}.hashed"] = r.get("hashed")
                 m[f"{what}.private_peak"] = peak
 
             bench.prefault(1.5 * BLOCK)
@@ -1155,12 +1156,15 @@ def large_table(rows: list[dict[str, Any]]) -> str:
         return [
             _size(m["rss"]),
             _time(raw_t),
+            _time(m["save.elapsed"]),
             f"{_time(m['save.pause'])} ({pct(m['save.pause'], raw_t)} of raw)",
             f"{_time(m['frozen.pause'])} ({pct(m['frozen.pause'], raw_t)} of raw)",
             f"{_size(m['save.private'])} / {_size(m['save.private_peak'])}",
             f"{_size(m['frozen.private'])} / {_size(m['frozen.private_peak'])}",
             f"{_size(m['change.written'])} ({pct(m['change.written'], raw_n)} of the state)",
-            f"{_time(m['change.elapsed'])} ({pct(m['change.elapsed'], raw_t)} of a raw write)",
+            f"{_size(m.get('change.hashed'))} ({pct(m.get('change.hashed'), raw_n)} of the state)",
+            f"{_time(m['change.elapsed'])} ({pct(m['change.elapsed'], m['save.elapsed'])} of "
+            f"our checkpoint above, {pct(m['change.elapsed'], raw_t)} of a raw write)",
             f"{_size(m['disk'])} ({m['disk'] / raw_n:.2f}x the state, "
             f"{m['generations']} generations)",
             f"{_time(m.get('cold.restore'))} / {_time(m.get('cold.fromfile'))} "
@@ -1174,11 +1178,13 @@ def large_table(rows: list[dict[str, Any]]) -> str:
     titles = [
         "state (RSS)",
         "raw write + fsync (peer)",
+        "our checkpoint of the grown state (arrays added since the last size)",
         "fork pause",
         "fork pause, gc.freeze() first",
         "writer private memory (reported / sampled peak)",
         "same, gc.freeze() first",
         "one-element change: bytes written",
+        "one-element change: bytes hashed",
         "one-element change: writer time",
         "checkpoint dir, all generations so far",
         "cold restore / cold np.fromfile (page cache dropped)",

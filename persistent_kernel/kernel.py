@@ -102,6 +102,9 @@ class PersistentKernel(IPythonKernel):
     """An IPython kernel whose namespace survives restarts, crashes and shutdowns."""
 
     implementation = "persistent-kernel"
+    #: Which chunks of large buffers writes touched (see pagewrites); made at the first
+    #: forked checkpoint, False where the operating system cannot tell.
+    _tracker: pagewrites.Tracker | bool | None
 
     checkpoint_interval = Float(
         30.0,
@@ -203,6 +206,13 @@ class PersistentKernel(IPythonKernel):
     def _default_checkpoint_dir(self) -> str:
         return default_checkpoint_dir()  # one default, the CLI's too
 
+    @observe("track_writes")
+    def _track_writes_changed(self, change: dict[str, Any]) -> None:
+        tracker = getattr(self, "_tracker", None)
+        if not change["new"] and isinstance(tracker, pagewrites.Tracker):
+            tracker.close()  # no page faults for a tracking nobody reads
+            self._tracker = None
+
     @observe("checkpoint_interval", "autosave")
     def _policy_changed(self, change: dict[str, Any]) -> None:
         autosaver = getattr(self, "autosaver", None)
@@ -253,9 +263,7 @@ class PersistentKernel(IPythonKernel):
         self._bucket_seen = True  # the start-up pull reached the bucket (else: never prune it)
         #: What the last upload to the bucket did (generation, bytes, seconds) or its error.
         self.last_upload: dict[str, Any] | None = None
-        #: Which chunks of large buffers writes touched (see pagewrites); made at the first
-        #: forked checkpoint, False where the operating system cannot tell.
-        self._tracker: pagewrites.Tracker | bool | None = None
+        self._tracker = None
         if self.shell is not None:
             serializer.import_dill()  # now that __main__ is the notebook's namespace
             # `%config PersistentKernel.x = y` reaches the configurables listed here.

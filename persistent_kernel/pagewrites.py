@@ -362,6 +362,14 @@ class Tracker:
         for span, since in list(self.spans.items()):
             if since < fork and span not in used:
                 self._drop(span)  # its buffer is gone
+        self.dense &= {page_span(int(b[0]), int(b[1])) for b in buffers}
+
+    def close(self) -> None:
+        """Stop watching anything (and close the watcher)."""
+        for span in list(self.spans):
+            self._drop(span)
+        self.table, self.reports = {}, []
+        self.watcher.close()
 
     def reusable(self, message: bytes) -> dict[tuple[int, int], list[str | None]]:
         """In the writer: the name of each chunk it may reuse, from :meth:`forked`'s

@@ -75,7 +75,7 @@ def test_a_page_the_kernel_discards_counts_as_written(watcher: Watcher) -> None:
 
 
 def test_memory_mapped_anew_is_no_longer_watched(watcher: Watcher) -> None:
-    memory, start = region(8)
+    _memory, start = region(8)  # kept open: the mapping lives as long as it
     assert watcher.watch(start, start + 8 * PAGE)
     remap(start + 2 * PAGE, 2)
     assert watcher.written(start, start + 8 * PAGE) is None

@@ -1,0 +1,163 @@
+"""Write tracking in real kernels: what a checkpoint holds is always what the arrays
+hold, whatever the memory went through, and a small change is hashed small."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from persistent_kernel.restore import load_generation
+from persistent_kernel.store import chunks
+
+from .harness import Kernel, KernelHarness
+
+MANUAL = ["--PersistentKernel.autosave=False"]
+CHUNK = chunks.CHUNK
+
+SETUP = """
+import ctypes, hashlib, json, threading
+import numpy as np
+_libc = ctypes.CDLL(None)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+def _digests():
+    return {n: hashlib.sha256(v.tobytes()).hexdigest()
+            for n, v in globals().items() if isinstance(v, np.ndarray) and not n.startswith('_')}
+
+def _save():
+    r = get_ipython().kernel.save_now()
+    print(json.dumps({'ok': r.ok, 'hashed': r.hashed, 'digests': _digests()}))
+
+def _discard(a, offset):
+    '''MADV_DONTNEED one whole page of a's memory: it reads as zeros from then on.'''
+    start = (a.ctypes.data + offset + 4095) // 4096 * 4096
+    assert _libc.madvise(start, 4096, 4) == 0
+
+def _scribble(a, seconds):
+    '''Write into a from another thread for a while (started, not waited for).'''
+    import time
+    def run():
+        end, i = time.monotonic() + seconds, 0
+        while time.monotonic() < end:
+            i += 1
+            a[(i * 7919) % a.size] = i
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+a = np.random.default_rng(1).random(3 * {chunk} // 8)
+b = np.random.default_rng(2).random(5 * {chunk} // 8 + 1000)
+"""
+
+
+def filled(code: str) -> str:
+    return code.replace("{chunk}", str(CHUNK))
+
+
+def save(kernel: Kernel) -> dict[str, object]:
+    out = kernel.run("_save()").check()
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["ok"]
+    return result
+
+
+def saved_digests(kernels: KernelHarness) -> dict[str, str]:
+    """The arrays of the newest generation, loaded in this process."""
+    values, _ = load_generation(kernels.session())
+    return {
+        name: hashlib.sha256(value.tobytes()).hexdigest()
+        for name, value in values.items()
+        if isinstance(value, np.ndarray)
+    }
+
+
+# Each step changes memory in its own way; after each, the checkpoint must hold the
+# arrays' bytes exactly.
+STEPS = [
+    ("one element", "a[12345] += 1"),
+    ("one element of the other", "b[-1] = 7.0"),
+    ("two chunks apart", f"a[0] = 1.0; a[-1] = 2.0; b[{CHUNK // 8 * 2 + 3}] = 3.0"),
+    ("a page discarded (reads as zeros)", f"_discard(b, {CHUNK + 8192})"),
+    ("rewritten whole", "a[:] = a[::-1]"),
+    ("rewritten again, then one element", "a *= 2\nb[5] = 0.5"),
+    ("freed, a new array of the same size", "del a\na = np.zeros(3 * {chunk} // 8)"),
+    ("written after the replacement", "a[777] = 4.0"),
+    ("a new array, the name bound again", "a = np.full(3 * {chunk} // 8, 2.0)"),
+    ("resized in place", "b.resize(6 * {chunk} // 8, refcheck=False); b[-3] = 1.5"),
+    ("a thread writes during the save", "_t = _scribble(b, 1.0)"),
+    ("after that thread", "_t.join()"),
+]
+
+
+def test_every_checkpoint_holds_the_arrays_bytes(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=MANUAL)
+    kernel.run(filled(SETUP)).check()
+    save(kernel)
+    small = []
+    for what, code in STEPS:
+        kernel.run(filled(code)).check()
+        result = save(kernel)
+        if what != "a thread writes during the save":  # the arrays moved on since
+            assert saved_digests(kernels) == result["digests"], what
+        if what.startswith("one element"):
+            small.append(result["hashed"])
+    # the tracking is at work: a one-element change hashes one or two chunks
+    assert all(0 < int(h) <= 2 * CHUNK for h in small), small
+    before = kernel.run("print(json.dumps(_digests()))").check().stdout.strip()
+    kernel.restart()
+    kernel.run("import hashlib, json, numpy as np").check()
+    after = kernel.run(
+        "print(json.dumps({n: hashlib.sha256(v.tobytes()).hexdigest() "
+        "for n, v in globals().items() if isinstance(v, np.ndarray) and n[0] != '_'}))"
+    ).check()
+    assert json.loads(after.stdout.strip()) == json.loads(before)
+
+
+@pytest.mark.parametrize("track", [True, False])
+def test_a_one_element_change_hashes_one_chunk_only_when_tracked(
+    kernels: KernelHarness, track: bool
+) -> None:
+    kernel = kernels.start(args=[*MANUAL, f"--PersistentKernel.track_writes={track}"])
+    kernel.run(filled(SETUP)).check()
+    save(kernel)
+    kernel.run("b[3] += 1").check()
+    result = save(kernel)
+    assert saved_digests(kernels) == result["digests"]
+    size = 3 * CHUNK + 5 * CHUNK + 8000  # a and b
+    assert result["hashed"] == (CHUNK if track else size)
+
+
+def test_an_array_inside_a_container_is_tracked_from_the_third_checkpoint(
+    kernels: KernelHarness,
+) -> None:
+    kernel = kernels.start(args=MANUAL)
+    kernel.run(filled(SETUP)).check()
+    code = "del a, b\nd = {'x': np.random.default_rng(3).random(4 * {chunk} // 8)}"
+    kernel.run(filled(code)).check()
+    hashed = []
+    for i in range(4):
+        kernel.run(f"d['x'][{i * 1000}] += 1").check()
+        hashed.append(save(kernel)["hashed"])
+    assert hashed[:2] == [4 * CHUNK, 4 * CHUNK]  # first seen in a writer's result
+    assert hashed[2:] == [CHUNK, CHUNK]
+    values, _ = load_generation(kernels.session())
+    assert values["d"]["x"][3000] == kernel_value(kernel, "d['x'][3000]")
+
+
+def kernel_value(kernel: Kernel, expression: str) -> float:
+    return float(kernel.value(f"float({expression})"))
+
+
+def test_tracking_turned_off_at_run_time_hashes_everything_again(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=MANUAL)
+    kernel.run(filled(SETUP)).check()
+    save(kernel)
+    kernel.run("a[1] += 1").check()
+    assert save(kernel)["hashed"] == CHUNK
+    kernel.run("%config PersistentKernel.track_writes = False\na[2] += 1").check()
+    result = save(kernel)
+    assert result["hashed"] == 3 * CHUNK + 5 * CHUNK + 8000
+    assert saved_digests(kernels) == result["digests"]
