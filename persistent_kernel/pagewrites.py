@@ -122,16 +122,21 @@ def address_of(buffer: Any) -> int:
         api.PyBuffer_Release(ctypes.byref(view))
 
 
-def private_anonymous(start: int, end: int) -> bool:
-    """Whether ``[start, end)`` is wholly private anonymous memory of this process
-    (``/proc/self/maps``: private, writable, no file, or the heap)."""
+def memory_map() -> list[str]:
+    """The lines of ``/proc/self/maps`` (none if it cannot be read)."""
     try:
         with open("/proc/self/maps") as maps:
-            lines = maps.readlines()
+            return maps.readlines()
     except OSError:
-        return False
+        return []
+
+
+def private_anonymous(start: int, end: int, lines: Sequence[str] | None = None) -> bool:
+    """Whether ``[start, end)`` is wholly private anonymous memory of this process
+    (*lines* of ``/proc/self/maps``, read now if not given: private, writable, no
+    file, or the heap)."""
     at = start
-    for line in lines:
+    for line in memory_map() if lines is None else lines:
         fields = line.split(maxsplit=5)
         low, high = (int(x, 16) for x in fields[0].split("-"))
         if high <= at or low >= end:
@@ -202,11 +207,12 @@ class Watcher:
         finally:
             scratch.close()
 
-    def watch(self, start: int, end: int) -> bool:
+    def watch(self, start: int, end: int, lines: Sequence[str] | None = None) -> bool:
         """Register ``[start, end)`` (whole pages) and write-protect it; False if refused:
         memory that is not private and anonymous (shared memory or a file's pages change
-        without a write of this process), or watched by another userfaultfd."""
-        if not private_anonymous(start, end):
+        without a write of this process), or watched by another userfaultfd. *lines*:
+        ``/proc/self/maps`` as just read (see :func:`memory_map`)."""
+        if not private_anonymous(start, end, lines):
             return False
         register = (ctypes.c_uint64 * 4)(start, end - start, _MODE_WP, 0)
         if self._libc.ioctl(self._uffd, _UFFDIO_REGISTER, ctypes.addressof(register)) != 0:
@@ -284,17 +290,20 @@ class Tracker:
 
     def watch_new(self, buffers: Iterable[tuple[int, int]]) -> None:
         """Watch the memory of *buffers* (address, size) not watched yet; before a fork."""
-        for address, size in buffers:
-            span = page_span(address, size)
-            if span in self.dense or self._within(address, size) is not None:
-                continue
-            self._watch(span)
+        new = [
+            page_span(address, size)
+            for address, size in buffers
+            if self._within(address, size) is None
+        ]
+        self._watch([span for span in new if span not in self.dense])
 
-    def _watch(self, span: tuple[int, int]) -> None:
-        if any(s < span[1] and span[0] < e for s, e in self.spans):
-            return  # overlaps a watched span: registering it again would fail
-        if self.watcher.watch(*span):
-            self.spans[span] = self.forks
+    def _watch(self, spans: Sequence[tuple[int, int]]) -> None:
+        lines = memory_map() if spans else []
+        for span in spans:
+            if any(s < span[1] and span[0] < e for s, e in self.spans):
+                continue  # overlaps a watched span: registering it again would fail
+            if self.watcher.watch(*span, lines):
+                self.spans[span] = self.forks
 
     def _within(self, address: int, size: int) -> tuple[int, int] | None:
         for span in self.spans:
@@ -349,7 +358,7 @@ class Tracker:
         self.table = {(int(b[0]), int(b[1])): list(b[2]) for b in buffers}
         self.table_fork = fork
         self.reports = [(f, r) for f, r in self.reports if f >= fork]
-        used = set()
+        used, new = set(), []
         for address, size, _names, written, *_ in buffers:
             span = self._within(address, size)
             if span is None:
@@ -357,8 +366,9 @@ class Tracker:
                 if span in self.dense and written:
                     continue
                 self.dense.discard(span)
-                self._watch(span)
+                new.append(span)
             used.add(span)
+        self._watch(new)
         for span, since in list(self.spans.items()):
             if since < fork and span not in used:
                 self._drop(span)  # its buffer is gone
