@@ -335,6 +335,7 @@ class PersistentKernel(IPythonKernel):
             if self.notebook_path is not None or os.environ.get(SESSION_ENV):
                 self._first_cell[0].set()  # nothing to learn from the first cell
             self._restore_progress = restore.RestoreProgress()
+            self._restore_progress.on_chunked = self._watch_restored
             self._restore_done = concurrent.futures.Future()
             threading.Thread(
                 target=self._restore_thread, name="persistent-kernel-restore", daemon=True
@@ -795,6 +796,14 @@ class PersistentKernel(IPythonKernel):
         finally:
             for fd in pipe or ():
                 os.close(fd)
+
+    def _watch_restored(self, buffer: Any, parts: list[tuple[str, int]]) -> None:
+        """In the restore: watch a chunked buffer as soon as it is read (see pagewrites),
+        so that the first checkpoint hashes only the chunks changed since."""
+        tracker = self._write_tracker()
+        if tracker is not None:
+            view = memoryview(buffer)
+            tracker.seed(pagewrites.address_of(view), view.nbytes, parts)
 
     def _write_tracker(self) -> pagewrites.Tracker | None:
         """The tracker of writes to large buffers, made on first use; None where

@@ -33,9 +33,10 @@ Limits:
   (Docker's default seccomp profile forbids it). Elsewhere every chunk is
   hashed, as before.
 * Only buffers the kernel knows of are watched: arrays bound directly to a
-  name are watched before the checkpoint that first saves them, others (an
-  array inside a DataFrame or a dict) once a checkpoint has saved them, so
-  their chunks are reused from the third checkpoint on.
+  name are watched before the checkpoint that first saves them, restored
+  arrays as soon as the restore has read them, others (an array inside a
+  DataFrame or a dict) once a checkpoint has saved them, so their chunks are
+  reused from the third checkpoint on.
 * A write to a watched page splits its transparent huge page: the first
   write to each 4 KiB page after a checkpoint costs a page fault (about a
   microsecond). A buffer found mostly rewritten is therefore no longer
@@ -380,6 +381,19 @@ class Tracker:
             self._drop(span)
         self.table, self.reports = {}, []
         self.watcher.close()
+
+    def seed(self, address: int, size: int, chunks: Sequence[tuple[str, int]]) -> None:
+        """A restore has just read and checked a chunked buffer: watch its memory from
+        now on, and offer its *chunks* (name, size) to the first checkpoint. At start
+        only, and only if they were cut as this release cuts them."""
+        cuts = [min(self.chunk, size - at) for at in range(0, size, self.chunk)]
+        if self.forks or [n for _, n in chunks] != cuts:
+            return
+        span = page_span(address, size)
+        self._watch([span])
+        if span in self.spans:
+            self.table[(address, size)] = [name for name, _ in chunks]
+            self.table_fork = 1  # the first fork's scan covers every write since now
 
     def reusable(self, message: bytes) -> dict[tuple[int, int], list[str | None]]:
         """In the writer: the name of each chunk it may reuse, from :meth:`forked`'s

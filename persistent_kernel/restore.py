@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
@@ -28,7 +28,7 @@ from .checkpoint import (
 from .content import Content, Group
 from .content import parse as parse_content
 from .errors import NoCheckpoint, NoSuchVariable, UnreadableCheckpoint
-from .store import Manifest, SessionStore, chunks
+from .store import HASH, Manifest, SessionStore, chunks
 
 
 def version_changes(manifest: Manifest) -> list[str]:
@@ -66,6 +66,9 @@ class RestoreProgress:
         self.done = 0
         self.generation: int | None = None
         self.stop = threading.Event()
+        #: Called with each chunked buffer once read and checked, and its chunks' (name,
+        #: size) (the kernel watches its memory from then on: see pagewrites).
+        self.on_chunked: Callable[[Any, list[tuple[str, int]]], None] | None = None
 
     def advance(self, nbytes: int) -> None:
         self.done += nbytes
@@ -192,7 +195,10 @@ def _read_group(
     on_read = progress.advance if progress is not None else None
     for part in group.parts:  # each blob listed by the manifest: checked by content.parse
         if part.blob is None:
-            buffers.append(chunks.read_chunked(session, part.refs(), manifest.hash, on_read))
+            refs = part.refs()
+            buffers.append(chunks.read_chunked(session, refs, manifest.hash, on_read))
+            if progress is not None and progress.on_chunked and manifest.hash == HASH:
+                progress.on_chunked(buffers[-1], [(ref.hash, ref.size) for ref in refs])
         else:
             (ref,) = part.refs()
             buffers.extend(session.read_blob(ref, on_read, hash=manifest.hash))

@@ -281,3 +281,19 @@ def test_top_level_buffers_are_large_contiguous_numpy_arrays() -> None:
         {"big": big, "small": small, "strided": strided, "text": "x" * (1 << 20)}, 1 << 20
     )
     assert found == [(big.ctypes.data, big.nbytes)]
+
+
+def test_a_restored_buffer_is_offered_to_the_first_checkpoint(watcher: Watcher) -> None:
+    tracker, a = Tracker(watcher, CHUNK), array(3)
+    named = [(f"n{i}", CHUNK) for i in range(3)]
+    tracker.seed(a.ctypes.data, a.nbytes, named)  # just read and checked
+    a[CHUNK + 1] += 1  # a cell, before the first checkpoint
+    assert reuse(tracker, tracker.forked(), a) == ["n0", None, "n2"]
+
+
+def test_a_buffer_cut_otherwise_or_seen_late_is_not_offered(watcher: Watcher) -> None:
+    tracker, a, b = Tracker(watcher, CHUNK), array(2), array(3)
+    tracker.seed(a.ctypes.data, a.nbytes, [("n0", CHUNK // 2), ("n1", CHUNK // 2), ("n2", CHUNK)])
+    tracker.forked()
+    tracker.seed(b.ctypes.data, b.nbytes, [(f"n{i}", CHUNK) for i in range(3)])  # too late
+    assert tracker.reusable(tracker.forked()) == {}

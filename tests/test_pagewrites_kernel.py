@@ -161,3 +161,16 @@ def test_tracking_turned_off_at_run_time_hashes_everything_again(kernels: Kernel
     result = save(kernel)
     assert result["hashed"] == 3 * CHUNK + 5 * CHUNK + 8000
     assert saved_digests(kernels) == result["digests"]
+
+
+def test_after_a_restart_a_one_element_change_hashes_one_chunk(kernels: KernelHarness) -> None:
+    """The restore watches each array's memory as soon as it has read it."""
+    kernel = kernels.start(args=MANUAL)
+    kernel.run(filled(SETUP)).check()
+    save(kernel)
+    kernel.restart()
+    kernel.run(filled(SETUP.split("\na = ")[0])).check()  # the helpers, not the arrays
+    kernel.run("b[3] += 1").check()
+    result = save(kernel)
+    assert result["hashed"] == CHUNK
+    assert saved_digests(kernels) == result["digests"]
