@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipykernel.ipkernel import IPythonKernel
 from IPython.display import clear_output, display
@@ -96,6 +96,9 @@ def user_threads(baseline: set[int | None]) -> list[threading.Thread]:
             continue
         found.append(thread)
     return found
+
+
+T = TypeVar("T")
 
 
 class PersistentKernel(IPythonKernel):
@@ -728,7 +731,8 @@ class PersistentKernel(IPythonKernel):
         upload = self._uploader(session) if is_url(self.checkpoint_dir) else None
         tracker = self._tracker if tracked is not None else None
         if isinstance(tracker, pagewrites.Tracker):
-            tracker.watch_new(pagewrites.top_level_buffers(values, chunks.THRESHOLD))
+            arrays = pagewrites.top_level_buffers(values, chunks.THRESHOLD)
+            self._tracking(tracker.watch_new, arrays)
 
         def job() -> dict[str, Any]:
             names = None
@@ -803,7 +807,20 @@ class PersistentKernel(IPythonKernel):
         tracker = self._write_tracker()
         if tracker is not None:
             view = memoryview(buffer)
-            tracker.seed(pagewrites.address_of(view), view.nbytes, parts)
+            self._tracking(tracker.seed, pagewrites.address_of(view), view.nbytes, parts)
+
+    def _tracking(self, call: Callable[..., T], *args: Any) -> T | None:
+        """``call(*args)``, a step of write tracking; should it fail, tracking stops
+        (every chunk is hashed from then on) and the kernel goes on."""
+        try:
+            return call(*args)
+        except Exception:
+            self.log.warning("persistent-kernel: write tracking stopped", exc_info=True)
+            tracker, self._tracker = self._tracker, False
+            if isinstance(tracker, pagewrites.Tracker):
+                with contextlib.suppress(Exception):
+                    tracker.close()
+            return None
 
     def _write_tracker(self) -> pagewrites.Tracker | None:
         """The tracker of writes to large buffers, made on first use; None where
@@ -855,7 +872,8 @@ class PersistentKernel(IPythonKernel):
             os.close(registration[0])  # the writer holds its own copy of the lock
         tracker = self._write_tracker() if pipe else None
         if pipe and tracker is not None:
-            pagewrites.send(pipe[1], tracker.forked())  # after the fork: see pagewrites
+            # after the fork: see pagewrites
+            pagewrites.send(pipe[1], self._tracking(tracker.forked) or b"")
             writer.tracked_fork = tracker.forks
         writer.pause = time.perf_counter() - began
         writer.beacon = beacon
@@ -917,7 +935,7 @@ class PersistentKernel(IPythonKernel):
         buffers, result.buffers = result.buffers, []
         self.last_result = result
         if result.ok and writer.tracked_fork and isinstance(self._tracker, pagewrites.Tracker):
-            self._tracker.committed(writer.tracked_fork, buffers)
+            self._tracking(self._tracker.committed, writer.tracked_fork, buffers)
         if result.ok:
             self.log.info(
                 "persistent-kernel: checkpoint %s %s: %d saved, %d skipped, %s written in %.2f s",
