@@ -784,7 +784,10 @@ class PersistentKernel(IPythonKernel):
         began = time.perf_counter()
         forked = detach and self._use_fork()
         beacon = snapshot.Beacon() if forked else None
-        pipe = os.pipe() if forked and self._write_tracker() is not None else None
+        wanted = forked and self.shell is not None
+        if wanted and self._write_tracker(create=self._has_large_arrays()) is None:
+            wanted = False
+        pipe = os.pipe() if wanted else None
         try:
             job, session = self._job(beacon, forked, final, pipe[0] if pipe else None)
         except BaseException:
@@ -804,7 +807,7 @@ class PersistentKernel(IPythonKernel):
     def _watch_restored(self, buffer: Any, parts: list[tuple[str, int]]) -> None:
         """In the restore: watch a chunked buffer as soon as it is read (see pagewrites),
         so that the first checkpoint hashes only the chunks changed since."""
-        tracker = self._write_tracker()
+        tracker = self._write_tracker(create=True)
         if tracker is not None:
             view = memoryview(buffer)
             self._tracking(tracker.seed, pagewrites.address_of(view), view.nbytes, parts)
@@ -822,12 +825,18 @@ class PersistentKernel(IPythonKernel):
                     tracker.close()
             return None
 
-    def _write_tracker(self) -> pagewrites.Tracker | None:
-        """The tracker of writes to large buffers, made on first use; None where
-        turned off or where the operating system cannot tell."""
+    def _has_large_arrays(self) -> bool:
+        """Whether a name is bound to an array large enough to be chunked."""
+        assert self.shell is not None
+        return bool(pagewrites.top_level_buffers(self.shell.user_ns, chunks.THRESHOLD))
+
+    def _write_tracker(self, create: bool = False) -> pagewrites.Tracker | None:
+        """The tracker of writes to large buffers; made when first needed (*create*:
+        there are large buffers), so that a kernel without any never opens a
+        userfaultfd. None where turned off or where the operating system cannot tell."""
         if not self.track_writes:
             return None
-        if self._tracker is None:
+        if self._tracker is None and create:
             watcher = pagewrites.Watcher.open()
             self._tracker = (
                 pagewrites.Tracker(watcher, chunks.CHUNK) if watcher is not None else False
@@ -870,7 +879,7 @@ class PersistentKernel(IPythonKernel):
             writer = snapshot.start_forked(announced_job, inherit, deadline)
         finally:
             os.close(registration[0])  # the writer holds its own copy of the lock
-        tracker = self._write_tracker() if pipe else None
+        tracker = self._write_tracker() if pipe else None  # made before the fork
         if pipe and tracker is not None:
             # after the fork: see pagewrites
             pagewrites.send(pipe[1], self._tracking(tracker.forked) or b"")
@@ -934,8 +943,11 @@ class PersistentKernel(IPythonKernel):
         )
         buffers, result.buffers = result.buffers, []
         self.last_result = result
-        if result.ok and writer.tracked_fork and isinstance(self._tracker, pagewrites.Tracker):
-            self._tracking(self._tracker.committed, writer.tracked_fork, buffers)
+        if result.ok and buffers and not writer.tracked_fork and writer.pid is not None:
+            self._write_tracker(create=True)  # large buffers seen first in a writer's result
+        tracker = self._write_tracker()
+        if result.ok and tracker is not None:
+            self._tracking(tracker.committed, writer.tracked_fork, buffers)
         if result.ok:
             self.log.info(
                 "persistent-kernel: checkpoint %s %s: %d saved, %d skipped, %s written in %.2f s",

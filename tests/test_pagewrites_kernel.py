@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +176,17 @@ def test_after_a_restart_a_one_element_change_hashes_one_chunk(kernels: KernelHa
     result = save(kernel)
     assert result["hashed"] == CHUNK
     assert saved_digests(kernels) == result["digests"]
+
+
+def userfaultfds(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if "userfaultfd" in os.readlink(fd))
+
+
+def test_a_kernel_without_large_arrays_never_opens_a_userfaultfd(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=MANUAL)
+    kernel.run("import numpy as np\nsmall = np.zeros(1000)\n_ = get_ipython().kernel.save_now()")
+    assert userfaultfds(kernel.pid) == 0
+    kernel.run(filled(SETUP)).check()
+    save(kernel)
+    assert userfaultfds(kernel.pid) == 1
