@@ -105,8 +105,8 @@ class PersistentKernel(IPythonKernel):
     """An IPython kernel whose namespace survives restarts, crashes and shutdowns."""
 
     implementation = "persistent-kernel"
-    #: Which chunks of large buffers writes touched (see pagewrites); made at the first
-    #: forked checkpoint, False where the operating system cannot tell.
+    #: Which chunks of large buffers writes touched (see pagewrites); made once large
+    #: arrays exist, False where the operating system cannot tell.
     _tracker: pagewrites.Tracker | bool | None
 
     checkpoint_interval = Float(
@@ -807,7 +807,7 @@ class PersistentKernel(IPythonKernel):
     def _watch_restored(self, buffer: Any, parts: list[tuple[str, int]]) -> None:
         """In the restore: watch a chunked buffer as soon as it is read (see pagewrites),
         so that the first checkpoint hashes only the chunks changed since."""
-        tracker = self._write_tracker(create=True)
+        tracker = self._write_tracker(create=True) if self._use_fork() else None
         if tracker is not None:
             view = memoryview(buffer)
             self._tracking(tracker.seed, pagewrites.address_of(view), view.nbytes, parts)
@@ -943,11 +943,11 @@ class PersistentKernel(IPythonKernel):
         )
         buffers, result.buffers = result.buffers, []
         self.last_result = result
-        if result.ok and buffers and not writer.tracked_fork and writer.pid is not None:
-            self._write_tracker(create=True)  # large buffers seen first in a writer's result
-        tracker = self._write_tracker()
-        if result.ok and tracker is not None:
-            self._tracking(tracker.committed, writer.tracked_fork, buffers)
+        # a forked writer's large buffers are watched from now on (made first if need be)
+        if result.ok and (writer.tracked_fork or (buffers and writer.pid is not None)):
+            tracker = self._write_tracker(create=bool(buffers))
+            if tracker is not None:
+                self._tracking(tracker.committed, writer.tracked_fork, buffers)
         if result.ok:
             self.log.info(
                 "persistent-kernel: checkpoint %s %s: %d saved, %d skipped, %s written in %.2f s",
