@@ -251,15 +251,10 @@ def _write_part(
     if not chunk or part.nbytes < chunks.THRESHOLD:
         return chunks.write_part(session, part, chunk)
     address = pagewrites.address_of(part)
-    names = known.get((address, part.nbytes), ())
-    stored = chunks.write_part(session, part, chunk, names)
+    stored = chunks.write_part(session, part, chunk, known.get((address, part.nbytes), ()))
     if isinstance(stored, chunks.Chunked):
-        cuts = chunks.spans(part.nbytes)
-        named = names if len(names) == len(cuts) else [None] * len(cuts)
-        hashed = sum(end - start for (start, end), n in zip(cuts, named, strict=True) if n is None)
-        buffers.append(
-            [address, part.nbytes, [c.hash for c in stored.chunks], stored.written, hashed]
-        )
+        names = [c.hash for c in stored.chunks]
+        buffers.append([address, part.nbytes, names, stored.written, stored.hashed])
     return stored
 
 

@@ -59,6 +59,7 @@ class Chunked:
     """A buffer stored as chunks, in order."""
 
     chunks: tuple[BlobRef, ...]
+    hashed: int = 0  # bytes hashed to name them (the rest were named by the caller)
 
     @property
     def size(self) -> int:
@@ -101,6 +102,7 @@ def write_part(
     if len(known) != len(cuts):
         known = [None] * len(cuts)
     names = dict(zip(cuts, known, strict=True))
+    hashed = sum(end - start for (start, end), name in names.items() if name is None)
 
     def digest(span: tuple[int, int]) -> str:
         return names[span] or blob_hash([view[span[0] : span[1]]])
@@ -116,7 +118,7 @@ def write_part(
             writing.submit(store, span, name)
             for span, name in zip(cuts, hashing.map(digest, cuts), strict=True)
         ]
-        return Chunked(tuple(future.result() for future in stored))
+        return Chunked(tuple(future.result() for future in stored), hashed)
 
 
 def read_chunked(
