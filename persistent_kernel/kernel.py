@@ -785,7 +785,9 @@ class PersistentKernel(IPythonKernel):
         forked = detach and self._use_fork()
         beacon = snapshot.Beacon() if forked else None
         wanted = forked and self.shell is not None
-        if wanted and self._write_tracker(create=self._has_large_arrays()) is None:
+        # the namespace is looked through for large arrays only while no tracker was made
+        create = wanted and self._tracker is None and self._has_large_arrays()
+        if wanted and self._write_tracker(create=create) is None:
             wanted = False
         pipe = os.pipe() if wanted else None
         try:
