@@ -23,6 +23,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any
 
+from .errors import ShortRead
+
 #: Bytes per read: big enough to amortise a call, small enough to stay in cache.
 CHUNK = 1 << 22
 #: Parts at least this large are read by several threads.
@@ -32,10 +34,6 @@ READERS = 2
 AHEAD = 4
 #: Parts at least this large go into anonymous mmaps rather than bytearrays.
 MMAP_MIN = 1 << 20
-
-
-class ShortRead(EOFError):
-    """The file ended before the part did."""
 
 
 def private_buffer(size: int) -> Any:

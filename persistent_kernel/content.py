@@ -32,12 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CorruptCheckpoint
+from .errors import CorruptCheckpoint, _Malformed
 from .store import BlobRef, Manifest
-
-
-class _Malformed(Exception):
-    """A field is wrong; turned into one CorruptCheckpoint by :func:`parse`."""
 
 
 @dataclass(frozen=True)

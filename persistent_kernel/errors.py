@@ -78,6 +78,52 @@ class UnreadableSettings(PersistentKernelError, ValueError):
     """
 
 
+class NoSecret(UntrustedCheckpoint):
+    """The per-user secret that signs checkpoints in a bucket was not found.
+
+    Never made up on the spot: a node with a secret of its own would sign
+    checkpoints no other node trusts. Writes fail, and readers pass every
+    generation over, with its sentence (see :mod:`.store.tiers`).
+    """
+
+
+class GenerationTaken(PersistentKernelError, FileExistsError):
+    """Another writer created this generation first (a conditional write failed)."""
+
+
+class MissingExtra(PersistentKernelError, ConnectionError):
+    """A storage URL was given but obstore (the ``[s3]`` extra) is not installed."""
+
+
+class BucketUnreachable(PersistentKernelError, ConnectionError):
+    """The object store did not answer, or refused the request."""
+
+
+# -- signals inside one module, never raised to a caller ------------------------------
+# Defined here so that every exception class lives in one file; each module that
+# raises one catches it itself (or, for ShortRead, turns it into CorruptCheckpoint).
+
+
+class ShortRead(EOFError):
+    """A blob's file ended before the part being read did (:mod:`.blobio`)."""
+
+
+class NotRestorable(Exception):
+    """An object would be pickled in a form that cannot be loaded elsewhere (:mod:`.reducers`)."""
+
+
+class RestoreInterrupted(Exception):
+    """Raised inside a restore when its progress's ``stop`` is set (:mod:`.restore`)."""
+
+
+class _Malformed(Exception):
+    """A content field is wrong; turned into one CorruptCheckpoint by :func:`.content.parse`."""
+
+
+class _NeedsDill(Exception):
+    """The C pickler met something only dill pickles correctly (:mod:`.serializer`)."""
+
+
 def sentence(exc: BaseException) -> str:
     """The one sentence a user sees for *exc*: the CLI, ``%persist`` and notices use it.
 

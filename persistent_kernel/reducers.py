@@ -68,14 +68,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from .errors import NotRestorable
+
 #: Enum bookkeeping the metaclass computes again from the members.
 _ENUM_DERIVED = frozenset({"__dict__", "__weakref__", "__module__", "__qualname__", "__new__"})
 #: ``_sunder_`` names a user may define in an enum's body.
 _ENUM_USER_SUNDERS = frozenset({"_generate_next_value_", "_missing_", "_order_", "_ignore_"})
-
-
-class NotRestorable(Exception):
-    """An object would be pickled in a form that cannot be loaded elsewhere."""
 
 
 class _Call:

@@ -27,7 +27,7 @@ from .checkpoint import (
 )
 from .content import Content, Group
 from .content import parse as parse_content
-from .errors import NoCheckpoint, NoSuchVariable, UnreadableCheckpoint
+from .errors import NoCheckpoint, NoSuchVariable, RestoreInterrupted, UnreadableCheckpoint
 from .store import HASH, Manifest, SessionStore, chunks
 
 
@@ -47,10 +47,6 @@ def version_changes(manifest: Manifest) -> list[str]:
         if now != then:
             changes.append(f"{name} {then} (now {now or 'not installed'})")
     return changes
-
-
-class RestoreInterrupted(Exception):
-    """Raised inside a restore when :attr:`RestoreProgress.stop` is set."""
 
 
 class RestoreProgress:

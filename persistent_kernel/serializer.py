@@ -79,8 +79,8 @@ from types import (
 from typing import IO, Any, TypeVar
 
 from . import memory, offload
+from .errors import NotRestorable, _NeedsDill
 from .reducers import (
-    NotRestorable,
     Reductions,
     is_from_main,
     main_references,
@@ -109,10 +109,6 @@ _GLOBAL_TYPES = (
     MethodDescriptorType,
     WrapperDescriptorType,
 )
-
-
-class _NeedsDill(Exception):
-    """The C pickler met something only dill pickles correctly."""
 
 
 def _defined_in_main(obj: Any) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .. import blobio
-from ..errors import CorruptCheckpoint, NoCheckpoint, UntrustedCheckpoint
+from ..errors import CorruptCheckpoint, NoCheckpoint, ShortRead, UntrustedCheckpoint
 from .backend import Backend, Digest
 from .fs import TMP, fsync_dir, private_dir, write_atomic
 from .trust import check_private, check_private_path, read_private
@@ -110,7 +110,7 @@ class LocalBackend(Backend):
                 piece = view[start : start + step]
                 try:
                     blobio.read_into(f.fileno(), piece, start)
-                except blobio.ShortRead:
+                except ShortRead:
                     raise CorruptCheckpoint(f"blob {name} ended early") from None
                 digest.update(piece)
 
@@ -128,7 +128,7 @@ class LocalBackend(Backend):
             for size in sizes:
                 try:
                     parts.append(blobio.read_part(fd, size, offset, digest, on_read))
-                except blobio.ShortRead:
+                except ShortRead:
                     raise CorruptCheckpoint(f"blob {name} ended early") from None
                 offset += size
         return parts

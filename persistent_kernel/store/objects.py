@@ -50,7 +50,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from ..errors import CorruptCheckpoint, NoCheckpoint, PersistentKernelError
+from ..errors import (
+    BucketUnreachable,
+    CorruptCheckpoint,
+    GenerationTaken,
+    MissingExtra,
+    NoCheckpoint,
+    PersistentKernelError,
+)
 from .backend import Backend, Digest
 from .fs import TMP
 
@@ -63,14 +70,6 @@ _ALIASES = {"endpoint_url": "endpoint"}
 _MANIFEST = re.compile(r"^(\d+)\.json$")
 
 
-class GenerationTaken(PersistentKernelError, FileExistsError):
-    """Another writer created this generation first (the conditional write failed)."""
-
-
-class MissingExtra(PersistentKernelError, ConnectionError):
-    """A storage URL was given but obstore (the ``[s3]`` extra) is not installed."""
-
-
 def _lib() -> Any:
     """obstore, or :class:`MissingExtra` saying what to install."""
     try:
@@ -80,10 +79,6 @@ def _lib() -> Any:
             "checkpoints in a bucket need obstore: pip install 'persistent-kernel[s3]'"
         ) from exc
     return obstore
-
-
-class BucketUnreachable(PersistentKernelError, ConnectionError):
-    """The object store did not answer, or refused the request."""
 
 
 @dataclass(frozen=True)

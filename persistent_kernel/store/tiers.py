@@ -48,14 +48,15 @@ from jupyter_core.paths import jupyter_data_dir
 
 from ..errors import (
     CorruptCheckpoint,
+    GenerationTaken,
     NoCheckpoint,
+    NoSecret,
     UnreadableCheckpoint,
-    UntrustedCheckpoint,
 )
 from ..session import session_dirname
 from .fs import TMP, private_dir
 from .local import LocalBackend
-from .objects import GenerationTaken, Location, ObjectBackend, connect
+from .objects import Location, ObjectBackend, connect
 from .sessions import Manifest, SessionStore, Store, hasher
 from .trust import Signer, read_private
 
@@ -64,10 +65,6 @@ SECRET_FILE_ENV = "PERSISTENT_KERNEL_SECRET_FILE"
 _SECRET_BYTES = 32
 _UPLOADED = "uploaded"  # local session file: digests of the manifests the bucket has had
 _RENUMBER_TRIES = 8
-
-
-class NoSecret(UntrustedCheckpoint):
-    """The per-user secret that signs checkpoints in a bucket was not found."""
 
 
 def home_secret() -> Path:
