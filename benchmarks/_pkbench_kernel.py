@@ -229,7 +229,7 @@ def persist_save() -> None:
     start = time.perf_counter()
     shell.run_line_magic("persist", "save")
     wall = time.perf_counter() - start
-    result = kernel.last_result
+    result = kernel.checkpointer.last_result
     data = dataclasses.asdict(result) if result is not None else None
     _emit({"result": data, "magic_wall": wall})
 

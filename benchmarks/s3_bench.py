@@ -11,7 +11,7 @@ Side by side, in one run, against one moto server on 127.0.0.1 (started here):
 2. **raw download**: obstore's ``get``, streamed into a file;
 3. **checkpoint upload**: a real kernel holding that many random bytes as a
    numpy array runs ``%persist save``; the figure is the upload step the
-   forked writer runs after its local commit (``kernel.last_upload``:
+   forked writer runs after its local commit (``kernel.checkpointer.last_upload``:
    starting the upload process, checking which blobs the bucket has,
    uploading, creating the manifest), and the whole save is given too;
 4. **restore download**: a new node (empty local tier) pulls the newest
@@ -128,7 +128,8 @@ def main() -> None:
         t0 = time.perf_counter()
         k.run("%persist save").check()
         results["save_total_s"] = time.perf_counter() - t0
-        shown = k.run("import json\nprint(json.dumps(get_ipython().kernel.last_upload))")
+        last_upload = "get_ipython().kernel.checkpointer.last_upload"
+        shown = k.run(f"import json\nprint(json.dumps({last_upload}))")
         upload = json.loads(shown.check().stdout.strip().splitlines()[-1])
         assert "error" not in upload, upload
         results["checkpoint_upload_s"] = upload["elapsed"]

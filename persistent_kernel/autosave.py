@@ -14,7 +14,9 @@ successful checkpoint saw the newest epoch. Nothing can skip a change:
 ran, and the cell's end still counts as a change, unless the save was the
 last line of the only running cell (then its snapshot saw the cell's end).
 
-Also kept here: the back-off after failed checkpoints, the variables left
+Also kept here: one back-off rule for failed checkpoints and failed uploads
+to a bucket, the user's threads (any alive keeps idle checkpoints coming),
+the variables left
 out because writing them crashed, hung or got the writer killed
 (:class:`Culprits`), and the groups an interrupted restore did not load,
 carried unchanged into every later checkpoint until they are loaded,
@@ -38,6 +40,38 @@ BACKOFF_FIRST = 5.0  # seconds before the first retry of a failed checkpoint
 BACKOFF_MAX = 60.0
 THREAD_PERIOD = 1.0  # at most one checkpoint a second while only threads change things
 KILLS_TO_BLAME = 2  # a variable the writer was killed on this many times in a row is left out
+
+# Threads whose target (or class) comes from these packages are the kernel's own.
+_OWN_PACKAGES = ("ipykernel", "IPython", "zmq", "tornado", "jupyter_client", "persistent_kernel")
+
+
+def backoff(failures: int) -> float:
+    """Seconds before the next try after *failures* (1 or more) in a row: 5, 10, ... 60."""
+    return min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (failures - 1))
+
+
+def user_threads(baseline: set[int | None]) -> list[threading.Thread]:
+    """Threads the user's code started that are alive now.
+
+    Not: the main thread, threads alive before the first cell (*baseline*:
+    ipykernel's, IPython's history thread), asyncio's executor threads, and
+    threads whose target (or class) comes from ipykernel, IPython, zmq,
+    tornado or this package (subshells, the restore). A thread a library
+    starts for the user (a progress bar's monitor) counts as the user's: it
+    may change the namespace.
+    """
+    found = []
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.ident in baseline:
+            continue
+        if thread.name.startswith("asyncio_"):
+            continue
+        target = getattr(thread, "_target", None)
+        owner = getattr(target, "__module__", None) if target is not None else None
+        if str(owner or type(thread).__module__).startswith(_OWN_PACKAGES):
+            continue
+        found.append(thread)
+    return found
 
 
 @dataclass(frozen=True)
@@ -102,9 +136,16 @@ class Autosaver:
     """
 
     def __init__(
-        self, clock: Clock = time.monotonic, interval: float = 30.0, enabled: bool = True
+        self,
+        clock: Clock = time.monotonic,
+        interval: float = 30.0,
+        enabled: bool = True,
+        threads: Callable[[], bool] | None = None,
     ) -> None:
         self.clock = clock
+        #: Whether threads the user started are alive (see :func:`user_threads`).
+        self.user_threads_alive = threads or self._user_threads_alive
+        self._baseline: set[int | None] = set()
         self.interval = interval
         self.enabled = enabled
         self.culprits = Culprits()
@@ -118,6 +159,7 @@ class Autosaver:
         self._last_threads = False
         self._retry_at = 0.0
         self._failures = 0  # checkpoints failed in a row
+        self._upload_failures = 0  # uploads to the bucket failed in a row
         self._kills: list[str] = []  # culprits of the writer deaths in a row
         self._pending: list[CarriedGroup] = []
         self.has_checkpoint = False  # a generation exists on disk for this notebook
@@ -174,6 +216,18 @@ class Autosaver:
         """Something other than a cell may have changed the namespace (a user thread)."""
         with self._lock:
             self._epoch += 1
+
+    def record_baseline(self) -> None:
+        """The threads alive now (before the first cell) are the kernel's own."""
+        self._baseline = {t.ident for t in threading.enumerate()}
+
+    def _user_threads_alive(self) -> bool:
+        return bool(user_threads(self._baseline))
+
+    def threads_changed(self) -> None:
+        """With user threads alive, the namespace may have changed: count a change."""
+        if self.user_threads_alive():
+            self.changed()
 
     @property
     def dirty(self) -> bool:
@@ -275,7 +329,7 @@ class Autosaver:
                 "Everything else is saved as usual."
             )
         self._failures += 1
-        self._retry_at = self.clock() + min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self._failures - 1))
+        self._retry_at = self.clock() + backoff(self._failures)
         if self._failures != 1:
             return None
         kept = (
@@ -285,12 +339,25 @@ class Autosaver:
         )
         return f"{failure.sentence}. {kept}, and saving resumes by itself once this is fixed."
 
-    def retry_later(self, seconds: float) -> None:
-        """A checkpoint was saved but not everything it had to do succeeded (an
-        upload): count a change, so another runs, not before *seconds* from now."""
+    def uploaded(self, error: str | None) -> str | None:
+        """The checkpoint was saved locally and its upload to the bucket ended: *error*
+        None if it succeeded. A failed upload counts a change, so that a later
+        checkpoint uploads what this one could not, backing off as failed checkpoints
+        do. Returns the notice to show the user once, or None."""
+        if not error:
+            notice = "checkpoints reach the bucket again." if self._upload_failures else None
+            self._upload_failures = 0
+            return notice
+        self._upload_failures += 1
         with self._lock:
             self._epoch += 1
-        self._retry_at = max(self._retry_at, self.clock() + seconds)
+        self._retry_at = max(self._retry_at, self.clock() + backoff(self._upload_failures))
+        if self._upload_failures != 1:
+            return None
+        return (
+            f"the checkpoint could not be uploaded ({error}). It is kept on this machine's "
+            "disk, and the upload is retried in the background."
+        )
 
     @property
     def failures(self) -> int:

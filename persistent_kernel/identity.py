@@ -27,23 +27,19 @@ behaviour, keyed by its kernel id so that only a restart of the same kernel by
 its own manager (a crash with auto-restart) resumes.
 
 Everything here is a pure function of the data passed in; reading manifests
-and notebooks is the caller's (see :func:`survey`), so the rules are tested
-in process.
+and notebooks is the caller's (see :func:`persistent_kernel.startup.survey`),
+so the rules are tested in process.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from .errors import NoCheckpoint, UnreadableCheckpoint
 from .session import JUPYTER_SESSION_ENV, SESSION_ENV, notebook_path
-from .store import Manifest, SessionStore, Store
-from .trust import read_private
 
 #: The variable VS Code's Jupyter extension sets, by running code at start, to
 #: the notebook's absolute path (it sets no environment variable for it).
@@ -286,19 +282,6 @@ def decide_unattached(
     return Decision(key=batch, restore=False, ephemeral=True)
 
 
-def wait_for_writers(store: Store, timeout: float) -> None:
-    """Wait (at most *timeout* s in all) for writers still finishing a final checkpoint.
-
-    Before a kernel decides whose state it has, the previous kernel's last
-    checkpoint must be on disk: after a rename its writer may still be
-    committing under the old name.
-    """
-    deadline = time.monotonic() + timeout
-    for session in store.sessions():
-        if session.running_writers():
-            session.wait_for_writers(max(0.0, deadline - time.monotonic()))
-
-
 # -- reading the signals ---------------------------------------------------------------
 
 
@@ -324,60 +307,6 @@ def signals_from(
         explicit=environ.get(SESSION_ENV) or None,
         cwd=cwd,
     )
-
-
-def survey(store: Store) -> list[Candidate]:
-    """Summaries of every session's newest readable checkpoint (nothing unpickled).
-
-    A session that cannot be read (damaged, foreign-owned, empty) is left out:
-    it can be neither ours nor in the way; so is one whose key cannot be told
-    from its manifest (no key it names leads to its directory).
-    """
-    found: list[Candidate] = []
-    for session in store.sessions():
-        try:
-            manifest, _ = session.latest()
-        except (NoCheckpoint, UnreadableCheckpoint, OSError):
-            continue
-        key = key_of(store, session, manifest)
-        if key is None:
-            continue
-        raw = manifest.raw
-        cells = raw.get("notebook_cells")
-        kernel = raw.get("kernel_id")
-        present = raw.get("notebook_present", True)
-        found.append(
-            Candidate(
-                key=key,
-                notebook=manifest.notebook,
-                kernel_id=kernel if isinstance(kernel, str) else None,
-                cells=frozenset(str(c) for c in cells) if isinstance(cells, list) else frozenset(),
-                generation=manifest.generation,
-                present=present is not False,
-            )
-        )
-    return found
-
-
-def key_of(store: Store, session: SessionStore, manifest: Manifest) -> str | None:
-    """The key of *session*, whose newest manifest is *manifest*; None if it cannot be told.
-
-    A session taken over by a renamed notebook keeps manifests that name the
-    old key (they are signed as they were written); the key file written by
-    the takeover names the new one. A key counts only if it leads to this
-    very directory, so no file can point a session elsewhere.
-    """
-    for key in (_adopted_key(session), manifest.session, manifest.notebook):
-        if key and store.session(key).path.name == session.path.name:
-            return key
-    return None
-
-
-def _adopted_key(session: SessionStore) -> str | None:
-    try:
-        return read_private(session.path / KEY_FILE).decode("utf-8", "surrogatepass")
-    except (OSError, UnreadableCheckpoint, UnicodeDecodeError):
-        return None
 
 
 def cells_to_record(
@@ -415,11 +344,8 @@ __all__ = [
     "decide",
     "decide_unattached",
     "kernel_id",
-    "key_of",
     "overlap",
     "restore_hint",
     "signals_from",
-    "survey",
     "verdict",
-    "wait_for_writers",
 ]

@@ -19,6 +19,7 @@ from .session import resolve_session_arg
 from .store import Store
 
 if TYPE_CHECKING:
+    from .checkpointer import Checkpointer
     from .kernel import PersistentKernel
 
 COMMANDS = {
@@ -82,6 +83,14 @@ class PersistMagics(Magics):
             # One line, not a traceback: these are conditions, not bugs.
             raise UsageError(sentence(exc)) from exc
 
+    @property
+    def checkpoints(self) -> Checkpointer:
+        """The kernel's checkpointer, once the start-up restore has decided where it writes."""
+        checkpointer = self.kernel.checkpointer
+        if checkpointer is None or checkpointer.target is None:
+            raise UsageError("the kernel is still restoring; run %persist again once it is done")
+        return checkpointer
+
     def _no_args(self, args: list[str], command: str) -> None:
         if args:
             raise UsageError(f"%persist {command} takes no arguments")
@@ -90,19 +99,20 @@ class PersistMagics(Magics):
 
     def _status(self, args: list[str]) -> None:
         self._no_args(args, "status")
-        kernel = self.kernel
-        kernel.wait_for_writer(timeout=0)
-        print(f"Session: {kernel.session_key}")
-        if not kernel.autosave:
+        checkpoints = self.checkpoints
+        checkpoints.wait_for_writer(timeout=0)
+        assert checkpoints.target is not None
+        print(f"Session: {checkpoints.target.key}")
+        if not self.kernel.autosave:
             print("Automatic checkpoints are off (%persist on resumes them).")
         print(
             render.checkpoint_status(
-                kernel.last_result,
-                pending=kernel.autosaver.dirty,
-                running=kernel.writers.running,
+                checkpoints.last_result,
+                pending=checkpoints.autosaver.dirty,
+                running=checkpoints.writers.running,
             )
         )
-        pending = kernel.autosaver.pending_names()
+        pending = checkpoints.autosaver.pending_names()
         if pending:
             print(render.pending_sentence(pending))
 
@@ -122,7 +132,7 @@ class PersistMagics(Magics):
             print(f"The checkpoint failed: {error}. The previous checkpoint is unchanged.")
 
     def _checkpoint_now(self, command: str = "save") -> checkpoint.CheckpointResult | None:
-        return self.kernel.save_now(covers_running_cell=self._ends_cell(command))
+        return self.checkpoints.save_now(covers_running_cell=self._ends_cell(command))
 
     def _ends_cell(self, command: str) -> bool:
         """Is ``%persist <command>`` the last line of the running cell?"""
@@ -132,12 +142,12 @@ class PersistMagics(Magics):
 
     def _history(self, args: list[str]) -> None:
         self._no_args(args, "history")
-        rows = restore.history(self.kernel.session_store)
+        rows = restore.history(self.checkpoints.session)
         print(render.history_table(rows) if rows else "No checkpoints yet.")
 
     def _restore(self, args: list[str], source: str | None = None) -> None:
         generation = int(args.pop(0)) if args and args[0].isdigit() else None
-        session = self.kernel.session_store
+        session = self.checkpoints.session
         if source is not None:
             if len(source) >= 2 and source[0] == source[-1] and source[0] in "'\"":
                 source = source[1:-1]  # IPython hands quoted arguments over with their quotes
@@ -150,7 +160,7 @@ class PersistMagics(Magics):
             values = {name: values[name] for name in args if name in values}
         assert self.shell is not None
         self.shell.user_ns.update(values)
-        self.kernel.autosaver.carry(values)  # loaded: no longer pending
+        self.checkpoints.autosaver.carry(values)  # loaded: no longer pending
         print(
             f"Restored {len(values)} variable(s) from generation {rep.generation} "
             f"({render.when(rep.created)}): {render.short_list(sorted(values))}"
@@ -162,19 +172,21 @@ class PersistMagics(Magics):
     def _exclude(self, args: list[str]) -> None:
         if not args:
             raise UsageError("%persist exclude needs names or globs")
-        settings = dict(self.kernel.settings)
+        settings = dict(self.checkpoints.notebook_settings())
         exclude = [p for p in settings.get("exclude", []) if p not in args] + args
         include = [p for p in settings.get("include", []) if p not in args]
-        self.kernel.update_settings({**settings, "exclude": exclude, "include": include})
+        new = {**settings, "exclude": exclude, "include": include}
+        self.checkpoints.update_notebook_settings(new)
         print(f"Not saved from now on, in this notebook: {', '.join(exclude)}")
 
     def _include(self, args: list[str]) -> None:
         if not args:
             raise UsageError("%persist include needs names or globs")
-        settings = dict(self.kernel.settings)
+        settings = dict(self.checkpoints.notebook_settings())
         exclude = [p for p in settings.get("exclude", []) if p not in args]
         include = [p for p in settings.get("include", []) if p not in args] + args
-        self.kernel.update_settings({**settings, "exclude": exclude, "include": include})
+        new = {**settings, "exclude": exclude, "include": include}
+        self.checkpoints.update_notebook_settings(new)
         print(f"Saved again from now on: {', '.join(args)}")
 
     def _off(self, args: list[str]) -> None:
@@ -189,7 +201,7 @@ class PersistMagics(Magics):
 
     def _clear(self, args: list[str]) -> None:
         self._no_args(args, "clear")
-        self.kernel.clear_checkpoints(covers_running_cell=self._ends_cell("clear"))
+        self.checkpoints.clear(covers_running_cell=self._ends_cell("clear"))
         print(
             "Checkpoints of this notebook cleared: restart the kernel to start clean. "
             "Cells you run from now on are checkpointed again."
@@ -205,7 +217,7 @@ class PersistMagics(Magics):
         if result is None or not result.ok:
             error = result.error if result is not None else "no result"
             raise CheckpointFailed(f"the checkpoint to export could not be written ({error})")
-        exported = exchange.export_generation(self.kernel.session_store, path, None, names or None)
+        exported = exchange.export_generation(self.checkpoints.session, path, None, names or None)
         print(render.export_text(exported.to_dict()))
 
     def _import(self, args: list[str]) -> None:

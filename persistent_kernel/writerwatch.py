@@ -37,6 +37,10 @@ class Loop(Protocol):
 
     def cancel(self, handle: Any) -> None: ...
 
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run *callback* on the loop's thread soon; callable from any thread."""
+        ...
+
 
 class TornadoLoop:
     """:class:`Loop` over a tornado ``IOLoop``."""
@@ -57,6 +61,9 @@ class TornadoLoop:
 
     def cancel(self, handle: Any) -> None:
         self.io_loop.remove_timeout(handle)
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self.io_loop.add_callback(callback)
 
 
 def deadline_for(seconds_per_gib: float, state_bytes: int) -> float:

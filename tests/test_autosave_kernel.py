@@ -276,7 +276,7 @@ def test_the_standby_costs_a_cell_a_few_milliseconds_at_1_gib(kernels: KernelHar
     pauses = []
     for n in range(6):
         kernel.run(f"n = {n}").check()  # each starts on unsaved changes: one standby each
-        pauses.append(float(quiet_value(kernel, "get_ipython().kernel.standby_pause")))
+        pauses.append(float(quiet_value(kernel, "get_ipython().kernel.checkpointer.standby.pause")))
     median = statistics.median(pauses)
     print(f"standby per cell at 1 GiB: median {median * 1000:.1f} ms, {pauses}")
     # The fork copies the page tables: about 4-7 ms per GiB on an idle 2-core

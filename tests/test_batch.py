@@ -26,7 +26,8 @@ import pytest
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from persistent_kernel.identity import VSCODE_FILE_VAR, batch_key, kernel_id, survey
+from persistent_kernel.identity import VSCODE_FILE_VAR, batch_key, kernel_id
+from persistent_kernel.startup import survey
 from persistent_kernel.store import Store
 
 from .harness import KERNEL_NAME, Kernel, KernelHarness
@@ -180,7 +181,9 @@ def vscode_kernel(kernels: KernelHarness, notebook: Path) -> Kernel:
     )
     env = {**kernels.env(None), "PYDEVD_IPYTHON_COMPATIBLE_DEBUGGING": "1"}
     km.start_kernel(cwd=str(notebook.parent), env=env, extra_arguments=NOW)
-    kernel = Kernel(km, wait=False)
+    # VS Code sends its start code once the kernel is ready (kernel_info answered and
+    # IOPub connected); a request sent before IOPub connects never sees its idle status.
+    kernel = Kernel(km)
     kernels.started.append(kernel)
     start = VSCODE_START.format(var=VSCODE_FILE_VAR, path=notebook)
     for code in (VSCODE_PROBE, start):
@@ -188,7 +191,6 @@ def vscode_kernel(kernels: KernelHarness, notebook: Path) -> Kernel:
             code, store_history=False, allow_stdin=True, timeout=120, output_hook=lambda m: None
         )
         assert reply["content"]["status"] == "ok", reply
-    kernel.kc.kernel_info(reply=True, timeout=120)
     return kernel
 
 

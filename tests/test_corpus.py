@@ -80,7 +80,8 @@ def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                     run.setup_errors[kind.name] = out.error
             kernel.run("%persist save", timeout=300).check()
             result = _state(
-                kernel, "{'saved': _k.last_result.saved, 'skipped': _k.last_result.skipped}"
+                kernel,
+                "(lambda r: {'saved': r.saved, 'skipped': r.skipped})(_k.checkpointer.last_result)",
             )
             assert isinstance(result, dict)
             run.saved, run.skipped = result["saved"], result["skipped"]

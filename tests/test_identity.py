@@ -15,9 +15,9 @@ from persistent_kernel.identity import (
     kernel_id,
     restore_hint,
     signals_from,
-    survey,
 )
 from persistent_kernel.session import JUPYTER_SESSION_ENV, SESSION_ENV, notebook_path
+from persistent_kernel.startup import survey
 from persistent_kernel.store import Store
 
 ROOT = "/home/u/work"

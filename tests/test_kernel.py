@@ -320,7 +320,7 @@ def test_plain_data_pickled_on_a_second_core_comes_back(kernels: KernelHarness) 
         "records = [{'id': i, 'n': str(i)} for i in range(100_000)]"
     ).check()
     kernels.wait_generations(kernels.session(), 1)
-    k = "get_ipython().kernel"
+    k = "get_ipython().kernel.checkpointer"
     helped = kernel.value(f"({k}.wait_for_writer(60), {k}.last_result.second_core)[1]")
     assert helped == ("['records']" if memory.cores() > 1 else "[]")
     kernel.restart()

@@ -74,6 +74,11 @@ def test_a_restore_that_crashes_the_kernel_is_skipped_next_time(kernels: KernelH
     assert "bomb: loading it crashed" in out.text
 
 
+def failures(kernel: Kernel) -> str:
+    """How many checkpoints failed in a row, as the kernel's policy counts them."""
+    return quiet_value(kernel, "get_ipython().kernel.checkpointer.autosaver.failures")
+
+
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
     path.mkdir()
@@ -110,7 +115,7 @@ def test_full_disk_keeps_the_kernel_working(kernels: KernelHarness, tmp_path: Pa
             while True:
                 f.write(b"\0" * 65536)
         kernel.run("import numpy as np\nbig = np.ones(1_000_000)").check()
-        wait_until(lambda: quiet_value(kernel, "get_ipython().kernel.autosaver.failures") != "0",
+        wait_until(lambda: failures(kernel) != "0",
                    what="a failed checkpoint")  # fmt: skip
         first = kernel.run("x = 1").check().text
         assert "is full" in first and "previous checkpoint is kept" in first
@@ -123,7 +128,7 @@ def test_full_disk_keeps_the_kernel_working(kernels: KernelHarness, tmp_path: Pa
         kernel.run("z = 2").check()
         kernels.wait_generations(session, 2, timeout=60)
         # the writer is done on disk; its result reaches the kernel through its loop
-        wait_until(lambda: quiet_value(kernel, "get_ipython().kernel.autosaver.failures") == "0",
+        wait_until(lambda: failures(kernel) == "0",
                    what="the kernel to read the writer's result")  # fmt: skip
         assert "being saved again" in kernel.run("pass").check().text
         kernel.restart()
@@ -137,7 +142,7 @@ def test_read_only_disk_keeps_the_kernel_working(kernels: KernelHarness, tmp_pat
         kernel, session = first_checkpoint_on(kernels, disk)
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         kernel.run("second = 2").check()
-        wait_until(lambda: quiet_value(kernel, "get_ipython().kernel.autosaver.failures") != "0",
+        wait_until(lambda: failures(kernel) != "0",
                    what="a failed checkpoint")  # fmt: skip
         assert "read-only" in kernel.run("third = 3").check().text
         subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)

@@ -101,7 +101,7 @@ def test_kill_9_in_the_middle_of_an_upload_keeps_the_previous_generation(
     assert len(first) == 1
     # 256 MiB of random bytes takes moto seconds to take in.
     k.run("import os\nbig = os.urandom(256 << 20)\nsmall = 'after'").check()
-    k.run("w = get_ipython().kernel.start_checkpoint()").check()
+    k.run("w = get_ipython().kernel.checkpointer.start_checkpoint()").check()
     wait_until(lambda: uploaders(session), 120, "the upload to start")  # local commit done
     uploader = uploaders(session)[0]
     writer = uploader.parent()
@@ -152,7 +152,7 @@ def test_the_endpoint_down_during_a_checkpoint_and_during_a_start(
 
         # The endpoint goes away in the middle of an upload.
         k.run("import os\nv = 2\nblob = os.urandom(128 << 20)").check()
-        k.run("w_ = get_ipython().kernel.start_checkpoint()").check()
+        k.run("w_ = get_ipython().kernel.checkpointer.start_checkpoint()").check()
         wait_until(lambda: uploaders(session), 120, "the upload to start")
         server.stop()
         told: list[str] = []

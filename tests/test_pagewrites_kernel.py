@@ -30,7 +30,7 @@ def _digests():
             for n, v in globals().items() if isinstance(v, np.ndarray) and not n.startswith('_')}
 
 def _save():
-    r = get_ipython().kernel.save_now()
+    r = get_ipython().kernel.checkpointer.save_now()
     print(json.dumps({'ok': r.ok, 'hashed': r.hashed, 'digests': _digests()}))
 
 def _discard(a, offset):
@@ -185,7 +185,8 @@ def userfaultfds(pid: int) -> int:
 
 def test_a_kernel_without_large_arrays_never_opens_a_userfaultfd(kernels: KernelHarness) -> None:
     kernel = kernels.start(args=MANUAL)
-    kernel.run("import numpy as np\nsmall = np.zeros(1000)\n_ = get_ipython().kernel.save_now()")
+    save = "_ = get_ipython().kernel.checkpointer.save_now()"
+    kernel.run(f"import numpy as np\nsmall = np.zeros(1000)\n{save}")
     assert userfaultfds(kernel.pid) == 0
     kernel.run(filled(SETUP)).check()
     save(kernel)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from persistent_kernel.identity import survey
+from persistent_kernel.startup import survey
 from persistent_kernel.store import Store
 
 from .server import JupyterServer, code_cell

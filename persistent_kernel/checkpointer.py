@@ -1,0 +1,659 @@
+"""Writing checkpoints: jobs, writers and their settling, write tracking, the standby.
+
+:class:`Checkpointer` is the one lifecycle of a kernel's checkpoints. The
+kernel hands it a small :class:`Host` (the namespace, the log, a way to tell
+the user, the event loop) and frozen :class:`Settings`, tells it what
+happens (a cell starts or ends, the kernel stops) and it decides, through
+the :class:`~persistent_kernel.autosave.Autosaver` policy, when to write:
+
+* a checkpoint is a *job* (a function returning the writer's result) built
+  from the namespace at one instant and run in a forked, detached writer
+  (:mod:`snapshot`) that a :class:`~persistent_kernel.writerwatch.WriterWatch`
+  follows until it reports; or inline, where fork is unavailable;
+* :class:`_Tracking` holds the write tracker of large arrays
+  (:mod:`pagewrites`), made only once large arrays exist;
+* :class:`_Standby` holds the standby forked when a cell starts on unsaved
+  changes (written only if the kernel stops during the cell);
+* a session mirrored to a bucket is uploaded by the writer after its
+  commit; the policy retries a failed upload later.
+
+Nothing here is a kernel: tests drive it in process with a fake host and
+the inline writer (``background='inline'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from . import checkpoint, namespace, notebook, pagewrites, render, snapshot
+from .autosave import Autosaver, Failure, Ticket
+from .checkpoint import CheckpointResult
+from .errors import UnreadableSettings
+from .store import SessionStore, chunks, is_disk_error
+from .writerwatch import Loop, WriterWatch, deadline_for
+
+T = TypeVar("T")
+
+
+class Host(Protocol):
+    """What the checkpointer needs of the kernel that hosts it."""
+
+    log: logging.Logger
+
+    def namespace(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The user's namespace and the names hidden from it (``user_ns_hidden``)."""
+        ...
+
+    def notice(self, text: str) -> None:
+        """Tell the user *text* once, above the next cell's output."""
+        ...
+
+    @property
+    def loop(self) -> Loop | None:
+        """The event loop, once the kernel serves (None before, and in tests without one)."""
+        ...
+
+    def stopping(self) -> bool:
+        """The kernel is about to stop (``exit()``): no checkpoint starts but the final one."""
+        ...
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The kernel's configuration as the checkpointer reads it (the traits of the same
+    names on :class:`~persistent_kernel.kernel.PersistentKernel` document each)."""
+
+    checkpoint_dir: str = ""
+    checkpoint_interval: float = 30.0
+    autosave: bool = True
+    exclude: tuple[str, ...] = ()
+    keep: int = 5
+    background: str = "auto"
+    writer_timeout: float = 120.0
+    standby: bool = True
+    track_writes: bool = True
+    writer_wait: float = 300.0
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+
+@dataclass
+class Target:
+    """Which session checkpoints go to, and what a manifest says of the notebook."""
+
+    session: SessionStore
+    key: str
+    notebook: str | None = None
+    kernel_id: str | None = None
+    known_cells: frozenset[str] = frozenset()
+    ephemeral: bool = False  # a batch run's state: removed at a shutdown for good
+    mirror: Any = None  # the bucket this session is mirrored to, if any
+    #: the bucket's old generations may be pruned (a start saw the bucket)
+    prune_mirror: bool = True
+    settings: dict[str, Any] | None = field(default=None, repr=False)
+
+
+class _Tracking:
+    """The tracker of writes to large buffers (see :mod:`pagewrites`); made when first
+    needed, so that a kernel without large arrays never opens a userfaultfd."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.enabled = True
+        # None: not made yet; False: the operating system cannot tell
+        self._tracker: pagewrites.Tracker | bool | None = None
+
+    @property
+    def unknown(self) -> bool:
+        """No tracker was made yet, nor found impossible."""
+        return self._tracker is None
+
+    def get(self, create: bool = False) -> pagewrites.Tracker | None:
+        """The tracker; made first if *create* (there are large buffers). None where
+        turned off or where the operating system cannot tell."""
+        if not self.enabled:
+            return None
+        if self._tracker is None and create:
+            watcher = pagewrites.Watcher.open()
+            self._tracker = (
+                pagewrites.Tracker(watcher, chunks.CHUNK) if watcher is not None else False
+            )
+        return self._tracker if isinstance(self._tracker, pagewrites.Tracker) else None
+
+    def step(self, call: Callable[..., T], *args: Any) -> T | None:
+        """``call(*args)``, a step of write tracking; should it fail, tracking stops
+        (every chunk is hashed from then on) and the kernel goes on."""
+        try:
+            return call(*args)
+        except Exception:
+            self.log.warning("persistent-kernel: write tracking stopped", exc_info=True)
+            self.close(False)
+            return None
+
+    def close(self, then: bool | None = None) -> None:
+        """Stop tracking: no page faults for a tracking nobody reads. *then*: None to
+        allow a new tracker later, False never to try again."""
+        tracker, self._tracker = self._tracker, then
+        if isinstance(tracker, pagewrites.Tracker):
+            with contextlib.suppress(Exception):
+                tracker.close()
+
+
+class _Standby:
+    """At most one standby at a time, and the exited ones not reaped yet."""
+
+    def __init__(self) -> None:
+        self.current: snapshot.Standby | None = None
+        self.registration: tuple[int, Path] | None = None
+        self.exited: list[snapshot.Standby] = []
+        self.pause = 0.0  # seconds the last standby cost the cell that started it
+
+    def start(self, session: SessionStore, job: snapshot.Job, deadline: float) -> None:
+        began = time.perf_counter()
+        for old in list(self.exited):
+            if old.reap():
+                self.exited.remove(old)
+        try:
+            session.ensure()
+            registration = session.register_writer()
+        except OSError:
+            return  # the idle checkpoint will say what is wrong with the disk
+
+        def announced() -> dict[str, Any]:
+            try:
+                return job()
+            finally:
+                session.release_writer(*registration)
+
+        try:
+            self.current = snapshot.start_standby(announced, [registration[0]], deadline)
+        finally:
+            os.close(registration[0])
+        self.registration = registration
+        self.pause = time.perf_counter() - began
+
+    def write(self) -> bool:
+        """Tell the standby to write the state it holds; False if there is none."""
+        standby, self.current = self.current, None
+        if standby is None:
+            return False
+        standby.write()
+        return True
+
+    def drop(self) -> None:
+        standby, self.current = self.current, None
+        registration, self.registration = self.registration, None
+        if standby is None:
+            return
+        standby.drop()
+        if registration is not None:
+            with contextlib.suppress(OSError):
+                registration[1].unlink()
+        if not standby.reap():
+            self.exited.append(standby)
+
+
+class Checkpointer:
+    """Checkpoints of one kernel: when (the policy), how (jobs, writers) and what came of it."""
+
+    def __init__(self, host: Host, settings: Settings, autosaver: Autosaver | None = None) -> None:
+        self.host = host
+        self.settings = settings
+        self.autosaver = autosaver or Autosaver(
+            time.monotonic, settings.checkpoint_interval, settings.autosave
+        )
+        self.writers = WriterWatch(None, self._on_writer_done)
+        self.target: Target | None = None  # None until the start-up restore has ended
+        self.last_result: CheckpointResult | None = None
+        #: What the last upload to the bucket did (generation, bytes, seconds) or its error.
+        self.last_upload: dict[str, Any] | None = None
+        self.tracking = _Tracking(host.log)
+        self.standby = _Standby()
+        self._ticket: Ticket | None = None
+        self._timer: Any = None
+
+    # -- configuration and target -----------------------------------------------------
+
+    def configure(self, settings: Settings) -> None:
+        """New settings (``%config``); the policy and the tracker follow at once."""
+        self.settings = settings
+        self.autosaver.interval = settings.checkpoint_interval
+        self.autosaver.enabled = settings.autosave
+        self.tracking.enabled = settings.track_writes
+        if not settings.track_writes:
+            self.tracking.close()
+        self.maybe_checkpoint()
+
+    def attach(self, target: Target) -> None:
+        """Checkpoints go to *target* from now on (the start-up restore has ended)."""
+        self.target = target
+        self.maybe_checkpoint()
+
+    @property
+    def session(self) -> SessionStore:
+        assert self.target is not None, "no session before the start-up restore has ended"
+        return self.target.session
+
+    def notebook_settings(self) -> dict[str, Any]:
+        """This notebook's ``%persist exclude``/``include`` lists, read once."""
+        target = self.target
+        assert target is not None
+        if target.settings is None:
+            target.settings = target.session.read_settings()
+        return target.settings
+
+    def update_notebook_settings(self, settings: dict[str, Any]) -> None:
+        """Keep *settings* for this notebook, across restarts."""
+        self.session.write_settings(settings)
+        assert self.target is not None
+        self.target.settings = settings
+
+    def forked(self) -> bool:
+        """Whether writers are forked (else checkpoints are written inline)."""
+        return self.settings.background != "inline" and snapshot.fork_supported()
+
+    def _deadline(self) -> float:
+        return deadline_for(self.settings.writer_timeout, snapshot.resident_bytes())
+
+    # -- when -------------------------------------------------------------------------
+
+    def cell_started(self) -> None:
+        """A cell starts: on unsaved changes, fork a standby holding the state before it."""
+        if self.autosaver.cell_started():
+            self.standby.drop()  # an interrupted cell's, if any: its state is accepted
+            self._start_standby()
+
+    def cell_finished(self, interrupted: bool) -> None:
+        """A cell ended (*interrupted*: by an interrupt or a shutdown). Thread-safe."""
+        self.autosaver.cell_finished(interrupted=interrupted)
+        if not self.autosaver.running and not self.autosaver.interrupted:
+            self.standby.drop()
+
+    def accept_interrupted(self) -> None:
+        """No shutdown followed the interrupt: the user goes on from the state it left."""
+        if self.autosaver.interrupted and not self.autosaver.running:
+            self.autosaver.accept_interrupted()
+            self.standby.drop()
+            self.maybe_checkpoint()
+
+    def maybe_checkpoint(self) -> None:
+        """Checkpoint now, or set a timer for when the interval has passed."""
+        loop = self.host.loop
+        if self._timer is not None and loop is not None:
+            loop.cancel(self._timer)
+        self._timer = None
+        if self.target is None or loop is None or self.host.stopping():
+            return
+        autosaver = self.autosaver
+        if autosaver.enabled and not autosaver.dirty and not autosaver.running:
+            autosaver.threads_changed()  # a user thread may have changed the namespace
+        wait = autosaver.due()
+        if wait is None:
+            return
+        if wait <= 0:
+            self.start_checkpoint()
+        else:
+            self._timer = loop.call_later(wait, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.maybe_checkpoint()
+
+    # -- how --------------------------------------------------------------------------
+
+    def _job(
+        self,
+        beacon: snapshot.Beacon | None,
+        forked: bool = True,
+        final: bool = False,
+        tracked: int | None = None,
+    ) -> snapshot.Job:
+        """The checkpoint's work, to run in a forked writer (or inline: not *forked*).
+
+        *final*: the kernel is ending; no cell will run beside the writer, and
+        the next kernel waits for it, so its helper process (if any) is not
+        made to yield.
+        *tracked*: the read end of a pipe on which the writer receives what
+        :meth:`pagewrites.Tracker.forked` says once the kernel has forked it.
+        """
+        target = self.target
+        assert target is not None
+        try:
+            settings = self.notebook_settings()
+        except UnreadableSettings as exc:
+            # Its exclude list is unknown: save nothing rather than what it may exclude.
+            refused = exc
+
+            def refuse() -> dict[str, Any]:
+                raise refused
+
+            return refuse
+        user_ns, hidden = self.host.namespace()
+        exclude = [*self.settings.exclude, *settings.get("exclude", [])]
+        include = settings.get("include", [])
+        values, skipped = namespace.select(user_ns, hidden, exclude, include)
+        self.autosaver.culprits.apply(values, skipped)
+        excluded = [
+            n
+            for n in self.autosaver.pending_names()
+            if namespace.matches_any(n, exclude) and not namespace.matches_any(n, include)
+        ]
+        carried = self.autosaver.carry([*values, *skipped, *excluded])
+        session = target.session
+        info: dict[str, Any] = {
+            "session": target.key,
+            "notebook": target.notebook,
+            "kernel_id": target.kernel_id,
+        }
+        known = target.known_cells
+        inputs = list(user_ns.get("In") or [])  # for `%persist rerun`
+        keep = self.settings.keep
+        on_variable = beacon.set if beacon is not None else None
+        upload = self._uploader(target)
+        tracker = self.tracking.get() if tracked is not None else None
+        if tracker is not None:
+            arrays = pagewrites.top_level_buffers(values, chunks.THRESHOLD)
+            self.tracking.step(tracker.watch_new, arrays)
+
+        def job() -> dict[str, Any]:
+            names = None
+            if tracker is not None and tracked is not None:
+                names = tracker.reusable(pagewrites.receive(tracked, timeout=10.0))
+            # Read in the writer, not the kernel: a notebook with outputs can be large.
+            info.update(notebook.cells_for_checkpoint(session, info, known))
+            result = checkpoint.write_checkpoint(
+                session,
+                values,
+                skipped,
+                info,
+                keep,
+                carried=carried,
+                on_variable=on_variable,
+                inputs=inputs,
+                second_core=forked,
+                urgent=final,
+                known=names,
+            ).to_dict()
+            if upload is not None and (outcome := upload()) is not None:
+                result["upload"] = outcome
+            return result
+
+        return job
+
+    def _uploader(self, target: Target) -> Callable[[], dict[str, Any] | None] | None:
+        """What the writer runs after its commit, for a session mirrored to a bucket:
+        the upload of what the bucket lacks (None when it lacks nothing)."""
+        mirror = target.mirror
+        if mirror is None:
+            return None
+        from .store.tiers import upload_in_child  # a bucket only: see store.where
+
+        keep = self.settings.keep if target.prune_mirror else 0
+
+        def upload() -> dict[str, Any] | None:
+            return upload_in_child(mirror, keep) if mirror.pending() else None
+
+        return upload
+
+    def start_checkpoint(
+        self, *, detach: bool = True, covers_running_cell: bool = False, final: bool = False
+    ) -> snapshot.Writer:
+        """Snapshot the namespace now; in a forked writer unless told otherwise.
+
+        *covers_running_cell*: called as the last line of the running cell
+        (``%persist save``), so the snapshot holds all of that cell's changes.
+        *final*: the kernel's last checkpoint (see :meth:`_job`).
+        """
+        began = time.perf_counter()
+        forked = detach and self.forked()
+        beacon = snapshot.Beacon() if forked else None
+        wanted = forked
+        # the namespace is looked through for large arrays only while no tracker was made
+        create = wanted and self.tracking.unknown and self._has_large_arrays()
+        if wanted and self.tracking.get(create=create) is None:
+            wanted = False
+        pipe = os.pipe() if wanted else None
+        try:
+            job = self._job(beacon, forked, final, pipe[0] if pipe else None)
+            threads = self.autosaver.user_threads_alive()
+            ticket = self._ticket = self.autosaver.begin(
+                covers_running_cell=covers_running_cell, threads=threads
+            )
+            return self._start_writer(job, ticket, began, forked, beacon, pipe)
+        finally:
+            for fd in pipe or ():
+                os.close(fd)
+
+    def _has_large_arrays(self) -> bool:
+        """Whether a name is bound to an array large enough to be chunked."""
+        user_ns, _ = self.host.namespace()
+        return bool(pagewrites.top_level_buffers(user_ns, chunks.THRESHOLD))
+
+    def _start_writer(
+        self,
+        job: snapshot.Job,
+        ticket: Ticket,
+        began: float,
+        forked: bool,
+        beacon: snapshot.Beacon | None,
+        pipe: tuple[int, int] | None,
+    ) -> snapshot.Writer:
+        """Run *job*, forked unless not *forked*; *pipe*: see :meth:`_job`."""
+        if not forked:
+            writer = snapshot.run_inline(job)
+            writer.pause = time.perf_counter() - began
+            self._settle(ticket, writer)
+            return writer
+        session = self.session
+        try:
+            session.ensure()
+            registration = session.register_writer()
+        except OSError as exc:
+            writer = snapshot.Writer(None, None, snapshot.failure(exc))
+            self._settle(ticket, writer)
+            return writer
+
+        def announced_job() -> dict[str, Any]:
+            try:
+                return job()
+            finally:
+                session.release_writer(*registration)
+
+        deadline = self._deadline()
+        inherit = [registration[0], *(pipe[:1] if pipe else ())]
+        try:
+            writer = snapshot.start_forked(announced_job, inherit, deadline)
+        finally:
+            os.close(registration[0])  # the writer holds its own copy of the lock
+        tracker = self.tracking.get() if pipe else None  # made before the fork
+        if pipe and tracker is not None:
+            # after the fork: see pagewrites
+            pagewrites.send(pipe[1], self.tracking.step(tracker.forked) or b"")
+            writer.tracked_fork = tracker.forks
+        writer.pause = time.perf_counter() - began
+        writer.beacon = beacon
+        self.writers.loop = self.host.loop
+        self.writers.watch(writer, deadline)
+        return writer
+
+    def wait_for_writer(self, timeout: float | None = None) -> bool:
+        """Block until the running writer (if any) has reported or was stopped at
+        its deadline, at most *timeout* seconds; True if none runs any more."""
+        return self.writers.wait(timeout)
+
+    def save_now(self, *, covers_running_cell: bool = False) -> CheckpointResult | None:
+        """Checkpoint now and wait for the commit (``%persist save``).
+
+        A variable that crashes or hangs the writer is left out and the
+        checkpoint is written again without it, so this returns with the
+        rest saved. Returns the result (None if no checkpoint ran).
+        """
+        self.wait_for_writer()
+        for _ in range(3):
+            left_out = len(self.autosaver.culprits)
+            self.start_checkpoint(covers_running_cell=covers_running_cell)
+            self.wait_for_writer()
+            result = self.last_result
+            if result is None or result.ok or len(self.autosaver.culprits) == left_out:
+                break
+        return self.last_result
+
+    def clear(self, *, covers_running_cell: bool = False) -> None:
+        """Delete this notebook's checkpoints; what the namespace holds now is not saved.
+
+        Changes made from now on (and the rest of the running cell, unless
+        *covers_running_cell*) are checkpointed again.
+        """
+        self.wait_for_writer()
+        self.standby.drop()
+        session = self.session
+        with session.locked(timeout=60):
+            session.clear()
+        self.autosaver.cleared(covers_running_cell=covers_running_cell)
+        self.last_result = None
+
+    # -- what came of it ------------------------------------------------------------------
+
+    def _on_writer_done(self, writer: snapshot.Writer) -> None:
+        ticket = self._ticket
+        assert ticket is not None
+        self._settle(ticket, writer)
+        loop = self.host.loop
+        if loop is not None:
+            loop.call_soon(self.maybe_checkpoint)
+
+    def _settle(self, ticket: Ticket, writer: snapshot.Writer) -> None:
+        """Tell the policy how the checkpoint of *ticket* ended; tell the user if needed."""
+        log = self.host.log
+        data = writer.result or {"ok": False, "error": "no result"}
+        result = CheckpointResult.from_dict(data)
+        result.pause = writer.pause
+        errno_ = data.get("errno")
+        result.disk_error = (
+            not result.ok and errno_ is not None and is_disk_error(OSError(errno_, ""))
+        )
+        buffers, result.buffers = result.buffers, []
+        self.last_result = result
+        # a forked writer's large buffers are watched from now on (made first if need be)
+        if result.ok and (writer.tracked_fork or (buffers and writer.pid is not None)):
+            tracker = self.tracking.get(create=bool(buffers))
+            if tracker is not None:
+                self.tracking.step(tracker.committed, writer.tracked_fork, buffers)
+        if result.ok:
+            log.info(
+                "persistent-kernel: checkpoint %s %s: %d saved, %d skipped, %s written in %.2f s",
+                result.generation, "unchanged" if result.unchanged else "written",
+                len(result.saved), len(result.skipped), render.human_size(result.written),
+                result.elapsed,
+            )  # fmt: skip
+            notice = self.autosaver.succeeded(ticket)
+            if "upload" in data:
+                self._on_upload(data["upload"])
+        else:
+            kind = (
+                "timeout"
+                if writer.timed_out
+                else "crash"
+                if writer.crashed
+                else "kill"
+                if writer.died
+                else "error"
+            )
+            culprit = writer.beacon.get() if writer.died and writer.beacon is not None else ""
+            user_ns, _ = self.host.namespace()
+            idents = {n: id(user_ns[n]) for n in culprit.split(",") if n in user_ns}
+            sentence = render.failure_sentence(
+                result.error or "", errno_, self.settings.checkpoint_dir
+            )
+            log.warning(
+                "persistent-kernel: %s (%s%s)", sentence, result.error,
+                f"; while saving {culprit}" if culprit else "",
+            )  # fmt: skip
+            failure = Failure(kind, sentence, culprit)
+            notice = self.autosaver.failed(ticket, failure, idents, self.writers.deadline)
+        if notice:
+            self.host.notice(f"persistent-kernel: {notice}")
+
+    def _on_upload(self, outcome: dict[str, Any]) -> None:
+        """After a checkpoint saved locally: tell the user once if the bucket refused it;
+        the policy tries again later (the namespace stays unsaved)."""
+        self.last_upload = outcome
+        error = outcome.get("error")
+        if error:
+            self.host.log.warning("persistent-kernel: upload failed: %s", error)
+        notice = self.autosaver.uploaded(error)
+        if notice:
+            self.host.notice(f"persistent-kernel: {notice}")
+
+    # -- the cell that is running -------------------------------------------------------
+
+    def _start_standby(self) -> None:
+        """Fork a standby holding the namespace as it is before this cell (see :mod:`snapshot`)."""
+        settings, target = self.settings, self.target
+        if not (settings.autosave and settings.standby and self.forked()):
+            return
+        if target is None or target.ephemeral:
+            return
+        job = self._job(None, final=True)  # written only at the end
+        self.standby.start(target.session, job, self._deadline())
+
+    def write_standby_if_running(self) -> bool:
+        """A cell runs while the kernel stops: have the standby write the state from
+        before it (with autosave on). True if a cell runs (nothing else is to be saved)."""
+        if not (self.autosaver.running or self.autosaver.interrupted):
+            return False
+        if self.settings.autosave:
+            self.standby.write()
+        return True
+
+    def watch_restored(self, buffer: Any, parts: list[tuple[str, int]]) -> None:
+        """In the restore: watch a chunked buffer as soon as it is read (see pagewrites),
+        so that the first checkpoint hashes only the chunks changed since."""
+        tracker = self.tracking.get(create=True) if self.forked() else None
+        if tracker is not None:
+            view = memoryview(buffer)
+            self.tracking.step(tracker.seed, pagewrites.address_of(view), view.nbytes, parts)
+
+    # -- the end ----------------------------------------------------------------------
+
+    def final(self, shutdown_restart: bool | None) -> None:
+        """The kernel is ending: checkpoint a changed namespace (see ``final_checkpoint``).
+
+        *shutdown_restart*: what the shutdown request said (None: there was none).
+        """
+        target = self.target
+        if target is None:
+            return  # still restoring: what is on disk is what there is
+        if target.ephemeral and shutdown_restart is False:
+            self._forget_batch_state()
+            return
+        if self.write_standby_if_running():
+            return
+        self.standby.drop()
+        if self.settings.autosave:
+            self.autosaver.threads_changed()  # saved consistently: the fork sees one instant
+        if not (self.settings.autosave and self.autosaver.dirty):
+            return
+        self.start_checkpoint(final=True)
+
+    def _forget_batch_state(self) -> None:
+        """A batch run ends: nothing will read its checkpoints (see identity.decide_unattached)."""
+        wait = self.settings.writer_wait
+        self.wait_for_writer(timeout=wait)
+        self.standby.drop()
+        session = self.session
+        session.wait_for_writers(wait)
+        with session.locked(timeout=60):
+            session.clear()
+        shutil.rmtree(session.path, ignore_errors=True)

@@ -1,0 +1,369 @@
+"""A kernel's start: whose checkpoints it continues, and bringing them back.
+
+:class:`Startup` runs once, in a thread beside the kernel's event loop (so
+that ``kernel_info`` is answered at once, however large the state), and
+returns one :class:`Outcome`. In order, it:
+
+1. brings the bucket's newest generation of this notebook to the local disk,
+   when the checkpoints live in a bucket (the pull);
+2. surveys the store once (every session's newest manifest, nothing
+   unpickled) and decides which session this kernel continues
+   (:mod:`identity`, pure functions of what the survey found), waiting first
+   for writers still finishing a previous kernel's final checkpoint, and, for
+   a kernel with no notebook path, for the first cell a user runs
+   (:class:`FirstCell`);
+3. takes over the checkpoints of this notebook under its old name (a rename);
+4. restores the newest generation that verifies into the namespace.
+
+Every wait has a deadline: the writers ``writer_wait`` seconds from the start
+of the restore (a writer also ends itself at its own deadline), the first
+cell until the kernel stops (:meth:`Startup.cancel`); an interrupt ends both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import identity, memory, notebook, restore
+from .checkpoint import CheckpointResult
+from .checkpointer import Target
+from .errors import NoCheckpoint, UnreadableCheckpoint
+from .identity import KEY_FILE, Candidate
+from .restore import Preloaded, RestoreReport
+from .store import Manifest, SessionStore, Store
+from .store.where import bucket_store, open_session
+from .trust import read_private
+
+Clock = Callable[[], float]
+
+# Seconds between two looks at a previous kernel's writers, or at whether the first cell came.
+_POLL = 0.05
+
+
+def survey(store: Store) -> list[Candidate]:
+    """Summaries of every session's newest readable checkpoint (nothing unpickled).
+
+    A session that cannot be read (damaged, foreign-owned, empty) is left out:
+    it can be neither ours nor in the way; so is one whose key cannot be told
+    from its manifest (no key it names leads to its directory).
+    """
+    found: list[Candidate] = []
+    for session in store.sessions():
+        try:
+            manifest, _ = session.latest()
+        except (NoCheckpoint, UnreadableCheckpoint, OSError):
+            continue
+        key = key_of(store, session, manifest)
+        if key is None:
+            continue
+        raw = manifest.raw
+        cells = raw.get("notebook_cells")
+        kernel = raw.get("kernel_id")
+        present = raw.get("notebook_present", True)
+        found.append(
+            Candidate(
+                key=key,
+                notebook=manifest.notebook,
+                kernel_id=kernel if isinstance(kernel, str) else None,
+                cells=frozenset(str(c) for c in cells) if isinstance(cells, list) else frozenset(),
+                generation=manifest.generation,
+                present=present is not False,
+            )
+        )
+    return found
+
+
+def key_of(store: Store, session: SessionStore, manifest: Manifest) -> str | None:
+    """The key of *session*, whose newest manifest is *manifest*; None if it cannot be told.
+
+    A session taken over by a renamed notebook keeps manifests that name the
+    old key (they are signed as they were written); the key file written by
+    the takeover names the new one. A key counts only if it leads to this
+    very directory, so no file can point a session elsewhere.
+    """
+    for key in (_adopted_key(session), manifest.session, manifest.notebook):
+        if key and store.session(key).path.name == session.path.name:
+            return key
+    return None
+
+
+def _adopted_key(session: SessionStore) -> str | None:
+    try:
+        return read_private(session.path / KEY_FILE).decode("utf-8", "surrogatepass")
+    except (OSError, UnreadableCheckpoint, UnicodeDecodeError):
+        return None
+
+
+class FirstCell:
+    """What the first cell a user runs says of the client, for a kernel with no
+    notebook path (see :func:`identity.decide_unattached`). Set once, from the
+    thread that serves requests; read by the restore."""
+
+    def __init__(self) -> None:
+        self._seen = threading.Event()
+        self.interactive: bool | None = None
+        self.vscode_file: str | None = None
+
+    @property
+    def seen(self) -> bool:
+        return self._seen.is_set()
+
+    def skip(self) -> None:
+        """Nothing is to be learnt from the first cell (the kernel knows its notebook)."""
+        self._seen.set()
+
+    def record(self, interactive: bool, vscode_file: str | None) -> None:
+        self.interactive = interactive
+        self.vscode_file = vscode_file
+        self._seen.set()
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Until the first cell came (True) or *stop* is set (False)."""
+        while not self._seen.wait(0.5):
+            if stop.is_set():
+                return False
+        return True
+
+
+@dataclass
+class Outcome:
+    """What a start found and did."""
+
+    target: Target
+    report: RestoreReport
+    has_checkpoint: bool
+    #: the checkpoint the namespace now matches (None when nothing was restored)
+    last_result: CheckpointResult | None = None
+    notices: list[str] = field(default_factory=list)  # sentences for the user, once
+
+
+class Startup:
+    """One kernel start (see the module's docstring)."""
+
+    def __init__(
+        self,
+        checkpoint_dir: str,
+        environ: Mapping[str, str],
+        cwd: str,
+        connection_file: str | None,
+        *,
+        key: str,
+        writer_wait: float = 300.0,
+        forked: bool = True,
+        log: logging.Logger | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.checkpoint_dir = checkpoint_dir
+        self.environ = environ
+        self.cwd = cwd
+        self.connection_file = connection_file
+        self.key = key  # where this kernel starts looking (see session.session_key)
+        self.writer_wait = writer_wait
+        self.forked = forked
+        self.log = log or logging.getLogger(__name__)
+        self.clock = clock
+        self.sleep = sleep
+        self.progress = restore.RestoreProgress()
+        self.first_cell = FirstCell()
+        self.waiting_since: float | None = None  # since when it waits for a writer
+        self._notices: list[str] = []
+        self._prune_mirror = True
+        self._known_cells: frozenset[str] = frozenset()  # the notebook's cell ids at start
+
+    def cancel(self) -> None:
+        """Stop waiting and restoring; what is loaded stays (an interrupt, or the end)."""
+        self.progress.stop.set()
+
+    # -- the steps ------------------------------------------------------------------
+
+    def unrestored(self) -> Outcome:
+        """With ``restore`` off: checkpoints go under the key the kernel started with,
+        and nothing is read or waited for."""
+        session = open_session(self.checkpoint_dir, self.key)
+        mirror = session if bucket_store(self.checkpoint_dir) is not None else None
+        signals = identity.signals_from(
+            self.environ, self.cwd, self.connection_file, notebook.cell_set
+        )
+        target = Target(
+            session=session,
+            key=self.key,
+            notebook=signals.notebook,
+            kernel_id=signals.kernel_id,
+            known_cells=signals.cells,
+            mirror=mirror,
+        )
+        return Outcome(target, RestoreReport(), has_checkpoint=False)
+
+    def run(self, into: dict[str, Any]) -> Outcome:
+        """Decide, wait, adopt, restore into *into* (the user's namespace)."""
+        store = self._local_store()
+        preloaded = self._preload(store)
+        decision = self._decide(store)
+        session = open_session(self.checkpoint_dir, decision.key)
+        mirror = session if bucket_store(self.checkpoint_dir) is not None else None
+        renamed_from = None
+        if decision.adopt_from is not None and self._adopt(store, decision.adopt_from, session):
+            renamed_from = decision.renamed_from
+        waited, alive = self._wait_for_writers([session])
+        if alive:
+            self.log.warning(
+                "persistent-kernel: %d writer(s) still busy after %.0f s; restoring the "
+                "newest complete checkpoint", alive, waited,
+            )  # fmt: skip
+        # With nothing readable under its own key, a kernel still walks what is
+        # there (damaged, unsigned, newer generations): the walk loads only what
+        # verifies, and the user hears why nothing came back.
+        if decision.restore or (not decision.defer and session.generations()):
+            reuse = preloaded if preloaded is not None and preloaded.key == decision.key else None
+            report = restore.restore_checkpoint(session, into, self.progress, reuse)
+        else:
+            report = RestoreReport()
+        if decision.note:
+            report.problems.append(decision.note)
+        report.waited = waited
+        report.renamed_from = renamed_from
+        target = Target(
+            session=session,
+            key=decision.key,
+            notebook=decision.notebook,
+            kernel_id=identity.kernel_id(self.connection_file),
+            known_cells=self._known_cells,
+            ephemeral=decision.ephemeral,
+            mirror=mirror,
+            prune_mirror=self._prune_mirror,
+        )
+        return Outcome(
+            target, report, bool(session.generations()), last_result(report), self._notices
+        )
+
+    def _local_store(self) -> Store:
+        """The store on this machine's disk; for a bucket, its local tier, after the
+        newest generation of this notebook's own key was pulled into it."""
+        bucket = bucket_store(self.checkpoint_dir)
+        if bucket is None:
+            return Store(self.checkpoint_dir)
+        tiered = bucket.tiered(self.key)
+        pulled = tiered.pull()
+        # Unseen at start, the bucket may hold newer state than this kernel restored:
+        # its old generations are not pruned until a start has seen it.
+        self._prune_mirror = pulled.unreachable is None
+        local = tiered.generations()
+        for text in pulled.notices(tiered.display, local[-1] if local else None):
+            self.log.warning("%s", text)
+            self._notices.append(text)
+        if pulled.ahead is not None:  # made here, never uploaded: upload it now
+            threading.Thread(
+                target=self._push, args=(tiered,), name="persistent-kernel-upload", daemon=True
+            ).start()
+        return bucket.local()
+
+    def _push(self, mirror: Any) -> None:
+        try:
+            mirror.push()
+        except Exception as exc:  # the next checkpoint uploads it, and tells the user if not
+            self.log.warning("persistent-kernel: upload to %s failed: %s", mirror.display, exc)
+
+    def _decide(self, store: Store, wait: bool = True) -> identity.Decision:
+        """Which checkpoints this kernel continues (see :mod:`identity`); waits for the
+        writers still finishing a previous kernel's checkpoints, and for the first cell
+        when it cannot tell before it. With *wait* false, waits for neither: a guess from
+        what is on disk now, which may say ``defer``."""
+        if wait:
+            self._wait_for_writers(list(store.sessions()))
+        first = self.first_cell
+        signals = identity.signals_from(
+            self.environ, self.cwd, self.connection_file, notebook.cell_set, first.vscode_file
+        )
+        if signals.notebook is None and not signals.explicit:
+            decision = identity.decide_unattached(signals, first.interactive, survey(store))
+            if not decision.defer or not wait or not first.wait(self.progress.stop):
+                return decision
+            return self._decide(store)
+        self._known_cells = signals.cells
+        return identity.decide(signals, survey(store), os.path.exists, notebook.cell_set)
+
+    def _wait_for_writers(self, sessions: list[SessionStore]) -> tuple[float, int]:
+        """Wait for the writers of *sessions* (the previous kernel's final checkpoint).
+
+        At most ``writer_wait`` seconds from the start of the restore (a writer
+        ends itself at its deadline anyway); an interrupt ends the wait.
+        Returns the seconds waited and how many writers are still alive.
+        """
+        start = self.waiting_since = self.waiting_since or self.clock()
+        try:
+            while True:
+                alive = sum(len(session.running_writers()) for session in sessions)
+                waited = self.clock() - start
+                if not alive or waited >= self.writer_wait or self.progress.stop.is_set():
+                    return waited, alive
+                self.sleep(_POLL)
+        finally:
+            self.waiting_since = None
+
+    def _preload(self, store: Store) -> Preloaded | None:
+        """While the previous kernel's writer is still writing this notebook's
+        checkpoint, unpickle the newest generation already on disk.
+
+        A restart after a cell that changed nothing (or little) would otherwise
+        wait for that writer to pickle everything again and then unpickle
+        everything: this way the wait and the unpickling overlap, and the
+        restore after the wait loads only the groups the writer changed (see
+        :class:`restore.Preloaded`). Only when the guess of which notebook
+        this is needs no waiting (no first cell, no rename to follow), the
+        store is on this machine's disk, and memory has room for the state
+        twice more (the writer holds it once already: see :mod:`memory`); a
+        failure here only costs the time, and is logged.
+        """
+        if bucket_store(self.checkpoint_dir) is not None:
+            return None
+        try:
+            decision = self._decide(store, wait=False)
+            if decision.defer or not decision.restore or decision.adopt_from is not None:
+                return None
+            session = store.session(decision.key)
+            if not session.running_writers() or not session.generations():
+                return None
+            newest, _ = session.latest()
+            if not memory.enough_for(newest.size, memory.available()):
+                return None  # the writer holds the old state: no room for a second copy
+            return restore.preload(session, decision.key, self.progress)
+        except Exception:
+            self.log.warning("persistent-kernel: loading ahead of the writer failed", exc_info=True)
+            return None
+
+    def _adopt(self, store: Store, key: str, session: SessionStore) -> bool:
+        """Take over the checkpoints of session *key* (this notebook's, under another name)."""
+        if bucket_store(self.checkpoint_dir) is not None:
+            return False  # renames are followed on the local disk only
+        old = store.session(key)
+        old.wait_for_writers(self.writer_wait)
+        try:
+            notebook.adopt(old, session)
+        except OSError as exc:
+            text = f"persistent-kernel: the checkpoints of {key} could not be moved here: {exc}"
+            self.log.warning("%s", text)
+            self._notices.append(text)
+            return False
+        return True
+
+
+def last_result(report: RestoreReport) -> CheckpointResult | None:
+    """The checkpoint a restore left the namespace matching, as ``%persist`` shows it."""
+    if report.generation is None:
+        return None
+    return CheckpointResult(
+        ok=True,
+        generation=report.generation,
+        created=report.created,
+        size=report.size,
+        saved=list(report.restored),
+        skipped=dict(report.skipped),
+        unchanged=True,
+    )
