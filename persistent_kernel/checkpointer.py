@@ -453,7 +453,8 @@ class Checkpointer:
         if not forked:
             writer = snapshot.run_inline(job)
             writer.pause = time.perf_counter() - began
-            self._settle(ticket, writer)
+            self._ticket = ticket
+            self._on_writer_done(writer)  # as a forked writer's report: a retry is timed
             return writer
         session = self.session
         try:

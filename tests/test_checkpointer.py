@@ -1,0 +1,256 @@
+"""The checkpointer in process: a fake host, a fake clock and loop, the inline writer.
+
+What these test is policy and wiring (when a checkpoint is written, what the
+user is told, what a clear or a batch run's end leaves behind), so they run
+without a kernel and without sleeping. The same wiring is tested with real
+kernels in test_kernel.py and test_autosave_kernel.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from persistent_kernel.autosave import Autosaver
+from persistent_kernel.checkpointer import Checkpointer, Settings, Target
+from persistent_kernel.restore import load_generation
+from persistent_kernel.store import SessionStore, Store
+
+from .helpers import KEY
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Loop:
+    """Timers fire when the test moves the clock past them; callbacks run at once."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.timers: list[tuple[float, Callable[[], None]]] = []
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        raise AssertionError("an inline writer has no pipe to watch")
+
+    def remove_reader(self, fd: int) -> None:
+        raise AssertionError("an inline writer has no pipe to watch")
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Any:
+        entry = (self.clock() + delay, callback)
+        self.timers.append(entry)
+        return entry
+
+    def cancel(self, handle: Any) -> None:
+        self.timers.remove(handle)
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        callback()
+
+    def advance(self, seconds: float) -> None:
+        self.clock.now += seconds
+        for entry in [t for t in self.timers if t[0] <= self.clock.now]:
+            self.timers.remove(entry)
+            entry[1]()
+
+
+class Host:
+    def __init__(self, loop: Loop) -> None:
+        self.log = logging.getLogger("test-checkpointer")
+        self.user_ns: dict[str, Any] = {}
+        self.hidden: dict[str, Any] = {}
+        self.notices: list[str] = []
+        self._loop = loop
+
+    def namespace(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return self.user_ns, self.hidden
+
+    def notice(self, text: str) -> None:
+        self.notices.append(text)
+
+    @property
+    def loop(self) -> Loop:
+        return self._loop
+
+    def stopping(self) -> bool:
+        return False
+
+
+class Rig:
+    """A checkpointer attached to a session on the local disk, and what drives it."""
+
+    def __init__(self, root: Path, **settings: Any) -> None:
+        self.clock = Clock()
+        self.loop = Loop(self.clock)
+        self.host = Host(self.loop)
+        self.session: SessionStore = Store(root).session(KEY)
+        config = Settings(checkpoint_dir=str(root), background="inline", **settings)
+        autosaver = Autosaver(
+            self.clock, config.checkpoint_interval, config.autosave, threads=lambda: False
+        )
+        self.checkpointer = Checkpointer(self.host, config, autosaver)
+        self.checkpointer.attach(Target(self.session, KEY, notebook=KEY))
+
+    def cell(self, **bound: Any) -> None:
+        """A cell that binds *bound*, then the kernel goes idle."""
+        self.checkpointer.cell_started()
+        self.host.user_ns.update(bound)
+        self.checkpointer.cell_finished(interrupted=False)
+        self.checkpointer.maybe_checkpoint()
+
+    def saved(self) -> dict[str, Any]:
+        values, _ = load_generation(self.session)
+        return values
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    yield Rig(tmp_path / "store", checkpoint_interval=0.0)
+
+
+def test_a_cell_is_checkpointed_once_the_interval_has_passed(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "store", checkpoint_interval=30.0)
+    rig.cell(x=1)
+    rig.loop.advance(29.0)
+    assert rig.session.generations() == [], "checkpointed before the interval passed"
+    rig.loop.advance(1.0)
+    assert rig.session.generations() == [1]
+    rig.cell(y=2)
+    rig.loop.advance(29.0)
+    assert rig.session.generations() == [1]
+    rig.loop.advance(1.0)
+    assert rig.session.generations() == [1, 2]
+    assert rig.saved() == {"x": 1, "y": 2}
+
+
+def test_nothing_is_written_while_nothing_changed(rig: Rig) -> None:
+    rig.cell(x=[1, 2, 3])
+    rig.loop.advance(3600.0)
+    rig.checkpointer.maybe_checkpoint()  # idle again, many times over: no change, no write
+    rig.loop.advance(3600.0)
+    assert rig.session.generations() == [1]
+    assert rig.loop.timers == []
+
+
+def test_a_checkpoint_that_fails_tells_the_user_once_and_backs_off(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig.cell(x=1)
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # A fake for a fault this test cannot make for real (root ignores permissions).
+    with monkeypatch.context() as patch:
+        patch.setattr(SessionStore, "write_blob", full)
+        rig.cell(y=[2])
+        assert rig.checkpointer.last_result is not None
+        assert not rig.checkpointer.last_result.ok
+        assert len(rig.host.notices) == 1, rig.host.notices
+        assert "Your previous checkpoint is kept" in rig.host.notices[0]
+        rig.loop.advance(5.0)  # the first retry, after 5 s: fails again, and says nothing
+        assert rig.checkpointer.autosaver.failures == 2
+        assert len(rig.host.notices) == 1
+    rig.loop.advance(9.0)
+    assert rig.session.generations() == [1]  # the second retry comes 10 s later
+    rig.loop.advance(1.0)
+    assert rig.session.generations() == [1, 2]
+    assert rig.host.notices[-1] == "persistent-kernel: checkpoints are being saved again."
+
+
+def test_a_failed_upload_is_told_once_and_retried_with_the_same_backoff(rig: Rig) -> None:
+    rig.cell(x=1)
+    autosaver = rig.checkpointer.autosaver
+    assert autosaver.uploaded("bucket down") is not None
+    assert autosaver.dirty  # the next checkpoint uploads what this one could not
+    assert autosaver.due() == pytest.approx(5.0)
+    assert autosaver.uploaded("bucket down") is None  # told once
+    assert autosaver.due() == pytest.approx(10.0)
+    assert autosaver.uploaded(None) == "checkpoints reach the bucket again."
+    assert autosaver.uploaded(None) is None
+
+
+def test_clear_forgets_the_checkpoints_and_the_next_change_saves_again(rig: Rig) -> None:
+    rig.cell(x=1)
+    rig.checkpointer.clear()
+    assert rig.session.generations() == []
+    assert rig.checkpointer.last_result is None
+    rig.checkpointer.maybe_checkpoint()
+    assert rig.session.generations() == []  # what was there is not wanted
+    rig.cell(y=2)
+    assert rig.saved() == {"x": 1, "y": 2}
+
+
+def test_excluded_names_are_never_written(rig: Rig) -> None:
+    rig.checkpointer.update_notebook_settings({"exclude": ["secret*"]})
+    rig.cell(secret_token="s3cr3t", x=1)
+    assert rig.saved() == {"x": 1}
+    files = [p for p in rig.session.path.rglob("*") if p.is_file()]
+    assert b"s3cr3t" not in b"".join(p.read_bytes() for p in files)
+
+
+def test_settings_changed_at_run_time_reach_the_policy(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "store", checkpoint_interval=30.0)
+    rig.cell(x=1)
+    assert len(rig.loop.timers) == 1
+    now = Settings(checkpoint_dir="", checkpoint_interval=0.0, background="inline")
+    rig.checkpointer.configure(now)
+    assert rig.session.generations() == [1]  # due at once: written by the change itself
+    rig.checkpointer.configure(Settings(checkpoint_dir="", autosave=False, background="inline"))
+    rig.cell(z=3)
+    rig.loop.advance(3600.0)
+    assert rig.session.generations() == [1]
+
+
+def test_a_batch_run_ending_for_good_removes_its_checkpoints(rig: Rig) -> None:
+    assert rig.checkpointer.target is not None
+    rig.checkpointer.target.ephemeral = True
+    rig.cell(x=1)
+    assert rig.session.generations() == [1]
+    rig.checkpointer.final(shutdown_restart=True)  # a restart: kept for the next kernel
+    assert rig.session.path.exists()
+    rig.checkpointer.final(shutdown_restart=False)
+    assert not rig.session.path.exists()
+
+
+def test_the_final_checkpoint_saves_what_changed_and_only_that(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "store", checkpoint_interval=30.0)
+    rig.cell(x=1)
+    rig.cell(y=2)  # within the interval: not saved yet
+    assert rig.session.generations() == []
+    rig.checkpointer.final(shutdown_restart=None)
+    assert rig.saved() == {"x": 1, "y": 2}
+    rig.checkpointer.final(shutdown_restart=None)
+    assert rig.session.generations() == [1]
+
+
+def test_a_cell_running_at_the_end_is_not_saved_halfway(rig: Rig) -> None:
+    rig.cell(x=1)
+    rig.checkpointer.cell_started()
+    rig.host.user_ns["x"] = "half"
+    assert rig.checkpointer.write_standby_if_running()
+    rig.checkpointer.final(shutdown_restart=None)
+    assert rig.session.generations() == [1]
+    assert rig.saved() == {"x": 1}
+
+
+def test_nothing_is_written_before_the_restore_has_ended(tmp_path: Path) -> None:
+    clock = Clock()
+    host = Host(Loop(clock))
+    config = Settings(checkpoint_dir=str(tmp_path), background="inline", checkpoint_interval=0)
+    checkpointer = Checkpointer(host, config, Autosaver(clock, 0.0, threads=lambda: False))
+    checkpointer.cell_started()
+    host.user_ns["x"] = 1
+    checkpointer.cell_finished(interrupted=False)
+    checkpointer.maybe_checkpoint()
+    checkpointer.final(shutdown_restart=None)
+    assert not any(tmp_path.iterdir())
