@@ -29,14 +29,14 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from . import checkpoint, namespace, notebook, pagewrites, render, snapshot
 from .autosave import Autosaver, Failure, Ticket
-from .checkpoint import CheckpointResult
+from .checkpoint import CarriedGroup, CheckpointResult
 from .errors import UnreadableSettings
 from .store import SessionStore, chunks, is_disk_error
 from .writerwatch import Loop, WriterWatch, deadline_for
@@ -235,10 +235,13 @@ class Checkpointer:
             self.tracking.close()
         self.maybe_checkpoint()
 
-    def attach(self, target: Target) -> None:
-        """Checkpoints go to *target* from now on (the start-up restore has ended)."""
-        self.target = target
-        self.maybe_checkpoint()
+    def attach(
+        self, target: Target, pending: Iterable[CarriedGroup] = (), has_checkpoint: bool = False
+    ) -> None:
+        """Checkpoints go to *target* from now on: the start-up restore has ended, leaving
+        *pending* the groups it did not load (see :meth:`Autosaver.restored`)."""
+        self.autosaver.restored(pending, has_checkpoint=has_checkpoint)
+        self.target = target  # no checkpoint now: this runs on the restore's thread
 
     @property
     def session(self) -> SessionStore:

@@ -1,32 +1,20 @@
 """``PersistentKernel``: ipykernel's IPythonKernel that checkpoints and restores.
 
-The kernel is an adapter, as ipykernel's own kernel is glue around its
-shell. It declares the configuration (its traits are the public ``%config``
-surface) and wires ipykernel's hooks to two collaborators:
-
-* :class:`~persistent_kernel.startup.Startup` runs once, in a thread, when the
-  kernel starts: it decides which notebook's checkpoints this kernel continues
-  and restores them; no cell runs before it is done, and the first cell shows
-  its progress and then what came back;
-* :class:`~persistent_kernel.checkpointer.Checkpointer` writes checkpoints
-  from then on: told when a cell starts and ends, it checkpoints when the
-  kernel is idle and the interval has passed, in a forked writer.
-
-When the event loop stops (shutdown, restart, ``exit()``, SIGTERM), the
-application calls :meth:`PersistentKernel.final_checkpoint`, which forks one
-more writer for a changed namespace. That writer outlives the kernel (up to
-its deadline) and the next kernel waits for it before restoring.
+An adapter, as ipykernel's kernel is glue around its shell: its traits are the
+public ``%config`` surface, and it wires ipykernel's hooks to
+:class:`~persistent_kernel.startup.Startup` (once, in a thread, at start: whose
+checkpoints, and the restore; no cell runs before it is done) and to
+:class:`~persistent_kernel.checkpointer.Checkpointer` (from then on: told when
+cells start and end, and when the kernel stops, it writes checkpoints).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 import os
 import signal
 import threading
-import time
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
@@ -185,7 +173,7 @@ class PersistentKernel(IPythonKernel):
         self.startup: Startup | None = None  # made when the kernel starts serving
         self._restore_done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.restore_report: RestoreReport | None = None
-        self._report_pending = False  # the report is still to be shown
+        self._unshown: RestoreReport | None = None  # the report, until a cell shows it
         self._notices: list[str] = []  # sentences for the user, shown above the next cell
         self._names_at_start: frozenset[str] = frozenset()
         self._shutdown_restart: bool | None = None  # what the shutdown request said
@@ -258,37 +246,16 @@ class PersistentKernel(IPythonKernel):
         """The start-up restore ended: checkpoints go where it decided from now on."""
         checkpointer = self.checkpointer
         assert checkpointer is not None
-        report = outcome.report
-        self.restore_report = report
-        checkpointer.autosaver.restored(report.carried, has_checkpoint=outcome.has_checkpoint)
-        if outcome.last_result is not None:
-            checkpointer.last_result = outcome.last_result
-        checkpointer.attach(outcome.target)
+        report = self.restore_report = outcome.report
+        checkpointer.attach(outcome.target, report.carried, outcome.has_checkpoint)
+        checkpointer.last_result = outcome.last_result or checkpointer.last_result
         self._notices.extend(outcome.notices)
         if report.restored or report.skipped or report.problems:
             # Warning level: the server's log shows it by default, as it shows the
             # kernel's other start-up notices.
             for line in render.restore_summary(report).splitlines():
                 self.log.warning("%s", line)
-            self._report_pending = True
-
-    def _progress_text(self, startup: Startup) -> str:
-        progress = startup.progress
-        if startup.waiting_since is not None:
-            waited = time.monotonic() - startup.waiting_since
-            return (
-                "persistent-kernel: waiting for the previous kernel to finish writing its "
-                f"checkpoint ({waited:.0f} s, at most {self.writer_wait:.0f} s); "
-                "interrupt to stop waiting"
-            )
-        total = progress.total
-        done = min(progress.done, total)
-        fraction = done / total if total else 0.0
-        return (
-            f"persistent-kernel: restoring checkpoint {progress.generation or ''}: "
-            f"{render.human_size(done)} of {render.human_size(total)} ({fraction:.0%}); "
-            "interrupt to stop and keep what is loaded"
-        )
+            self._unshown = report
 
     async def _wait_for_restore(self, startup: Startup) -> None:
         """Hold the first cell until the restore is done; show one progress line.
@@ -310,7 +277,7 @@ class PersistentKernel(IPythonKernel):
                     await asyncio.wait_for(asyncio.shield(done), timeout=1.0)
                     break
                 except asyncio.TimeoutError:
-                    text = self._progress_text(startup)
+                    text = render.progress_text(startup.progress, startup.waited())
                     if shown is None:
                         shown = display({"text/plain": text}, raw=True, display_id=True)
                     else:
@@ -321,16 +288,14 @@ class PersistentKernel(IPythonKernel):
         if shown is not None:
             report = self._take_report()
             if report is not None:
-                shown.update(_report_data(report), raw=True)
+                shown.update(render.restore_data(report), raw=True)
             else:
                 clear_output()
 
     def _take_report(self) -> RestoreReport | None:
         """The restore report, if it is still to be shown (once)."""
-        if not self._report_pending:
-            return None
-        self._report_pending = False
-        return self.restore_report
+        report, self._unshown = self._unshown, None
+        return report
 
     def _first_cell_ready(self, startup: Startup, parent: Any) -> bool:
         """Whether an execute request must wait for the restore; records what it says.
@@ -359,7 +324,7 @@ class PersistentKernel(IPythonKernel):
         """Show the restore report and the notices above the cell that starts."""
         report = self._take_report()
         if report is not None:
-            display(_report_data(report), raw=True)
+            display(render.restore_data(report), raw=True)
         while self._notices:
             print(self._notices.pop(0), flush=True)
 
@@ -433,14 +398,8 @@ class PersistentKernel(IPythonKernel):
         An inline final checkpoint has returned by now and a forked one is on
         its own, so nothing still needs these objects.
         """
-        if not self.fast_exit or self.shell is None:
-            return
-        shell = self.shell
-        keep: list[Any] = [*shell.user_ns.values(), *shell.user_ns_hidden.values()]
-        outputs = shell.user_ns.get("_oh")
-        if isinstance(outputs, dict):
-            keep.extend(outputs.values())
-        quickexit.arm(keep)
+        if self.fast_exit and self.shell is not None:
+            quickexit.arm_namespace(self.shell.user_ns, self.shell.user_ns_hidden)
 
     def _install_sigterm_handler(self) -> None:
         """SIGTERM between cells stops the loop, so the final checkpoint runs.
@@ -466,25 +425,17 @@ class PersistentKernel(IPythonKernel):
         signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def _report_data(report: RestoreReport) -> dict[str, str]:
-    return {"text/plain": render.restore_text(report), "text/html": render.restore_html(report)}
-
-
 class _Host:
     """What the checkpointer sees of its kernel (see :class:`checkpointer.Host`)."""
 
     def __init__(self, kernel: PersistentKernel) -> None:
-        self.kernel = kernel
-        self.log: logging.Logger = kernel.log
+        self.kernel, self.log = kernel, kernel.log
+        self.notice = kernel.notice
         self._loop: Loop | None = None
 
     def namespace(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        shell = self.kernel.shell
-        assert shell is not None
-        return shell.user_ns, shell.user_ns_hidden
-
-    def notice(self, text: str) -> None:
-        self.kernel.notice(text)
+        assert self.kernel.shell is not None
+        return self.kernel.shell.user_ns, self.kernel.shell.user_ns_hidden
 
     @property
     def loop(self) -> Loop | None:
@@ -493,5 +444,4 @@ class _Host:
         return self._loop
 
     def stopping(self) -> bool:
-        shell = self.kernel.shell
-        return bool(shell is not None and shell.exit_now)
+        return bool(self.kernel.shell is not None and self.kernel.shell.exit_now)

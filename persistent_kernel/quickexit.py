@@ -168,6 +168,17 @@ def arm(keep: Iterable[Any]) -> None:
     _armed = True
 
 
+def arm_namespace(user_ns: dict[str, Any], hidden: dict[str, Any]) -> None:
+    """:func:`arm`, keeping the values of the user's namespace and of IPython's
+    output history alive, so that IPython's exit handler clears the namespace
+    without freeing them."""
+    keep: list[Any] = [*user_ns.values(), *hidden.values()]
+    outputs = user_ns.get("_oh")
+    if isinstance(outputs, dict):
+        keep.extend(outputs.values())
+    arm(keep)
+
+
 def armed() -> bool:
     return _armed
 

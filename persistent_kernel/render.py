@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .checkpoint import CheckpointResult
-from .restore import RestoreReport
+from .restore import RestoreProgress, RestoreReport
 
 
 def human_size(n: float) -> str:
@@ -328,3 +328,27 @@ def prune_text(data: dict[str, Any]) -> str:
     if not data["removed"] and not data["failed"]:
         lines.append("No session is that old.")
     return "\n".join(lines)
+
+
+def restore_data(report: RestoreReport) -> dict[str, str]:
+    """The restore report as a display's data: text and HTML."""
+    return {"text/plain": restore_text(report), "text/html": restore_html(report)}
+
+
+def progress_text(progress: RestoreProgress, waited: tuple[float, float] | None) -> str:
+    """The one line shown while the first cell waits for the start-up restore:
+    *waited* (seconds so far, at most) while it waits for the previous kernel's writer."""
+    if waited is not None:
+        return (
+            "persistent-kernel: waiting for the previous kernel to finish writing its "
+            f"checkpoint ({waited[0]:.0f} s, at most {waited[1]:.0f} s); "
+            "interrupt to stop waiting"
+        )
+    total = progress.total
+    done = min(progress.done, total)
+    fraction = done / total if total else 0.0
+    return (
+        f"persistent-kernel: restoring checkpoint {progress.generation or ''}: "
+        f"{human_size(done)} of {human_size(total)} ({fraction:.0%}); "
+        "interrupt to stop and keep what is loaded"
+    )

@@ -177,6 +177,11 @@ class Startup:
         self._prune_mirror = True
         self._known_cells: frozenset[str] = frozenset()  # the notebook's cell ids at start
 
+    def waited(self) -> tuple[float, float] | None:
+        """While it waits for a previous kernel's writer: seconds so far, and at most."""
+        since = self.waiting_since
+        return None if since is None else (self.clock() - since, self.writer_wait)
+
     def cancel(self) -> None:
         """Stop waiting and restoring; what is loaded stays (an interrupt, or the end)."""
         self.progress.stop.set()
