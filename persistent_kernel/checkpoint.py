@@ -171,7 +171,7 @@ def write_checkpoint(
         on_variable("")
     all_skipped = {**skipped, **ser.skipped}
     notes = list(ser.notes)
-    with session.locked(lock_timeout):
+    with session.locks.locked(lock_timeout):
         # One blob per part, large buffers in chunks: a changed array rewrites
         # the chunks of it that changed only.
         # The stream (part 0) stays one blob: a group is named by its stream's hash.

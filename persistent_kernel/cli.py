@@ -272,8 +272,8 @@ def remove_session(root: str, arg: str, lock_timeout: float = LOCK_TIMEOUT) -> d
 
 
 def _remove(session: SessionStore, lock_timeout: float) -> None:
-    with session.locked(lock_timeout):
-        if session.running_writers():
+    with session.locks.locked(lock_timeout):
+        if session.locks.running_writers():
             raise StoreBusy(
                 f"a kernel is writing a checkpoint of {_label(session)}; try again when it is done"
             )

@@ -81,7 +81,7 @@ def adopt(old: SessionStore, new: SessionStore) -> None:
     no exclude is forgotten. The new key is written beside the manifests,
     which still name the old one (they are signed as they were written).
     """
-    with old.locked(timeout=60):
+    with old.locks.locked(timeout=60):
         merged = None
         if new.path.exists():
             if new.generations():

@@ -150,7 +150,7 @@ class KernelHarness:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             generations = session.generations()
-            if len(generations) >= count and not session.running_writers():
+            if len(generations) >= count and not session.locks.running_writers():
                 return generations
             time.sleep(0.05)
         raise AssertionError(f"{session} has {session.generations()}, wanted {count} generations")
@@ -160,4 +160,4 @@ class KernelHarness:
             with contextlib.suppress(Exception):  # already dead is fine
                 kernel.shutdown()
         for session in Store(self.root).sessions():
-            session.wait_for_writers(120)
+            session.locks.wait_for_writers(120)

@@ -88,7 +88,7 @@ def interrupted_start(
 ) -> tuple[Kernel, Output]:
     """Start a kernel while a writer of the previous one seems busy (one is
     registered), run *code* as its first cell, and interrupt the wait for it."""
-    fd, path = session.register_writer()
+    fd, path = session.locks.register_writer()
     try:
         kernel = kernels.start(args=NOW)
         msg_id = kernel.kc.execute(code)
@@ -96,7 +96,7 @@ def interrupted_start(
         kernel.km.interrupt_kernel()
         return kernel, collect(kernel, msg_id)
     finally:
-        session.release_writer(fd, path)
+        session.locks.release_writer(fd, path)
 
 
 def others(kernel: Kernel) -> list[psutil.Process]:

@@ -306,14 +306,14 @@ def test_rm_json(capsys: pytest.CaptureFixture[str], root: Path) -> None:
 def test_rm_waits_for_the_lock_and_spares_a_live_writer(
     capsys: pytest.CaptureFixture[str], root: Path, three: SessionStore
 ) -> None:
-    with three.locked(timeout=1), pytest.raises(StoreBusy):
+    with three.locks.locked(timeout=1), pytest.raises(StoreBusy):
         cli.remove_session(str(root), "analysis.ipynb", lock_timeout=0.2)
-    fd, path = three.register_writer()
+    fd, path = three.locks.register_writer()
     try:
         code, _, err = run(capsys, "rm", "analysis.ipynb")
         assert code == 1 and "is writing a checkpoint" in err
     finally:
-        three.release_writer(fd, path)
+        three.locks.release_writer(fd, path)
     assert three.generations() == [1, 2, 3]
 
 
@@ -370,11 +370,11 @@ def test_prune_dry_run_json(
 def test_prune_spares_a_session_in_use(
     capsys: pytest.CaptureFixture[str], aged: dict[str, SessionStore]
 ) -> None:
-    fd, path = aged["old"].register_writer()
+    fd, path = aged["old"].locks.register_writer()
     try:
         code, _, err = run(capsys, "prune", "--older-than", "30d")
     finally:
-        aged["old"].release_writer(fd, path)
+        aged["old"].locks.release_writer(fd, path)
     assert code == 1
     assert "old was not removed: a kernel is writing a checkpoint of old" in err
     assert aged["old"].path.exists() and not aged["broken"].path.exists()

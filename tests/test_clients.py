@@ -182,7 +182,7 @@ def api(server: LabServer, path: str) -> Any:
 def wait_for_writers(root: Path) -> None:
     """Let the detached writers of final checkpoints finish before the folder goes."""
     for session in Store(root).sessions():
-        session.wait_for_writers(120)
+        session.locks.wait_for_writers(120)
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> None:
@@ -584,7 +584,7 @@ def _watch(session: Any, seconds: float) -> set[tuple[tuple[int, ...], int]]:
     seen = set()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        seen.add((tuple(session.generations()), len(session.running_writers())))
+        seen.add((tuple(session.generations()), len(session.locks.running_writers())))
         time.sleep(0.05)
     return seen
 

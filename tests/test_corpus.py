@@ -89,7 +89,7 @@ def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             kernel.shutdown()
             kernel.wait_dead()
             for session in Store(root).sessions():
-                session.wait_for_writers(120)
+                session.locks.wait_for_writers(120)
             for kind in KINDS:
                 if kind.after_shutdown:
                     exec(kind.after_shutdown, {"WORK": work})

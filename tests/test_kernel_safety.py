@@ -236,7 +236,7 @@ def _fault_injection(kernels: KernelHarness, iterations: int) -> None:
         kernel.run(MUTATE).check()  # the checkpoint starts as the kernel goes idle
         # half the kills aim at the write itself, half anywhere up to well after it
         time.sleep(rnd.uniform(0.0, 0.4) if i % 2 == 0 else rnd.uniform(0.0, 2.0))
-        writing = bool(session.running_writers())
+        writing = bool(session.locks.running_writers())
         killed = kill_kernel_and_writers(kernel.km.connection_file)
         assert killed >= 1
         mid_write += writing and killed >= 2
@@ -299,7 +299,7 @@ def test_two_kernels_on_one_notebook_never_tear_a_generation(kernels: KernelHarn
                        f"data = np.full(2_000_000, {i}.0)\nsig = (who, step)").check()  # fmt: skip
     session = kernels.session()
     deadline = time.monotonic() + 60
-    while session.running_writers() and time.monotonic() < deadline:
+    while session.locks.running_writers() and time.monotonic() < deadline:
         time.sleep(0.1)
     generations = session.generations()
     assert len(generations) >= 8

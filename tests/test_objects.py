@@ -42,7 +42,7 @@ def tiered(url: str, node: Path) -> TieredSession:
 
 
 def commit(session: SessionStore, payload: bytes, name: str = "x") -> int:
-    with session.locked(10):
+    with session.locks.locked(10):
         ref = session.write_blob([payload])
         content = {
             "variables": {name: {"type": "bytes", "group": 0, "module": None}},

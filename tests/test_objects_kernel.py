@@ -68,7 +68,7 @@ def uploaders(session: TieredSession) -> list[psutil.Process]:
 
 def settle(session: TieredSession) -> None:
     """Wait until no writer of *session* is alive on its node."""
-    assert session.wait_for_writers(120)[1] == 0
+    assert session.locks.wait_for_writers(120)[1] == 0
 
 
 def test_a_new_node_restores_from_the_bucket(
@@ -108,7 +108,7 @@ def test_kill_9_in_the_middle_of_an_upload_keeps_the_previous_generation(
     assert writer is not None and writer.pid != k.pid
     time.sleep(0.5)
     os.kill(writer.pid, signal.SIGKILL)  # mid-upload
-    wait_until(lambda: not session.running_writers(), 30, "the writer to die")
+    wait_until(lambda: not session.locks.running_writers(), 30, "the writer to die")
     psutil.wait_procs([uploader], timeout=30)
     assert not uploader.is_running()  # the upload died with its writer
     assert len(session.generations()) == 2

@@ -45,7 +45,7 @@ def test_a_kernel_saves_nothing_while_its_settings_are_unreadable(kernels: Kerne
     session = kernels.session()
     kernels.wait_generations(session, 1)
     kernel.shutdown()
-    session.wait_for_writers(60)
+    session.locks.wait_for_writers(60)
     generations = session.generations()
     os.chmod(session.path / "settings.json", 0o666)
 

@@ -304,9 +304,9 @@ def test_directories_are_0700_and_files_0600(tmp_path: Path, usual_umask: None) 
     """
     root = tmp_path / "root"
     session = Store(root).session(KEY)
-    with session.locked(timeout=5):
+    with session.locks.locked(timeout=5):
         commit(session, [b"data", b"more"])
-    fd, _ = session.register_writer()
+    fd, _ = session.locks.register_writer()
     try:
         modes = {
             path.relative_to(tmp_path): stat.S_IMODE(path.stat().st_mode)
@@ -485,7 +485,7 @@ REGISTER_WRITER = """
 import sys, time
 from pathlib import Path
 from persistent_kernel.store import SessionStore
-fd, path = SessionStore(Path(sys.argv[1])).register_writer()
+fd, path = SessionStore(Path(sys.argv[1])).locks.register_writer()
 print(path, flush=True)
 if sys.argv[2] == "stdin":
     sys.stdin.read()
@@ -518,11 +518,11 @@ def test_lock_held_by_another_process_raises_store_busy(session: SessionStore) -
     with child(HOLD_LOCK, str(session.path / "lock"), "stdin") as (proc, line):
         assert line == "held"
         start = time.monotonic()
-        with pytest.raises(StoreBusy), session.locked(timeout=0.3):
+        with pytest.raises(StoreBusy), session.locks.locked(timeout=0.3):
             pytest.fail("got the lock while another process holds it")
         assert time.monotonic() - start >= 0.3
         assert proc.poll() is None
-    with session.locked(timeout=5):  # the child is gone: free again
+    with session.locks.locked(timeout=5):  # the child is gone: free again
         pass
 
 
@@ -530,14 +530,18 @@ def test_lock_is_acquired_once_the_holder_exits(session: SessionStore) -> None:
     with child(HOLD_LOCK, str(session.path / "lock"), "0.5") as (proc, line):
         assert line == "held"
         start = time.monotonic()
-        with session.locked(timeout=30):
+        with session.locks.locked(timeout=30):
             waited = time.monotonic() - start
             assert proc.wait(timeout=5) == 0
         assert 0.2 < waited < 30
 
 
 def test_lock_excludes_a_second_holder_in_this_process(session: SessionStore) -> None:
-    with session.locked(timeout=1), pytest.raises(StoreBusy), session.locked(timeout=0.1):
+    with (
+        session.locks.locked(timeout=1),
+        pytest.raises(StoreBusy),
+        session.locks.locked(timeout=0.1),
+    ):
         pass
 
 
@@ -549,8 +553,8 @@ def test_running_writers_sees_a_live_writer(session: SessionStore) -> None:
         path = Path(line)
         assert path.parent == session.writers_dir
         assert path.name.split("-")[0].isdigit()
-        assert session.running_writers() == [path]
-        waited, alive = session.wait_for_writers(timeout=0.2)
+        assert session.locks.running_writers() == [path]
+        waited, alive = session.locks.wait_for_writers(timeout=0.2)
         assert alive == 1
         assert waited >= 0.2
         assert path.exists()
@@ -560,8 +564,8 @@ def test_wait_for_writers_returns_when_the_writer_exits(session: SessionStore) -
     """The child exits without withdrawing its announcement; its file is tidied."""
     with child(REGISTER_WRITER, str(session.path), "1.0") as (proc, line):
         path = Path(line)
-        assert session.running_writers() == [path]
-        waited, alive = session.wait_for_writers(timeout=60)
+        assert session.locks.running_writers() == [path]
+        waited, alive = session.locks.wait_for_writers(timeout=60)
         assert alive == 0
         assert 0.5 < waited < 60
         assert proc.wait(timeout=5) == 0
@@ -575,17 +579,17 @@ def test_dead_writers_registry_file_is_cleaned_up(session: SessionStore) -> None
         proc.kill()
         proc.wait(timeout=5)
         assert path.exists()
-        assert session.running_writers() == []
+        assert session.locks.running_writers() == []
         assert not path.exists()
-        assert session.wait_for_writers(timeout=10)[1] == 0
+        assert session.locks.wait_for_writers(timeout=10)[1] == 0
 
 
 def test_register_and_release_in_process(session: SessionStore) -> None:
-    fd, path = session.register_writer()
-    assert session.running_writers() == [path]
-    SessionStore.release_writer(fd, path)
+    fd, path = session.locks.register_writer()
+    assert session.locks.running_writers() == [path]
+    session.locks.release_writer(fd, path)
     assert not path.exists()
-    assert session.running_writers() == []
+    assert session.locks.running_writers() == []
 
 
 def test_registration_survives_a_concurrent_scan(
@@ -603,17 +607,17 @@ def test_registration_survives_a_concurrent_scan(
 
     def flock(fd: int, operation: int) -> None:
         if operation == fcntl.LOCK_EX and not scans:
-            scans.append(session.running_writers())
+            scans.append(session.locks.running_writers())
         real_flock(fd, operation)
 
     monkeypatch.setattr(fcntl, "flock", flock)
-    fd, path = session.register_writer()
+    fd, path = session.locks.register_writer()
     try:
         assert scans, "register_writer took no exclusive lock"
         assert path.exists()
-        assert session.running_writers() == [path]
+        assert session.locks.running_writers() == [path]
     finally:
-        SessionStore.release_writer(fd, path)
+        session.locks.release_writer(fd, path)
 
 
 # -- content addresses -------------------------------------------------------------------

@@ -9,6 +9,11 @@
   before it reads their result. A file whose lock nobody holds belongs to a
   writer that is gone, and is removed by whoever finds it.
 
+:class:`Locks` is what a session holds (``session.locks``), apart from the
+format: :class:`FileLocks` keeps both in the session's directory on the local
+disk, for a local session and for a bucket's (whose lock and writers are this
+machine's); the in-memory backend has its own (:mod:`.memory`).
+
 Limits: ``flock`` locks are advisory and local to one machine (NFS may not
 honour them); a store shared between machines needs another kind of lock.
 """
@@ -19,8 +24,9 @@ import fcntl
 import os
 import secrets
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 
 from ..errors import StoreBusy
@@ -113,3 +119,80 @@ def wait_for_writers(writers_dir: Path, timeout: float) -> tuple[float, int]:
         if not alive or waited >= timeout:
             return waited, len(alive)
         time.sleep(_POLL)
+
+
+#: What :meth:`Locks.register_writer` returns and :meth:`Locks.release_writer` takes.
+Registration = tuple[int, Path]
+
+
+class Locks(ABC):
+    """The session lock and the registry of live writers of one session."""
+
+    @abstractmethod
+    def locked(self, timeout: float) -> AbstractContextManager[None]:
+        """Hold the session's writer lock; :class:`StoreBusy` after *timeout* seconds."""
+
+    @abstractmethod
+    def register_writer(self) -> Registration:
+        """Announce a writer, alive until :meth:`release_writer` (or its death)."""
+
+    @abstractmethod
+    def release_writer(self, fd: int, path: Path) -> None:
+        """Withdraw an announcement made by :meth:`register_writer`."""
+
+    @abstractmethod
+    def running_writers(self) -> list[Path]:
+        """Announced writers that are still alive."""
+
+    def wait_for_writers(self, timeout: float) -> tuple[float, int]:
+        """Wait until no announced writer is alive, at most *timeout* seconds.
+
+        Returns ``(seconds waited, writers still alive)``.
+        """
+        start = time.monotonic()
+        while True:
+            alive = self.running_writers()
+            waited = time.monotonic() - start
+            if not alive or waited >= timeout:
+                return waited, len(alive)
+            time.sleep(_POLL)
+
+
+class FileLocks(Locks):
+    """The lock and writers of a session directory on the local disk (the functions above).
+
+    *prepare* runs before the lock is taken or a writer announced: the
+    session's :meth:`~.sessions.SessionStore.ensure`, so that a storage root
+    of a newer format is refused before anything is written to it.
+    """
+
+    def __init__(self, directory: Path, prepare: Callable[[], None] | None = None) -> None:
+        self.directory = directory
+        self.writers_dir = directory / "writers"
+        self._prepare = prepare
+
+    def __repr__(self) -> str:
+        return f"FileLocks({str(self.directory)!r})"
+
+    def _ready(self) -> None:
+        if self._prepare is not None:
+            self._prepare()
+
+    @contextmanager
+    def locked(self, timeout: float) -> Iterator[None]:
+        self._ready()
+        with session_lock(self.directory, timeout):
+            yield
+
+    def register_writer(self) -> Registration:
+        self._ready()
+        return register_writer(self.writers_dir)
+
+    def release_writer(self, fd: int, path: Path) -> None:
+        release_writer(fd, path)
+
+    def running_writers(self) -> list[Path]:
+        return running_writers(self.writers_dir)
+
+    def wait_for_writers(self, timeout: float) -> tuple[float, int]:
+        return wait_for_writers(self.writers_dir, timeout)

@@ -12,8 +12,8 @@ import errno
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,10 +30,10 @@ from ..errors import (
     UntrustedCheckpoint,
 )
 from ..session import session_dirname
-from . import locks
 from .backend import Backend, Digest
 from .fs import private_dir, write_new
 from .local import LocalBackend
+from .locks import FileLocks, Locks, Registration
 from .trust import Signer, read_private
 
 #: Newest version of the manifest format this code reads and writes. Newer ones are
@@ -162,7 +162,11 @@ class PruneResult:
 
 
 class SessionStore:
-    """The checkpoints of one session key."""
+    """The checkpoints of one session key: the format, over a :class:`Backend`.
+
+    *path* is the session's directory on this machine's disk (for a bucket's
+    session: its local tier's), where :attr:`locks` live.
+    """
 
     def __init__(
         self,
@@ -171,12 +175,15 @@ class SessionStore:
         signer: Signer | None = None,
         backend: Backend | None = None,
         root: Path | None = None,
+        locks: Locks | None = None,
     ) -> None:
         self.path = path
         self.key = key
         self.root = root or path.parent.parent
         self.signer = signer or Signer(self.root)
         self.backend = backend or LocalBackend(path)
+        #: The session lock and the registry of live writers (see :mod:`.locks`).
+        self.locks: Locks = locks if locks is not None else FileLocks(path, self.ensure)
         # On the local disk (locks live here whatever the backend).
         self.generations_dir = path / "generations"
         self.objects_dir = path / "objects"
@@ -194,35 +201,28 @@ class SessionStore:
         mark_root(self.root)
         self.backend.ensure()
 
-    # -- locking ------------------------------------------------------------------
+    # -- locking: delegates to :attr:`locks` ------------------------------------------
+    # compat: removed once kernel.py uses session.locks
 
-    @contextmanager
-    def locked(self, timeout: float) -> Iterator[None]:
-        """Hold the session's writer lock; raise :class:`StoreBusy` after *timeout*."""
-        self.ensure()
-        with locks.session_lock(self.path, timeout):
-            yield
+    def locked(self, timeout: float) -> AbstractContextManager[None]:
+        """``self.locks.locked(timeout)``."""
+        return self.locks.locked(timeout)
 
-    def register_writer(self) -> tuple[int, Path]:
-        """Announce a writer (see :func:`.locks.register_writer`)."""
-        self.ensure()
-        return locks.register_writer(self.writers_dir)
+    def register_writer(self) -> Registration:
+        """``self.locks.register_writer()``."""
+        return self.locks.register_writer()
 
-    @staticmethod
-    def release_writer(fd: int, path: Path) -> None:
-        """Withdraw an announcement made by :meth:`register_writer`."""
-        locks.release_writer(fd, path)
+    def release_writer(self, fd: int, path: Path) -> None:
+        """``self.locks.release_writer(fd, path)``."""
+        self.locks.release_writer(fd, path)
 
     def running_writers(self) -> list[Path]:
-        """Announced writers that are still alive (their flock is held)."""
-        return locks.running_writers(self.writers_dir)
+        """``self.locks.running_writers()``."""
+        return self.locks.running_writers()
 
     def wait_for_writers(self, timeout: float) -> tuple[float, int]:
-        """Wait until no announced writer is alive, at most *timeout* seconds.
-
-        Returns ``(seconds waited, writers still alive)``.
-        """
-        return locks.wait_for_writers(self.writers_dir, timeout)
+        """``self.locks.wait_for_writers(timeout)``."""
+        return self.locks.wait_for_writers(timeout)
 
     # -- settings -----------------------------------------------------------------
 
@@ -371,7 +371,7 @@ class SessionStore:
             raise CorruptCheckpoint(f"blob {ref.hash} does not match its hash")
         return parts
 
-    # -- writing (hold :meth:`locked`) -------------------------------------------
+    # -- writing (hold ``locks.locked``) ------------------------------------------
 
     def _intact(self, digest: str, size: int) -> bool:
         """Whether a stored blob can be reused for *digest*.

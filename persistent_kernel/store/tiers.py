@@ -261,7 +261,7 @@ class TieredSession(SessionStore):
         raw["generation"] = generation
         raw["signature"] = self.signer.sign(raw)
         data = json.dumps(raw, indent=1, sort_keys=True).encode()
-        with self.locked(60.0):
+        with self.locks.locked(60.0):
             self.backend.write_manifest(generation, data)
         return data
 
@@ -318,7 +318,7 @@ class TieredSession(SessionStore):
         were never uploaded and are older than what the bucket has: either
         way, restoring them would bring back what the bucket has moved past.
         """
-        with self.locked(60.0):
+        with self.locks.locked(60.0):
             for number in self.generations():
                 if number > generation:
                     self.backend.delete_manifest(number)
@@ -350,7 +350,7 @@ class TieredSession(SessionStore):
             pass
         else:
             self.backend.write_file("settings.json", settings)
-        with self.locked(60.0):
+        with self.locks.locked(60.0):
             self.backend.write_manifest(manifest.generation, data)
         self._record_upload(data)
         return downloaded
