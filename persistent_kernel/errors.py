@@ -99,6 +99,15 @@ class BucketUnreachable(PersistentKernelError, ConnectionError):
     """The object store did not answer, or refused the request."""
 
 
+class RenameUnsupported(PersistentKernelError, OSError):
+    """The store cannot move a session to a new key (a renamed notebook).
+
+    Raised before anything is touched: both sessions stay as they were. A
+    bucket cannot rename (objects are copied one by one, never moved at
+    once), so renames are followed on the local disk only.
+    """
+
+
 # -- signals inside one module, never raised to a caller ------------------------------
 # Defined here so that every exception class lives in one file; each module that
 # raises one catches it itself (or, for ShortRead, turns it into CorruptCheckpoint).

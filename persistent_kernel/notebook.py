@@ -15,8 +15,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import NoCheckpoint, UnreadableCheckpoint
-from .identity import KEY_FILE, cells_to_record
-from .store import SessionStore, write_atomic
+from .identity import cells_to_record
+from .store import SessionStore, rename
+from .store.rename import merge_settings
+
+__all__ = ["MAX_IDS", "adopt", "cell_ids", "cell_set", "cells_for_checkpoint", "merge_settings"]
 
 #: Cell ids recorded per manifest, at most: enough to recognise a notebook.
 MAX_IDS = 2000
@@ -75,36 +78,8 @@ def cells_for_checkpoint(
 def adopt(old: SessionStore, new: SessionStore) -> None:
     """Move *old*'s checkpoints to *new* (which has none), under *old*'s lock.
 
-    Settings the adopting notebook already had are merged into the adopted
-    ones, excludes first: a name either excluded stays excluded. Settings
-    that cannot be read stop the adoption (:class:`UnreadableSettings`), so
-    no exclude is forgotten. The new key is written beside the manifests,
-    which still name the old one (they are signed as they were written).
+    Through the store (:func:`.store.rename.adopt`): settings are merged, the
+    new key is written beside the manifests, and a store that cannot rename
+    (a bucket) raises :class:`RenameUnsupported` before anything is touched.
     """
-    with old.locks.locked(timeout=60):
-        merged = None
-        if new.path.exists():
-            if new.generations():
-                raise FileExistsError(f"{new.path} already has checkpoints")
-            mine = new.read_settings()
-            if mine:
-                merged = merge_settings(old.read_settings(), mine)
-            for child in sorted(new.path.rglob("*"), reverse=True):
-                child.rmdir() if child.is_dir() else child.unlink()
-            new.path.rmdir()
-        os.rename(old.path, new.path)
-        if merged is not None:
-            new.write_settings(merged)
-        if new.key is not None:
-            write_atomic(new.path, KEY_FILE, [new.key.encode("utf-8", "surrogatepass")])
-
-
-def merge_settings(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    """Two sets of ``%persist`` settings as one; what either excludes stays excluded."""
-    exclude = list(dict.fromkeys([*first.get("exclude", []), *second.get("exclude", [])]))
-    include = [
-        n
-        for n in dict.fromkeys([*first.get("include", []), *second.get("include", [])])
-        if n not in exclude
-    ]
-    return {**first, **second, "exclude": exclude, "include": include}
+    rename.adopt(old, new)

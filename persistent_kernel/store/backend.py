@@ -17,6 +17,9 @@ What every backend promises:
   :class:`NoCheckpoint`, a missing or short blob :class:`CorruptCheckpoint`.
 * Names are what the store gives: blob names are hex digests, generations
   positive integers, session files plain names such as ``settings.json``.
+
+Optional: :meth:`Backend.rename_to` (a backend that can move a whole session
+at once says so with :attr:`Backend.renames`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+
+from ..errors import RenameUnsupported
 
 
 class Digest(Protocol):
@@ -36,6 +41,9 @@ class Digest(Protocol):
 
 class Backend(ABC):
     """The bytes of one session: manifests, blobs and a few small files."""
+
+    #: Whether :meth:`rename_to` moves the session (else it raises :class:`RenameUnsupported`).
+    renames: bool = False
 
     @abstractmethod
     def ensure(self) -> None:
@@ -144,3 +152,10 @@ class Backend(ABC):
     @abstractmethod
     def disk_usage(self) -> int:
         """Bytes the manifests and blobs take (blobs counted once)."""
+
+    def rename_to(self, target: Backend) -> None:
+        """Move everything of this session to *target*, a session of the same store with
+        nothing stored (see :attr:`renames`)."""
+        raise RenameUnsupported(
+            f"{self!r} cannot be moved to a new name; renames are followed on the local disk only"
+        )

@@ -27,11 +27,16 @@ _MARKERS = ("loading", "poisoned")
 class LocalBackend(Backend):
     """One session's directory on the local disk."""
 
+    renames = True
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.generations_dir = path / "generations"
         self.objects_dir = path / "objects"
         self.writers_dir = path / "writers"
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({str(self.path)!r})"
 
     def ensure(self) -> None:
         for directory in (self.path, self.generations_dir, self.objects_dir, self.writers_dir):
@@ -199,3 +204,10 @@ class LocalBackend(Backend):
             with suppress(FileNotFoundError):
                 total += sum(e.stat().st_size for e in directory.iterdir() if e.is_file())
         return total
+
+    def rename_to(self, target: Backend) -> None:
+        """Rename the session's directory to *target*'s (which must not exist)."""
+        if not isinstance(target, LocalBackend):
+            super().rename_to(target)
+            return
+        os.rename(self.path, target.path)

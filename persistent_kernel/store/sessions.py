@@ -564,6 +564,16 @@ class Store:
         self.sessions_dir = self.root / "sessions"
         self.signer = Signer(self.root)
 
+    def adopt(self, old_key: str, new_key: str) -> SessionStore:
+        """Move the checkpoints of *old_key* to *new_key* (a renamed notebook); returns the
+        new session. See :func:`.rename.adopt`: :class:`RenameUnsupported` where the
+        backend cannot rename (a bucket), before anything is touched."""
+        from .rename import adopt
+
+        new = self.session(new_key)
+        adopt(self.session(old_key), new)
+        return new
+
     def session(self, key: str) -> SessionStore:
         return SessionStore(
             self.sessions_dir / session_dirname(key), key, self.signer, root=self.root
