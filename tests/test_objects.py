@@ -1,4 +1,5 @@
-"""Checkpoints in a bucket: the object backend and the local tier, against a real S3 server.
+"""Checkpoints in a bucket: the object backend and the mirror of a local tier, against a
+real S3 server.
 
 The server is moto in server mode on 127.0.0.1 (:mod:`.s3server`), one per
 module; each test gets its own bucket. Nothing here starts a kernel (see
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from persistent_kernel.errors import UntrustedCheckpoint
-from persistent_kernel.store import SessionStore, blob_hash
+from persistent_kernel.store import SessionStore, Store, blob_hash
 from persistent_kernel.store.objects import (
     GenerationTaken,
     Location,
@@ -26,19 +27,18 @@ from persistent_kernel.store.objects import (
 from persistent_kernel.store.tiers import (
     SECRET_ENV,
     BucketStore,
+    Mirror,
     NoSecret,
-    TieredSession,
 )
-from persistent_kernel.store.where import is_url, open_session, open_store
+from persistent_kernel.store.where import is_url, open_store
 
 from .helpers import INFO, KEY
 from .s3server import CREDENTIALS, S3Server
 
 
-def tiered(url: str, node: Path) -> TieredSession:
+def tiered(url: str, node: Path) -> Mirror:
     """The session KEY as a kernel on a node whose local data lives under *node* sees it."""
-    store = BucketStore(url, cache_root=node)
-    return store.tiered(KEY)
+    return BucketStore(url, cache_root=node).mirror(KEY)
 
 
 def commit(session: SessionStore, payload: bytes, name: str = "x") -> int:
@@ -57,7 +57,24 @@ def test_urls_are_told_from_paths() -> None:
     loc = Location.parse("s3://bkt/a/b/?endpoint_url=http://h:1&region=eu")
     assert (loc.url, loc.prefix, loc.display) == ("s3://bkt", "a/b", "s3://bkt/a/b")
     assert loc.options == {"endpoint": "http://h:1", "region": "eu"}
-    assert isinstance(open_session("/tmp/x", KEY), SessionStore)
+    local = open_store("/tmp/x")
+    assert isinstance(local.session(KEY), SessionStore)
+    assert local.local() is local and local.mirror(KEY) is None
+
+
+def test_a_bucket_s_kernel_writes_to_the_local_tier_its_mirror_pushes(
+    bucket_url: str, tmp_path: Path
+) -> None:
+    store = BucketStore(bucket_url, cache_root=tmp_path / "node")
+    local = store.local()
+    assert type(local) is Store and local.root == tmp_path / "node" and store.local() is local
+    mirror = store.mirror(KEY)
+    assert mirror.local.path == local.session(KEY).path
+    assert isinstance(mirror.remote.backend, ObjectBackend)
+    assert mirror.display == store.display == bucket_url.split("?")[0]
+    written = commit(local.session(KEY), b"written where the kernel writes")
+    assert mirror.pending() and mirror.push().generation == written
+    assert mirror.remote.generations() == [written] and not mirror.pending()
 
 
 def test_manifest_is_created_only_if_absent(bucket_url: str) -> None:
@@ -74,44 +91,44 @@ def test_manifest_is_created_only_if_absent(bucket_url: str) -> None:
 def test_a_new_node_pulls_what_another_pushed(bucket_url: str, tmp_path: Path) -> None:
     a = tiered(bucket_url, tmp_path / "node-a")
     payload = secrets.token_bytes(3 << 20)
-    generation = commit(a, payload)
+    generation = commit(a.local, payload)
     pushed = a.push(keep=5)
     assert (pushed.generation, pushed.uploaded) == (generation, len(payload))
     assert a.push().uploaded == 0  # nothing new: nothing sent
 
     b = tiered(bucket_url, tmp_path / "node-b")
-    assert b.generations() == []
+    assert b.local.generations() == []
     pulled = b.pull()
     assert (pulled.pulled, pulled.downloaded, pulled.problems) == (generation, len(payload), [])
-    manifest = b.latest()[0]
+    manifest = b.local.latest()[0]
     (ref,) = [r for r in manifest.content["groups"][0]["parts"]]
     from persistent_kernel.store import BlobRef
 
-    parts = b.read_blob(BlobRef(ref[0], ref[1], (ref[1],)), hash=manifest.hash)
+    parts = b.local.read_blob(BlobRef(ref[0], ref[1], (ref[1],)), hash=manifest.hash)
     assert bytes(parts[0]) == payload
     assert b.pull().current == generation  # a second start downloads nothing
 
 
 def test_an_unuploaded_generation_is_kept_and_pushed_later(bucket_url: str, tmp_path: Path) -> None:
     a = tiered(bucket_url, tmp_path / "node-a")
-    commit(a, b"one")
+    commit(a.local, b"one")
     a.push()
-    newer = commit(a, b"two")  # its upload never happened (the bucket was down)
+    newer = commit(a.local, b"two")  # its upload never happened (the bucket was down)
     assert a.pending()
     pulled = a.pull()
     assert pulled.ahead == newer and pulled.pulled is None
-    assert a.generations()[-1] == newer
+    assert a.local.generations()[-1] == newer
     assert a.push().generation == newer and not a.pending()
 
 
 def test_racing_writers_never_share_a_generation(bucket_url: str, tmp_path: Path) -> None:
     a, b = tiered(bucket_url, tmp_path / "node-a"), tiered(bucket_url, tmp_path / "node-b")
-    commit(a, b"from a" * 1000)
-    commit(b, b"from b" * 1000)  # both made generation 1, each on its own node
+    commit(a.local, b"from a" * 1000)
+    commit(b.local, b"from b" * 1000)  # both made generation 1, each on its own node
     results = {}
 
-    def push(name: str, session: TieredSession) -> None:
-        results[name] = session.push()
+    def push(name: str, mirror: Mirror) -> None:
+        results[name] = mirror.push()
 
     threads = [threading.Thread(target=push, args=item) for item in (("a", a), ("b", b))]
     for t in threads:
@@ -130,7 +147,7 @@ def test_racing_writers_never_share_a_generation(bucket_url: str, tmp_path: Path
 
 def test_planted_objects_are_passed_over(bucket_url: str, tmp_path: Path) -> None:
     a = tiered(bucket_url, tmp_path / "node-a")
-    good = commit(a, b"mine")
+    good = commit(a.local, b"mine")
     a.push()
     remote = a.remote.backend
     assert isinstance(remote, ObjectBackend)
@@ -151,23 +168,23 @@ def test_planted_objects_are_passed_over(bucket_url: str, tmp_path: Path) -> Non
     pulled = b.pull()
     assert pulled.pulled == good
     assert len(pulled.problems) == 2 and all("not signed" in p for p in pulled.problems)
-    assert b.generations() == [good]
-    assert not (b.objects_dir / blob_hash([evil])).exists()
+    assert b.local.generations() == [good]
+    assert not (b.local.objects_dir / blob_hash([evil])).exists()
 
 
 def test_a_swapped_blob_is_refused_on_download(bucket_url: str, tmp_path: Path) -> None:
     a = tiered(bucket_url, tmp_path / "node-a")
-    commit(a, b"genuine bytes")
+    commit(a.local, b"genuine bytes")
     a.push()
     remote = a.remote.backend
     assert isinstance(remote, ObjectBackend)
-    (name,) = a.latest()[0].blobs
+    (name,) = a.local.latest()[0].blobs
     remote.write_blob(name, [b"planted bytes"])  # same size, other content
     b = tiered(bucket_url, tmp_path / "node-b")
     pulled = b.pull()
     assert pulled.pulled is None
     assert "does not match its content address" in pulled.problems[0]
-    assert b.generations() == [] and not (b.objects_dir / name).exists()
+    assert b.local.generations() == [] and not (b.local.objects_dir / name).exists()
 
 
 def test_no_secret_is_a_clear_error_and_nothing_unsigned(
@@ -176,8 +193,8 @@ def test_no_secret_is_a_clear_error_and_nothing_unsigned(
     monkeypatch.delenv(SECRET_ENV)
     a = tiered(bucket_url, tmp_path / "node-a")
     with pytest.raises(NoSecret, match="PERSISTENT_KERNEL_SECRET"):
-        commit(a, b"x")
-    assert a.generations() == []
+        commit(a.local, b"x")
+    assert a.local.generations() == []
     with pytest.raises(UntrustedCheckpoint):
         raise NoSecret("is an untrusted checkpoint for readers")
 
@@ -192,7 +209,7 @@ def test_an_unreachable_bucket_is_reported_not_raised(
     dead = S3Server()  # a port nobody listens on
     url = f"s3://gone/p?endpoint={dead.url}"
     a = tiered(url, tmp_path / "node")
-    commit(a, b"local only")
+    commit(a.local, b"local only")
     pulled = a.pull()
     assert pulled.unreachable and pulled.pulled is None
     with pytest.raises(OSError):
@@ -204,14 +221,14 @@ def test_without_obstore_the_local_copy_serves_and_the_fix_is_named(
     bucket_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a = tiered(bucket_url, tmp_path / "node-a")
-    commit(a, b"local")
+    commit(a.local, b"local")
     for module in ("obstore", "obstore.store"):
         monkeypatch.setitem(sys.modules, module, None)  # as if the [s3] extra were missing
     b = tiered(bucket_url, tmp_path / "node-a")
     pulled = b.pull()
     assert pulled.unreachable is not None
     assert "pip install 'persistent-kernel[s3]'" in pulled.unreachable
-    assert b.latest()[0].generation == 1  # the local tier still serves
+    assert b.local.latest()[0].generation == 1  # the local tier still serves
     with pytest.raises(MissingExtra, match=r"persistent-kernel\[s3\]"):
         b.push()
 
@@ -219,10 +236,10 @@ def test_without_obstore_the_local_copy_serves_and_the_fix_is_named(
 def test_the_bucket_is_pruned_only_when_asked(bucket_url: str, tmp_path: Path) -> None:
     a = tiered(bucket_url, tmp_path / "node-a")
     for payload in (b"one", b"two", b"three"):
-        commit(a, payload)
+        commit(a.local, payload)
         a.push(keep=0)  # a kernel that could not see the bucket at start never prunes it
     assert a.remote.generations() == [1, 2, 3]
-    commit(a, b"four")
+    commit(a.local, b"four")
     a.push(keep=2)
     assert a.remote.generations() == [3, 4]
 
@@ -238,16 +255,32 @@ def test_chunked_arrays_travel_through_the_bucket(bucket_url: str, tmp_path: Pat
 
     a = tiered(bucket_url, tmp_path / "node-a")
     array = np.random.default_rng(3).random(3 * chunks.CHUNK // 8 + 5)
-    assert write_checkpoint(a, {"x": array}, {}, INFO, keep=5).ok
+    assert write_checkpoint(a.local, {"x": array}, {}, INFO, keep=5).ok
     assert a.push(keep=5).uploaded >= array.nbytes
     array[7] = -1.0
-    assert write_checkpoint(a, {"x": array}, {}, INFO, keep=5).ok
+    assert write_checkpoint(a.local, {"x": array}, {}, INFO, keep=5).ok
     assert a.push(keep=5).uploaded < chunks.CHUNK + (1 << 20)
 
     b = tiered(bucket_url, tmp_path / "node-b")
     assert b.pull().problems == []
-    for session in (b, a.remote):  # the local copy, and the bucket read directly
+    for session in (b.local, a.remote):  # the local copy, and the bucket read directly
         into: dict[str, object] = {}
         report = restore_checkpoint(session, into)
         assert report.problems == []
         np.testing.assert_array_equal(into["x"], array)
+
+
+def test_the_compat_shims_still_mirror(bucket_url: str, tmp_path: Path) -> None:
+    """compat: removed with where.open_session / bucket_store / is_url and TieredSession."""
+    from persistent_kernel.store.tiers import TieredSession
+    from persistent_kernel.store.where import bucket_store, is_url, open_session
+
+    assert is_url(bucket_url) and not is_url(str(tmp_path)) and not is_url("memory://x")
+    assert bucket_store(str(tmp_path)) is None and isinstance(bucket_store(bucket_url), BucketStore)
+    session = open_session(bucket_url, KEY)
+    assert isinstance(session, TieredSession)
+    commit(session, b"through the shim")
+    assert session.pending() and session.push().generation == 1
+    assert session.remote.generations() == [1] and session.display in bucket_url
+    session.clear()
+    assert session.generations() == [] and session.remote.generations() == []

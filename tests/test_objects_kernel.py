@@ -23,7 +23,7 @@ import pytest
 from persistent_kernel.session import session_key
 from persistent_kernel.store import blob_hash
 from persistent_kernel.store.objects import Location, ObjectBackend
-from persistent_kernel.store.tiers import BucketStore, TieredSession
+from persistent_kernel.store.tiers import BucketStore, Mirror
 
 from .harness import Kernel, KernelHarness
 from .helpers import wait_until
@@ -32,43 +32,47 @@ from .s3server import S3Server
 NOTEBOOK = "notebook.ipynb"
 
 
-def key_of(kernels: KernelHarness) -> str:
-    return session_key(kernels.env(NOTEBOOK), str(kernels.cwd))[0]
+def key_of(kernels: KernelHarness, notebook: str = NOTEBOOK) -> str:
+    return session_key(kernels.env(notebook), str(kernels.cwd))[0]
 
 
 def start(
-    kernels: KernelHarness, url: str, node: Path | None = None, interval: float = 0
+    kernels: KernelHarness,
+    url: str,
+    node: Path | None = None,
+    interval: float = 0,
+    notebook: str = NOTEBOOK,
 ) -> Kernel:
     env = {"JUPYTER_DATA_DIR": str(node)} if node is not None else None
     args = [
         f"--PersistentKernel.checkpoint_dir={url}",
         f"--PersistentKernel.checkpoint_interval={interval}",
     ]
-    return kernels.start(NOTEBOOK, args=args, env=env)
+    return kernels.start(notebook, args=args, env=env)
 
 
-def tier(kernels: KernelHarness, url: str, node: Path) -> TieredSession:
+def tier(kernels: KernelHarness, url: str, node: Path, notebook: str = NOTEBOOK) -> Mirror:
     """The session as the kernel whose Jupyter data directory is *node* sees it."""
     cache = node / "persistent_kernel" / "tiers" / Location.parse(url).cache_name()
-    return BucketStore(url, cache_root=cache).tiered(key_of(kernels))
+    return BucketStore(url, cache_root=cache).mirror(key_of(kernels, notebook))
 
 
-def bucket_generations(session: TieredSession) -> list[int]:
+def bucket_generations(session: Mirror) -> list[int]:
     return session.remote.generations()
 
 
-def uploaders(session: TieredSession) -> list[psutil.Process]:
+def uploaders(session: Mirror) -> list[psutil.Process]:
     """The upload processes of *session*'s writers (they name its local tier)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        if str(session.root) in " ".join(proc.info["cmdline"] or []):
+        if str(session.local.root) in " ".join(proc.info["cmdline"] or []):
             found.append(proc)
     return found
 
 
-def settle(session: TieredSession) -> None:
+def settle(session: Mirror) -> None:
     """Wait until no writer of *session* is alive on its node."""
-    assert session.locks.wait_for_writers(120)[1] == 0
+    assert session.local.locks.wait_for_writers(120)[1] == 0
 
 
 def test_a_new_node_restores_from_the_bucket(
@@ -86,7 +90,7 @@ def test_a_new_node_restores_from_the_bucket(
 
     k2 = start(kernels, bucket_url)
     assert k2.value("(len(x), float(a.sum()))") == repr((1000, float(sum(range(300_000)))))
-    assert session.generations()  # the local tier holds it again, for the next start
+    assert session.local.generations()  # the local tier holds it again, for the next start
 
 
 def test_kill_9_in_the_middle_of_an_upload_keeps_the_previous_generation(
@@ -108,10 +112,10 @@ def test_kill_9_in_the_middle_of_an_upload_keeps_the_previous_generation(
     assert writer is not None and writer.pid != k.pid
     time.sleep(0.5)
     os.kill(writer.pid, signal.SIGKILL)  # mid-upload
-    wait_until(lambda: not session.locks.running_writers(), 30, "the writer to die")
+    wait_until(lambda: not session.local.locks.running_writers(), 30, "the writer to die")
     psutil.wait_procs([uploader], timeout=30)
     assert not uploader.is_running()  # the upload died with its writer
-    assert len(session.generations()) == 2
+    assert len(session.local.generations()) == 2
     assert bucket_generations(session) == first
 
     # Another node sees the previous generation, whole.
@@ -163,7 +167,7 @@ def test_the_endpoint_down_during_a_checkpoint_and_during_a_start(
 
         wait_until(notice, 120, "the notice")
         assert "kept on this machine" in "".join(told)
-        assert len(session.generations()) == 2  # saved here all the same
+        assert len(session.local.generations()) == 2  # saved here all the same
         assert "could not be uploaded" not in k.run("v = 3").text  # told once
         k.run("%persist save").check()
 
@@ -322,4 +326,4 @@ def test_no_secret_saves_nothing_and_says_so(
     out = k.run("%persist save")
     assert "PERSISTENT_KERNEL_SECRET" in out.text
     session = tier(kernels, bucket_url, jupyter_env["JUPYTER_DATA_DIR"])
-    assert session.generations() == [] and bucket_generations(session) == []
+    assert session.local.generations() == [] and bucket_generations(session) == []

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import blake3
 import xxhash
@@ -35,6 +35,9 @@ from .fs import private_dir, write_new
 from .local import LocalBackend
 from .locks import FileLocks, Locks, Registration
 from .trust import Signer, read_private
+
+if TYPE_CHECKING:
+    from .tiers import Mirror
 
 #: Newest version of the manifest format this code reads and writes. Newer ones are
 #: left alone. Format 3 is format 2 plus chunked buffers (:mod:`.chunks`); a manifest
@@ -557,12 +560,31 @@ def parse_manifest(raw: Any, generation: int, name: str) -> Manifest:
 
 
 class Store:
-    """The storage root: one :class:`SessionStore` per session key."""
+    """The storage root: one :class:`SessionStore` per session key.
+
+    This class is the local disk; :func:`.where.open_store` gives the store a
+    ``checkpoint_dir`` names, which may be a bucket (:class:`.tiers.BucketStore`)
+    with the same methods.
+    """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.sessions_dir = self.root / "sessions"
         self.signer = Signer(self.root)
+        #: The store as a user names it (a path, a URL without its options).
+        self.display = str(self.root)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.display!r})"
+
+    def local(self) -> Store:
+        """The store on this machine's disk that a kernel writes to: this one (a
+        bucket's is its cache tier, see :meth:`.tiers.BucketStore.local`)."""
+        return self
+
+    def mirror(self, key: str) -> Mirror | None:
+        """The bucket session *key* of :meth:`local` is mirrored to; None here (no bucket)."""
+        return None
 
     def adopt(self, old_key: str, new_key: str) -> SessionStore:
         """Move the checkpoints of *old_key* to *new_key* (a renamed notebook); returns the

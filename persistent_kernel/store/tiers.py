@@ -4,16 +4,20 @@ When ``checkpoint_dir`` is a storage URL (``s3://bucket/prefix``, see
 :mod:`.objects`), a kernel still writes and reads every checkpoint on the
 local disk, exactly as without a bucket, under a *local tier*
 (``<jupyter data dir>/persistent_kernel/tiers/<bucket>-<hash>/``, the local
-layout); the bucket holds the same generations, byte for byte:
+layout); the bucket holds the same generations, byte for byte.
+:meth:`BucketStore.local` is that tier (where a kernel commits and restores)
+and :meth:`BucketStore.mirror` the :class:`Mirror` of one session: the
+local :class:`~.sessions.SessionStore` and the bucket's, composed, each
+keeping the format as it is:
 
-* **push** (:meth:`TieredSession.push`), run by the forked writer right after
+* **push** (:meth:`Mirror.push`), run by the forked writer right after
   its local commit: the blobs the bucket lacks, then the manifest, created
   only if absent. If another kernel made that generation first, the
   manifest is renumbered past the bucket's newest, signed again and created
   again, so neither overwrites the other and no generation is a mix of two.
   A failure leaves the local copy and the bucket's previous generations
   as they were; the kernel retries later.
-* **pull** (:meth:`TieredSession.pull`), run at start before the restore:
+* **pull** (:meth:`Mirror.pull`), run at start before the restore:
   the bucket's newest generation that verifies (signature, then every blob's
   content address as it is downloaded) is copied into the local tier unless
   the tier has it already; a generation made on this node and never
@@ -168,40 +172,52 @@ class Pull:
         return notes
 
 
-class TieredSession(SessionStore):
-    """A session on the local tier, mirrored to :attr:`remote` in the bucket."""
+class Mirror:
+    """One session on this machine's disk (:attr:`local`), mirrored to the same
+    session in a bucket (:attr:`remote`): composed of the two, the format of
+    each unchanged (see the module docstring for what push and pull promise).
+    """
 
-    remote: SessionStore
-    display: str  # the bucket's URL as a user reads it
-    display_url: str  # the URL as configured (with its options)
+    def __init__(self, local: SessionStore, remote: SessionStore, display: str, url: str) -> None:
+        self.local = local
+        self.remote = remote
+        self.display = display  # the bucket's URL as a user reads it
+        self.url = url  # the URL as configured (with its options), for the upload process
+
+    def __repr__(self) -> str:
+        return f"Mirror({self.local!r} -> {self.display})"
+
+    @property
+    def key(self) -> str | None:
+        return self.local.key
 
     # -- bookkeeping of what the bucket has had -------------------------------------
 
     def _uploaded(self) -> list[str]:
         try:
-            found = json.loads(self.backend.read_file(_UPLOADED))
+            found = json.loads(self.local.backend.read_file(_UPLOADED))
         except (OSError, ValueError, UnreadableCheckpoint):
             return []
         return [str(d) for d in found] if isinstance(found, list) else []
 
     def _record_upload(self, data: bytes) -> None:
         digests = [*self._uploaded(), hashlib.sha256(data).hexdigest()][-64:]
-        self.backend.write_file(_UPLOADED, json.dumps(digests).encode())
+        self.local.backend.write_file(_UPLOADED, json.dumps(digests).encode())
 
     def _was_uploaded(self, data: bytes) -> bool:
         return hashlib.sha256(data).hexdigest() in self._uploaded()
 
     def _local_newest(self) -> tuple[Manifest, bytes] | None:
         try:
-            manifest = self.latest()[0]
+            manifest = self.local.latest()[0]
         except NoCheckpoint:
             return None
-        return manifest, self.backend.read_manifest(manifest.generation)
+        return manifest, self.local.backend.read_manifest(manifest.generation)
 
     def clear(self) -> None:
         """Forget every checkpoint of this session, in the bucket and on this machine."""
         self.remote.clear()
-        super().clear()
+        self.local.clear()
 
     # -- up ---------------------------------------------------------------------------
 
@@ -213,7 +229,7 @@ class TieredSession(SessionStore):
     def push(self, keep: int | None = None) -> Upload:
         """Upload the newest local generation unless the bucket has had it.
 
-        Raises :class:`OSError` (:class:`~.objects.BucketUnreachable`,
+        Raises :class:`OSError` (:class:`BucketUnreachable`,
         :class:`PermissionError`) when the bucket cannot take it; the local
         tier is unchanged then. With *keep*, prunes the bucket's session
         afterwards (fail closed, as on disk).
@@ -230,10 +246,10 @@ class TieredSession(SessionStore):
         assert isinstance(remote, ObjectBackend)
         for name, size in manifest.blobs.items():
             if remote.blob_size(name) != size:
-                remote.upload_file(name, self.objects_dir / name)
+                remote.upload_file(name, self.local.objects_dir / name)
                 result.uploaded += size
         with suppress(FileNotFoundError):
-            remote.write_file("settings.json", self.backend.read_file("settings.json"))
+            remote.write_file("settings.json", self.local.backend.read_file("settings.json"))
         generation = manifest.generation
         for _ in range(_RENUMBER_TRIES):
             try:
@@ -241,7 +257,7 @@ class TieredSession(SessionStore):
                 break
             except GenerationTaken:
                 # Another kernel made this generation first: ours becomes the next.
-                generation = max([*self.remote.generations(), *self.generations()]) + 1
+                generation = max([*self.remote.generations(), *self.local.generations()]) + 1
                 data = self._renumbered(manifest, generation)
                 result.renumbered = True
         else:
@@ -259,10 +275,10 @@ class TieredSession(SessionStore):
         """*manifest* as generation *generation*, signed again, committed locally too."""
         raw = {k: v for k, v in manifest.raw.items() if k != "signature"}
         raw["generation"] = generation
-        raw["signature"] = self.signer.sign(raw)
+        raw["signature"] = self.local.signer.sign(raw)
         data = json.dumps(raw, indent=1, sort_keys=True).encode()
-        with self.locks.locked(60.0):
-            self.backend.write_manifest(generation, data)
+        with self.local.locks.locked(60.0):
+            self.local.backend.write_manifest(generation, data)
         return data
 
     # -- down -------------------------------------------------------------------------
@@ -318,21 +334,21 @@ class TieredSession(SessionStore):
         were never uploaded and are older than what the bucket has: either
         way, restoring them would bring back what the bucket has moved past.
         """
-        with self.locks.locked(60.0):
-            for number in self.generations():
+        with self.local.locks.locked(60.0):
+            for number in self.local.generations():
                 if number > generation:
-                    self.backend.delete_manifest(number)
+                    self.local.backend.delete_manifest(number)
 
     def _fetch(self, manifest: Manifest, data: bytes) -> int:
         """Copy *manifest*'s blobs (each checked against its address) and then itself."""
-        remote = self.remote.backend
-        assert isinstance(remote, ObjectBackend) and isinstance(self.backend, LocalBackend)
-        self.ensure()
+        local, remote = self.local, self.remote.backend
+        assert isinstance(remote, ObjectBackend) and isinstance(local.backend, LocalBackend)
+        local.ensure()
         downloaded = 0
         for name, size in manifest.blobs.items():
-            if self.has_blob(name, size):
+            if local.has_blob(name, size):
                 continue
-            temp = self.objects_dir / f"{TMP}pull-{os.getpid()}-{name}"
+            temp = local.objects_dir / f"{TMP}pull-{os.getpid()}-{name}"
             try:
                 digest = hasher(manifest.hash)
                 got = remote.download_file(name, temp, digest)
@@ -340,7 +356,7 @@ class TieredSession(SessionStore):
                     raise CorruptCheckpoint(
                         f"blob {name} in the bucket does not match its content address"
                     )
-                os.replace(temp, self.objects_dir / name)
+                os.replace(temp, local.objects_dir / name)
                 downloaded += size
             finally:
                 temp.unlink(missing_ok=True)
@@ -349,25 +365,61 @@ class TieredSession(SessionStore):
         except FileNotFoundError:
             pass
         else:
-            self.backend.write_file("settings.json", settings)
-        with self.locks.locked(60.0):
-            self.backend.write_manifest(manifest.generation, data)
+            local.backend.write_file("settings.json", settings)
+        with local.locks.locked(60.0):
+            local.backend.write_manifest(manifest.generation, data)
         self._record_upload(data)
         return downloaded
 
 
+class TieredSession(SessionStore):
+    """The local side of a :class:`Mirror`, with the mirror's methods.
+
+    compat: removed once kernel.py uses Mirror (``store.local().session(key)``
+    to write, ``store.mirror(key)`` to push and pull).
+    """
+
+    mirror: Mirror
+
+    @property
+    def remote(self) -> SessionStore:
+        return self.mirror.remote
+
+    @property
+    def display(self) -> str:
+        return self.mirror.display
+
+    @property
+    def display_url(self) -> str:
+        return self.mirror.url
+
+    def pending(self) -> bool:
+        return self.mirror.pending()
+
+    def push(self, keep: int | None = None) -> Upload:
+        return self.mirror.push(keep)
+
+    def pull(self) -> Pull:
+        return self.mirror.pull()
+
+    def clear(self) -> None:
+        self.mirror.clear()
+
+
 class BucketStore(Store):
-    """A storage URL: sessions in the bucket (:meth:`sessions`, :meth:`session`, for the
-    command line) and each with its local tier (:meth:`tiered`, for the kernel)."""
+    """A storage URL: sessions in the bucket (:meth:`session`, :meth:`sessions`, for the
+    command line), this machine's cache tier (:meth:`local`, where a kernel writes)
+    and the mirror between the two (:meth:`mirror`)."""
 
     def __init__(self, location: str, cache_root: Path | None = None) -> None:
         self.url = location
         self.location = Location.parse(location)
-        self.display = self.location.display
         base = Path(jupyter_data_dir()) / "persistent_kernel" / "tiers"
         super().__init__(cache_root or base / self.location.cache_name())
+        self.display = self.location.display
         self.signer = SharedSigner()
         self._bucket: Any = None
+        self._local: Store | None = None
 
     def bucket(self) -> Any:
         """The obstore store, made on first use: a kernel without obstore still
@@ -392,24 +444,31 @@ class BucketStore(Store):
         return [self._remote(name, None) for name in probe.session_dirnames()]
 
     def local(self) -> Store:
-        """The local tier as a store of its own (signed with the shared secret)."""
-        store = Store(self.root)
-        store.signer = self.signer
-        return store
+        """The cache tier on this machine's disk, as a store of its own (signed with
+        the shared secret): where a kernel commits and restores, at disk speed."""
+        if self._local is None:
+            self._local = Store(self.root)
+            self._local.signer = self.signer
+        return self._local
+
+    def mirror(self, key: str) -> Mirror:
+        """Session *key* of :meth:`local`, mirrored to the same session in the bucket."""
+        private_dir(self.root)
+        local = self.local().session(key)
+        return Mirror(local, self._remote(session_dirname(key), key), self.display, self.url)
 
     def tiered(self, key: str) -> TieredSession:
-        """The session *key* on this node's local tier, mirrored to the bucket."""
-        dirname = session_dirname(key)
-        private_dir(self.root)
-        session = TieredSession(self.sessions_dir / dirname, key, self.signer, root=self.root)
-        session.remote = self._remote(dirname, key)
-        session.display = self.display
-        session.display_url = self.url
+        """compat: removed once kernel.py uses Mirror (:meth:`mirror` and :meth:`local`)."""
+        mirror = self.mirror(key)
+        session = TieredSession(mirror.local.path, key, self.signer, root=self.root)
+        session.mirror = mirror
         return session
 
 
-def upload_in_child(session: TieredSession, keep: int, timeout: float = 3600.0) -> dict[str, Any]:
-    """Run :meth:`TieredSession.push` in a new interpreter; its :class:`Upload` as a dict.
+def upload_in_child(
+    mirror: Mirror | TieredSession, keep: int, timeout: float = 3600.0
+) -> dict[str, Any]:
+    """Run :meth:`Mirror.push` in a new interpreter; its :class:`Upload` as a dict.
 
     For the kernel's forked writer: obstore's I/O runtime (tokio) does not
     survive a fork, so the upload runs in a process of its own, started
@@ -417,9 +476,11 @@ def upload_in_child(session: TieredSession, keep: int, timeout: float = 3600.0) 
     killed writer never leaves an upload running behind it. A failure is
     ``{"error": sentence}``.
     """
+    if isinstance(mirror, TieredSession):  # compat: removed once kernel.py uses Mirror
+        mirror = mirror.mirror
     command = [
         sys.executable, "-m", "persistent_kernel.store.tiers",
-        session.display_url, str(session.root), session.key or "", str(keep),
+        mirror.url, str(mirror.local.root), mirror.key or "", str(keep),
     ]  # fmt: skip
     began = time.monotonic()
     try:
@@ -449,8 +510,8 @@ def _upload_main(argv: list[str]) -> int:
     """``python -m persistent_kernel.store.tiers URL LOCAL_ROOT KEY KEEP``: one push."""
     url, root, key, keep = argv
     try:
-        session = BucketStore(url, cache_root=Path(root)).tiered(key)
-        outcome = session.push(int(keep)).to_dict()
+        mirror = BucketStore(url, cache_root=Path(root)).mirror(key)
+        outcome = mirror.push(int(keep)).to_dict()
     except Exception as exc:
         outcome = {"error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(outcome), flush=True)
