@@ -108,9 +108,9 @@ class _Tracking:
     """The tracker of writes to large buffers (see :mod:`pagewrites`); made when first
     needed, so that a kernel without large arrays never opens a userfaultfd."""
 
-    def __init__(self, log: logging.Logger) -> None:
+    def __init__(self, log: logging.Logger, enabled: bool) -> None:
         self.log = log
-        self.enabled = True
+        self.enabled = enabled
         # None: not made yet; False: the operating system cannot tell
         self._tracker: pagewrites.Tracker | bool | None = None
 
@@ -218,7 +218,7 @@ class Checkpointer:
         self.last_result: CheckpointResult | None = None
         #: What the last upload to the bucket did (generation, bytes, seconds) or its error.
         self.last_upload: dict[str, Any] | None = None
-        self.tracking = _Tracking(host.log)
+        self.tracking = _Tracking(host.log, settings.track_writes)
         self.standby = _Standby()
         self._ticket: Ticket | None = None
         self._timer: Any = None

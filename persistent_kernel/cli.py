@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +45,7 @@ from .errors import (
 )
 from .restore import history
 from .session import resolve_session_arg
-from .store import LocalBackend, Manifest, SessionStore
+from .store import Manifest, SessionStore
 from .store.where import open_store
 
 EXIT_OK = 0
@@ -277,9 +276,7 @@ def _remove(session: SessionStore, lock_timeout: float) -> None:
             raise StoreBusy(
                 f"a kernel is writing a checkpoint of {_label(session)}; try again when it is done"
             )
-        session.backend.remove()
-        if session.path.is_dir():  # a bucket's copy on this machine's disk
-            shutil.rmtree(session.path)
+        session.remove()
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -301,15 +298,10 @@ def _newest_time(session: SessionStore, newest: float | None) -> float:
     old by the generations around it."""
     if newest is not None and not _unverified(session):
         return newest
-    if not isinstance(session.backend, LocalBackend):  # in a bucket: age unknown, keep it
+    modified = session.backend.modified()
+    if modified is None:  # the backend cannot tell (a bucket): age unknown, keep it
         return time.time()
-    times = [session.path.stat().st_mtime, newest or 0.0]
-    for directory in (session.generations_dir, session.objects_dir):
-        try:
-            times.extend(e.stat().st_mtime for e in directory.iterdir())
-        except OSError:
-            continue
-    return max(times)
+    return max(modified, newest or 0.0)
 
 
 def _unverified(session: SessionStore) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from persistent_kernel.checkpoint import group_refs
-from persistent_kernel.store import SessionStore, write_atomic
+from persistent_kernel.store import SessionStore
 
 KEY = "/home/user/analysis.ipynb"
 INFO = {"session": KEY, "notebook": KEY}
@@ -48,14 +48,15 @@ def flip_a_bit(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def future_generation(session: SessionStore, blob: bytes, fmt: int = 99) -> tuple[int, Path]:
+def future_generation(session: SessionStore, blob: bytes, fmt: int = 99) -> tuple[int, str]:
     """A generation a newer release wrote: validly signed, format *fmt*, naming *blob*.
 
     Its blob is stored under a name this release would not compute (a newer
-    release may hash differently). Returns its number and the blob's path.
+    release may hash differently), through the session's backend, whatever it
+    is. Returns its number and the blob's name.
     """
     name = "f" * 64
-    write_atomic(session.objects_dir, name, [blob])
+    session.backend.write_blob(name, [blob])
     generation = (session.generations() or [0])[-1] + 1
     raw: dict[str, Any] = {
         "format": fmt,
@@ -67,6 +68,5 @@ def future_generation(session: SessionStore, blob: bytes, fmt: int = 99) -> tupl
         "content": {"whatever": "a newer release records"},
     }
     raw["signature"] = session.signer.sign(raw)
-    path = session.manifest_path(generation)
-    write_atomic(session.generations_dir, path.name, [json.dumps(raw).encode()])
-    return generation, session.objects_dir / name
+    session.backend.write_manifest(generation, json.dumps(raw).encode())
+    return generation, name

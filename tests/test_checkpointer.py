@@ -254,3 +254,9 @@ def test_nothing_is_written_before_the_restore_has_ended(tmp_path: Path) -> None
     checkpointer.maybe_checkpoint()
     checkpointer.final(shutdown_restart=None)
     assert not any(tmp_path.iterdir())
+
+
+def test_write_tracking_off_in_the_settings_is_off_from_the_start(tmp_path: Path) -> None:
+    clock = Clock()
+    off = Settings(checkpoint_dir=str(tmp_path), track_writes=False)
+    assert Checkpointer(Host(Loop(clock)), off).tracking.get(create=True) is None

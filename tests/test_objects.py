@@ -30,7 +30,7 @@ from persistent_kernel.store.tiers import (
     Mirror,
     NoSecret,
 )
-from persistent_kernel.store.where import is_url, open_store
+from persistent_kernel.store.where import open_store, registered_scheme
 
 from .helpers import INFO, KEY
 from .s3server import CREDENTIALS, S3Server
@@ -53,7 +53,8 @@ def commit(session: SessionStore, payload: bytes, name: str = "x") -> int:
 
 
 def test_urls_are_told_from_paths() -> None:
-    assert is_url("s3://bucket/prefix") and is_url("gs://b") and not is_url("/home/a/b")
+    assert registered_scheme("s3://bucket/prefix") == "s3" and registered_scheme("gs://b") == "gs"
+    assert registered_scheme("/home/a/b") is None
     loc = Location.parse("s3://bkt/a/b/?endpoint_url=http://h:1&region=eu")
     assert (loc.url, loc.prefix, loc.display) == ("s3://bkt", "a/b", "s3://bkt/a/b")
     assert loc.options == {"endpoint": "http://h:1", "region": "eu"}

@@ -185,8 +185,8 @@ def userfaultfds(pid: int) -> int:
 
 def test_a_kernel_without_large_arrays_never_opens_a_userfaultfd(kernels: KernelHarness) -> None:
     kernel = kernels.start(args=MANUAL)
-    save = "_ = get_ipython().kernel.checkpointer.save_now()"
-    kernel.run(f"import numpy as np\nsmall = np.zeros(1000)\n{save}")
+    code = "_ = get_ipython().kernel.checkpointer.save_now()"
+    kernel.run(f"import numpy as np\nsmall = np.zeros(1000)\n{code}")
     assert userfaultfds(kernel.pid) == 0
     kernel.run(filled(SETUP)).check()
     save(kernel)

@@ -1,4 +1,9 @@
-"""The on-disk format: blobs, manifests, generations, pruning, locks, writers."""
+"""The store on the local disk: files, directories, permissions, flock locks, writers.
+
+What every backend promises (the format, and damage to stored bytes) is
+tested once for all of them in ``test_backends.py``; what is here holds for
+the local disk only (modes, inodes, temp files, symlinks, other processes).
+"""
 
 from __future__ import annotations
 
@@ -17,9 +22,8 @@ from typing import Any
 
 import blake3
 import pytest
-import xxhash
 
-from persistent_kernel.errors import CorruptCheckpoint, NewerFormat, NoCheckpoint, StoreBusy
+from persistent_kernel.errors import NewerFormat, StoreBusy
 from persistent_kernel.session import session_dirname
 from persistent_kernel.store import (
     HASH,
@@ -31,9 +35,8 @@ from persistent_kernel.store import (
     blob_hash,
     write_atomic,
 )
-from persistent_kernel.trust import Signer
 
-from .helpers import INFO, KEY, flip_a_bit, future_generation
+from .helpers import INFO, KEY
 
 BIG = 2 * (1 << 20)  # a part this large is read into an mmap
 
@@ -93,14 +96,6 @@ def test_commit_then_read_back(session: SessionStore) -> None:
         assert isinstance(read[2], mmap.mmap)
     finally:
         close_parts(read)
-
-
-def test_generations_are_numbered_in_order(session: SessionStore) -> None:
-    for i in range(3):
-        assert commit(session, [f"g{i}".encode()]).generation == i + 1
-    assert session.generations() == [1, 2, 3]
-    manifest, problems = session.latest()
-    assert (manifest.generation, problems) == (3, [])
 
 
 def test_blob_is_named_by_the_hash_of_its_bytes(session: SessionStore) -> None:
@@ -171,57 +166,6 @@ def test_prune_keeps_newest_and_drops_unreferenced_blobs(session: SessionStore) 
             assert session.read_blob(ref_of(manifest, index))
 
 
-def test_prune_always_keeps_the_newest(session: SessionStore) -> None:
-    for i in range(3):
-        commit(session, [str(i).encode()])
-    assert session.prune(keep=0).removed == [1, 2]
-    assert session.generations() == [3]
-    assert len(os.listdir(session.objects_dir)) == 1
-
-
-def test_prune_with_room_to_spare_removes_nothing(session: SessionStore) -> None:
-    commit(session, [b"a"])
-    commit(session, [b"b"])
-    assert session.prune(keep=5).removed == []
-    assert session.generations() == [1, 2]
-    assert len(os.listdir(session.objects_dir)) == 2
-
-
-def test_a_newer_format_is_reported_as_such_never_as_damage(session: SessionStore) -> None:
-    commit(session, [b"mine"])
-    generation, _ = future_generation(session, b"theirs")
-    with pytest.raises(NewerFormat, match=r"newer persistent-kernel.*upgrade to read it"):
-        session.read_manifest(generation)
-    manifest, problems = session.latest()
-    assert manifest.generation == 1
-    assert "newer persistent-kernel" in problems[0] and "damage" not in problems[0]
-
-
-@pytest.mark.parametrize("keep", [1, 10])
-def test_prune_leaves_a_newer_release_s_generation_and_its_data(
-    session: SessionStore, keep: int
-) -> None:
-    """Two releases share the storage root: an older one must not delete the newer one's data."""
-    commit(session, [b"older"])
-    generation, theirs = future_generation(session, b"written by a newer release")
-    commit(session, [b"this release"], tag="after")
-    result = session.prune(keep=keep)
-    assert theirs.exists()
-    assert session.manifest_path(generation).exists()
-    assert generation not in result.removed
-    assert "newer persistent-kernel" in result.kept[generation]
-    assert any(f"generation {generation} was kept" in note for note in result.notes())
-
-
-def test_prune_counts_only_verified_generations_toward_keep(session: SessionStore) -> None:
-    commit(session, [b"one"])
-    commit(session, [b"two"])
-    future_generation(session, b"newer")
-    commit(session, [b"four"])
-    assert session.prune(keep=2).removed == [1]
-    assert session.generations() == [2, 3, 4]
-
-
 def unreadable_for_now(path: Path) -> Callable[[], None]:
     """Make *path* unreadable to this process; return how to undo it."""
     if os.getuid() == 0:  # root reads any mode: take the file away from us instead
@@ -245,17 +189,6 @@ def test_prune_keeps_what_a_temporarily_unreadable_generation_names(
     assert second.generation == 2
 
 
-def test_prune_deletes_no_blob_while_a_manifest_cannot_be_parsed(session: SessionStore) -> None:
-    commit(session, [b"first"])
-    commit(session, [b"second"])
-    session.manifest_path(3).write_bytes(b"{not json")
-    os.chmod(session.manifest_path(3), 0o600)
-    result = session.prune(keep=1)
-    assert result.removed == [1]
-    assert len(os.listdir(session.objects_dir)) == 2  # the first's blob may be named by 3
-    assert result.blobs_kept is not None and "cannot be read" in result.blobs_kept
-
-
 def test_a_storage_root_of_a_newer_format_is_refused_and_left_alone(tmp_path: Path) -> None:
     store = Store(tmp_path / "root")
     store.ensure()
@@ -269,18 +202,6 @@ def test_a_storage_root_of_a_newer_format_is_refused_and_left_alone(tmp_path: Pa
         store.sessions()
     assert marker.read_text() == '{"format": 7}'
     assert not session.path.exists()
-
-
-def test_clear_and_disk_usage(session: SessionStore) -> None:
-    commit(session, [b"x" * 1000])
-    commit(session, [b"x" * 1000])  # same blob: counted once
-    manifests = sum(p.stat().st_size for p in session.generations_dir.iterdir())
-    assert session.disk_usage() == 1000 + manifests
-    session.clear()
-    assert session.generations() == []
-    assert session.disk_usage() == 0
-    with pytest.raises(NoCheckpoint):
-        session.latest()
 
 
 # -- permissions ---------------------------------------------------------------------------
@@ -344,121 +265,7 @@ def test_store_lists_its_sessions(tmp_path: Path) -> None:
     )
 
 
-# -- corruption ---------------------------------------------------------------------------
-
-
-def truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:-1])
-
-
-def extend(path: Path) -> None:
-    path.write_bytes(path.read_bytes() + b"\0")
-
-
-BLOB_DAMAGE: dict[str, Callable[[Path], None]] = {
-    "flipped bit": flip_a_bit,
-    "truncated": truncate,
-    "extended": extend,
-    "missing": Path.unlink,
-}
-
-
-@pytest.mark.parametrize("damage", BLOB_DAMAGE.values(), ids=BLOB_DAMAGE.keys())
-def test_damaged_blob_is_detected(session: SessionStore, damage: Callable[[Path], None]) -> None:
-    manifest = commit(session, [b"stream" * 50, b"buffer" * 50])
-    ref = ref_of(manifest)
-    damage(blob_path(session, ref))
-    with pytest.raises(CorruptCheckpoint, match=ref.hash):
-        session.read_blob(ref)
-
-
-def test_blob_whose_parts_do_not_add_up_is_corrupt(session: SessionStore) -> None:
-    ref = session.write_blob([b"abc", b"def"])
-    with pytest.raises(CorruptCheckpoint):
-        session.read_blob(BlobRef(ref.hash, ref.size, (2, 2)))
-
-
-def resign(path: Path, raw: dict[str, Any]) -> None:
-    """Write *raw* to manifest *path*, validly signed, as a writer with the
-    user's secret would (e.g. a newer version of the package)."""
-    raw["signature"] = Signer(path.parents[3]).sign(raw)
-    path.write_text(json.dumps(raw))
-
-
-def set_field(field: str, value: Any) -> Callable[[Path], None]:
-    def rewrite(path: Path) -> None:
-        raw = json.loads(path.read_bytes())
-        raw[field] = value
-        resign(path, raw)
-
-    return rewrite
-
-
-def drop_field(field: str) -> Callable[[Path], None]:
-    def rewrite(path: Path) -> None:
-        raw = json.loads(path.read_bytes())
-        del raw[field]
-        resign(path, raw)
-
-    return rewrite
-
-
-MANIFEST_DAMAGE: dict[str, Callable[[Path], None]] = {
-    "garbage": lambda p: p.write_bytes(b"\x00\x9f\xff not json \xfe\x01"),
-    "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
-    "empty": lambda p: p.write_bytes(b""),
-    "not an object": lambda p: p.write_text("[1, 2, 3]"),
-    "unknown format": set_field("format", "one"),
-    "format zero": set_field("format", 0),
-    "no format": drop_field("format"),
-    "unknown hash": set_field("hash", "md5"),
-    "wrong generation": set_field("generation", 7),
-    "blobs not a dict": set_field("blobs", ["abc"]),
-    "blob size not int": set_field("blobs", {"abc": "12"}),
-    "no content": drop_field("content"),
-    "no session": drop_field("session"),
-}
-
-
-@pytest.mark.parametrize("damage", MANIFEST_DAMAGE.values(), ids=MANIFEST_DAMAGE.keys())
-def test_damaged_manifest_is_detected(
-    session: SessionStore, damage: Callable[[Path], None]
-) -> None:
-    commit(session, [b"x"])
-    damage(session.manifest_path(1))
-    with pytest.raises(CorruptCheckpoint):
-        session.read_manifest(1)
-
-
-@pytest.mark.parametrize("damage", MANIFEST_DAMAGE.values(), ids=MANIFEST_DAMAGE.keys())
-def test_latest_falls_back_past_a_damaged_manifest(
-    session: SessionStore, damage: Callable[[Path], None]
-) -> None:
-    commit(session, [b"old"], tag="good")
-    commit(session, [b"new"], tag="bad")
-    damage(session.manifest_path(2))
-    manifest, problems = session.latest()
-    assert manifest.generation == 1
-    assert manifest.content["tag"] == "good"
-    assert len(problems) == 1
-    assert problems[0].startswith("generation 2")
-
-
-def test_latest_with_every_manifest_damaged(session: SessionStore) -> None:
-    commit(session, [b"a"])
-    commit(session, [b"b"])
-    for generation in (1, 2):
-        session.manifest_path(generation).write_text("{")
-    with pytest.raises(NoCheckpoint, match=r"generation 2.*generation 1"):
-        session.latest()
-
-
-def test_no_checkpoint(session: SessionStore) -> None:
-    with pytest.raises(NoCheckpoint):
-        session.latest()
-    with pytest.raises(NoCheckpoint):
-        session.read_manifest(1)
-    assert Store(session.path / "nowhere").session("k").generations() == []
+# -- what only a directory can hold ------------------------------------------------------
 
 
 def test_stray_files_are_not_generations(session: SessionStore) -> None:
@@ -618,27 +425,3 @@ def test_registration_survives_a_concurrent_scan(
         assert session.locks.running_writers() == [path]
     finally:
         session.locks.release_writer(fd, path)
-
-
-# -- content addresses -------------------------------------------------------------------
-
-
-def test_new_blobs_are_named_by_blake3_so_a_signed_manifest_vouches_for_every_byte(
-    session: SessionStore,
-) -> None:
-    manifest = commit(session, [b"some state"])
-    assert manifest.raw["format"] == 2 and manifest.raw["hash"] == "blake3"
-    (name,) = manifest.blobs
-    assert name == blake3.blake3(b"some state").hexdigest() and len(name) == 64
-
-
-def test_a_format_2_manifest_checks_its_blobs_with_blake3_only(session: SessionStore) -> None:
-    """A name of another hash in a format-2 manifest is not checked with that hash."""
-    data = b"planted next to a signed manifest"
-    weak = xxhash.xxh3_128(data).hexdigest()
-    write_atomic(session.objects_dir, weak, [data])
-    ref = BlobRef(weak, len(data), (len(data),))
-    with pytest.raises(CorruptCheckpoint, match="does not match its hash"):
-        session.read_blob(ref, hash="blake3")
-    write_atomic(session.objects_dir, weak, [data])  # set aside as damaged: put it back
-    assert session.read_blob(BlobRef(weak, len(data), (len(data),)), hash="xxh3_128") == [data]

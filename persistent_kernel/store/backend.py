@@ -19,7 +19,8 @@ What every backend promises:
   positive integers, session files plain names such as ``settings.json``.
 
 Optional: :meth:`Backend.rename_to` (a backend that can move a whole session
-at once says so with :attr:`Backend.renames`).
+at once says so with :attr:`Backend.renames`) and :meth:`Backend.modified`.
+The conformance suite every backend passes is ``tests/test_backends.py``.
 """
 
 from __future__ import annotations
@@ -152,6 +153,13 @@ class Backend(ABC):
     @abstractmethod
     def disk_usage(self) -> int:
         """Bytes the manifests and blobs take (blobs counted once)."""
+
+    def modified(self) -> float | None:
+        """When anything of the session was last written (a Unix time); None if unknown.
+
+        Raises :class:`FileNotFoundError` if the session is gone.
+        """
+        return None
 
     def rename_to(self, target: Backend) -> None:
         """Move everything of this session to *target*, a session of the same store with

@@ -205,6 +205,17 @@ class LocalBackend(Backend):
                 total += sum(e.stat().st_size for e in directory.iterdir() if e.is_file())
         return total
 
+    def modified(self) -> float:
+        """The newest modification time of the directory, its manifests and blobs
+        (temp files and damaged ones set aside included: any sign of a writer)."""
+        times = [self.path.stat().st_mtime]
+        for directory in (self.generations_dir, self.objects_dir):
+            try:
+                times.extend(e.stat().st_mtime for e in directory.iterdir())
+            except OSError:
+                continue
+        return max(times)
+
     def rename_to(self, target: Backend) -> None:
         """Rename the session's directory to *target*'s (which must not exist)."""
         if not isinstance(target, LocalBackend):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, suppress
@@ -168,7 +169,9 @@ class SessionStore:
     """The checkpoints of one session key: the format, over a :class:`Backend`.
 
     *path* is the session's directory on this machine's disk (for a bucket's
-    session: its local tier's), where :attr:`locks` live.
+    session: its local tier's), where :attr:`locks` live; *on_disk* false
+    (the in-memory backend) means there is none: the root's format marker is
+    then neither checked nor written, and *locks* must be given.
     """
 
     def __init__(
@@ -179,12 +182,14 @@ class SessionStore:
         backend: Backend | None = None,
         root: Path | None = None,
         locks: Locks | None = None,
+        on_disk: bool = True,
     ) -> None:
         self.path = path
         self.key = key
         self.root = root or path.parent.parent
         self.signer = signer or Signer(self.root)
         self.backend = backend or LocalBackend(path)
+        self.on_disk = on_disk
         #: The session lock and the registry of live writers (see :mod:`.locks`).
         self.locks: Locks = locks if locks is not None else FileLocks(path, self.ensure)
         # On the local disk (locks live here whatever the backend).
@@ -201,7 +206,8 @@ class SessionStore:
         Every write comes through here first, so a storage root of a newer
         format (:class:`NewerFormat`) is never written to.
         """
-        mark_root(self.root)
+        if self.on_disk:
+            mark_root(self.root)
         self.backend.ensure()
 
     # -- locking: delegates to :attr:`locks` ------------------------------------------
@@ -511,6 +517,13 @@ class SessionStore:
         """Forget every checkpoint of this session."""
         self.backend.clear()
 
+    def remove(self) -> None:
+        """Remove everything of this session: its checkpoints, settings and markers, and
+        its directory on this machine's disk (for a bucket's session: the local copy)."""
+        self.backend.remove()
+        if self.on_disk and self.path.is_dir():
+            shutil.rmtree(self.path)
+
     def disk_usage(self) -> int:
         """Bytes this session takes on disk (blobs counted once)."""
         return self.backend.disk_usage()
@@ -563,7 +576,7 @@ class Store:
     """The storage root: one :class:`SessionStore` per session key.
 
     This class is the local disk; :func:`.where.open_store` gives the store a
-    ``checkpoint_dir`` names, which may be a bucket (:class:`.tiers.BucketStore`)
+    ``checkpoint_dir`` names, which may be another kind (a bucket, memory)
     with the same methods.
     """
 

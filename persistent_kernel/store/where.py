@@ -1,15 +1,25 @@
-"""Which store a ``checkpoint_dir`` names: a local directory, or a bucket.
+"""Which store a ``checkpoint_dir`` names.
 
-Kept apart from :mod:`.objects` and :mod:`.tiers` so that telling the two
-apart costs nothing: a kernel whose checkpoints live on the local disk
-(the default) never imports the object-storage modules (nor obstore), which
-would only add to every kernel's start. They are imported on first use, for a
-storage URL only.
+A registry of backends by URL scheme, as restic's location registry and
+joblib's ``register_store_backend``: :func:`register_scheme` maps schemes to
+a factory, :func:`open_store` calls the factory of a location's scheme, and
+anything else (a plain path) is the local disk (:class:`.sessions.Store`).
+Registered here: the object-storage schemes (``s3://``, ``gs://``, ``az://``,
+...: :class:`.tiers.BucketStore`) and ``memory://`` (:mod:`.memory`).
+
+The factories import their modules when called, not before: a kernel whose
+checkpoints live on the local disk (the default) never imports the
+object-storage modules (nor obstore), which would only add to every
+kernel's start. "Local or bucket" is decided here and nowhere else: callers
+ask the store (:meth:`~.sessions.Store.local`,
+:meth:`~.sessions.Store.mirror`, :meth:`~.sessions.Store.adopt`).
+
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -18,35 +28,88 @@ from .sessions import SessionStore, Store
 if TYPE_CHECKING:
     from .tiers import BucketStore
 
+#: Makes the store a location of its scheme names (the location is passed whole).
+Factory = Callable[[str], Store]
+
 #: URL schemes read as object storage (obstore's).
 SCHEMES = ("s3", "s3a", "gs", "az", "abfs", "abfss", "azure", "r2")
 
+_FACTORIES: dict[str, Factory] = {}
+
+
+def register_scheme(schemes: str | Iterable[str], factory: Factory) -> None:
+    """Make :func:`open_store` call ``factory(location)`` for a location of any of *schemes*.
+
+    Schemes are case-insensitive; a later registration replaces an earlier
+    one. A factory should import its backend only when called, so that
+    registering costs nothing to a process that never uses it.
+    """
+    for scheme in [schemes] if isinstance(schemes, str) else schemes:
+        _FACTORIES[scheme.lower()] = factory
+
+
+def registered_scheme(location: str | os.PathLike[str]) -> str | None:
+    """The registered scheme of *location*, or None for a path on the local disk."""
+    scheme = urlsplit(os.fspath(location)).scheme.lower()
+    return scheme if scheme in _FACTORIES else None
+
+
+def open_store(location: str | os.PathLike[str]) -> Store:
+    """The store *location* names: the factory of its scheme, else the local directory."""
+    scheme = registered_scheme(location)
+    if scheme is None:
+        return Store(os.fspath(location))
+    return _FACTORIES[scheme](os.fspath(location))
+
+
+# -- the schemes known from the start ----------------------------------------------------
+
+
+def _bucket(location: str) -> Store:
+    from .tiers import BucketStore  # object storage only: see the module's docstring
+
+    return BucketStore(location)
+
+
+def _memory(location: str) -> Store:
+    from .memory import MemoryStore
+
+    return MemoryStore.at(location)
+
+
+register_scheme(SCHEMES, _bucket)
+register_scheme("memory", _memory)
+
+
+# -- compat: removed once kernel.py uses Mirror ------------------------------------------
+
 
 def is_url(location: str | os.PathLike[str]) -> bool:
-    """True if *location* names object storage rather than a local directory."""
-    scheme = urlsplit(os.fspath(location)).scheme.lower()
-    return scheme in SCHEMES
+    """True if *location* names object storage rather than a local directory.
+
+    compat: removed once kernel.py uses Mirror (ask the store instead).
+    """
+    return registered_scheme(location) in SCHEMES
 
 
 def bucket_store(location: str | os.PathLike[str]) -> BucketStore | None:
-    """The bucket *location* names (a :class:`.tiers.BucketStore`), or None for a
-    local directory."""
+    """The bucket *location* names, or None for a local directory.
+
+    compat: removed once kernel.py uses Mirror (``open_store(location).mirror(key)``).
+    """
     if not is_url(location):
         return None
-    from .tiers import BucketStore  # object storage only: see the module's docstring
+    from .tiers import BucketStore
 
     return BucketStore(os.fspath(location))
 
 
-def open_store(location: str | os.PathLike[str]) -> Store:
-    """The store *location* names: a local directory, or a bucket (:class:`.tiers.BucketStore`)."""
-    bucket = bucket_store(location)
-    return bucket if bucket is not None else Store(os.fspath(location))
-
-
 def open_session(location: str | os.PathLike[str], key: str) -> SessionStore:
-    """The session a kernel writes: on the local disk, or tiered over a bucket."""
+    """The session a kernel writes: on the local disk, or tiered over a bucket.
+
+    compat: removed once kernel.py uses Mirror (``open_store(location).local().session(key)``).
+    """
     bucket = bucket_store(location)
     if bucket is not None:
         return bucket.tiered(key)
-    return Store(os.fspath(location)).session(key)
+    return open_store(location).session(key)
