@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -44,8 +43,7 @@ from .errors import (
     sentence,
 )
 from .restore import history
-from .session import resolve_session_arg
-from .store import Manifest, SessionStore
+from .store import Manifest, SessionStore, where
 from .store.where import open_store
 
 EXIT_OK = 0
@@ -74,20 +72,10 @@ def default_root() -> str:
 
 
 def find_session(root: str, arg: str, cwd: str | None = None) -> SessionStore:
-    """The session *arg* names: a session key, a notebook or folder path, or a
-    session directory name. :class:`NoCheckpoint` if there is none."""
-    store = open_store(root)
-    here = os.getcwd() if cwd is None else cwd
-    absolute = os.path.normpath(os.path.join(here, os.path.expanduser(arg)))
-    for key in dict.fromkeys([resolve_session_arg(arg, here), absolute]):
-        session = store.session(key)
-        if session.backend.exists():
-            return session
-    if arg and "/" not in arg and arg not in (".", ".."):
-        named = store.session_at(store.sessions_dir / arg)
-        if named.backend.exists():
-            return named
-    raise NoCheckpoint(f"there are no checkpoints of {arg} in {root}")
+    """The session *arg* names in the store *root* names: a session key, a notebook or
+    folder path, or a session directory name (see :func:`.store.where.find_session`,
+    which ``%persist restore --from`` uses too). :class:`NoCheckpoint` if there is none."""
+    return where.find_session(open_store(root), arg, cwd)
 
 
 def _label(session: SessionStore, manifest: Manifest | None = None) -> str:

@@ -14,9 +14,9 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from . import autosave, checkpoint, render, restore
-from .errors import CheckpointFailed, PersistentKernelError, sentence
-from .session import resolve_session_arg
-from .store import Store
+from .errors import CheckpointFailed, NoCheckpoint, PersistentKernelError, sentence
+from .store import SessionStore
+from .store.where import find_session, open_store
 
 if TYPE_CHECKING:
     from .checkpointer import Checkpointer
@@ -43,6 +43,19 @@ COMMANDS = {
     "rerun": "rerun NAME ...: run again the cell that last assigned each variable the "
     "restore did not bring back (shown with the cell in the restore report)",
 }
+
+
+def source_session(checkpoint_dir: str, source: str, cwd: str) -> SessionStore:
+    """The session ``%persist restore --from SOURCE`` reads: *source* (a notebook path
+    or a session key) looked up in the store *checkpoint_dir* names, a bucket's too,
+    as the command line looks it up. :class:`UsageError` if it holds no checkpoint."""
+    try:
+        session = find_session(open_store(checkpoint_dir), source, cwd)
+    except NoCheckpoint:
+        raise UsageError(f"no checkpoints of {source!r}") from None
+    if not session.generations():
+        raise UsageError(f"no checkpoints of {source!r}")
+    return session
 
 
 @magics_class
@@ -151,10 +164,7 @@ class PersistMagics(Magics):
         if source is not None:
             if len(source) >= 2 and source[0] == source[-1] and source[0] in "'\"":
                 source = source[1:-1]  # IPython hands quoted arguments over with their quotes
-            key = resolve_session_arg(source, os.getcwd())
-            session = Store(self.kernel.checkpoint_dir).session(key)
-            if not session.generations():
-                raise UsageError(f"no checkpoints of {source!r}")
+            session = source_session(self.kernel.checkpoint_dir, source, os.getcwd())
         values, rep = restore.load_generation(session, generation, args or None)
         if args:
             values = {name: values[name] for name in args if name in values}

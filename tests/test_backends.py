@@ -51,7 +51,7 @@ from persistent_kernel.store import (
 )
 from persistent_kernel.store.sessions import hasher
 from persistent_kernel.store.trust import Signer
-from persistent_kernel.store.where import open_store
+from persistent_kernel.store.where import find_session, open_store
 
 from .helpers import INFO, KEY, future_generation
 
@@ -387,14 +387,18 @@ def test_prune_with_room_to_spare_removes_nothing(session: SessionStore) -> None
     assert len(session.backend.blobs()) == 2
 
 
-def test_the_store_lists_and_removes_its_sessions(store: Store) -> None:
+def test_the_store_lists_finds_and_removes_its_sessions(store: Store) -> None:
     assert store.sessions() == []
     for key in ("/a/x.ipynb", "/b/x.ipynb"):
         commit(store.session(key), [key.encode()])
     assert sorted(s.path.name for s in store.sessions()) == sorted(
         store.session(k).path.name for k in ("/a/x.ipynb", "/b/x.ipynb")
     )
-    found = store.session("/a/x.ipynb")
+    found = find_session(store, "/a/x.ipynb", cwd="/")
+    assert found.path.name == store.session("/a/x.ipynb").path.name
+    assert find_session(store, found.path.name).generations() == [1]  # by directory name
+    with pytest.raises(NoCheckpoint, match=r"no checkpoints of /c/x\.ipynb"):
+        find_session(store, "/c/x.ipynb", cwd="/")
     found.remove()
     assert [s.path.name for s in store.sessions()] == [store.session("/b/x.ipynb").path.name]
 

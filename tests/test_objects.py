@@ -271,6 +271,36 @@ def test_chunked_arrays_travel_through_the_bucket(bucket_url: str, tmp_path: Pat
         np.testing.assert_array_equal(into["x"], array)
 
 
+def test_restore_from_reads_another_notebook_s_checkpoints_in_the_bucket(
+    bucket_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``%persist restore --from`` looks in the store ``checkpoint_dir`` names, a bucket
+    too (it once looked for a local directory named like the URL, and found nothing)."""
+    from types import SimpleNamespace
+
+    from persistent_kernel.checkpoint import write_checkpoint
+    from persistent_kernel.magics import PersistMagics
+
+    other = tiered(bucket_url, tmp_path / "other-node")
+    assert write_checkpoint(other.local, {"x": 41, "y": "from the other"}, {}, INFO, keep=5).ok
+    assert other.push().generation == 1
+
+    carried: list[object] = []
+    checkpointer = SimpleNamespace(
+        target=object(), session=None, autosaver=SimpleNamespace(carry=carried.append)
+    )
+    kernel = SimpleNamespace(checkpoint_dir=bucket_url, checkpointer=checkpointer)
+    shell = SimpleNamespace(user_ns={})
+    magics = PersistMagics(shell=shell, kernel=kernel)  # type: ignore[arg-type]
+    magics.persist(f"restore x --from '{KEY}'")
+    assert shell.user_ns == {"x": 41}
+    assert "Restored 1 variable(s) from generation 1" in capsys.readouterr().out
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match=r"no checkpoints of 'elsewhere\.ipynb'"):
+        magics.persist("restore --from elsewhere.ipynb")
+
+
 def test_the_compat_shims_still_mirror(bucket_url: str, tmp_path: Path) -> None:
     """compat: removed with where.open_session / bucket_store / is_url and TieredSession."""
     from persistent_kernel.store.tiers import TieredSession

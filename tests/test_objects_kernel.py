@@ -327,3 +327,19 @@ def test_no_secret_saves_nothing_and_says_so(
     assert "PERSISTENT_KERNEL_SECRET" in out.text
     session = tier(kernels, bucket_url, jupyter_env["JUPYTER_DATA_DIR"])
     assert session.local.generations() == [] and bucket_generations(session) == []
+
+
+def test_restore_from_another_notebook_in_the_bucket(
+    kernels: KernelHarness, bucket_url: str, jupyter_env: dict[str, Path]
+) -> None:
+    """``%persist restore --from`` reads the bucket ``checkpoint_dir`` names (it once
+    looked for a local directory named like the URL and found no checkpoints)."""
+    node = jupyter_env["JUPYTER_DATA_DIR"]
+    first = start(kernels, bucket_url, notebook="first.ipynb")
+    first.run("x = 41\n%persist save").check()
+    first.shutdown()
+    settle(tier(kernels, bucket_url, node, "first.ipynb"))
+    second = start(kernels, bucket_url)
+    out = second.run(f"%persist restore --from '{key_of(kernels, 'first.ipynb')}'\nprint(x)")
+    assert out.error is None, out.error
+    assert "Restored 1 variable(s)" in out.text and out.stdout.strip().endswith("41")

@@ -1,4 +1,4 @@
-"""Which store a ``checkpoint_dir`` names.
+"""Which store a ``checkpoint_dir`` names, and which session a user's argument names.
 
 A registry of backends by URL scheme, as restic's location registry and
 joblib's ``register_store_backend``: :func:`register_scheme` maps schemes to
@@ -14,6 +14,9 @@ kernel's start. "Local or bucket" is decided here and nowhere else: callers
 ask the store (:meth:`~.sessions.Store.local`,
 :meth:`~.sessions.Store.mirror`, :meth:`~.sessions.Store.adopt`).
 
+:func:`find_session` turns what a user typed (a notebook path, a session key
+or a session directory's name) into a session: the command line and
+``%persist restore --from`` both use it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from ..errors import NoCheckpoint
+from ..session import resolve_session_arg
 from .sessions import SessionStore, Store
 
 if TYPE_CHECKING:
@@ -60,6 +65,25 @@ def open_store(location: str | os.PathLike[str]) -> Store:
     if scheme is None:
         return Store(os.fspath(location))
     return _FACTORIES[scheme](os.fspath(location))
+
+
+def find_session(store: Store, arg: str, cwd: str | None = None) -> SessionStore:
+    """The session of *store* that *arg* names: a session key, a notebook or folder path
+    (relative to *cwd*, default the working directory), or a session directory name.
+
+    Raises :class:`NoCheckpoint` if *store* holds nothing under any of them.
+    """
+    here = os.getcwd() if cwd is None else cwd
+    absolute = os.path.normpath(os.path.join(here, os.path.expanduser(arg)))
+    for key in dict.fromkeys([resolve_session_arg(arg, here), absolute]):
+        session = store.session(key)
+        if session.backend.exists():
+            return session
+    if arg and "/" not in arg and arg not in (".", ".."):
+        named = store.session_at(store.sessions_dir / arg)
+        if named.backend.exists():
+            return named
+    raise NoCheckpoint(f"there are no checkpoints of {arg} in {store.display}")
 
 
 # -- the schemes known from the start ----------------------------------------------------
