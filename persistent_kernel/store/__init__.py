@@ -11,7 +11,7 @@ checks the owner and the mode and follows no symlink, see :mod:`.trust`)::
         writers/<pid>-<token>        flock held by each live writer process
         settings.json                %persist exclude / include of this session
         key                          the session key, where a renamed notebook took the
-                                     directory over (see notebook.adopt)
+                                     directory over (see :mod:`.rename`)
         loading, poisoned            crash markers: the blob being unpickled, and those
                                      whose unpickling killed a kernel
         generations/00000042.json    manifest of generation 42
@@ -42,16 +42,35 @@ a manifest it cannot verify may name (see :meth:`SessionStore.prune`).
 
 The package, by job:
 
+* :mod:`.where`: which store a ``checkpoint_dir`` names. A registry of
+  backends by URL scheme (:func:`.where.register_scheme`,
+  :func:`.where.open_store`): a plain path is the local disk, ``s3://``,
+  ``gs://``, ``az://``... a bucket, ``memory://`` this process's memory, each
+  module imported only when its scheme is opened. Also which session a user's
+  argument names (:func:`.where.find_session`, for the CLI and ``%persist
+  restore --from``). "Local or bucket" is decided in this package alone:
+  callers ask the store (``store.local()``, ``store.mirror(key)``,
+  ``store.adopt(old, new)``);
+* :mod:`.sessions`: the format itself (manifests, blobs, commit, newest,
+  prune) over any backend (:class:`SessionStore`), and the storage root on
+  the local disk (:class:`Store`);
+* :mod:`.backend`: what a backend does (move named bytes, nothing more), and
+  where the bytes live: :mod:`.local` (the local disk), :mod:`.objects` (the
+  same layout in a bucket, ``<prefix>/sessions/<slug>-<hash>/``, manifests
+  created only if absent), :mod:`.memory` (a process-wide dict). One
+  conformance suite runs on all three (``tests/test_backends.py``);
+* :mod:`.tiers`: a bucket with the local disk as its cache tier:
+  :class:`.tiers.BucketStore`, whose ``local()`` is the tier a kernel writes
+  and whose ``mirror(key)`` is a :class:`.tiers.Mirror`, composed of the local
+  session and the bucket's (push after each commit, pull at start);
+* :mod:`.rename`: a session moved to a renamed notebook's key, through the
+  backend (a rename on the local disk; refused, untouched, in a bucket);
+* :mod:`.locks`: the session lock and the registry of live writers
+  (``session.locks``), apart from the format;
 * :mod:`.fs`: private directories, atomic writes, directory fsync;
 * :mod:`.trust`: ownership checks and the manifests' signatures;
-* :mod:`.locks`: the session lock and the registry of live writers;
-* :mod:`.backend` and :mod:`.local`: where the bytes live (the local disk);
-* :mod:`.objects`: the same layout in a bucket (``<prefix>/sessions/<slug>-<hash>/``),
-  manifests created only if absent; :mod:`.tiers`: a bucket with the local
-  disk as a cache tier (push after each commit, pull at start);
-* :mod:`.where`: :func:`.where.open_store` turns ``checkpoint_dir`` into a store,
-  importing the two modules above only for a storage URL;
-* :mod:`.sessions`: the format itself (manifests, blobs, commit, prune).
+* :mod:`.chunks`: large buffers stored as chunks, so a changed array
+  rewrites only the chunks that changed.
 
 This package knows nothing of kernels or pickles: the CLI reads it with no
 kernel running, and it never unpickles anything.
@@ -62,6 +81,7 @@ from __future__ import annotations
 from .backend import Backend
 from .fs import TMP, fsync_dir, private_dir, write_atomic
 from .local import LocalBackend
+from .locks import FileLocks, Locks
 from .sessions import (
     FORMAT,
     HASH,
@@ -82,7 +102,9 @@ __all__ = [
     "TMP",
     "Backend",
     "BlobRef",
+    "FileLocks",
     "LocalBackend",
+    "Locks",
     "Manifest",
     "SessionStore",
     "Store",

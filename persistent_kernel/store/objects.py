@@ -1,7 +1,7 @@
 """The object-storage backend: a session's bytes in a bucket (S3 and what speaks its API).
 
 A storage URL such as ``s3://bucket/prefix`` (or ``gs://``, ``az://``: what
-obstore reads; :func:`.where.is_url` tells one from a path) names the
+obstore reads; :func:`.where.open_store` tells one from a path) names the
 bucket; query parameters are passed to obstore as store configuration,
 ``endpoint`` (or ``endpoint_url``) being the one an S3-compatible server
 (MinIO, Ceph, R2, a test server) needs::
