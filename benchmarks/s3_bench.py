@@ -142,7 +142,7 @@ def main() -> None:
         print("restore download...", file=sys.stderr)
         key = session_key(harness.env("notebook.ipynb"), str(tmp / "work"))[0]
         cache = tmp / "new-node" / Location.parse(url).cache_name()
-        session = BucketStore(url, cache_root=cache).tiered(key)
+        session = BucketStore(url, cache_root=cache).mirror(key)
         t0 = time.perf_counter()
         pulled = session.pull()
         results["restore_download_s"] = time.perf_counter() - t0
