@@ -122,6 +122,33 @@ def replace_manifest(session: SessionStore, generation: int, data: bytes) -> Non
     session.backend.write_manifest(generation, data)
 
 
+# -- finding a backend by scheme ----------------------------------------------------------
+
+
+def test_a_location_opens_the_store_its_scheme_registered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from persistent_kernel.store import memory, where
+
+    assert type(open_store(tmp_path)) is Store and where.registered_scheme(tmp_path) is None
+    assert where.registered_scheme("S3://bucket/p") == "s3"  # schemes are case-insensitive
+    assert isinstance(open_store("memory://registry-test"), memory.MemoryStore)
+    with pytest.raises(ValueError, match="names no store"):
+        open_store("memory://")
+    opened: list[str] = []
+
+    def factory(location: str) -> Store:
+        opened.append(location)
+        return open_store("memory://registry-test")
+
+    monkeypatch.setattr(where, "_FACTORIES", dict(where._FACTORIES))  # undone after the test
+    where.register_scheme(["Test-A", "test-b"], factory)
+    assert isinstance(open_store("test-a://x/y"), memory.MemoryStore)
+    assert isinstance(open_store("TEST-B://z"), memory.MemoryStore)
+    assert opened == ["test-a://x/y", "TEST-B://z"]
+    memory.forget("registry-test")
+
+
 # -- the Backend contract ----------------------------------------------------------------
 
 

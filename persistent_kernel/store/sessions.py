@@ -190,6 +190,8 @@ class SessionStore:
         self.signer = signer or Signer(self.root)
         self.backend = backend or LocalBackend(path)
         self.on_disk = on_disk
+        if not on_disk and locks is None:
+            raise ValueError("a session with no directory on this disk needs locks of its own")
         #: The session lock and the registry of live writers (see :mod:`.locks`).
         self.locks: Locks = locks if locks is not None else FileLocks(path, self.ensure)
         # On the local disk (locks live here whatever the backend).
