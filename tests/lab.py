@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,9 @@ class LabServer:
     #: The server application's module: JupyterLab, or the bare ``jupyter_server``.
     app = "jupyterlab"
 
-    def __init__(self, root: Path, log: Path) -> None:
+    def __init__(self, root: Path, log: Path, args: Sequence[str] = ()) -> None:
         self.root = root
+        self.args = list(args)  # more of the server's command line
         self.log_path = log
         self.port = free_port()
         self.token = secrets.token_hex(16)
@@ -91,6 +92,7 @@ class LabServer:
             f"--ServerApp.root_dir={self.root}",
             # CI and this sandbox run as root, which jupyter_server refuses by default
             "--ServerApp.allow_root=True",
+            *self.args,
         ]
         if self.app == "jupyterlab":
             # nothing from outside this machine: no news feed, no update check

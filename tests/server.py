@@ -22,6 +22,10 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from .lab import LabServer
 
+#: The server's command line without this package's server extension (the fallback:
+#: a server where it is not installed, or turned off).
+WITHOUT_EXTENSION = ["--ServerApp.jpserver_extensions=persistent_kernel.serverext=False"]
+
 
 class JupyterServer(LabServer):
     """The bare ``jupyter_server`` (what JupyterLab and Notebook 7 run on)."""
@@ -71,6 +75,19 @@ class JupyterServer(LabServer):
         if name is not None:
             body["name"] = name
         return dict(self.call("POST", "/api/sessions", body))
+
+    def duplicate(self, path: str) -> str:
+        """File > Duplicate: a copy beside *path*; returns the copy's path."""
+        folder = path.rpartition("/")[0]
+        return str(self.call("POST", f"/api/contents/{folder}", {"copy_from": path})["path"])
+
+    def delete(self, path: str) -> None:
+        """Delete in the file browser."""
+        self.call("DELETE", f"/api/contents/{path}")
+
+    def shutdown_kernel(self, session: dict[str, Any]) -> None:
+        """Kernel > Shut Down Kernel: the kernel ends, the notebook stays open."""
+        self.call("DELETE", f"/api/kernels/{session['kernel']['id']}")
 
     def restart(self, session: dict[str, Any]) -> None:
         """Kernel > Restart Kernel."""

@@ -1,4 +1,6 @@
-"""One notebook, one state, through a real jupyter_server (REST and the kernel websocket).
+"""One notebook, one state, through a real jupyter_server without this package's server
+extension (REST and the kernel websocket): the kernel's own signals, the fallback for a
+server where the extension is not installed. test_serverext.py runs the same flows with it.
 
 The flows are JupyterLab's: a new notebook from the launcher is an empty
 ``Untitled.ipynb`` on disk; its first save renames it (the "Rename file"
@@ -17,13 +19,14 @@ import pytest
 from persistent_kernel.startup import survey
 from persistent_kernel.store import Store
 
-from .server import JupyterServer, code_cell
+from .server import WITHOUT_EXTENSION, JupyterServer, code_cell
 from .test_clients import RESTORED, wait_for_writers
 
 
 @pytest.fixture
 def server(jupyter_env: dict[str, Path], tmp_path: Path) -> Iterator[JupyterServer]:
-    running = JupyterServer(jupyter_env["work"], tmp_path / "server.log").start()
+    log = tmp_path / "server.log"
+    running = JupyterServer(jupyter_env["work"], log, WITHOUT_EXTENSION).start()
     try:
         yield running
     except BaseException:
