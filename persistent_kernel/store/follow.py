@@ -170,16 +170,26 @@ def forwarded(session: SessionStore) -> str | None:
 
 def follow(store: Store, key: str) -> str:
     """The key a kernel writing to *key* must write to now, after moving its session there
-    (call with no writer of that kernel running). *key* itself if nothing was renamed."""
-    for _ in range(_CHAIN):
-        new = forwarded(store.session(key))
-        if new is None:
-            return key
-        _make_room(store, new)
-        store.adopt(key, new)
-        store.session(new).backend.delete_file(FORWARD)
-        key = new
-    return key
+    (call with no writer of that kernel running). *key* itself if nothing was renamed.
+
+    A rename of a rename (A to B to C, the kernel busy throughout) leaves a record
+    in each: the session goes straight to the end of the chain.
+    """
+    chain = [key]
+    while len(chain) <= _CHAIN:
+        new = forwarded(store.session(chain[-1]))
+        if new is None or new in chain:
+            break
+        chain.append(new)
+    final = chain[-1]
+    if final == key:
+        return key
+    for middle in chain[1:-1]:
+        store.session(middle).backend.delete_file(FORWARD)
+    _make_room(store, final)
+    store.adopt(key, final)
+    store.session(final).backend.delete_file(FORWARD)
+    return final
 
 
 def settle(store: Store) -> list[Move]:
@@ -187,14 +197,12 @@ def settle(store: Store) -> list[Move]:
     this before it looks for its own session."""
     done = []
     for session in store.sessions():
-        new = forwarded(session)
-        if new is None or session.locks.running_writers():
+        if forwarded(session) is None or session.locks.running_writers():
             continue
         key = key_of(store, session)
         if key is None:
-            continue
-        _make_room(store, new)
-        store.adopt(key, new)
-        store.session(new).backend.delete_file(FORWARD)
-        done.append(Move(key, new))
+            continue  # no checkpoint here: nothing to move (a rename before any write)
+        new = follow(store, key)
+        if new != key:
+            done.append(Move(key, new))
     return done
