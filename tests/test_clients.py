@@ -31,6 +31,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 from jupyter_kernel_test.msgspec_v5 import validate_message
 
+from persistent_kernel.startup import survey
 from persistent_kernel.store import Store
 
 from .conftest import _ISOLATED
@@ -160,6 +161,18 @@ class LabNotebook:
     def saved(self) -> None:
         self.expect(self.page.locator(".lm-TabBar-tab.jp-mod-dirty")).to_have_count(0)
 
+    def shut_down_kernel(self, server: LabServer) -> None:
+        """Kernel > Shut Down Kernel (confirming, should JupyterLab ask)."""
+        self.menu("Kernel", "Shut Down Kernel")
+        dialog = self.page.locator(".jp-Dialog")
+        deadline = time.monotonic() + 60
+        while api(server, "/api/kernels"):
+            if dialog.count():
+                dialog.locator("button.jp-Dialog-button", has_text="Shut Down").click()
+            if time.monotonic() > deadline:
+                raise AssertionError("the kernel did not shut down")
+            time.sleep(0.2)
+
     def restart_from_menu(self) -> None:
         self.page.evaluate(WATCH_STATUS)
         self.menu("Kernel", "Restart Kernel…")
@@ -205,7 +218,7 @@ def dismiss_listing_race(page: Any) -> None:
     )
 
 
-def lab_session(page: Any, server: LabServer, root: Path) -> None:
+def lab_session(page: Any, server: LabServer, root: Path, checkpoints: Path) -> None:
     """What a person does in JupyterLab, checked at each step."""
     dismiss_listing_race(page)
     page.goto(server.url)
@@ -229,10 +242,18 @@ def lab_session(page: Any, server: LabServer, root: Path) -> None:
     wait_for(lambda: (root / "analysis.ipynb").exists(), 30, "the save")
     assert not (root / "Untitled.ipynb").exists()
     assert notebook.run("d = 'after the first save'").strip() == ""
-    notebook.restart_from_menu()
+    # Kernel > Shut Down Kernel, close the tab, reopen the notebook from the file browser:
+    # its state followed the rename (the server extension told the kernel).
+    notebook.save()
+    notebook.saved()
+    notebook.shut_down_kernel(server)
+    notebook.menu("File", "Close Tab")
+    page.locator(".jp-DirListing-item", has_text="analysis.ipynb").dblclick()
+    notebook = LabNotebook(page)
+    notebook.wait_idle()
+    notebook.wait_cells(root / "analysis.ipynb")
     output = notebook.run(LAB_CHECK, shows=LAB_CHECK_OUT)
     check_restored(output, "a, b, c, d, df1, np, pd")
-    assert f"renamed from {root / 'Untitled.ipynb'}" in output, output
 
     # File > Rename Notebook..., one more cell, save, close, reload, reopen.
     notebook.menu("File", "Rename Notebook…")
@@ -254,13 +275,27 @@ def lab_session(page: Any, server: LabServer, root: Path) -> None:
     notebook.wait_cells(saved)
     output = notebook.run(LAB_CHECK, shows=LAB_CHECK_OUT)
     check_restored(output, "a, b, c, d, df1, e, np, pd")
-    assert f"renamed from {root / 'analysis.ipynb'}" in output, output
     shows = "after File > Rename"
     assert notebook.run("print(e)", shows=shows).strip() == shows
     page.screenshot(path=str(ARTIFACTS / "jupyterlab-restored.png"))
+    # File > Duplicate Notebook: the copy starts clean, the original keeps its state.
+    notebook.menu("File", "Duplicate Notebook")
+    wait_for(lambda: (root / "final-Copy1.ipynb").exists(), 30, "the duplicate")
     notebook.menu("File", "Close and Shut Down Notebook…")
     notebook.accept_dialog("Ok")
     wait_for(lambda: api(server, "/api/kernels") == [], 60, "the kernel to shut down")
+    page.locator(".jp-DirListing-item", has_text="final-Copy1.ipynb").dblclick()
+    notebook = LabNotebook(page)
+    notebook.wait_idle()
+    output = notebook.run("print('a' in dir(), 'e' in dir())", shows="False")
+    assert output.strip() == "False False", output
+    notebook.menu("File", "Close and Shut Down Notebook…")
+    notebook.accept_dialog("Ok")
+    wait_for(lambda: api(server, "/api/kernels") == [], 60, "the kernel to shut down")
+    wait_for_writers(checkpoints)
+    states = {c.key for c in survey(Store(checkpoints))}
+    assert str(root / "final.ipynb") in states, states
+    assert not {str(root / n) for n in ("Untitled.ipynb", "analysis.ipynb")} & states, states
 
     # A new notebook takes the name the first one left: it starts clean.
     page.locator(".lm-TabBar-tab", has_text="Launcher").click()  # still open, from the start
@@ -287,7 +322,7 @@ def test_jupyterlab_in_chromium(jupyter_env: dict[str, Path], tmp_path: Path) ->
         with chromium(tmp_path / "chromium-profile") as context:
             page = context.pages[0] if context.pages else context.new_page()
             try:
-                lab_session(page, server, root)
+                lab_session(page, server, root, jupyter_env["checkpoints"])
             except BaseException:
                 page.screenshot(path=str(ARTIFACTS / "jupyterlab-failure.png"))
                 print(f"jupyter lab's log:\n{server.log()}")  # shown with the failure
