@@ -45,10 +45,6 @@ from .session import JUPYTER_SESSION_ENV, SESSION_ENV, notebook_path
 #: the notebook's absolute path (it sets no environment variable for it).
 VSCODE_FILE_VAR = "__vsc_ipynb_file__"
 
-#: In a session directory moved to a new key (see notebook.adopt): that key, since
-#: its manifests name the old one (they are signed as they were written).
-KEY_FILE = "key"
-
 _CONNECTION_FILE = re.compile(r"kernel-(.+)\.json\Z")
 
 
@@ -94,6 +90,7 @@ class Signals:
     cells: frozenset[str] = frozenset()  # cell ids in that file now
     explicit: str | None = None  # PERSISTENT_KERNEL_SESSION
     cwd: str = "/"
+    copy: bool = False  # the notebook was made by copying another (the server said so)
 
 
 @dataclass(frozen=True)
@@ -167,7 +164,8 @@ def decide(
     and the cell ids of the notebook there. The rules, in order:
 
     1. ``PERSISTENT_KERNEL_SESSION`` is the user's explicit choice: that key, restored.
-    2. The session of our path, unless its state is foreign.
+    2. The session of our path, unless its state is foreign. A notebook the
+       server made by a copy, with no session of its own yet, starts clean.
     3. Else the one session written by this kernel id under another path (the
        notebook was renamed while the kernel ran; the server restarted it
        with the new path): adopted into our key.
@@ -192,6 +190,8 @@ def decide(
             others.append(candidate)
     if own is not None and verdict(own, me, exists) is not Verdict.FOREIGN:
         return Decision(key=own_key, restore=True, notebook=me.notebook)
+    if own is None and me.copy:
+        return Decision(key=own_key, restore=False, notebook=me.notebook)  # a copy starts clean
 
     # Our own lineage kept beside foreign state at our path (rule 5 of an earlier start).
     beside = [
@@ -333,7 +333,6 @@ def cells_to_record(
 
 __all__ = [
     "JUPYTER_SESSION_ENV",
-    "KEY_FILE",
     "VSCODE_FILE_VAR",
     "Candidate",
     "Decision",

@@ -22,6 +22,7 @@ cell until the kernel stops (:meth:`Startup.cancel`); an interrupt ends both.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -34,11 +35,10 @@ from . import identity, memory, notebook, restore
 from .checkpoint import CheckpointResult
 from .checkpointer import Target
 from .errors import NoCheckpoint, UnreadableCheckpoint
-from .identity import KEY_FILE, Candidate
+from .identity import Candidate
 from .restore import Preloaded, RestoreReport
-from .store import Manifest, SessionStore, Store
-from .store.where import bucket_store, open_session
-from .trust import read_private
+from .store import SessionStore, Store, follow
+from .store.where import open_store
 
 Clock = Callable[[], float]
 
@@ -59,7 +59,7 @@ def survey(store: Store) -> list[Candidate]:
             manifest, _ = session.latest()
         except (NoCheckpoint, UnreadableCheckpoint, OSError):
             continue
-        key = key_of(store, session, manifest)
+        key = follow.key_of(store, session, manifest)
         if key is None:
             continue
         raw = manifest.raw
@@ -77,27 +77,6 @@ def survey(store: Store) -> list[Candidate]:
             )
         )
     return found
-
-
-def key_of(store: Store, session: SessionStore, manifest: Manifest) -> str | None:
-    """The key of *session*, whose newest manifest is *manifest*; None if it cannot be told.
-
-    A session taken over by a renamed notebook keeps manifests that name the
-    old key (they are signed as they were written); the key file written by
-    the takeover names the new one. A key counts only if it leads to this
-    very directory, so no file can point a session elsewhere.
-    """
-    for key in (_adopted_key(session), manifest.session, manifest.notebook):
-        if key and store.session(key).path.name == session.path.name:
-            return key
-    return None
-
-
-def _adopted_key(session: SessionStore) -> str | None:
-    try:
-        return read_private(session.path / KEY_FILE).decode("utf-8", "surrogatepass")
-    except (OSError, UnreadableCheckpoint, UnicodeDecodeError):
-        return None
 
 
 class FirstCell:
@@ -175,6 +154,7 @@ class Startup:
         self.waiting_since: float | None = None  # since when it waits for a writer
         self._notices: list[str] = []
         self._prune_mirror = True
+        self.store = open_store(checkpoint_dir)  # where checkpoints live: disk or bucket
         self._known_cells: frozenset[str] = frozenset()  # the notebook's cell ids at start
 
     def waited(self) -> tuple[float, float] | None:
@@ -191,18 +171,17 @@ class Startup:
     def unrestored(self) -> Outcome:
         """With ``restore`` off: checkpoints go under the key the kernel started with,
         and nothing is read or waited for."""
-        session = open_session(self.checkpoint_dir, self.key)
-        mirror = session if bucket_store(self.checkpoint_dir) is not None else None
         signals = identity.signals_from(
             self.environ, self.cwd, self.connection_file, notebook.cell_set
         )
         target = Target(
-            session=session,
+            store=self.store,
+            session=self.store.local().session(self.key),
             key=self.key,
             notebook=signals.notebook,
             kernel_id=signals.kernel_id,
             known_cells=signals.cells,
-            mirror=mirror,
+            mirror=self.store.mirror(self.key),
         )
         return Outcome(target, RestoreReport(), has_checkpoint=False)
 
@@ -210,11 +189,12 @@ class Startup:
         """Decide, wait, adopt, restore into *into* (the user's namespace)."""
         store = self._local_store()
         preloaded = self._preload(store)
+        self._settle(store)
         decision = self._decide(store)
-        session = open_session(self.checkpoint_dir, decision.key)
-        mirror = session if bucket_store(self.checkpoint_dir) is not None else None
+        session = store.session(decision.key)
         renamed_from = None
-        if decision.adopt_from is not None and self._adopt(store, decision.adopt_from, session):
+        adopt = decision.adopt_from
+        if adopt is not None and self._adopt(store, adopt, decision.key):
             renamed_from = decision.renamed_from
         waited, alive = self._wait_for_writers([session])
         if alive:
@@ -235,13 +215,14 @@ class Startup:
         report.waited = waited
         report.renamed_from = renamed_from
         target = Target(
+            store=self.store,
             session=session,
             key=decision.key,
             notebook=decision.notebook,
             kernel_id=identity.kernel_id(self.connection_file),
             known_cells=self._known_cells,
             ephemeral=decision.ephemeral,
-            mirror=mirror,
+            mirror=self.store.mirror(decision.key),
             prune_mirror=self._prune_mirror,
         )
         return Outcome(
@@ -251,23 +232,22 @@ class Startup:
     def _local_store(self) -> Store:
         """The store on this machine's disk; for a bucket, its local tier, after the
         newest generation of this notebook's own key was pulled into it."""
-        bucket = bucket_store(self.checkpoint_dir)
-        if bucket is None:
-            return Store(self.checkpoint_dir)
-        tiered = bucket.tiered(self.key)
-        pulled = tiered.pull()
+        mirror = self.store.mirror(self.key)
+        if mirror is None:
+            return self.store.local()
+        pulled = mirror.pull()
         # Unseen at start, the bucket may hold newer state than this kernel restored:
         # its old generations are not pruned until a start has seen it.
         self._prune_mirror = pulled.unreachable is None
-        local = tiered.generations()
-        for text in pulled.notices(tiered.display, local[-1] if local else None):
+        local = mirror.local.generations()
+        for text in pulled.notices(mirror.display, local[-1] if local else None):
             self.log.warning("%s", text)
             self._notices.append(text)
         if pulled.ahead is not None:  # made here, never uploaded: upload it now
             threading.Thread(
-                target=self._push, args=(tiered,), name="persistent-kernel-upload", daemon=True
+                target=self._push, args=(mirror,), name="persistent-kernel-upload", daemon=True
             ).start()
-        return bucket.local()
+        return self.store.local()
 
     def _push(self, mirror: Any) -> None:
         try:
@@ -292,6 +272,8 @@ class Startup:
                 return decision
             return self._decide(store)
         self._known_cells = signals.cells
+        if signals.notebook is not None and follow.is_copy(store, signals.notebook):
+            signals = dataclasses.replace(signals, copy=True)
         return identity.decide(signals, survey(store), os.path.exists, notebook.cell_set)
 
     def _wait_for_writers(self, sessions: list[SessionStore]) -> tuple[float, int]:
@@ -304,7 +286,7 @@ class Startup:
         start = self.waiting_since = self.waiting_since or self.clock()
         try:
             while True:
-                alive = sum(len(session.running_writers()) for session in sessions)
+                alive = sum(len(session.locks.running_writers()) for session in sessions)
                 waited = self.clock() - start
                 if not alive or waited >= self.writer_wait or self.progress.stop.is_set():
                     return waited, alive
@@ -326,14 +308,14 @@ class Startup:
         twice more (the writer holds it once already: see :mod:`memory`); a
         failure here only costs the time, and is logged.
         """
-        if bucket_store(self.checkpoint_dir) is not None:
-            return None
+        if self.store.mirror(self.key) is not None:
+            return None  # the state is on this disk once pulled, not before
         try:
             decision = self._decide(store, wait=False)
             if decision.defer or not decision.restore or decision.adopt_from is not None:
                 return None
             session = store.session(decision.key)
-            if not session.running_writers() or not session.generations():
+            if not session.locks.running_writers() or not session.generations():
                 return None
             newest, _ = session.latest()
             if not memory.enough_for(newest.size, memory.available()):
@@ -343,20 +325,27 @@ class Startup:
             self.log.warning("persistent-kernel: loading ahead of the writer failed", exc_info=True)
             return None
 
-    def _adopt(self, store: Store, key: str, session: SessionStore) -> bool:
+    def _adopt(self, store: Store, key: str, new_key: str) -> bool:
         """Take over the checkpoints of session *key* (this notebook's, under another name)."""
-        if bucket_store(self.checkpoint_dir) is not None:
-            return False  # renames are followed on the local disk only
-        old = store.session(key)
-        old.wait_for_writers(self.writer_wait)
+        store.session(key).locks.wait_for_writers(self.writer_wait)
         try:
-            notebook.adopt(old, session)
-        except OSError as exc:
-            text = f"persistent-kernel: the checkpoints of {key} could not be moved here: {exc}"
-            self.log.warning("%s", text)
-            self._notices.append(text)
+            self.store.adopt(key, new_key)
+        except OSError as exc:  # RenameUnsupported (a bucket), a disk error
+            self._tell(f"the checkpoints of {key} could not be moved to this notebook: {exc}")
             return False
         return True
+
+    def _settle(self, store: Store) -> None:
+        """Carry out renames the server saw while a kernel that has since gone wrote to the
+        session (see :mod:`.store.follow`)."""
+        try:
+            follow.settle(store)
+        except OSError as exc:
+            self._tell(f"a notebook renamed earlier could not take its checkpoints along: {exc}")
+
+    def _tell(self, text: str) -> None:
+        self.log.warning("persistent-kernel: %s", text)
+        self._notices.append(f"persistent-kernel: {text}")
 
 
 def last_result(report: RestoreReport) -> CheckpointResult | None:

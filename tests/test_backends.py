@@ -30,7 +30,6 @@ import blake3
 import pytest
 import xxhash
 
-from persistent_kernel import identity
 from persistent_kernel.errors import (
     CorruptCheckpoint,
     NewerFormat,
@@ -295,11 +294,6 @@ def test_a_session_is_adopted_under_a_new_key_where_it_can_be(
     with pytest.raises(FileExistsError):  # the new key has checkpoints now
         store.adopt("/other.ipynb", new_key)
     assert store.session("/other.ipynb").generations() == [1]
-
-
-def test_the_key_file_is_the_one_identity_reads() -> None:
-    """Until the start-up reads it through :func:`rename.adopted_key`, one name for both."""
-    assert identity.KEY_FILE == rename.KEY_FILE
 
 
 def test_the_lock_excludes_a_second_holder(session: SessionStore) -> None:

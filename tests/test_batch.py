@@ -131,7 +131,7 @@ def test_a_batch_kernel_restarted_by_its_manager_resumes(kernels: KernelHarness)
     assert fresh.text == "False\n", fresh
     kernel.shutdown()  # the run is over: its checkpoints go
     kernel.wait_dead()
-    session.wait_for_writers(60)
+    session.locks.wait_for_writers(60)
     assert not session.path.exists()
 
 

@@ -299,19 +299,3 @@ def test_restore_from_reads_another_notebook_s_checkpoints_in_the_bucket(
 
     with pytest.raises(UsageError, match=r"no checkpoints of 'elsewhere\.ipynb'"):
         magics.persist("restore --from elsewhere.ipynb")
-
-
-def test_the_compat_shims_still_mirror(bucket_url: str, tmp_path: Path) -> None:
-    """compat: removed with where.open_session / bucket_store / is_url and TieredSession."""
-    from persistent_kernel.store.tiers import TieredSession
-    from persistent_kernel.store.where import bucket_store, is_url, open_session
-
-    assert is_url(bucket_url) and not is_url(str(tmp_path)) and not is_url("memory://x")
-    assert bucket_store(str(tmp_path)) is None and isinstance(bucket_store(bucket_url), BucketStore)
-    session = open_session(bucket_url, KEY)
-    assert isinstance(session, TieredSession)
-    commit(session, b"through the shim")
-    assert session.pending() and session.push().generation == 1
-    assert session.remote.generations() == [1] and session.display in bucket_url
-    session.clear()
-    assert session.generations() == [] and session.remote.generations() == []

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from ..errors import NoCheckpoint, UnreadableCheckpoint
 from .rename import adopted_key
-from .sessions import SessionStore, Store
+from .sessions import Manifest, SessionStore, Store
 
 #: Session file: the key its notebook was renamed to while a kernel wrote to it.
 FORWARD = "forward"
@@ -52,13 +52,16 @@ class Move:
     forwarded: bool = False
 
 
-def key_of(store: Store, session: SessionStore) -> str | None:
+def key_of(store: Store, session: SessionStore, manifest: Manifest | None = None) -> str | None:
     """The key *session* is stored under, told from its key record or its newest
-    manifest; None if it cannot be told. A key counts only if it leads to this very
-    directory, so no file can point a session elsewhere."""
+    manifest (read here unless given); None if it cannot be told. A key counts only
+    if it leads to this very directory, so no file can point a session elsewhere
+    (a session taken over by a renamed notebook keeps manifests that name the old
+    key, signed as they were written: its key record names the new one)."""
     keys = [adopted_key(session)]
     try:
-        manifest, _ = session.latest()
+        if manifest is None:
+            manifest, _ = session.latest()
         keys += [manifest.session, manifest.notebook]
     except (NoCheckpoint, UnreadableCheckpoint, OSError):
         pass

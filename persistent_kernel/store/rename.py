@@ -9,7 +9,7 @@ once (a bucket: objects are copied one by one) raises
 
 The manifests moved still name the old key (they are signed as they were
 written), so the new key is written beside them, in the session file
-:data:`KEY_FILE`; :func:`persistent_kernel.identity.key_of` reads it.
+:data:`KEY_FILE`; :func:`.follow.key_of` reads it.
 """
 
 from __future__ import annotations

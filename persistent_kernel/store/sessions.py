@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -34,7 +34,7 @@ from ..session import session_dirname
 from .backend import Backend, Digest
 from .fs import private_dir, write_new
 from .local import LocalBackend
-from .locks import FileLocks, Locks, Registration
+from .locks import FileLocks, Locks
 from .trust import Signer, read_private
 
 if TYPE_CHECKING:
@@ -211,29 +211,6 @@ class SessionStore:
         if self.on_disk:
             mark_root(self.root)
         self.backend.ensure()
-
-    # -- locking: delegates to :attr:`locks` ------------------------------------------
-    # compat: removed once kernel.py uses session.locks
-
-    def locked(self, timeout: float) -> AbstractContextManager[None]:
-        """``self.locks.locked(timeout)``."""
-        return self.locks.locked(timeout)
-
-    def register_writer(self) -> Registration:
-        """``self.locks.register_writer()``."""
-        return self.locks.register_writer()
-
-    def release_writer(self, fd: int, path: Path) -> None:
-        """``self.locks.release_writer(fd, path)``."""
-        self.locks.release_writer(fd, path)
-
-    def running_writers(self) -> list[Path]:
-        """``self.locks.running_writers()``."""
-        return self.locks.running_writers()
-
-    def wait_for_writers(self, timeout: float) -> tuple[float, int]:
-        """``self.locks.wait_for_writers(timeout)``."""
-        return self.locks.wait_for_writers(timeout)
 
     # -- settings -----------------------------------------------------------------
 

@@ -372,40 +372,6 @@ class Mirror:
         return downloaded
 
 
-class TieredSession(SessionStore):
-    """The local side of a :class:`Mirror`, with the mirror's methods.
-
-    compat: removed once kernel.py uses Mirror (``store.local().session(key)``
-    to write, ``store.mirror(key)`` to push and pull).
-    """
-
-    mirror: Mirror
-
-    @property
-    def remote(self) -> SessionStore:
-        return self.mirror.remote
-
-    @property
-    def display(self) -> str:
-        return self.mirror.display
-
-    @property
-    def display_url(self) -> str:
-        return self.mirror.url
-
-    def pending(self) -> bool:
-        return self.mirror.pending()
-
-    def push(self, keep: int | None = None) -> Upload:
-        return self.mirror.push(keep)
-
-    def pull(self) -> Pull:
-        return self.mirror.pull()
-
-    def clear(self) -> None:
-        self.mirror.clear()
-
-
 class BucketStore(Store):
     """A storage URL: sessions in the bucket (:meth:`session`, :meth:`sessions`, for the
     command line), this machine's cache tier (:meth:`local`, where a kernel writes)
@@ -457,17 +423,8 @@ class BucketStore(Store):
         local = self.local().session(key)
         return Mirror(local, self._remote(session_dirname(key), key), self.display, self.url)
 
-    def tiered(self, key: str) -> TieredSession:
-        """compat: removed once kernel.py uses Mirror (:meth:`mirror` and :meth:`local`)."""
-        mirror = self.mirror(key)
-        session = TieredSession(mirror.local.path, key, self.signer, root=self.root)
-        session.mirror = mirror
-        return session
 
-
-def upload_in_child(
-    mirror: Mirror | TieredSession, keep: int, timeout: float = 3600.0
-) -> dict[str, Any]:
+def upload_in_child(mirror: Mirror, keep: int, timeout: float = 3600.0) -> dict[str, Any]:
     """Run :meth:`Mirror.push` in a new interpreter; its :class:`Upload` as a dict.
 
     For the kernel's forked writer: obstore's I/O runtime (tokio) does not
@@ -476,8 +433,6 @@ def upload_in_child(
     killed writer never leaves an upload running behind it. A failure is
     ``{"error": sentence}``.
     """
-    if isinstance(mirror, TieredSession):  # compat: removed once kernel.py uses Mirror
-        mirror = mirror.mirror
     command = [
         sys.executable, "-m", "persistent_kernel.store.tiers",
         mirror.url, str(mirror.local.root), mirror.key or "", str(keep),

@@ -31,7 +31,7 @@ from ..session import resolve_session_arg
 from .sessions import SessionStore, Store
 
 if TYPE_CHECKING:
-    from .tiers import BucketStore
+    pass
 
 #: Makes the store a location of its scheme names (the location is passed whole).
 Factory = Callable[[str], Store]
@@ -103,37 +103,3 @@ def _memory(location: str) -> Store:
 
 register_scheme(SCHEMES, _bucket)
 register_scheme("memory", _memory)
-
-
-# -- compat: removed once kernel.py uses Mirror ------------------------------------------
-
-
-def is_url(location: str | os.PathLike[str]) -> bool:
-    """True if *location* names object storage rather than a local directory.
-
-    compat: removed once kernel.py uses Mirror (ask the store instead).
-    """
-    return registered_scheme(location) in SCHEMES
-
-
-def bucket_store(location: str | os.PathLike[str]) -> BucketStore | None:
-    """The bucket *location* names, or None for a local directory.
-
-    compat: removed once kernel.py uses Mirror (``open_store(location).mirror(key)``).
-    """
-    if not is_url(location):
-        return None
-    from .tiers import BucketStore
-
-    return BucketStore(os.fspath(location))
-
-
-def open_session(location: str | os.PathLike[str], key: str) -> SessionStore:
-    """The session a kernel writes: on the local disk, or tiered over a bucket.
-
-    compat: removed once kernel.py uses Mirror (``open_store(location).local().session(key)``).
-    """
-    bucket = bucket_store(location)
-    if bucket is not None:
-        return bucket.tiered(key)
-    return open_store(location).session(key)
