@@ -18,7 +18,8 @@ Also kept here: one back-off rule for failed checkpoints and failed uploads
 to a bucket, the user's threads (any alive keeps idle checkpoints coming),
 the variables left
 out because writing them crashed, hung or got the writer killed
-(:class:`Culprits`), and the groups an interrupted restore did not load,
+(:class:`Culprits`), the values ``%persist clear`` let go (:class:`Cleared`),
+and the groups an interrupted restore did not load,
 carried unchanged into every later checkpoint until they are loaded,
 bound again or excluded.
 """
@@ -28,11 +29,12 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .checkpoint import CarriedGroup
+from .namespace import bound_names
 
 Clock = Callable[[], float]
 
@@ -127,6 +129,56 @@ class Culprits:
         return len(self._left_out)
 
 
+class Cleared:
+    """The values the namespace held when ``%persist clear`` ran: not saved again,
+    and not listed as skipped, until their name is assigned again.
+
+    Like :class:`Culprits`, a value is known by its name and its ``id``:
+    binding the name to another object saves it. So does a cell run after
+    the clear that assigns the name (by its code), even to the same object:
+    ``import numpy as np`` or ``x = 1`` again after a clear are saved. A value
+    changed in place (``lst.append(1)``) is not: its name was not assigned.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._cells = 0  # cells of IPython's ``In`` already looked at
+
+    def clear(self, user_ns: Mapping[str, Any], cells: int) -> None:
+        """Let go of what *user_ns* holds now; *cells*: how many cells ``In`` holds now
+        (the running one included: what it binds is known by ``id`` only)."""
+        self._ids = {name: id(value) for name, value in user_ns.items()}
+        self._cells = cells
+
+    def apply(
+        self,
+        user_ns: Mapping[str, Any],
+        values: dict[str, Any],
+        skipped: dict[str, str],
+        inputs: Sequence[str] = (),
+    ) -> None:
+        """Drop the values let go of from *values* and *skipped* (in place). *inputs*:
+        IPython's ``In`` (the cells run so far)."""
+        if not self._ids:
+            return
+        for source in inputs[self._cells :]:
+            if isinstance(source, str):
+                for name in bound_names(source):
+                    self._ids.pop(name, None)
+        self._cells = max(self._cells, len(inputs))
+        for name, ident in list(self._ids.items()):
+            if name not in user_ns or id(user_ns[name]) != ident:
+                del self._ids[name]  # assigned again (or deleted) since
+                continue
+            values.pop(name, None)
+            skipped.pop(name, None)
+
+    def names(self, user_ns: Mapping[str, Any]) -> list[str]:
+        """The names of *user_ns* that still hold what they held at the clear (whether
+        a cell assigned them since is known at the next :meth:`apply`)."""
+        return sorted(n for n, i in self._ids.items() if n in user_ns and id(user_ns[n]) == i)
+
+
 class Autosaver:
     """The autosave policy: change epochs, interval, back-off, culprits, pending groups.
 
@@ -149,6 +201,7 @@ class Autosaver:
         self.interval = interval
         self.enabled = enabled
         self.culprits = Culprits()
+        self.cleared_values = Cleared()
         self._lock = threading.Lock()
         self._epoch = 0
         self._saved = 0  # epoch the newest successful checkpoint saw

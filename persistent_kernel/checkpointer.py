@@ -347,6 +347,8 @@ class Checkpointer:
         include = settings.get("include", [])
         values, skipped = namespace.select(user_ns, hidden, exclude, include)
         self.autosaver.culprits.apply(values, skipped)
+        inputs = list(user_ns.get("In") or [])  # for `%persist rerun`, and `Cleared`
+        self.autosaver.cleared_values.apply(user_ns, values, skipped, inputs)
         excluded = [
             n
             for n in self.autosaver.pending_names()
@@ -360,7 +362,6 @@ class Checkpointer:
             "kernel_id": target.kernel_id,
         }
         known = target.known_cells
-        inputs = list(user_ns.get("In") or [])  # for `%persist rerun`
         keep = self.settings.keep
         on_variable = beacon.set if beacon is not None else None
         upload = self._uploader(target)
@@ -514,7 +515,8 @@ class Checkpointer:
         return self.last_result
 
     def clear(self, *, covers_running_cell: bool = False) -> None:
-        """Delete this notebook's checkpoints; what the namespace holds now is not saved.
+        """Delete this notebook's checkpoints; what the namespace holds now is not saved
+        until its name is assigned again (see :class:`~persistent_kernel.autosave.Cleared`).
 
         Changes made from now on (and the rest of the running cell, unless
         *covers_running_cell*) are checkpointed again.
@@ -525,6 +527,8 @@ class Checkpointer:
         with session.locked(timeout=60):
             session.clear()
         self.autosaver.cleared(covers_running_cell=covers_running_cell)
+        user_ns, _ = self.host.namespace()
+        self.autosaver.cleared_values.clear(user_ns, len(user_ns.get("In") or []))
         self.last_result = None
 
     # -- what came of it ------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from persistent_kernel.autosave import Autosaver, Failure, ends_cell
+from persistent_kernel.autosave import Autosaver, Cleared, Failure, ends_cell
 from persistent_kernel.checkpoint import CarriedGroup
 from persistent_kernel.snapshot import Writer
 from persistent_kernel.writerwatch import GiB, WriterWatch, deadline_for
@@ -235,6 +235,25 @@ def test_user_threads_keep_the_namespace_dirty_after_a_snapshot(clock: Clock) ->
     clock.now += 1
     a.succeeded(a.begin(threads=False))  # the thread ended: this one saw its last change
     assert not a.dirty
+
+
+def test_cleared_values_stay_out_until_assigned_again() -> None:
+    cleared = Cleared()
+    big, gen, mod = [1], (i for i in []), ends_cell  # any objects
+    ns: dict[str, Any] = {"big": big, "gen": gen, "mod": mod, "gone": 1}
+    cleared.clear(ns, cells=2)
+    del ns["gone"]
+    ns["new"] = [2]
+    values = {"big": big, "mod": mod, "new": ns["new"]}
+    skipped = {"gen": "cannot pickle a generator's frame"}
+    cleared.apply(ns, values, skipped, inputs=["", "big = [1]"])
+    assert values == {"new": [2]} and skipped == {}  # left out silently
+    assert cleared.names(ns) == ["big", "gen", "mod"]
+    ns["big"] = [1]  # another object
+    values, skipped = {"big": ns["big"], "mod": mod}, {"gen": "..."}
+    cleared.apply(ns, values, skipped, inputs=["", "big = [1]", "mod = mod"])  # a cell since
+    assert values == {"big": [1], "mod": mod} and skipped == {}
+    assert cleared.names(ns) == ["gen"]
 
 
 # -- pending groups ----------------------------------------------------------------------

@@ -187,7 +187,29 @@ def test_clear_forgets_the_checkpoints_and_the_next_change_saves_again(rig: Rig)
     rig.checkpointer.maybe_checkpoint()
     assert rig.session.generations() == []  # what was there is not wanted
     rig.cell(y=2)
-    assert rig.saved() == {"x": 1, "y": 2}
+    assert rig.saved() == {"y": 2}  # ... not by the next change either
+
+
+def test_clear_stays_in_force_until_a_name_is_assigned_again(rig: Rig) -> None:
+    """What the namespace held at ``%persist clear`` is not saved by the next cells
+    (``%persist`` itself is one), nor listed as skipped, until assigned again."""
+    ns = rig.host.user_ns
+    ns["In"] = ["", "import json\nx = [1]\nkept = [2]\ng = (i for i in [])", "%persist clear"]
+    rig.cell(json=__import__("json"), x=[1], kept=[2], g=(i for i in []))
+    rig.checkpointer.clear()
+    rig.cell()  # a cell that binds nothing, as `%persist` status
+    assert rig.session.generations() == []
+    result = rig.checkpointer.last_result
+    assert result is not None and result.ok and result.skipped == {} and result.saved == []
+    ns["kept"].append(3)  # changed in place: its name was not assigned
+    rig.cell(y=2)
+    assert rig.saved() == {"y": 2}
+    assert rig.checkpointer.last_result is not None
+    assert rig.checkpointer.last_result.skipped == {}
+    rig.cell(x=[1, 1])  # another object under the name
+    ns["In"].append("import json\nkept = kept")  # a cell assigns the same objects again
+    rig.cell()
+    assert rig.saved() == {"y": 2, "x": [1, 1], "kept": [2, 3], "json": __import__("json")}
 
 
 def test_excluded_names_are_never_written(rig: Rig) -> None:
