@@ -14,6 +14,10 @@ successful checkpoint saw the newest epoch. Nothing can skip a change:
 ran, and the cell's end still counts as a change, unless the save was the
 last line of the only running cell (then its snapshot saw the cell's end).
 
+The interval is measured from the last checkpoint that wrote a generation:
+a checkpoint that found nothing changed (a cell that only read) does not
+put off the next one, and after a restore the interval has passed already.
+
 Also kept here: one back-off rule for failed checkpoints and failed uploads
 to a bucket, the user's threads (any alive keeps idle checkpoints coming),
 the variables left
@@ -26,6 +30,7 @@ bound again or excluded.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -207,8 +212,10 @@ class Autosaver:
         self._saved = 0  # epoch the newest successful checkpoint saw
         self._running = 0  # cells running now, in any subshell
         self._held = 0  # interrupted cells whose changes are not counted yet
+        self._read_only = False  # the one running cell changes nothing (see read_only)
         self._in_flight: Ticket | None = None
         self._last_start = clock()
+        self._last_write = self._last_start  # the start of the last checkpoint that wrote
         self._last_threads = False
         self._retry_at = 0.0
         self._failures = 0  # checkpoints failed in a row
@@ -236,6 +243,7 @@ class Autosaver:
             self._epoch += self._held  # a cell after an interrupt accepts its state
             self._held = 0
             self._running += 1
+            self._read_only = False  # another cell runs beside it: its end may change things
             seen = max(self._saved, self._in_flight.epoch if self._in_flight else 0)
             return self._running == 1 and self._epoch > seen
 
@@ -250,10 +258,19 @@ class Autosaver:
         """
         with self._lock:
             self._running = max(0, self._running - 1)
+            read_only, self._read_only = self._read_only, False
+            if read_only:
+                return
             if interrupted:
                 self._held += 1
             else:
                 self._epoch += 1
+
+    def read_only(self) -> None:
+        """The running cell only looks (``%persist`` alone in it): its end is no change.
+        Only while it is the one cell running; a cell starting beside it undoes this."""
+        with self._lock:
+            self._read_only = self._running == 1
 
     @property
     def interrupted(self) -> bool:
@@ -295,11 +312,26 @@ class Autosaver:
         None while autosave is off, nothing changed, a cell runs (a snapshot
         then would see half a cell) or a checkpoint is being written.
         """
-        if not self.enabled or not self.dirty or self._running or self._in_flight:
+        if self._running or self._in_flight:
             return None
-        gap = max(self.interval, THREAD_PERIOD) if self._last_threads else self.interval
-        at = max(self._last_start + gap, self._retry_at)
-        return max(0.0, at - self.clock())
+        return self.next_in()
+
+    def next_in(self) -> float | None:
+        """Seconds from now until the next automatic checkpoint once the kernel is
+        idle (0: as soon as it is), whether or not a cell runs; None while autosave
+        is off or nothing changed. What ``%persist`` tells.
+
+        The interval counts from the last checkpoint that wrote a generation; while
+        user threads were alive at the last one, from its start, at least
+        :data:`THREAD_PERIOD` apart (a thread may change nothing for hours).
+        """
+        if not self.enabled or not self.dirty:
+            return None
+        if self._last_threads:
+            at = self._last_start + max(self.interval, THREAD_PERIOD)
+        else:
+            at = self._last_write + self.interval
+        return max(0.0, max(at, self._retry_at) - self.clock())
 
     def begin(self, *, covers_running_cell: bool = False, threads: bool = False) -> Ticket:
         """A checkpoint's snapshot is taken now.
@@ -323,10 +355,17 @@ class Autosaver:
     def in_flight(self) -> bool:
         return self._in_flight is not None
 
-    def succeeded(self, ticket: Ticket) -> str | None:
-        """The checkpoint of *ticket* is committed; a notice for the user, if any."""
+    def succeeded(self, ticket: Ticket, wrote: bool = True) -> str | None:
+        """The checkpoint of *ticket* is committed; a notice for the user, if any.
+
+        *wrote*: it committed a new generation (False: the namespace was the
+        newest generation's already, and the interval still counts from the
+        last checkpoint that wrote).
+        """
         if self._in_flight is ticket:
             self._in_flight = None
+        if wrote:
+            self._last_write = max(self._last_write, ticket.started)
         self._saved = max(self._saved, ticket.epoch)
         self.has_checkpoint = True
         notice = "checkpoints are being saved again." if self._failures else None
@@ -438,9 +477,14 @@ class Autosaver:
         """The start-up restore ended: what it did not load is pending.
 
         What was loaded is on disk already: nothing to write until a change.
+        A restore writes nothing: with a checkpoint on disk, the next change is
+        saved at the next idle (the generation restored was written before this
+        kernel started; the interval is not made to start again by the restore).
         """
         self._pending = list(pending)
         self.has_checkpoint = has_checkpoint
+        if has_checkpoint:
+            self._last_write = -math.inf
         with self._lock:
             self._saved = self._epoch
 
@@ -460,6 +504,7 @@ class Autosaver:
 
 
 _MAGIC_LINE = re.compile(r"^%persist\s+(\w+)\s*(#.*)?$")
+_ONLY_MAGIC = re.compile(r"^%persist(?:\s+(\w+))?\s*(#.*)?$")
 
 
 def ends_cell(code: str, command: str) -> bool:
@@ -474,3 +519,13 @@ def ends_cell(code: str, command: str) -> bool:
         return False
     match = _MAGIC_LINE.match(lines[-1].rstrip())
     return match is not None and match.group(1) == command
+
+
+def only_command(code: str, command: str) -> bool:
+    """True if the cell *code* is ``%persist <command>`` and nothing else (comments
+    and blank lines aside); ``%persist`` alone is ``status``."""
+    lines = [ln for ln in code.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if len(lines) != 1:
+        return False
+    match = _ONLY_MAGIC.match(lines[0].rstrip())
+    return match is not None and (match.group(1) or "status") == command

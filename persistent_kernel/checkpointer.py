@@ -216,6 +216,8 @@ class Checkpointer:
         self.writers = WriterWatch(None, self._on_writer_done)
         self.target: Target | None = None  # None until the start-up restore has ended
         self.last_result: CheckpointResult | None = None
+        #: The last checkpoint of this kernel that wrote a generation (what it wrote).
+        self.committed: CheckpointResult | None = None
         #: What the last upload to the bucket did (generation, bytes, seconds) or its error.
         self.last_upload: dict[str, Any] | None = None
         self.tracking = _Tracking(host.log, settings.track_writes)
@@ -343,9 +345,10 @@ class Checkpointer:
 
             return refuse
         user_ns, hidden = self.host.namespace()
-        exclude = [*self.settings.exclude, *settings.get("exclude", [])]
+        own = settings.get("exclude", [])
+        exclude = [*self.settings.exclude, *own]
         include = settings.get("include", [])
-        values, skipped = namespace.select(user_ns, hidden, exclude, include)
+        values, skipped = namespace.select(user_ns, hidden, self.settings.exclude, include, own)
         self.autosaver.culprits.apply(values, skipped)
         inputs = list(user_ns.get("In") or [])  # for `%persist rerun`, and `Cleared`
         self.autosaver.cleared_values.apply(user_ns, values, skipped, inputs)
@@ -530,6 +533,7 @@ class Checkpointer:
         user_ns, _ = self.host.namespace()
         self.autosaver.cleared_values.clear(user_ns, len(user_ns.get("In") or []))
         self.last_result = None
+        self.committed = None
 
     # -- what came of it ------------------------------------------------------------------
 
@@ -565,7 +569,10 @@ class Checkpointer:
                 len(result.saved), len(result.skipped), render.human_size(result.written),
                 result.elapsed,
             )  # fmt: skip
-            notice = self.autosaver.succeeded(ticket)
+            wrote = not result.unchanged
+            if wrote:
+                self.committed = result
+            notice = self.autosaver.succeeded(ticket, wrote=wrote)
             if "upload" in data:
                 self._on_upload(data["upload"])
         else:

@@ -13,7 +13,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from . import autosave, checkpoint, render, restore
+from . import autosave, checkpoint, namespace, render, restore
 from .errors import CheckpointFailed, NoCheckpoint, PersistentKernelError, sentence
 from .store import SessionStore
 from .store.where import find_session, open_store
@@ -113,21 +113,55 @@ class PersistMagics(Magics):
     def _status(self, args: list[str]) -> None:
         self._no_args(args, "status")
         checkpoints = self.checkpoints
+        self._looks_only("status")
         checkpoints.wait_for_writer(timeout=0)
         assert checkpoints.target is not None
         print(f"Session: {checkpoints.target.key}")
         if not self.kernel.autosave:
             print("Automatic checkpoints are off (%persist on resumes them).")
+        result, committed = checkpoints.last_result, checkpoints.committed
+        autosaver = checkpoints.autosaver
+        pending = autosaver.pending_names()
+        written = None  # what writing the generation wrote, if this kernel wrote it
+        if result is not None and committed is not None:
+            written = committed.written if committed.generation == result.generation else None
         print(
             render.checkpoint_status(
-                checkpoints.last_result,
-                pending=checkpoints.autosaver.dirty,
+                result,
+                pending=autosaver.dirty,
                 running=checkpoints.writers.running,
+                due=autosaver.next_in(),
+                written=written,
+                excluded=self._excluded_now(result.saved if result is not None else []),
+                carried=pending,
+                cleared=self._cleared_names(),
             )
         )
-        pending = checkpoints.autosaver.pending_names()
-        if pending:
-            print(render.pending_sentence(pending))
+        skipped = result.skipped if result is not None and result.ok else {}
+        not_loaded = [name for name in pending if name not in skipped]
+        if not_loaded:
+            print(render.pending_sentence(not_loaded))
+
+    def _excluded_now(self, names: list[str]) -> list[str]:
+        """Which of *names* the configuration and this notebook's settings exclude now."""
+        settings = self.checkpoints.notebook_settings()
+        exclude = [*self.kernel.exclude, *settings.get("exclude", [])]
+        include = settings.get("include", [])
+        return [
+            name
+            for name in names
+            if namespace.matches_any(name, exclude) and not namespace.matches_any(name, include)
+        ]
+
+    def _cleared_names(self) -> list[str]:
+        """The user's variables that still hold what they held at ``%persist clear``."""
+        assert self.shell is not None
+        user_ns, hidden = self.shell.user_ns, self.shell.user_ns_hidden
+        return [
+            name
+            for name in self.checkpoints.autosaver.cleared_values.names(user_ns)
+            if not namespace.is_internal(name, user_ns[name], hidden)
+        ]
 
     def _save(self, args: list[str]) -> None:
         self._no_args(args, "save")
@@ -147,14 +181,24 @@ class PersistMagics(Magics):
     def _checkpoint_now(self, command: str = "save") -> checkpoint.CheckpointResult | None:
         return self.checkpoints.save_now(covers_running_cell=self._ends_cell(command))
 
-    def _ends_cell(self, command: str) -> bool:
-        """Is ``%persist <command>`` the last line of the running cell?"""
+    def _looks_only(self, command: str) -> None:
+        """A cell that is ``%persist <command>`` alone changes nothing: its end is no
+        change to checkpoint (so that ``%persist`` does not make itself pending)."""
+        if autosave.only_command(self._cell_code(), command):
+            self.checkpoints.autosaver.read_only()
+
+    def _cell_code(self) -> str:
         parent = self.kernel.get_parent()
         code = parent.get("content", {}).get("code", "") if isinstance(parent, dict) else ""
-        return autosave.ends_cell(str(code), command)
+        return str(code)
+
+    def _ends_cell(self, command: str) -> bool:
+        """Is ``%persist <command>`` the last line of the running cell?"""
+        return autosave.ends_cell(self._cell_code(), command)
 
     def _history(self, args: list[str]) -> None:
         self._no_args(args, "history")
+        self._looks_only("history")
         rows = restore.history(self.checkpoints.session)
         print(render.history_table(rows) if rows else "No checkpoints yet.")
 

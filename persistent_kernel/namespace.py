@@ -90,30 +90,40 @@ def matches_any(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
+#: Why a name is not saved, by who excluded it: the kernel's configuration
+#: (``PersistentKernel.exclude``) or the notebook's own ``%persist exclude``.
+EXCLUDED_BY_CONFIG = "excluded by configuration"
+EXCLUDED_BY_NOTEBOOK = "excluded by %persist exclude"
+
+
 def select(
     user_ns: Mapping[str, Any],
     hidden: Mapping[str, Any],
     exclude: Iterable[str] = (),
     include: Iterable[str] = (),
+    notebook_exclude: Iterable[str] = (),
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Split *user_ns* into what to save and what to skip.
 
-    A name matching an *exclude* glob is skipped unless it also matches an
-    *include* glob (``%persist include`` overrides configured excludes).
+    A name matching an *exclude* glob (the configuration's) or a
+    *notebook_exclude* glob (the notebook's ``%persist exclude``) is skipped
+    unless it also matches an *include* glob (``%persist include`` overrides
+    both); the reason says which excluded it, the notebook's first.
 
     Returns ``(to_save, skipped)``: ``to_save`` maps names to values;
     ``skipped`` maps the names a user would expect to see saved but that are
     not (excluded, open files, locks) to a one-line reason. Internals are
     left out silently: nobody expects ``_i3`` back.
     """
-    patterns, overrides = list(exclude), list(include)
+    patterns, overrides, own = list(exclude), list(include), list(notebook_exclude)
     to_save: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for name, value in list(user_ns.items()):
         if is_internal(name, value, hidden):
             continue
-        if matches_any(name, patterns) and not matches_any(name, overrides):
-            skipped[name] = "excluded by configuration"
+        if matches_any(name, [*own, *patterns]) and not matches_any(name, overrides):
+            by_notebook = matches_any(name, own)
+            skipped[name] = EXCLUDED_BY_NOTEBOOK if by_notebook else EXCLUDED_BY_CONFIG
             continue
         reason = unsaveable_reason(value)
         if reason is not None:

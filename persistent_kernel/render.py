@@ -168,29 +168,89 @@ def restore_html(report: RestoreReport) -> str:
     )
 
 
-def checkpoint_status(result: CheckpointResult | None, pending: bool, running: bool) -> str:
-    """What ``%persist`` prints."""
+def duration(seconds: float) -> str:
+    """``75.8`` -> ``'1 min 15 s'``."""
+    total = max(0, int(seconds))  # down, as a countdown shows it
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    if minutes:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    return f"{secs} s"
+
+
+def checkpoint_status(
+    result: CheckpointResult | None,
+    pending: bool,
+    running: bool,
+    *,
+    due: float | None = None,
+    written: int | None = None,
+    excluded: Sequence[str] = (),
+    carried: Sequence[str] = (),
+    cleared: Sequence[str] = (),
+) -> str:
+    """What ``%persist`` prints: the last checkpoint, and whether one is pending.
+
+    *pending*: changes no checkpoint holds; *due*: seconds until the next
+    automatic checkpoint once the kernel is idle (None: none comes by itself,
+    autosave is off). *written*: bytes the commit of that generation wrote
+    (None: this kernel did not write it; the restore brought it). *excluded*:
+    names it saved that are excluded now (left out of the next checkpoint);
+    *carried*: variables it carries that a restore has not loaded yet (the
+    caller tells of them); *cleared*: values held since ``%persist clear``,
+    not saved until assigned again.
+    """
     lines: list[str] = []
+    held = result is not None and result.ok and result.generation is not None
     if result is None:
         lines.append("No checkpoint written by this kernel yet.")
     elif not result.ok:
         lines.append(f"The last checkpoint failed: {result.error}")
-    else:
+    elif result.generation is None:
+        lines.append("No checkpoint written yet: there was nothing to save.")
+    if held:
+        assert result is not None
+        origin = "restored at start" if written is None else f"{human_size(written)} written"
         lines.append(
             f"Last checkpoint: generation {result.generation}, {when(result.created)}, "
-            f"{human_size(result.size)} ({human_size(result.written)} written)"
+            f"{human_size(result.size)} ({origin})"
         )
-        lines.append(f"Saved ({len(result.saved)}): {short_list(result.saved, 30) or '-'}")
+        left_out = set(excluded) | set(carried)
+        saved = [name for name in result.saved if name not in left_out]
+        lines.append(f"Saved ({len(saved)}): {short_list(saved, 30) or '-'}")
+        gone = [name for name in result.saved if name in excluded]
+        if gone:
+            lines.append(
+                f"Excluded since (left out of the next checkpoint): {short_list(gone, 30)}"
+            )
         if result.skipped:
             lines.append(f"Skipped ({len(result.skipped)}):")
-            lines.extend(f"  {name}: {reason}" for name, reason in result.skipped.items())
+            lines.extend(
+                f"  {name}: {reason.removeprefix('not saved: ')}"
+                + ("; kept in later checkpoints as it was" if name in carried else "")
+                for name, reason in result.skipped.items()
+            )
         lines.extend(f"Note: {note}" for note in result.notes)
+    if cleared:
+        lines.append(
+            f"Not saved since %persist clear, until assigned again: {short_list(list(cleared))}"
+        )
+    since = "Changes since then" if held else "Changes"
     if running:
         lines.append("A checkpoint is being written now.")
+    elif pending and due is None:
+        lines.append(f"{since} are not checkpointed automatically; %persist save saves them.")
     elif pending:
-        lines.append("Changes since then will be checkpointed when the kernel is idle.")
-    else:
+        when_idle = (
+            "right after this cell" if due is not None and due < 1 else f"in {duration(due or 0)}"
+        )
+        lines.append(f"{since} will be checkpointed when the kernel is idle, {when_idle}.")
+    elif held:
         lines.append("Nothing changed since the last checkpoint.")
+    else:
+        lines.append("Nothing to save yet.")
     return "\n".join(lines)
 
 
@@ -208,11 +268,11 @@ def table(rows: Sequence[Sequence[str]], indent: str = "  ") -> str:
 
 
 def changes(row: dict[str, Any]) -> str:
-    """What a generation added, changed and removed, as history shows it."""
+    """What a generation added, changed, removed and excluded, as history shows it."""
     text = "; ".join(
         f"{label} {short_list(row[label], 8)}"
-        for label in ("added", "changed", "removed")
-        if row[label]
+        for label in ("added", "changed", "removed", "excluded")
+        if row.get(label)
     )
     return text or "no variable changed"
 

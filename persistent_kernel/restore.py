@@ -534,8 +534,10 @@ def history(session: SessionStore) -> list[dict[str, Any]]:
 
     Nothing is unpickled. A variable counts as changed when its group's saved
     bytes differ, so a change to one of several variables sharing objects
-    shows on all of them. A generation whose manifest cannot be read is listed
-    with ``error`` (the sentence why) and compared with nothing.
+    shows on all of them. A variable the generation left out because it was
+    excluded (``%persist exclude``, the configuration) is listed as
+    ``excluded``, not ``removed``. A generation whose manifest cannot be read
+    is listed with ``error`` (the sentence why) and compared with nothing.
     """
     rows: list[dict[str, Any]] = []
     before: dict[str, str] = {}
@@ -543,16 +545,19 @@ def history(session: SessionStore) -> list[dict[str, Any]]:
     for generation in session.generations():
         try:
             manifest = session.read_manifest(generation)
-            now = variable_fingerprints(manifest)
+            content = parse_content(manifest)
         except NoCheckpoint:  # pruned meanwhile
             continue
         except UnreadableCheckpoint as exc:
             rows.append(
                 {"generation": generation, "created": None, "size": None, "variables": [],
-                 "added": [], "changed": [], "removed": [], "previous": None,
+                 "added": [], "changed": [], "removed": [], "excluded": [], "previous": None,
                  "error": str(exc)}
             )  # fmt: skip
             continue
+        now = content.fingerprints()
+        gone = set(before) - set(now)
+        excluded = {n for n in gone if content.skipped.get(n, "").startswith("excluded by")}
         rows.append(
             {
                 "generation": generation,
@@ -561,7 +566,8 @@ def history(session: SessionStore) -> list[dict[str, Any]]:
                 "variables": sorted(now),
                 "added": sorted(set(now) - set(before)),
                 "changed": sorted(n for n in set(now) & set(before) if now[n] != before[n]),
-                "removed": sorted(set(before) - set(now)),
+                "removed": sorted(gone - excluded),
+                "excluded": sorted(excluded),
                 "previous": previous,
                 "error": None,
             }

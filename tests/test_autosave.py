@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from persistent_kernel.autosave import Autosaver, Cleared, Failure, ends_cell
+from persistent_kernel.autosave import Autosaver, Cleared, Failure, ends_cell, only_command
 from persistent_kernel.checkpoint import CarriedGroup
 from persistent_kernel.snapshot import Writer
 from persistent_kernel.writerwatch import GiB, WriterWatch, deadline_for
@@ -237,6 +237,43 @@ def test_user_threads_keep_the_namespace_dirty_after_a_snapshot(clock: Clock) ->
     assert not a.dirty
 
 
+def test_a_checkpoint_that_wrote_nothing_does_not_put_off_the_next(clock: Clock) -> None:
+    a = saver(clock, interval=30)
+    a.succeeded(a.begin())  # wrote a generation at 1000
+    clock.now += 40
+    run_cell(a)
+    a.succeeded(a.begin(), wrote=False)  # found nothing changed
+    clock.now += 4
+    run_cell(a)
+    assert a.due() == 0  # 44 s after the last write: now, not 26 s from now
+    a.succeeded(a.begin())
+    run_cell(a)
+    assert a.due() == 30
+
+
+def test_after_a_restore_the_interval_has_passed(clock: Clock) -> None:
+    a = saver(clock, interval=30)
+    a.restored([], has_checkpoint=True)
+    run_cell(a)
+    assert a.due() == 0
+    fresh = saver(clock, interval=30)  # nothing on disk: the interval counts from the start
+    fresh.restored([], has_checkpoint=False)
+    run_cell(fresh)
+    assert fresh.due() == 30
+
+
+def test_next_in_tells_the_wait_while_a_cell_runs(clock: Clock) -> None:
+    a = saver(clock, interval=30)
+    assert a.next_in() is None  # nothing changed
+    a.succeeded(a.begin())
+    run_cell(a)
+    clock.now += 10
+    a.cell_started()  # `%persist` runs in a cell
+    assert a.due() is None and a.next_in() == 20
+    a.enabled = False
+    assert a.next_in() is None
+
+
 def test_cleared_values_stay_out_until_assigned_again() -> None:
     cleared = Cleared()
     big, gen, mod = [1], (i for i in []), ends_cell  # any objects
@@ -254,6 +291,36 @@ def test_cleared_values_stay_out_until_assigned_again() -> None:
     cleared.apply(ns, values, skipped, inputs=["", "big = [1]", "mod = mod"])  # a cell since
     assert values == {"big": [1], "mod": mod} and skipped == {}
     assert cleared.names(ns) == ["gen"]
+
+
+def test_a_cell_that_only_looks_is_no_change(clock: Clock) -> None:
+    a = saver(clock, interval=0)
+    a.cell_started()
+    a.read_only()  # `%persist` alone in its cell
+    a.cell_finished()
+    assert not a.dirty
+    a.cell_started()
+    a.read_only()
+    a.cell_started()  # a subshell cell starts beside it: its end may change things
+    a.cell_finished()
+    a.cell_finished()
+    assert a.dirty
+
+
+@pytest.mark.parametrize(
+    ("code", "command", "expected"),
+    [
+        ("%persist", "status", True),
+        ("%persist status  # check\n\n", "status", True),
+        ("%persist history", "history", True),
+        ("%persist history", "status", False),
+        ("x = 1\n%persist", "status", False),
+        ("%persist\nx = 1", "status", False),
+        ("%persist save", "status", False),
+    ],
+)
+def test_only_command(code: str, command: str, expected: bool) -> None:
+    assert only_command(code, command) is expected
 
 
 # -- pending groups ----------------------------------------------------------------------

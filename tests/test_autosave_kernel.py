@@ -180,6 +180,22 @@ def test_code_after_persist_clear_in_the_same_cell_is_saved(kernels: KernelHarne
     assert kernels.start().value("y") == "2"
 
 
+def test_after_a_restore_a_change_is_saved_at_the_next_idle(kernels: KernelHarness) -> None:
+    """The restore wrote nothing and a checkpoint that found nothing changed writes
+    nothing: neither puts off the next checkpoint (the interval counts from the last
+    one that wrote, by the kernel before)."""
+    kernel = kernels.start(args=LONG)
+    kernel.run("x = 1\n%persist save").check()
+    kernel.restart()
+    kernel.run("print(x)").check()  # checkpointed at once, and found unchanged
+    kernel.run("x = 2").check()
+    session = kernels.session()
+    kernels.wait_generations(session, 2, timeout=30)
+    assert session.latest()[0].content["variables"]["x"]["type"] == "int"
+    kernel.kill()  # nothing is left for a final checkpoint to save
+    assert kernels.start(args=LONG).value("x") == "2"
+
+
 # -- 3: an interrupted %persist save does not stop autosave ------------------------------
 
 

@@ -282,3 +282,66 @@ def test_write_tracking_off_in_the_settings_is_off_from_the_start(tmp_path: Path
     clock = Clock()
     off = Settings(checkpoint_dir=str(tmp_path), track_writes=False)
     assert Checkpointer(Host(Loop(clock)), off).tracking.get(create=True) is None
+
+
+def test_a_checkpoint_that_found_nothing_changed_does_not_put_off_the_next(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path / "store", checkpoint_interval=30.0)
+    rig.cell(x=1)
+    rig.loop.advance(30.0)
+    assert rig.session.generations() == [1]
+    rig.loop.advance(40.0)
+    rig.cell()  # changes nothing: checkpointed at once, and found unchanged
+    assert rig.checkpointer.last_result is not None and rig.checkpointer.last_result.unchanged
+    rig.loop.advance(4.0)
+    rig.cell(x=2)  # 44 s after the last checkpoint that wrote: saved at the next idle
+    assert rig.session.generations() == [1, 2]
+    rig.loop.advance(10.0)
+    rig.cell(x=3)  # within the interval of that one: waits for it
+    assert rig.session.generations() == [1, 2]
+    rig.loop.advance(20.0)
+    assert rig.session.generations() == [1, 2, 3]
+
+
+def test_after_a_restore_the_first_change_is_saved_at_the_next_idle(tmp_path: Path) -> None:
+    first = Rig(tmp_path / "store", checkpoint_interval=30.0)
+    first.cell(x=1)
+    first.checkpointer.final(shutdown_restart=True)
+    assert first.session.generations() == [1]
+    # the next kernel restores generation 1 (the restore writes nothing) ...
+    clock, host = first.clock, Host(first.loop)
+    host.user_ns.update(first.saved())
+    config = Settings(checkpoint_dir=str(tmp_path), background="inline", checkpoint_interval=30)
+    autosaver = Autosaver(clock, 30.0, threads=lambda: False)
+    checkpointer = Checkpointer(host, config, autosaver)
+    target = first.checkpointer.target
+    assert target is not None
+    checkpointer.attach(target, has_checkpoint=True)
+    # ... and its first change is saved at once: the interval did not start again
+    checkpointer.cell_started()
+    host.user_ns["y"] = 2
+    checkpointer.cell_finished(interrupted=False)
+    checkpointer.maybe_checkpoint()
+    assert first.session.generations() == [1, 2]
+
+
+def test_the_exclusion_is_named_by_who_made_it(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "store", checkpoint_interval=0.0, exclude=("cfg_*",))
+    rig.checkpointer.update_notebook_settings({"exclude": ["token"]})
+    rig.cell(token="s", cfg_a=1, x=1)
+    result = rig.checkpointer.last_result
+    assert result is not None
+    assert result.skipped == {
+        "token": "excluded by %persist exclude",
+        "cfg_a": "excluded by configuration",
+    }
+
+
+def test_committed_is_the_last_checkpoint_that_wrote(rig: Rig) -> None:
+    rig.cell(x=list(range(1000)))
+    written = rig.checkpointer.committed
+    assert written is not None and written.written > 0 and not written.unchanged
+    rig.cell()  # nothing changed: the generation is the same, and so is what wrote it
+    assert rig.checkpointer.last_result is not None and rig.checkpointer.last_result.unchanged
+    assert rig.checkpointer.committed is written

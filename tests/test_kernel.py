@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from persistent_kernel import cli
 from persistent_kernel.store import Store
 
 from .harness import Kernel, KernelHarness
@@ -224,6 +225,24 @@ def test_persist_clear_gives_a_clean_start(kernels: KernelHarness) -> None:
     assert kernel.run("print('kept' in dir())").check().text.strip() == "False"
 
 
+def test_persist_clear_stays_in_force_until_the_restart(kernels: KernelHarness) -> None:
+    """Clear, `%persist`, restart: the old variables are gone. Cells after the clear save
+    what they assign, never what the clear let go of."""
+    kernel = kernels.start(args=NOW)
+    kernel.run("import json\nkept = [1]").check()
+    session = kernels.session()
+    kernels.wait_generations(session, 1)
+    kernel.run("%persist clear").check()
+    status = kernel.run("%persist").check().stdout
+    assert "Not saved since %persist clear, until assigned again: json, kept" in status
+    assert "Nothing changed since" not in status and "Nothing to save yet." in status
+    kernel.run("kept.append(2)\nprint(kept)").check()  # changed in place, not assigned
+    kernel.run("new = 3").check()
+    kernels.wait_generations(session, 1)
+    kernel.restart()
+    assert kernel.value("('json' in dir(), 'kept' in dir(), new)") == "(False, False, 3)"
+
+
 def test_persist_save_and_status(kernels: KernelHarness) -> None:
     kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=3600"])
     kernel.run("v = list(range(10))").check()
@@ -236,6 +255,38 @@ def test_persist_save_and_status(kernels: KernelHarness) -> None:
     status = kernel.run("%persist").check().text
     assert "generation 1" in status and "v" in status
     assert "invalid choice: 'bogus'" in kernel.run("%persist bogus").stderr
+
+
+def test_persist_status_tells_the_truth(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=3600"])
+    status = kernel.run("%persist").check().stdout
+    assert "No checkpoint written by this kernel yet.\nNothing to save yet." in status
+    kernel.run("v = list(range(1000))\ntoken = 'x'").check()
+    status = kernel.run("%persist").check().stdout
+    assert "Changes will be checkpointed when the kernel is idle, in 59 min" in status
+    kernel.run("%persist save").check()
+    for _ in range(2):  # `%persist` alone changes nothing: it does not make itself pending
+        status = kernel.run("%persist").check().stdout
+        assert "Saved (2): token, v\n" in status and "(0 B written)" not in status
+        assert "Nothing changed since the last checkpoint." in status
+        assert "when the kernel is idle" not in status
+    kernel.run("%persist exclude token").check()
+    status = kernel.run("%persist").check().stdout
+    assert "Saved (1): v\n" in status
+    assert "Excluded since (left out of the next checkpoint): token" in status
+    assert "will be checkpointed when the kernel is idle, in 5" in status
+    kernel.run("%persist save").check()
+    history = kernel.run("%persist history").check().stdout
+    assert "excluded token" in history and "removed" not in history
+    shown = cli.show_session(str(kernels.root), str(kernels.cwd / "notebook.ipynb"))
+    assert [(row["name"], row["reason"]) for row in shown["variables"]] == [
+        ("token", "excluded by %persist exclude"),
+        ("v", None),
+    ]
+    kernel.run("%persist off").check()
+    kernel.run("w = 1").check()
+    status = kernel.run("%persist").check().stdout
+    assert "are not checkpointed automatically; %persist save saves them" in status
 
 
 def test_restore_false(kernels: KernelHarness) -> None:
