@@ -105,6 +105,7 @@ class Candidate:
     # False when, as it was written, its notebook was no longer at its path
     # (renamed away, or another notebook in its place): a file there now is not it.
     present: bool = True
+    handle: str = ""  # the session's directory name: what `%persist restore --from` takes
 
 
 @dataclass(frozen=True)
@@ -157,11 +158,13 @@ def decide(
     candidates: Iterable[Candidate],
     exists: Callable[[str], bool],
     cells_at: Callable[[str], frozenset[str]],
+    owner_of: Callable[[Candidate], str | None] = lambda candidate: None,
 ) -> Decision:
     """Which checkpoints a kernel that knows its notebook path (or an explicit key) continues.
 
     *exists* and *cells_at* look at the file system now: whether a path exists,
-    and the cell ids of the notebook there. The rules, in order:
+    and the cell ids of the notebook there; *owner_of* finds the notebook a
+    candidate's cells belong to, for the note. The rules, in order:
 
     1. ``PERSISTENT_KERNEL_SESSION`` is the user's explicit choice: that key, restored.
     2. The session of our path, unless its state is foreign. A notebook the
@@ -233,7 +236,7 @@ def decide(
             restore=True,
             notebook=me.notebook,
             renamed_from=renamed,
-            note=_foreign_note(own),
+            note=_foreign_note(own, owner_of(own)),
         )
     if own is None:
         return Decision(key=own_key, restore=False, notebook=me.notebook)
@@ -241,15 +244,16 @@ def decide(
         key=_displaced_key(me, own_key),
         restore=False,
         notebook=me.notebook,
-        note=_foreign_note(own),
+        note=_foreign_note(own, owner_of(own)),
     )
 
 
-def _foreign_note(own: Candidate) -> str:
+def _foreign_note(own: Candidate, owner: str | None) -> str:
     where = os.path.basename(own.notebook or own.key) or own.key
+    whose = f"belongs to {os.path.basename(owner)}" if owner else "belongs to another notebook"
     return (
-        f"checkpoint {own.generation} kept under the name {where} belongs to another "
-        f"notebook and was not loaded; {restore_hint(own.key)} loads it"
+        f"checkpoint {own.generation} kept under this notebook's name ({where}) {whose} "
+        f"and was not loaded; {restore_hint(own.handle or own.key)} loads it"
     )
 
 

@@ -1,4 +1,4 @@
-"""Reading a notebook's cell ids, and moving checkpoints to a notebook's new name.
+"""Reading a notebook's cell ids, and finding a notebook by them.
 
 A notebook's identity is not its inode (Jupyter saves by writing a new file
 and renaming it over the old one) but its cells: since nbformat 4.5 every
@@ -15,11 +15,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import NoCheckpoint, UnreadableCheckpoint
-from .identity import cells_to_record
-from .store import SessionStore, rename
-from .store.rename import merge_settings
+from .identity import cells_to_record, overlap
+from .store import SessionStore
 
-__all__ = ["MAX_IDS", "adopt", "cell_ids", "cell_set", "cells_for_checkpoint", "merge_settings"]
+__all__ = ["MAX_IDS", "cell_ids", "cell_set", "cells_for_checkpoint", "owner"]
 
 #: Cell ids recorded per manifest, at most: enough to recognise a notebook.
 MAX_IDS = 2000
@@ -75,11 +74,18 @@ def cells_for_checkpoint(
     return {"notebook_cells": sorted(cells)[:MAX_IDS], "notebook_present": present}
 
 
-def adopt(old: SessionStore, new: SessionStore) -> None:
-    """Move *old*'s checkpoints to *new* (which has none), under *old*'s lock.
-
-    Through the store (:func:`.store.rename.adopt`): settings are merged, the
-    new key is written beside the manifests, and a store that cannot rename
-    (a bucket) raises :class:`RenameUnsupported` before anything is touched.
-    """
-    rename.adopt(old, new)
+def owner(
+    folder: str, cells: frozenset[str], skip: str | None = None, limit: int = 100
+) -> str | None:
+    """The notebook in *folder* (other than *skip*) whose cells overlap *cells*: which
+    notebook a checkpoint found under another notebook's name belongs to. Looks at
+    *limit* notebooks at most, so a large folder costs a bounded read; None if none."""
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".ipynb"))[:limit]
+    except OSError:
+        return None
+    for name in names:
+        path = os.path.join(folder, name)
+        if path != skip and overlap(cell_set(path), cells):
+            return path
+    return None

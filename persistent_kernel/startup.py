@@ -74,6 +74,7 @@ def survey(store: Store) -> list[Candidate]:
                 cells=frozenset(str(c) for c in cells) if isinstance(cells, list) else frozenset(),
                 generation=manifest.generation,
                 present=present is not False,
+                handle=session.path.name,
             )
         )
     return found
@@ -274,7 +275,13 @@ class Startup:
         self._known_cells = signals.cells
         if signals.notebook is not None and follow.is_copy(store, signals.notebook):
             signals = dataclasses.replace(signals, copy=True)
-        return identity.decide(signals, survey(store), os.path.exists, notebook.cell_set)
+        mine = signals.notebook
+
+        def owner_of(candidate: Candidate) -> str | None:
+            folder = os.path.dirname(mine or "")
+            return notebook.owner(folder, candidate.cells, skip=mine) if folder else None
+
+        return identity.decide(signals, survey(store), os.path.exists, notebook.cell_set, owner_of)
 
     def _wait_for_writers(self, sessions: list[SessionStore]) -> tuple[float, int]:
         """Wait for the writers of *sessions* (the previous kernel's final checkpoint).

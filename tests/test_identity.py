@@ -123,6 +123,11 @@ def test_a_new_notebook_under_an_old_name_gets_nothing_and_is_told_where() -> No
     assert not d.restore and d.adopt_from is None
     assert d.key != A and A in d.key  # its own lineage, beside the other's, never mixed
     assert d.note is not None and restore_hint(A) in d.note and "checkpoint 4" in d.note
+    named = Candidate(A, A, "k1", ids("c1", "c2"), generation=4, handle="a.ipynb-0123")
+    d = decide(me, [named], {A, B}.__contains__, {A: me.cells, B: named.cells}.__getitem__,
+               lambda c: B if c.cells == named.cells else None)  # fmt: skip
+    assert d.note is not None and "belongs to analysis.ipynb" in d.note
+    assert restore_hint("a.ipynb-0123") in d.note
     # later, restarted (same kernel id) or reopened (same cells): its own lineage again
     mine = Candidate(d.key, A, "k2", ids("n1"))
     for again in (me, Signals("k9", A, ids("n1"))):
@@ -217,7 +222,8 @@ def test_survey_reads_manifests_only(tmp_path: Path) -> None:
     session.commit({"variables": {}, "groups": [], "skipped": {}}, [], info)
     store.session("empty").ensure()
     found = survey(store)
-    assert found == [Candidate(B, B, "k1", ids("c1", "c2"), generation=1)]
+    handle = session.path.name  # what `%persist restore --from` takes
+    assert found == [Candidate(B, B, "k1", ids("c1", "c2"), generation=1, handle=handle)]
 
 
 def test_survey_names_an_adopted_session_by_its_new_key(tmp_path: Path) -> None:

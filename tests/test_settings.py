@@ -9,8 +9,8 @@ import pytest
 
 from persistent_kernel.checkpoint import write_checkpoint
 from persistent_kernel.errors import UnreadableSettings
-from persistent_kernel.notebook import adopt
 from persistent_kernel.store import SessionStore, Store
+from persistent_kernel.store.rename import adopt
 
 from .harness import KernelHarness
 from .helpers import INFO, wait_until
