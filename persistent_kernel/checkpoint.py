@@ -145,6 +145,7 @@ def write_checkpoint(
     second_core: bool = False,
     urgent: bool = False,
     known: Mapping[tuple[int, int], Sequence[str | None]] | None = None,
+    skipped_types: Mapping[str, str] | None = None,
 ) -> CheckpointResult:
     """Serialise *values* and commit them as a new generation of *session*.
 
@@ -152,7 +153,9 @@ def write_checkpoint(
     for every variable, the source of the cell that last bound it, so that a
     variable that does not come back can be re-made on request.
 
-    *skipped* are names the namespace filter already left out, with reasons.
+    *skipped* are names the namespace filter already left out, with reasons;
+    *skipped_types* their types (the manifest keeps the type of every variable
+    not saved, for the restore report).
     *carried* are groups an earlier restore could not load (an interrupt, a
     class that is missing here): they are kept in the new generation as they
     were, byte for byte, unless one of their names has been bound again.
@@ -181,9 +184,12 @@ def write_checkpoint(
             [_write_part(session, part, i > 0, names, buffers) for i, part in enumerate(p.parts())]
             for p in ser.payloads
         ]
-        content = _content(ser, stored, all_skipped)
+        content = _content(ser, stored, all_skipped, {**(skipped_types or {}), **ser.types})
         refs = [[ref for part in parts for ref in _blobs_of(part)] for parts in stored]
-        content.update(_cells(inputs, [*values, *all_skipped]))
+        try:
+            previous: Manifest | None = session.latest()[0]
+        except NoCheckpoint:
+            previous = None
         for group in carried:
             names = group.record["names"]
             carried_refs = group.refs()
@@ -205,10 +211,8 @@ def write_checkpoint(
                 entry = dict(group.variables.get(name, {"type": "?", "module": None}))
                 content["variables"][name] = {**entry, "group": index, "carried": True}
         content["variables"] = dict(sorted(content["variables"].items()))
-        try:
-            previous: Manifest | None = session.latest()[0]
-        except NoCheckpoint:
-            previous = None
+        before = previous.content if previous is not None else None
+        content.update(_cells(inputs, [*content["variables"], *all_skipped], before))
         written = sum(r.written for parts in refs for r in parts)
         if previous is not None and _same(previous.content, content):
             manifest, unchanged = previous, True
@@ -270,6 +274,7 @@ def _content(
     ser: serializer.Serialized,
     refs: list[list[BlobRef | chunks.Chunked]],
     skipped: Mapping[str, str],
+    types: Mapping[str, str],
 ) -> dict[str, Any]:
     variables: dict[str, Any] = {}
     groups: list[dict[str, Any]] = []
@@ -290,10 +295,12 @@ def _content(
             variables[name] = {"type": ser.types[name], "group": index, "module": None}
     for name, module in ser.modules.items():
         variables[name] = {"type": ser.types[name], "group": None, "module": module}
+    skipped_types = {name: types[name] for name in sorted(skipped) if name in types}
     return {
         "variables": dict(sorted(variables.items())),
         "groups": groups,
         "skipped": dict(sorted(skipped.items())),
+        **({"skipped_types": skipped_types} if skipped_types else {}),
         "notes": list(ser.notes),
         "packages": package_versions(ser.types.values()),
     }
@@ -308,9 +315,22 @@ def _same(before: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
     }
 
 
-def _cells(inputs: Sequence[str], names: Sequence[str]) -> dict[str, Any]:
-    """``{"cells": {"sources": [...], "by_name": {name: index}}}``, or nothing."""
-    found = namespace.last_assignments(inputs, names)
+def _cells(
+    inputs: Sequence[str], names: Sequence[str], before: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``{"cells": {"sources": [...], "by_name": {name: index}}}``, or nothing.
+
+    A name no cell of this kernel bound (restored at start, carried unloaded)
+    keeps the cell the generation *before* recorded for it: the cell that
+    assigned it in an earlier kernel, still what ``%persist rerun`` runs.
+    """
+    too_long: set[str] = set()
+    found = namespace.last_assignments(inputs, names, too_long)
+    for name in names:
+        if before is not None and name not in found and name not in too_long:
+            source = cell_of(before, name)
+            if source is not None:
+                found[name] = source
     if not found:
         return {}
     sources = list(dict.fromkeys(found.values()))

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from . import checkpoint, namespace, notebook, pagewrites, render, snapshot
+from . import checkpoint, namespace, notebook, pagewrites, render, serializer, snapshot
 from .autosave import Autosaver, Failure, Ticket
 from .checkpoint import CarriedGroup, CheckpointResult
 from .errors import UnreadableSettings
@@ -358,6 +358,7 @@ class Checkpointer:
             if namespace.matches_any(n, exclude) and not namespace.matches_any(n, include)
         ]
         carried = self.autosaver.carry([*values, *skipped, *excluded])
+        types = {name: serializer.type_name(user_ns[name]) for name in skipped if name in user_ns}
         session = target.session
         info: dict[str, Any] = {
             "session": target.key,
@@ -391,6 +392,7 @@ class Checkpointer:
                 second_core=forked,
                 urgent=final,
                 known=names,
+                skipped_types=types,
             ).to_dict()
             if upload is not None and (outcome := upload()) is not None:
                 result["upload"] = outcome

@@ -15,6 +15,7 @@ unpickled. The schema (format 1 and 2 alike)::
                     "pickler": "pickle" | "dill" | ..., "names": [...],
                     "files": [[path, size, mtime_ns], ...] (optional)}],
      "skipped":   {name: reason},
+     "skipped_types": {name: type} (optional),
      "notes":     [...],
      "packages":  {top-level module: version} (optional)}
 
@@ -98,6 +99,8 @@ class Content:
     skipped: dict[str, str]
     notes: tuple[str, ...]
     packages: dict[str, str]
+    #: the type of each variable not saved, where the writer knew it
+    skipped_types: dict[str, str] = field(default_factory=dict)
 
     def group_of(self, name: str) -> Group | None:
         """The group holding variable *name* (``None`` for a module or an unknown name)."""
@@ -193,6 +196,7 @@ def _parse(raw: Mapping[str, Any], blobs: Mapping[str, int], generation: int, ha
         skipped=_string_map(raw.get("skipped", {}), "skipped"),
         notes=_strings(raw.get("notes", []), "notes"),
         packages=_string_map(raw.get("packages") or {}, "packages"),
+        skipped_types=_string_map(raw.get("skipped_types") or {}, "skipped_types"),
     )
 
 

@@ -142,8 +142,24 @@ def bound_names(source: str) -> set[str]:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return set()
+    return _bound_in(tree.body)
+
+
+def binding_line(source: str, name: str) -> int | None:
+    """The line (from 1) where the last top-level statement of the cell *source*
+    that binds *name* starts (as :func:`bound_names` counts bindings); None if
+    none does or the code does not parse."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    found = [stmt.lineno for stmt in tree.body if name in _bound_in([stmt])]
+    return found[-1] if found else None
+
+
+def _bound_in(nodes: Iterable[ast.AST]) -> set[str]:
     names: set[str] = set()
-    todo: list[ast.AST] = list(tree.body)
+    todo: list[ast.AST] = list(nodes)
     while todo:
         node = todo.pop()
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -168,10 +184,13 @@ def bound_names(source: str) -> set[str]:
 MAX_CELL = 64 * 1024
 
 
-def last_assignments(inputs: Sequence[str], names: Collection[str]) -> dict[str, str]:
+def last_assignments(
+    inputs: Sequence[str], names: Collection[str], too_long: set[str] | None = None
+) -> dict[str, str]:
     """name -> the source of the newest cell in *inputs* (IPython's ``In``) that
     binds it, for the *names* some cell binds. What ``%persist rerun`` runs.
-    A name whose newest binding cell is over :data:`MAX_CELL` gets none."""
+    A name whose newest binding cell is over :data:`MAX_CELL` gets none (and is
+    added to *too_long*, if given)."""
     wanted = set(names)
     found: dict[str, str] = {}
     for source in reversed(inputs):
@@ -180,7 +199,10 @@ def last_assignments(inputs: Sequence[str], names: Collection[str]) -> dict[str,
         if not isinstance(source, str) or not source.strip():
             continue
         if len(source) > MAX_CELL:
-            wanted -= bound_names(source)
+            dropped = wanted & bound_names(source)
+            wanted -= dropped
+            if too_long is not None:
+                too_long |= dropped
             continue
         for name in bound_names(source) & wanted:
             found[name] = source

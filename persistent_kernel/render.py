@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from . import namespace
 from .checkpoint import CheckpointResult
 from .restore import RestoreProgress, RestoreReport
 
@@ -57,14 +58,23 @@ def failure_sentence(error: str, errno_: int | None, directory: str) -> str:
     return f"a checkpoint could not be written ({error})"
 
 
-def cell_line(source: str, width: int = 70) -> str:
-    """A cell's source on one line: its first non-empty line, cut to *width*."""
-    lines = [line.strip() for line in source.splitlines() if line.strip()]
-    first = lines[0] if lines else ""
-    more = len(lines) > 1
-    if len(first) > width:
-        first, more = first[: width - 1], True
-    return first + (" ..." if more else "")
+def cell_line(source: str, width: int = 70, name: str | None = None) -> str:
+    """A cell's source on one line: its first non-empty line, cut to *width*; with
+    *name*, also the line that binds *name* in it (when that is not the first), so
+    that a long cell is recognised by its start and the assignment is seen."""
+    lines = source.splitlines()
+    shown = [line.strip() for line in lines if line.strip()]
+    first = shown[0] if shown else ""
+    at = namespace.binding_line(source, name) if name is not None else None
+    binding = lines[at - 1].strip() if at is not None and 0 < at <= len(lines) else ""
+    if not binding or binding == first:
+        return _cut(first, width) + (" ..." if len(shown) > 1 else "")
+    last = binding == shown[-1]
+    return f"{_cut(first, width // 2)} ... {_cut(binding, width)}" + ("" if last else " ...")
+
+
+def _cut(line: str, width: int) -> str:
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def pending_sentence(names: list[str]) -> str:
@@ -76,13 +86,29 @@ def pending_sentence(names: list[str]) -> str:
     )
 
 
+def _carried_names(report: RestoreReport) -> list[str]:
+    return sorted(str(n) for g in report.carried for n in g.record.get("names", []))
+
+
+def not_loaded(report: RestoreReport) -> list[str]:
+    """The variables an interrupted restore left pending (not the ones that failed to
+    load, which are reported as not restored, though kept in later checkpoints too)."""
+    return [n for n in _carried_names(report) if n not in report.skipped]
+
+
+def _plural(count: int, word: str = "variable") -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
+
 def restore_summary(report: RestoreReport) -> str:
-    """The lines shown above the first cell's output after a restore."""
+    """The lines shown above the first cell's output after a restore. Each variable
+    is counted once: restored, not restored (with the reason, and the cell that
+    last assigned it), or not loaded yet (an interrupted restore)."""
     lines: list[str] = []
     if report.generation is not None:
         count = len(report.restored)
         lines.append(
-            f"persistent-kernel: restored {count} variable{'s' if count != 1 else ''} "
+            f"persistent-kernel: restored {_plural(count)} "
             f"from checkpoint {report.generation} ({when(report.created)}, "
             f"{human_size(report.size)})" + (f": {short_list(report.restored)}" if count else "")
         )
@@ -97,19 +123,21 @@ def restore_summary(report: RestoreReport) -> str:
         )
     for problem in report.problems:
         lines.append(f"persistent-kernel: {problem}")
+    kept = set(_carried_names(report))
     if report.skipped:
         lines.append(f"persistent-kernel: {len(report.skipped)} not restored:")
         for name, reason in report.skipped.items():
-            lines.append(f"  {name}: {reason}")
+            suffix = "; kept in later checkpoints as it was" if name in kept else ""
+            lines.append(f"  {name}: {reason}{suffix}")
             if name in report.cells:
-                lines.append(f"    last assigned by: {cell_line(report.cells[name])}")
+                lines.append(f"    last assigned by: {cell_line(report.cells[name], name=name)}")
         if any(name in report.cells for name in report.skipped):
             lines.append(
                 "persistent-kernel: %persist rerun NAME runs again the cell that assigned NAME"
             )
-    if report.carried:
-        names = sorted(str(n) for g in report.carried for n in g.record.get("names", []))
-        lines.append(f"persistent-kernel: {pending_sentence(names)}")
+    pending = not_loaded(report)
+    if pending:
+        lines.append(f"persistent-kernel: {pending_sentence(pending)}")
     if report.waited >= 1:
         lines.append(
             f"persistent-kernel: waited {report.waited:.1f} s for the previous kernel's "
@@ -128,27 +156,65 @@ def restore_text(report: RestoreReport) -> str:
     return f"{summary}\n{START_CLEAN}" if report.generation is not None else summary
 
 
-def _row(cells: tuple[str, ...]) -> str:
-    return (
-        "<tr>"
-        + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in cells)
-        + "</tr>"
-    )
+def _row(cells: tuple[str, ...], extra: str = "") -> str:
+    """A table row of *cells* (escaped); *extra*: HTML added to the last cell."""
+    tds = [f"<td style='text-align:left'>{html.escape(c)}</td>" for c in cells]
+    if extra:
+        tds[-1] = tds[-1].removesuffix("</td>") + extra + "</td>"
+    return "<tr>" + "".join(tds) + "</tr>"
+
+
+def _sizes(report: RestoreReport, names: Sequence[str]) -> dict[str, tuple[str, list[str]]]:
+    """name -> (its size as shown, the variables it shares its group with). A group's
+    size is shown once, on the first of its names listed: variables that share
+    objects are saved together, and their sizes are not added up twice."""
+    members: dict[Any, list[str]] = {}
+    for name in names:
+        group = report.details.get(name, {}).get("group")
+        if group is not None:
+            members.setdefault(group, []).append(name)
+    shown: dict[str, tuple[str, list[str]]] = {}
+    for name in names:
+        detail = report.details.get(name, {})
+        size, group = detail.get("size"), detail.get("group")
+        mates = [n for n in members.get(group, []) if n != name] if group is not None else []
+        first = not mates or members[group][0] == name
+        shown[name] = (human_size(size) if size and first else "", mates)
+    return shown
 
 
 def restore_html(report: RestoreReport) -> str:
     """A compact HTML report for notebooks: the summary, then a table of
-    name, type, size and status, folded when it is long."""
-    rows: list[tuple[str, ...]] = []
-    for name in report.restored:
+    name, type, size and status, folded when it is long. A variable not
+    restored shows the cell that last assigned it; a group's size is shown once."""
+    pending = not_loaded(report)
+    names = [*report.restored, *report.skipped, *pending]
+    sizes = _sizes(report, names)
+    kept = set(_carried_names(report))
+    rows: list[str] = []
+    for name in names:
         detail = report.details.get(name, {})
-        size = detail.get("size")
-        rows.append(
-            (name, str(detail.get("type", "")), human_size(size) if size else "", "restored")
-        )
-    for name, reason in report.skipped.items():
-        detail = report.details.get(name, {})
-        rows.append((name, str(detail.get("type", "")), "", f"not restored: {reason}"))
+        size, mates = sizes[name]
+        if name in report.skipped:
+            reason = report.skipped[name]
+            status = reason if reason.startswith("not saved") else f"not restored: {reason}"
+            if name in kept:
+                status += "; kept in later checkpoints as it was"
+        elif name in report.restored:
+            status = "restored"
+        else:
+            status = f"not loaded yet: %persist restore {name} loads it"
+        if mates:
+            status += f" (saved with {', '.join(mates)})"
+        cell = ""
+        if name in report.skipped and name in report.cells:
+            source = report.cells[name]
+            cell = (
+                f"<details><summary>last assigned by: <code>"
+                f"{html.escape(cell_line(source, name=name))}</code></summary>"
+                f"<pre>{html.escape(source)}</pre></details>"
+            )
+        rows.append(_row((name, str(detail.get("type", "")), size, status), extra=cell))
     # the summary's own lines, without the per-variable ones the table shows
     lines = [
         html.escape(line.removeprefix("persistent-kernel: "))
@@ -157,12 +223,14 @@ def restore_html(report: RestoreReport) -> str:
     ]
     head = "<br>".join(lines)
     opened = " open" if len(rows) <= _FOLD_AFTER else ""
-    summary = f"{len(report.restored)} restored, {len(report.skipped)} not restored"
-    table = "".join(_row(row) for row in rows)
+    counts = [f"{len(report.restored)} restored", f"{len(report.skipped)} not restored"]
+    if pending:
+        counts.append(f"{len(pending)} not loaded yet")
+    table = "".join(rows)
     return (
         "<div class='persistent-kernel-restore'>"
         f"<b>persistent-kernel</b>: {head}"
-        f"<details{opened}><summary>{summary}</summary><table>"
+        f"<details{opened}><summary>{', '.join(counts)}</summary><table>"
         + _row(("name", "type", "size", "status")).replace("td", "th")
         + f"{table}</table></details><small>{html.escape(START_CLEAN)}</small></div>"
     )

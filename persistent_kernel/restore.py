@@ -90,7 +90,8 @@ class RestoreReport:
     elapsed: float = 0.0
     interrupted: bool = False
     versions: list[str] = field(default_factory=list)  # "pandas 2.2.0 (now 3.1.1)"
-    # name -> {"type": ..., "size": bytes of its group or None}, from the manifest
+    # name -> {"type": ..., "size": bytes of its group or None, "group": its index or None},
+    # from the manifest
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
     renamed_from: str | None = None  # the notebook's old path, if it was renamed
     carried: list[CarriedGroup] = field(default_factory=list)  # groups not loaded, intact
@@ -390,9 +391,14 @@ def _load(
             report.cells[name] = source
     for name, variable in content.variables.items():
         group = content.group_of(name)
-        report.details[name] = {"type": variable.type, "size": group.size if group else None}
+        report.details[name] = {
+            "type": variable.type,
+            "size": group.size if group else None,
+            "group": variable.group,  # variables of one group share its size
+        }
     for name, reason in content.skipped.items():
         report.skipped[name] = f"not saved: {reason}"
+        report.details[name] = {"type": content.skipped_types.get(name, ""), "size": None}
     for name, variable in content.variables.items():
         module = variable.module
         if module:

@@ -60,6 +60,7 @@ import gc
 import importlib
 import io
 import pickle
+import re
 import sys
 import threading
 import warnings
@@ -219,12 +220,30 @@ def type_name(value: Any) -> str:
     return qualname if module == "builtins" else f"{module}.{qualname}"
 
 
+#: What pickle's "cannot pickle 'X' object" means, for the kinds users meet.
+_UNPICKLABLE = {
+    "generator": "cannot pickle a generator's frame (a generator part-way through)",
+    "async_generator": "cannot pickle an async generator's frame",
+    "coroutine": "cannot pickle a coroutine's frame",
+    "frame": "cannot pickle a stack frame",
+    "traceback": "cannot pickle a traceback: it holds stack frames",
+    "socket": "cannot pickle a socket: its connection lives in this process only",
+}
+_CANNOT_PICKLE = re.compile(r"cannot pickle '([\w.]+)' object")
+
+
 def describe_error(exc: BaseException) -> str:
+    """One readable reason for *exc*, raised while pickling or unpickling: its
+    first line, with its type, or a sentence for the kinds pickle refuses."""
     if isinstance(exc, RecursionError):
         return "too deeply nested to pickle"
     if isinstance(exc, NotRestorable):
         return str(exc)
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    refused = _CANNOT_PICKLE.fullmatch(text) if isinstance(exc, TypeError) else None
+    if refused is not None:
+        kind = refused.group(1)
+        return _UNPICKLABLE.get(kind, f"cannot pickle objects of type {kind}")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -289,6 +289,29 @@ def test_persist_status_tells_the_truth(kernels: KernelHarness) -> None:
     assert "are not checkpointed automatically; %persist save saves them" in status
 
 
+def test_the_restore_report_shows_what_did_not_come_back(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run("import numpy as np\nbig = np.arange(10**5)\nalias = big").check()
+    kernel.run("n = 1\ngen = (i for i in range(3))\nm = 2").check()
+    kernels.wait_generations(kernels.session(), 2)
+    kernel.restart()
+    out = kernel.run("pass").check()
+    assert "gen: not saved: cannot pickle a generator's frame" in out.text
+    assert "last assigned by: n = 1 ... gen = (i for i in range(3)) ..." in out.text
+    html = next(h for h in out.html if "<table>" in h)
+    assert "<pre>n = 1\ngen = (i for i in range(3))\nm = 2" in html  # the cell, whole
+    row = html.split("<td style='text-align:left'>gen</td>")[1].split("</tr>")[0]
+    assert "<td style='text-align:left'>generator</td>" in row and "TypeError" not in row
+    sizes = [
+        html.split(f"<td style='text-align:left'>{name}</td>")[1].split("</td>")[1]
+        for name in ("alias", "big")
+    ]
+    assert sorted(size.endswith("KiB") for size in sizes) == [False, True]  # counted once
+    assert "(restored at start)" in kernel.run("%persist").check().stdout
+    out = kernel.run("%persist rerun gen").check()
+    assert "Running again: n = 1 ..." in out.stdout and kernel.value("list(gen)") == "[0, 1, 2]"
+
+
 def test_restore_false(kernels: KernelHarness) -> None:
     kernel = kernels.start(args=NOW)
     kernel.run("gone = 1").check()

@@ -9,12 +9,103 @@ contradicts itself, an exclusion not called a removal.
 
 from __future__ import annotations
 
+import sys
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
 from persistent_kernel import render
 from persistent_kernel.checkpoint import CheckpointResult, write_checkpoint
-from persistent_kernel.restore import history
+from persistent_kernel.restore import RestoreProgress, history, restore_checkpoint
 from persistent_kernel.store import SessionStore
 
 from .helpers import INFO
+
+CELLS = [
+    "",
+    "import numpy as np\nbig = np.arange(10000)\nalias = big\nholder = [big]",
+    "from pk_report_module import Gone\nbad = Gone(1)",
+    "n = 1\ngen = (i for i in range(3))\nm = 2",
+]
+
+
+@pytest.fixture
+def gone_module() -> Iterator[types.ModuleType]:
+    module = types.ModuleType("pk_report_module")
+    exec("class Gone:\n    def __init__(self, v):\n        self.v = v\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        yield module
+    finally:
+        sys.modules.pop(module.__name__, None)
+
+
+def state(module: types.ModuleType) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """The values a notebook ran CELLS into, what the namespace filter skipped, and its types."""
+    import numpy as np
+
+    big = np.arange(10000)
+    values = {"np": np, "big": big, "alias": big, "holder": [big], "bad": module.Gone(1)}
+    values.update(n=1, m=2, gen=(i for i in range(3)))
+    return values, {"secret": "excluded by %persist exclude"}, {"secret": "str"}
+
+
+def save(session: SessionStore, module: types.ModuleType) -> CheckpointResult:
+    values, skipped, skipped_types = state(module)
+    result = write_checkpoint(
+        session, values, skipped, INFO, keep=5, inputs=CELLS, skipped_types=skipped_types
+    )
+    assert result.ok
+    return result
+
+
+def test_the_report_names_each_variable_once_with_its_cell_type_and_size(
+    session: SessionStore, gone_module: types.ModuleType
+) -> None:
+    save(session, gone_module)
+    del sys.modules[gone_module.__name__]  # `bad` cannot be loaded now
+    into: dict[str, Any] = {}
+    report = restore_checkpoint(session, into)
+    text = render.restore_text(report)
+    # one readable reason, not the exception's text
+    assert "gen: not saved: cannot pickle a generator's frame" in text and "TypeError" not in text
+    # the cell that assigned it, by the line that did
+    assert "last assigned by: n = 1 ... gen = (i for i in range(3)) ..." in text
+    assert "last assigned by: from pk_report_module import Gone ... bad = Gone(1)" in text
+    # `bad` failed to load: not restored, once (not also "not loaded yet")
+    assert text.count("bad") == 2 and "not loaded yet" not in text
+    assert "bad: could not be loaded" in text and "kept in later checkpoints" in text
+    page = render.restore_html(report)
+    assert "6 restored, 3 not restored</summary>" in page
+    assert "<pre>from pk_report_module import Gone\nbad = Gone(1)</pre>" in page
+    assert "last assigned by: <code>n = 1 ... gen = (i for i in range(3)) ...</code>" in page
+    rows = {row.split("</td>")[0].rsplit(">", 1)[1]: row for row in page.split("<tr>")[2:]}
+    cells = {
+        name: [c.split(">", 1)[1] for c in row.split("</td>")[:3]] for name, row in rows.items()
+    }
+    assert cells["gen"][1] == "generator"  # the type of a variable not saved
+    assert cells["secret"][1] == "str"
+    assert cells["bad"][1] == "pk_report_module.Gone" and cells["bad"][2].endswith(" B")
+    assert "not restored: not saved" not in page  # one reason, not two
+    # big, alias and holder share one group: its size is shown once
+    sized = [name for name in ("alias", "big", "holder") if cells[name][2]]
+    assert len(sized) == 1 and "(saved with" in rows["big"]
+
+
+def test_an_interrupted_restore_counts_what_it_left_pending(
+    session: SessionStore, gone_module: types.ModuleType
+) -> None:
+    save(session, gone_module)
+    progress = RestoreProgress()
+    progress.stop.set()  # interrupted while reading: nothing loaded
+    report = restore_checkpoint(session, {}, progress)
+    assert report.interrupted and report.carried
+    page = render.restore_html(report)
+    assert "1 restored, 2 not restored, 6 not loaded yet</summary>" in page
+    assert "not loaded yet: %persist restore big loads it" in page
+    assert "6 variable(s) not loaded yet" in render.restore_text(report)
 
 
 def test_status_never_contradicts_itself() -> None:
@@ -58,3 +149,19 @@ def test_history_says_excluded_not_removed(session: SessionStore) -> None:
     assert (rows[1]["removed"], rows[1]["excluded"]) == ([], ["token"])
     assert (rows[2]["removed"], rows[2]["excluded"]) == (["a"], [])
     assert "excluded token" in render.history_table(rows)
+
+
+def test_cells_survive_a_restart_for_variables_no_cell_of_this_kernel_bound(
+    session: SessionStore, gone_module: types.ModuleType
+) -> None:
+    save(session, gone_module)
+    # the next kernel's checkpoint: its `In` holds only its own cells
+    values, skipped, skipped_types = state(gone_module)
+    values["n"] = 5
+    write_checkpoint(
+        session, values, skipped, INFO, keep=5, inputs=["", "n = 5"], skipped_types=skipped_types
+    )
+    del sys.modules[gone_module.__name__]
+    report = restore_checkpoint(session, {})
+    assert report.cells["n"] == "n = 5"
+    assert report.cells["gen"] == CELLS[3] and report.cells["bad"] == CELLS[2]
