@@ -1,0 +1,117 @@
+"""Notebook 7 in a real headless Chromium: a notebook renamed from its title, its kernel
+shut down, the notebook reopened: its state is back (the server extension followed the
+rename). The server is ``python -m notebook`` as ``pip install`` leaves it.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .lab import STEP, LabServer, chromium
+from .server import JupyterServer, code_cell
+from .test_clients import ARTIFACTS, api, wait_for, wait_for_writers
+
+
+class NotebookServer(JupyterServer):
+    """``jupyter notebook`` (Notebook 7), with the REST calls of :class:`JupyterServer`."""
+
+    app = "notebook"
+
+    def page(self, path: str) -> str:
+        return f"{self.base}/notebooks/{path}?token={self.token}"
+
+
+def run(page: Any, code: str, shows: str) -> str:
+    """Type *code* into the last cell, Shift+Enter, wait until its output shows *shows*."""
+    from playwright.sync_api import expect
+
+    cells = page.locator(".jp-Notebook .jp-Cell")
+    expect(cells.first).to_be_visible(timeout=STEP)
+    cell = cells.nth(cells.count() - 1)
+    editor = cell.locator(".cm-content")
+    editor.click()
+    page.keyboard.press("Control+a")
+    page.keyboard.insert_text(code)
+    expect(editor).to_have_text(code)
+    page.keyboard.press("Shift+Enter")
+    expect(cell.locator(".jp-InputPrompt")).to_have_text(re.compile(r"^\[\d+\]:$"), timeout=STEP)
+    output = cell.locator(".jp-OutputArea")
+    expect(output).to_contain_text(shows, timeout=STEP)
+    return str(output.inner_text())
+
+
+def menu(page: Any, name: str, item: str) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{name}$")).click()
+    page.locator(".lm-Menu .lm-Menu-itemLabel", has_text=re.compile(f"^{item}$")).click()
+
+
+def kernel_ready(server: LabServer) -> bool:
+    """Whether a kernel is up and idle. jupyter_server answers 500 to a listing that
+    meets a kernel still starting (its last_activity not set yet): not ready then."""
+    try:
+        kernels = api(server, "/api/kernels")
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code != 500:
+            raise
+        return False
+    return any(k["execution_state"] == "idle" for k in kernels)
+
+
+@pytest.mark.timeout(600)
+def test_notebook7_rename_then_shut_down_then_reopen(
+    jupyter_env: dict[str, Path], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    root = jupyter_env["work"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    server = NotebookServer(root, tmp_path / "notebook.log").start()
+    try:
+        with chromium(tmp_path / "chromium-profile") as context:
+            page = context.pages[0] if context.pages else context.new_page()
+            try:
+                # A new notebook with the persistent kernel, as New > Python (persistent) makes.
+                path = server.new_notebook()
+                content = {
+                    "cells": [code_cell("n7-1", "")],
+                    "metadata": {"kernelspec": {"name": "python-persistent", "language":
+                                 "python", "display_name": "Python (persistent)"}},
+                    "nbformat": 4, "nbformat_minor": 5,
+                }  # fmt: skip
+                server.call(
+                    "PUT", f"/api/contents/{path}", {"type": "notebook", "content": content}
+                )
+                page.goto(server.page(path))
+                wait_for(lambda: kernel_ready(server), 120, "the kernel")
+                run(page, "x = 42; print('set')", "set")
+
+                # File > Rename…, the dialog, a new name
+                menu(page, "File", "Rename…")
+                dialog = page.locator(".jp-Dialog")
+                dialog.locator('input:not([type="checkbox"])').first.fill("seven.ipynb")
+                dialog.locator("button.jp-Dialog-button", has_text=re.compile("^Rename$")).click()
+                expect(dialog).to_have_count(0)
+                wait_for(lambda: (root / "seven.ipynb").exists(), 30, "the rename")
+
+                # Kernel > Shut Down Kernel, then the notebook opened again
+                menu(page, "Kernel", "Shut Down Kernel")
+                wait_for(lambda: api(server, "/api/kernels") == [], 60, "the kernel to stop")
+                wait_for_writers(jupyter_env["checkpoints"])
+                page.goto(server.page("seven.ipynb"))
+                wait_for(lambda: kernel_ready(server), 120, "the kernel")
+                out = run(page, "print(x + 1)", "43")
+                assert "43" in out, out
+                page.screenshot(path=str(ARTIFACTS / "notebook7-restored.png"))
+            except BaseException:
+                page.screenshot(path=str(ARTIFACTS / "notebook7-failure.png"))
+                print(f"jupyter notebook's log:\n{server.log()}")
+                raise
+    finally:
+        server.stop()
+        wait_for_writers(jupyter_env["checkpoints"])
