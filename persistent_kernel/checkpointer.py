@@ -27,19 +27,21 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import checkpoint, namespace, notebook, pagewrites, render, serializer, snapshot
 from .autosave import Autosaver, Failure, Ticket
 from .checkpoint import CarriedGroup, CheckpointResult
 from .errors import UnreadableSettings
-from .store import SessionStore, chunks, is_disk_error
+from .store import SessionStore, Store, chunks, follow, is_disk_error
 from .writerwatch import Loop, WriterWatch, deadline_for
+
+if TYPE_CHECKING:
+    from .store.tiers import Mirror  # a bucket only: see store.where
 
 T = TypeVar("T")
 
@@ -92,13 +94,14 @@ class Settings:
 class Target:
     """Which session checkpoints go to, and what a manifest says of the notebook."""
 
-    session: SessionStore
+    store: Store  # where checkpoints live (see store.where)
+    session: SessionStore  # on this machine's disk: where the writer commits
     key: str
     notebook: str | None = None
     kernel_id: str | None = None
     known_cells: frozenset[str] = frozenset()
     ephemeral: bool = False  # a batch run's state: removed at a shutdown for good
-    mirror: Any = None  # the bucket this session is mirrored to, if any
+    mirror: Mirror | None = None  # the bucket this session is mirrored to, if any
     #: the bucket's old generations may be pruned (a start saw the bucket)
     prune_mirror: bool = True
     settings: dict[str, Any] | None = field(default=None, repr=False)
@@ -166,7 +169,7 @@ class _Standby:
                 self.exited.remove(old)
         try:
             session.ensure()
-            registration = session.register_writer()
+            registration = session.locks.register_writer()
         except OSError:
             return  # the idle checkpoint will say what is wrong with the disk
 
@@ -174,7 +177,7 @@ class _Standby:
             try:
                 return job()
             finally:
-                session.release_writer(*registration)
+                session.locks.release_writer(*registration)
 
         try:
             self.current = snapshot.start_standby(announced, [registration[0]], deadline)
@@ -224,6 +227,7 @@ class Checkpointer:
         self.standby = _Standby()
         self._ticket: Ticket | None = None
         self._timer: Any = None
+        self._unfollowed: str | None = None  # the key a failed move was told for
 
     # -- configuration and target -----------------------------------------------------
 
@@ -249,6 +253,37 @@ class Checkpointer:
     def session(self) -> SessionStore:
         assert self.target is not None, "no session before the start-up restore has ended"
         return self.target.session
+
+    def follow_renames(self) -> None:
+        """Move this notebook's session where the Jupyter server says the notebook went (a
+        rename or a delete while this kernel ran: see :mod:`.store.follow`), so that the
+        checkpoints from now on are the notebook's under its new name. Waits for this
+        kernel's writer first; a move that fails is told once, and tried again at the
+        next checkpoint (the checkpoints go to the old name meanwhile)."""
+        target = self.target
+        if target is None or follow.forwarded(target.session) is None:
+            return
+        self.wait_for_writer()
+        self.standby.drop()
+        old = target.key
+        local = target.store.local()
+        try:
+            key = follow.follow(local, old)
+        except OSError as exc:
+            if self._unfollowed != old:
+                self._unfollowed = old
+                self.host.notice(
+                    f"persistent-kernel: this notebook was renamed, but its checkpoints could "
+                    f"not be moved to the new name ({exc}); they stay under {old}."
+                )
+            return
+        self._unfollowed = None
+        self.host.log.warning("persistent-kernel: the notebook's checkpoints moved to %s", key)
+        target.key, target.session, target.settings = key, local.session(key), None
+        target.mirror = target.store.mirror(key)
+        if target.notebook == old and os.path.exists(key):
+            target.notebook = key
+            target.known_cells = notebook.cell_set(key)
 
     def notebook_settings(self) -> dict[str, Any]:
         """This notebook's ``%persist exclude``/``include`` lists, read once."""
@@ -424,6 +459,7 @@ class Checkpointer:
         (``%persist save``), so the snapshot holds all of that cell's changes.
         *final*: the kernel's last checkpoint (see :meth:`_job`).
         """
+        self.follow_renames()
         began = time.perf_counter()
         forked = detach and self.forked()
         beacon = snapshot.Beacon() if forked else None
@@ -468,7 +504,7 @@ class Checkpointer:
         session = self.session
         try:
             session.ensure()
-            registration = session.register_writer()
+            registration = session.locks.register_writer()
         except OSError as exc:
             writer = snapshot.Writer(None, None, snapshot.failure(exc))
             self._settle(ticket, writer)
@@ -478,7 +514,7 @@ class Checkpointer:
             try:
                 return job()
             finally:
-                session.release_writer(*registration)
+                session.locks.release_writer(*registration)
 
         deadline = self._deadline()
         inherit = [registration[0], *(pipe[:1] if pipe else ())]
@@ -528,9 +564,9 @@ class Checkpointer:
         """
         self.wait_for_writer()
         self.standby.drop()
-        session = self.session
-        with session.locked(timeout=60):
-            session.clear()
+        session, mirror = self.session, self.target.mirror if self.target else None
+        with session.locks.locked(timeout=60):
+            (mirror or session).clear()  # a mirror clears the bucket's copy too
         self.autosaver.cleared(covers_running_cell=covers_running_cell)
         user_ns, _ = self.host.namespace()
         self.autosaver.cleared_values.clear(user_ns, len(user_ns.get("In") or []))
@@ -622,6 +658,7 @@ class Checkpointer:
             return
         if target is None or target.ephemeral:
             return
+        self.follow_renames()
         job = self._job(None, final=True)  # written only at the end
         self.standby.start(target.session, job, self._deadline())
 
@@ -670,7 +707,8 @@ class Checkpointer:
         self.wait_for_writer(timeout=wait)
         self.standby.drop()
         session = self.session
-        session.wait_for_writers(wait)
-        with session.locked(timeout=60):
+        session.locks.wait_for_writers(wait)
+        with session.locks.locked(timeout=60):
             session.clear()
-        shutil.rmtree(session.path, ignore_errors=True)
+        if session.backend.exists():
+            session.backend.remove()

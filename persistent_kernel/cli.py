@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -44,6 +45,7 @@ from .errors import (
 )
 from .restore import history
 from .store import Manifest, SessionStore, where
+from .store.rename import adopted_key
 from .store.where import open_store
 
 EXIT_OK = 0
@@ -79,9 +81,21 @@ def find_session(root: str, arg: str, cwd: str | None = None) -> SessionStore:
 
 
 def _label(session: SessionStore, manifest: Manifest | None = None) -> str:
+    """The session's key now: the one a rename moved it to, else the one it was written
+    under (its manifests keep the name they were signed with)."""
+    moved = adopted_key(session)
+    if moved is not None:
+        return moved
     if manifest is not None:
         return manifest.session
     return session.key or session.path.name
+
+
+def _notebook_gone(key: str, manifest: Manifest) -> bool:
+    """Whether the notebook of session *key* is no longer where its key says (a session
+    set aside when its notebook was deleted has a key no file has)."""
+    notebook = key if os.path.isabs(key) else manifest.notebook
+    return bool(notebook) and os.path.isabs(str(notebook)) and not os.path.exists(str(notebook))
 
 
 def _manifest(session: SessionStore, generation: int | None) -> tuple[Manifest, list[str]]:
@@ -130,10 +144,12 @@ def list_sessions(root: str) -> list[dict[str, Any]]:
             manifest, content = session.newest(parse_content, problems)
         except (NoCheckpoint, UnreadableCheckpoint):
             continue
+        key = _label(session, manifest)
         rows.append(
             {
-                "session": manifest.session,
+                "session": key,
                 "notebook": manifest.notebook,
+                "notebook_gone": _notebook_gone(key, manifest),
                 "directory": str(session.path),
                 "generations": len(generations),
                 "newest": manifest.generation,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import html
+import shlex
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -373,6 +374,12 @@ def sessions_text(rows: Sequence[dict[str, Any]]) -> str:
     lines: list[str] = []
     for row in rows:
         lines.append(row["session"])
+        if row.get("notebook_gone"):
+            lines.append(
+                "  its notebook is gone (renamed or deleted outside Jupyter, or deleted in it); "
+                f"persistent-kernel rm {shlex.quote(row['session'])} deletes these checkpoints, "
+                "persistent-kernel prune --older-than 30d all such old ones"
+            )
         lines.append(
             f"  {row['generations']} generation(s), newest {row['newest']} at "
             f"{when(row['created'])}, {human_size(row['size'])} "

@@ -92,13 +92,14 @@ class Rig:
         self.clock = Clock()
         self.loop = Loop(self.clock)
         self.host = Host(self.loop)
-        self.session: SessionStore = Store(root).session(KEY)
+        self.store = Store(root)
+        self.session: SessionStore = self.store.session(KEY)
         config = Settings(checkpoint_dir=str(root), background="inline", **settings)
         autosaver = Autosaver(
             self.clock, config.checkpoint_interval, config.autosave, threads=lambda: False
         )
         self.checkpointer = Checkpointer(self.host, config, autosaver)
-        self.checkpointer.attach(Target(self.session, KEY, notebook=KEY))
+        self.checkpointer.attach(Target(self.store, self.session, KEY, notebook=KEY))
 
     def cell(self, **bound: Any) -> None:
         """A cell that binds *bound*, then the kernel goes idle."""
