@@ -299,3 +299,27 @@ def test_restore_from_reads_another_notebook_s_checkpoints_in_the_bucket(
 
     with pytest.raises(UsageError, match=r"no checkpoints of 'elsewhere\.ipynb'"):
         magics.persist("restore --from elsewhere.ipynb")
+
+
+def test_a_renamed_notebooks_state_is_uploaded_under_its_new_name(
+    bucket_url: str, tmp_path: Path
+) -> None:
+    """The server follows a rename on this machine's disk: the bucket has nothing under
+    the new name, which a start must not take for a removal (it would clear the copy
+    here), and the next push sends it all."""
+    from persistent_kernel.store import follow
+
+    bucket = BucketStore(bucket_url, cache_root=tmp_path / "node")
+    old = bucket.mirror(KEY)
+    payload = secrets.token_bytes(1 << 20)
+    commit(old.local, payload)
+    old.push(keep=5)
+    new_key = KEY.replace(".ipynb", "-renamed.ipynb")
+    assert follow.renamed(bucket.local(), KEY, new_key) == [follow.Move(KEY, new_key)]
+    new = bucket.mirror(new_key)
+    pulled = new.pull()
+    assert pulled.ahead == 1 and new.local.generations() == [1]  # kept, to be pushed
+    assert new.pending()
+    assert new.push(keep=5).uploaded == len(payload)
+    again = BucketStore(bucket_url, cache_root=tmp_path / "node-b").mirror(new_key)
+    assert again.pull().pulled == 1

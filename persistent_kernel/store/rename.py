@@ -21,6 +21,11 @@ from .sessions import SessionStore
 
 #: In a session moved to a new key: that key (its manifests name the old one).
 KEY_FILE = "key"
+#: Session file of a session mirrored to a bucket: the manifests the bucket has had
+#: under this key (see :class:`.tiers.Mirror`). Dropped by a move: under its new key
+#: the bucket has had none, and a start that trusted it would take the bucket's
+#: silence for a removal and clear this machine's copy.
+UPLOAD_RECORD = "uploaded"
 
 
 def adopt(old: SessionStore, new: SessionStore, timeout: float = 60.0) -> None:
@@ -49,6 +54,7 @@ def adopt(old: SessionStore, new: SessionStore, timeout: float = 60.0) -> None:
                 merged = merge_settings(old.read_settings(), mine)
             new.backend.remove()
         old.backend.rename_to(new.backend)
+        new.backend.delete_file(UPLOAD_RECORD)
         if merged is not None:
             new.write_settings(merged)
         if new.key is not None:

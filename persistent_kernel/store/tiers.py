@@ -61,13 +61,14 @@ from ..session import session_dirname
 from .fs import TMP, private_dir
 from .local import LocalBackend
 from .objects import Location, ObjectBackend, connect
+from .rename import UPLOAD_RECORD
 from .sessions import Manifest, SessionStore, Store, hasher
 from .trust import Signer, read_private
 
 SECRET_ENV = "PERSISTENT_KERNEL_SECRET"
 SECRET_FILE_ENV = "PERSISTENT_KERNEL_SECRET_FILE"
 _SECRET_BYTES = 32
-_UPLOADED = "uploaded"  # local session file: digests of the manifests the bucket has had
+_UPLOADED = UPLOAD_RECORD  # local session file: digests of the manifests the bucket has had
 _RENUMBER_TRIES = 8
 
 
