@@ -90,7 +90,7 @@ class Signals:
     cells: frozenset[str] = frozenset()  # cell ids in that file now
     explicit: str | None = None  # PERSISTENT_KERNEL_SESSION
     cwd: str = "/"
-    copy: bool = False  # the notebook was made by copying another (the server said so)
+    copy_of: str | None = None  # the notebook it was copied from (the server said so)
 
 
 @dataclass(frozen=True)
@@ -193,8 +193,12 @@ def decide(
             others.append(candidate)
     if own is not None and verdict(own, me, exists) is not Verdict.FOREIGN:
         return Decision(key=own_key, restore=True, notebook=me.notebook)
-    if own is None and me.copy:
-        return Decision(key=own_key, restore=False, notebook=me.notebook)  # a copy starts clean
+    if own is None and me.copy_of:  # a copy starts clean, and is told where the state is
+        note = (
+            f"this notebook is a copy of {os.path.basename(me.copy_of)}, so it starts clean; "
+            f"{restore_hint(me.copy_of)} loads that notebook's state"
+        )
+        return Decision(key=own_key, restore=False, notebook=me.notebook, note=note)
 
     # Our own lineage kept beside foreign state at our path (rule 5 of an earlier start).
     beside = [

@@ -223,6 +223,8 @@ def restore_html(report: RestoreReport) -> str:
         if not line.startswith("  ") and not line.endswith("not restored:")
     ]
     head = "<br>".join(lines)
+    if not rows:  # a note alone (state found and not loaded): no empty table under it
+        return f"<div class='persistent-kernel-restore'><b>persistent-kernel</b>: {head}</div>"
     opened = " open" if len(rows) <= _FOLD_AFTER else ""
     counts = [f"{len(report.restored)} restored", f"{len(report.skipped)} not restored"]
     if pending:

@@ -156,7 +156,7 @@ class PersistentKernelServer(ExtensionApp):
                 return_exceptions=True,
             )
         left = max(0.0, self.shutdown_wait - (time.monotonic() - began))
-        waited, alive = await asyncio.to_thread(_wait_for_writers, self._store(), left)
+        waited, alive = await asyncio.to_thread(_wait_for_writers, self._store(), left, self.log)
         if alive:
             self.log.warning(
                 "persistent-kernel: %d checkpoint writer(s) still running after %.1f s "
@@ -179,15 +179,19 @@ def _is_persistent(kernel: Any) -> bool:
     return any("persistent_kernel" in str(arg) for arg in argv)
 
 
-def _wait_for_writers(store: Store, timeout: float) -> tuple[float, int]:
-    """Wait, at most *timeout* seconds in all, for every session's writers."""
+def _wait_for_writers(store: Store, timeout: float, log: Any) -> tuple[float, int]:
+    """Wait, at most *timeout* seconds in all, for every session's writers; log whose."""
     began = time.monotonic()
     alive = 0
     try:
-        sessions = store.sessions()
-    except (OSError, PersistentKernelError):
+        busy = [s for s in store.sessions() if s.locks.running_writers()]
+    except (OSError, PersistentKernelError) as exc:
+        log.warning("persistent-kernel: could not look for checkpoint writers: %s", exc)
         return 0.0, 0
-    for session in sessions:
+    if busy:
+        names = ", ".join(follow.key_of(store, s) or s.path.name for s in busy)
+        log.info("persistent-kernel: waiting for the final checkpoints of %s", names)
+    for session in busy:
         left = max(0.0, timeout - (time.monotonic() - began))
         alive += session.locks.wait_for_writers(left)[1]
     return time.monotonic() - began, alive

@@ -273,8 +273,9 @@ class Startup:
                 return decision
             return self._decide(store)
         self._known_cells = signals.cells
-        if signals.notebook is not None and follow.is_copy(store, signals.notebook):
-            signals = dataclasses.replace(signals, copy=True)
+        if signals.notebook is not None:
+            source = follow.copy_of(store, signals.notebook)
+            signals = dataclasses.replace(signals, copy_of=source) if source else signals
         mine = signals.notebook
 
         def owner_of(candidate: Candidate) -> str | None:

@@ -288,7 +288,9 @@ def lab_session(page: Any, server: LabServer, root: Path, checkpoints: Path) -> 
     notebook = LabNotebook(page)
     notebook.wait_idle()
     output = notebook.run("print('a' in dir(), 'e' in dir())", shows="False")
-    assert output.strip() == "False False", output
+    assert output.strip().splitlines()[-1] == "False False", output
+    assert "this notebook is a copy of final.ipynb, so it starts clean" in output, output
+    assert "name\ttype" not in output, output  # one line, no empty table under it
     notebook.menu("File", "Close and Shut Down Notebook…")
     notebook.accept_dialog("Ok")
     wait_for(lambda: api(server, "/api/kernels") == [], 60, "the kernel to shut down")

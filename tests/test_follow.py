@@ -110,8 +110,8 @@ def test_a_copy_starts_clean_with_the_originals_excludes(tmp_path: Path) -> None
     saved(store, A, x=1)
     store.session(A).write_settings({"exclude": ["password"]})
     follow.copied(store, B, A)
-    assert follow.is_copy(store, B)
-    assert not follow.is_copy(store, A)
+    assert follow.copy_of(store, B) == A
+    assert follow.copy_of(store, A) is None
     assert store.session(B).generations() == []
     assert store.session(B).read_settings()["exclude"] == ["password"]
     assert variables(store, A) == ["x"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from persistent_kernel.identity import (
@@ -237,3 +238,14 @@ def test_survey_names_an_adopted_session_by_its_new_key(tmp_path: Path) -> None:
     assert [c.key for c in survey(store)] == [A]
     store.session(A).path.rename(store.session("elsewhere").path)
     assert survey(store) == []  # no key it names leads here: not addressable, left alone
+
+
+def test_a_copy_the_server_made_starts_clean_and_is_told_where_the_state_is() -> None:
+    """Its cells are the original's, and the original's state may name an old path: by
+    its cells alone it would be adopted. The server said it is a copy."""
+    me = Signals("k9", B, ids("c1", "c2"), copy_of=A)
+    theirs = Candidate(f"{ROOT}/old.ipynb", f"{ROOT}/old.ipynb", "k1", ids("c1", "c2"))
+    d = run(me, [theirs], {A: ids("c1", "c2"), B: me.cells})
+    assert (d.key, d.restore, d.adopt_from) == (B, False, None)
+    assert d.note is not None and "copy of Untitled.ipynb" in d.note and restore_hint(A) in d.note
+    assert run(replace(me, copy_of=None), [theirs], {A: ids("c1", "c2"), B: me.cells}).adopt_from

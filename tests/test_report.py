@@ -165,3 +165,15 @@ def test_cells_survive_a_restart_for_variables_no_cell_of_this_kernel_bound(
     report = restore_checkpoint(session, {})
     assert report.cells["n"] == "n = 5"
     assert report.cells["gen"] == CELLS[3] and report.cells["bad"] == CELLS[2]
+
+
+def test_a_note_alone_is_one_line_with_no_empty_table_under_it() -> None:
+    """State found and not loaded (another notebook's, or a copy's original): the first
+    cell shows the note, not a table of nothing."""
+    from persistent_kernel.restore import RestoreReport
+
+    report = RestoreReport(problems=["this notebook is a copy of a.ipynb, so it starts clean"])
+    shown = render.restore_html(report)
+    assert "copy of a.ipynb" in shown
+    assert "<table>" not in shown and "0 restored" not in shown
+    assert render.restore_text(report).count("\n") == 0

@@ -13,7 +13,7 @@ read what they leave. The rules:
   next checkpoint (:func:`follow`), or the next start does (:func:`settle`).
 * **copy**: the copy starts clean. Its key gets an empty session holding an
   :data:`ORIGIN` record, so a start never adopts the original's state for it
-  by their shared cell ids (:func:`is_copy`).
+  by their shared cell ids (:func:`copy_of`).
 * **delete**: the session is kept, set aside under a key of its own
   (``<path> (deleted <time>)``), so a new notebook of the same name starts
   clean and ``persistent-kernel list`` shows the orphan (``prune`` removes it).
@@ -150,13 +150,15 @@ def copied(store: Store, new: str, source: str) -> None:
     session.backend.write_file(ORIGIN, json.dumps({"copy_of": source}).encode())
 
 
-def is_copy(store: Store, key: str) -> bool:
-    """Whether the notebook of *key* was made by a copy (and has no state of its own yet)."""
+def copy_of(store: Store, key: str) -> str | None:
+    """The key of the notebook the notebook of *key* was copied from, if the server said
+    it was made by a copy; None otherwise (or if the record cannot be read)."""
     try:
-        store.session(key).backend.read_file(ORIGIN)
+        data = json.loads(store.session(key).backend.read_file(ORIGIN))
     except (OSError, UnreadableCheckpoint, ValueError):
-        return False
-    return True
+        return None
+    source = data.get("copy_of") if isinstance(data, dict) else None
+    return source if isinstance(source, str) and source else None
 
 
 def forwarded(session: SessionStore) -> str | None:
