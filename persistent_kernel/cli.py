@@ -195,7 +195,7 @@ def show_session(root: str, arg: str, generation: int | None = None) -> dict[str
         rows.append(
             {
                 "name": name,
-                "type": None,
+                "type": content.skipped_types.get(name),
                 "status": "skipped",
                 "reason": reason,
                 "size": None,

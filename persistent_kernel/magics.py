@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.utils.process import arg_split  # type: ignore[attr-defined]  # as magic_arguments splits
 
 from . import autosave, checkpoint, namespace, render, restore
 from .errors import CheckpointFailed, NoCheckpoint, PersistentKernelError, sentence
@@ -84,7 +85,9 @@ class PersistMagics(Magics):
     @line_magic
     def persist(self, line: str) -> None:
         """Show or control this notebook's checkpoints."""
-        args = parse_argstring(self.persist, line)
+        # Options may stand anywhere, as the README writes them (restore --from NB NAME).
+        parser = self.persist.parser
+        args = parser.parse_intermixed_args(arg_split(line))
         if args.source is not None and args.command != "restore":
             raise UsageError("--from goes with %persist restore only")
         try:

@@ -533,3 +533,16 @@ def test_prune_keeps_a_session_a_newer_release_still_writes(
     future_generation(old, b"written today by a newer release")
     data = cli.prune_sessions(str(root), 30 * DAY)
     assert data["removed"] == [] and old.path.is_dir()
+
+
+def test_show_gives_the_type_of_what_was_not_saved(root: Path, nb: Path) -> None:
+    """The restore report shows it; so does show (they must agree)."""
+    session = Store(root).session(str(nb))
+    reason = "cannot pickle a generator's frame"
+    info = {"session": str(nb), "notebook": str(nb)}
+    result = write_checkpoint(
+        session, {"a": 1}, {"gen": reason}, info, keep=10, skipped_types={"gen": "generator"}
+    )
+    assert result.ok
+    rows = {r["name"]: r for r in cli.show_session(str(root), str(nb))["variables"]}
+    assert (rows["gen"]["type"], rows["gen"]["status"]) == ("generator", "skipped")

@@ -295,6 +295,9 @@ def test_restore_from_reads_another_notebook_s_checkpoints_in_the_bucket(
     magics.persist(f"restore x --from '{KEY}'")
     assert shell.user_ns == {"x": 41}
     assert "Restored 1 variable(s) from generation 1" in capsys.readouterr().out
+    shell.user_ns.clear()  # the order the README writes: the option first, then the names
+    magics.persist(f"restore --from '{KEY}' 1 y")
+    assert shell.user_ns == {"y": "from the other"}
     from IPython.core.error import UsageError
 
     with pytest.raises(UsageError, match=r"no checkpoints of 'elsewhere\.ipynb'"):
