@@ -62,7 +62,8 @@ class PersistentKernel(IPythonKernel):
         30.0,
         help="""Seconds between automatic checkpoints. After a cell the namespace is
         checkpointed once the kernel is idle and this long has passed since the last
-        checkpoint. 0 checkpoints every time the kernel goes idle after a cell.""",
+        checkpoint that wrote something. 0 checkpoints every time the kernel goes idle
+        after a cell.""",
     ).tag(config=True)
 
     checkpoint_dir = Unicode(
