@@ -11,7 +11,8 @@ default (30 s), so, as for a user, the state reaches the disk at the restart.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,13 @@ from .server import WITHOUT_EXTENSION, JupyterServer, code_cell
 from .test_clients import RESTORED, wait_for_writers
 
 
-@pytest.fixture
-def server(jupyter_env: dict[str, Path], tmp_path: Path) -> Iterator[JupyterServer]:
-    log = tmp_path / "server.log"
-    running = JupyterServer(jupyter_env["work"], log, WITHOUT_EXTENSION).start()
+@contextlib.contextmanager
+def served(
+    jupyter_env: dict[str, Path], log: Path, args: Sequence[str] = ()
+) -> Iterator[JupyterServer]:
+    """A jupyter_server on the test's work folder; its log shown if the test fails, and
+    the kernels' last writers waited for once it stopped."""
+    running = JupyterServer(jupyter_env["work"], log, args).start()
     try:
         yield running
     except BaseException:
@@ -35,6 +39,12 @@ def server(jupyter_env: dict[str, Path], tmp_path: Path) -> Iterator[JupyterServ
     finally:
         running.stop()
         wait_for_writers(jupyter_env["checkpoints"])
+
+
+@pytest.fixture
+def server(jupyter_env: dict[str, Path], tmp_path: Path) -> Iterator[JupyterServer]:
+    with served(jupyter_env, tmp_path / "server.log", WITHOUT_EXTENSION) as running:
+        yield running
 
 
 def notebooks(root: Path) -> dict[str, list[str]]:

@@ -19,37 +19,18 @@ from pathlib import Path
 import psutil
 import pytest
 
-from persistent_kernel.startup import survey
-from persistent_kernel.store import Store
-
 from .helpers import wait_until
 from .server import JupyterServer, code_cell
 from .test_clients import RESTORED, wait_for_writers
+from .test_server import notebooks, served
 
 LOADED = "persistent_kernel.serverext | extension was successfully loaded"
 
 
 @pytest.fixture
 def server(jupyter_env: dict[str, Path], tmp_path: Path) -> Iterator[JupyterServer]:
-    running = JupyterServer(jupyter_env["work"], tmp_path / "server.log").start()
-    try:
+    with served(jupyter_env, tmp_path / "server.log") as running:  # as pip leaves it
         yield running
-    except BaseException:
-        print(f"jupyter_server's log:\n{running.log()}")
-        raise
-    finally:
-        running.stop()
-        wait_for_writers(jupyter_env["checkpoints"])
-
-
-def keys(root: Path) -> dict[str, list[str]]:
-    """Session key -> variables of its newest checkpoint, for every session."""
-    store = Store(root)
-    found = {}
-    for candidate in survey(store):
-        manifest, _ = store.session(candidate.key).latest()
-        found[candidate.key] = sorted(manifest.content["variables"])
-    return found
 
 
 def first_save(server: JupyterServer, session: dict, name: str, cells: list[dict]) -> None:
@@ -85,7 +66,7 @@ def test_a_notebook_named_at_its_first_save_then_shut_down_reopens_with_its_stat
     out = server.run(again, "print(x, y)")
     assert out.splitlines()[-1] == "42 43", out
     assert RESTORED.search(out), out
-    assert keys(root) == {str(work / "g.ipynb"): ["x", "y"]}
+    assert notebooks(root) == {str(work / "g.ipynb"): ["x", "y"]}
 
 
 @pytest.mark.timeout(300)
@@ -100,12 +81,12 @@ def test_a_rename_with_no_kernel_running_moves_the_state(
     wait_for_writers(root)
     server.call("PATCH", "/api/contents/a.ipynb", {"path": "b.ipynb"})  # the file browser
     # the server records it as soon as the rename is answered
-    wait_until(lambda: keys(root) == {str(work / "b.ipynb"): ["v"]}, 30, "the move")
+    wait_until(lambda: notebooks(root) == {str(work / "b.ipynb"): ["v"]}, 30, "the move")
     lab = server.open("b.ipynb", name="b.ipynb")
     out = server.run(lab, "print(v, 'secret' in dir())\nsecret = 's2'\n%persist save")
     assert "a False" in out.splitlines(), out
     assert RESTORED.search(out), out
-    assert keys(root) == {str(work / "b.ipynb"): ["v"]}  # its exclude came along
+    assert notebooks(root) == {str(work / "b.ipynb"): ["v"]}  # its exclude came along
 
 
 @pytest.mark.timeout(300)
@@ -135,7 +116,7 @@ def test_duplicate_starts_clean_and_the_original_keeps_its_state(
     assert out.splitlines()[-1] == "1", out
     out = server.run(server.open(copy, name=copy), "print(copied, 'original' in dir())")
     assert out.splitlines()[-1] == "2 False", out
-    saved = keys(root)
+    saved = notebooks(root)
     assert saved == {str(work / "orig.ipynb"): ["original"], str(work / copy): ["copied"]}
 
 
@@ -151,13 +132,13 @@ def test_a_deleted_notebooks_state_is_kept_and_never_given_to_its_successor(
     server.close(lab)
     wait_for_writers(root)
     server.delete(path)
-    wait_until(lambda: str(work / path) not in keys(root), 30, "the state set aside")
+    wait_until(lambda: str(work / path) not in notebooks(root), 30, "the state set aside")
     assert server.new_notebook() == path
     fresh = server.open(path, name=path)
     out = server.run(fresh, "print('gone' in dir())")
     assert out == "False\n", out  # nothing loaded, and nothing to say about it
-    kept = [key for key in keys(root) if key.startswith(f"{work / path} (deleted ")]
-    assert len(kept) == 1, keys(root)
+    kept = [key for key in notebooks(root) if key.startswith(f"{work / path} (deleted ")]
+    assert len(kept) == 1, notebooks(root)
     listed = subprocess.run(
         [sys.executable, "-m", "persistent_kernel", "list"],
         capture_output=True, text=True, check=True,
