@@ -67,6 +67,30 @@ def test_a_notebook_named_at_its_first_save_then_shut_down_reopens_with_its_stat
     assert out.splitlines()[-1] == "42 43", out
     assert RESTORED.search(out), out
     assert notebooks(root) == {str(work / "g.ipynb"): ["x", "y"]}
+    # the next new notebook takes the free name: nothing loaded, and nothing to say
+    assert server.new_notebook() == path
+    out = server.run(server.open(path, name=path), "print('x' in dir())")
+    assert out == "False\n", out
+
+
+@pytest.mark.timeout(300)
+def test_a_notebook_named_at_its_first_save_survives_a_server_stopped_by_sigterm(
+    jupyter_env: dict[str, Path], tmp_path: Path
+) -> None:
+    work, root = jupyter_env["work"], jupyter_env["checkpoints"]
+    with served(jupyter_env, tmp_path / "server.log") as server:
+        path = server.new_notebook()
+        lab = server.open(path, name=path)
+        server.run(lab, "x = 'kept'")
+        first_save(server, lab, "h.ipynb", [code_cell("h-1", "x = 'kept'")])
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(60)
+    kill_what_the_server_left(jupyter_env["JUPYTER_RUNTIME_DIR"])
+    with served(jupyter_env, tmp_path / "server2.log") as server:
+        out = server.run(server.open("h.ipynb", name="h.ipynb"), "print(x)")
+        assert out.splitlines()[-1] == "kept", out
+    assert str(work / "h.ipynb") in notebooks(root)
 
 
 @pytest.mark.timeout(300)
