@@ -16,7 +16,8 @@ last line of the only running cell (then its snapshot saw the cell's end).
 
 The interval is measured from the last checkpoint that wrote a generation:
 a checkpoint that found nothing changed (a cell that only read) does not
-put off the next one, and after a restore the interval has passed already.
+put off the next one, and after a restore it counts from when the restored
+generation was written (by an earlier kernel), not from the restore.
 
 Also kept here: one back-off rule for failed checkpoints and failed uploads
 to a bucket, the user's threads (any alive keeps idle checkpoints coming),
@@ -473,18 +474,26 @@ class Autosaver:
 
     # -- pending groups (not loaded by an interrupted restore) ------------------------
 
-    def restored(self, pending: Iterable[CarriedGroup], has_checkpoint: bool) -> None:
+    def restored(
+        self,
+        pending: Iterable[CarriedGroup],
+        has_checkpoint: bool,
+        written_ago: float | None = None,
+    ) -> None:
         """The start-up restore ended: what it did not load is pending.
 
         What was loaded is on disk already: nothing to write until a change.
-        A restore writes nothing: with a checkpoint on disk, the next change is
-        saved at the next idle (the generation restored was written before this
-        kernel started; the interval is not made to start again by the restore).
+        A restore writes nothing: the interval counts from when the newest
+        generation was written, *written_ago* seconds ago (by the kernel before,
+        which may have ended hours ago: then the next change is saved at the next
+        idle; or a second ago, at a restart: then the interval runs as it would
+        have); unknown, as if it had passed.
         """
         self._pending = list(pending)
         self.has_checkpoint = has_checkpoint
         if has_checkpoint:
-            self._last_write = -math.inf
+            ago = math.inf if written_ago is None else max(0.0, written_ago)
+            self._last_write = self.clock() - ago
         with self._lock:
             self._saved = self._epoch
 

@@ -242,11 +242,17 @@ class Checkpointer:
         self.maybe_checkpoint()
 
     def attach(
-        self, target: Target, pending: Iterable[CarriedGroup] = (), has_checkpoint: bool = False
+        self,
+        target: Target,
+        pending: Iterable[CarriedGroup] = (),
+        has_checkpoint: bool = False,
+        written_at: float | None = None,
     ) -> None:
         """Checkpoints go to *target* from now on: the start-up restore has ended, leaving
-        *pending* the groups it did not load (see :meth:`Autosaver.restored`)."""
-        self.autosaver.restored(pending, has_checkpoint=has_checkpoint)
+        *pending* the groups it did not load; the newest generation was written at the
+        wall-clock time *written_at* (see :meth:`Autosaver.restored`)."""
+        ago = None if written_at is None else time.time() - written_at
+        self.autosaver.restored(pending, has_checkpoint=has_checkpoint, written_ago=ago)
         self.target = target  # no checkpoint now: this runs on the restore's thread
 
     @property

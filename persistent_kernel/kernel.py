@@ -248,7 +248,7 @@ class PersistentKernel(IPythonKernel):
         checkpointer = self.checkpointer
         assert checkpointer is not None
         report = self.restore_report = outcome.report
-        checkpointer.attach(outcome.target, report.carried, outcome.has_checkpoint)
+        checkpointer.attach(outcome.target, report.carried, outcome.has_checkpoint, report.created)
         checkpointer.last_result = outcome.last_result or checkpointer.last_result
         self._notices.extend(outcome.notices)
         if report.restored or report.skipped or report.problems:

@@ -251,11 +251,18 @@ def test_a_checkpoint_that_wrote_nothing_does_not_put_off_the_next(clock: Clock)
     assert a.due() == 30
 
 
-def test_after_a_restore_the_interval_has_passed(clock: Clock) -> None:
+def test_after_a_restore_the_interval_counts_from_the_restored_generation(
+    clock: Clock,
+) -> None:
     a = saver(clock, interval=30)
-    a.restored([], has_checkpoint=True)
+    a.restored([], has_checkpoint=True, written_ago=10)  # a restart: written 10 s ago
     run_cell(a)
-    assert a.due() == 0
+    assert a.due() == 20
+    old = saver(clock, interval=30)  # written an hour ago, or when is not known
+    for ago in (3600.0, None):
+        old.restored([], has_checkpoint=True, written_ago=ago)
+        run_cell(old)
+        assert old.due() == 0
     fresh = saver(clock, interval=30)  # nothing on disk: the interval counts from the start
     fresh.restored([], has_checkpoint=False)
     run_cell(fresh)
