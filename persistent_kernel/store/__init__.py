@@ -12,6 +12,10 @@ checks the owner and the mode and follows no symlink, see :mod:`.trust`)::
         settings.json                %persist exclude / include of this session
         key                          the session key, where a renamed notebook took the
                                      directory over (see :mod:`.rename`)
+        forward                      the key the notebook was renamed to while a kernel
+                                     wrote here; that kernel moves the session (.follow)
+        origin                       this key's notebook is a copy of another (.follow)
+        uploaded                     manifests the bucket has had under this key (.tiers)
         loading, poisoned            crash markers: the blob being unpickled, and those
                                      whose unpickling killed a kernel
         generations/00000042.json    manifest of generation 42
@@ -65,6 +69,8 @@ The package, by job:
   session and the bucket's (push after each commit, pull at start);
 * :mod:`.rename`: a session moved to a renamed notebook's key, through the
   backend (a rename on the local disk; refused, untouched, in a bucket);
+* :mod:`.follow`: what the Jupyter server saw (renames, copies, deletes),
+  recorded by its extension and carried out here, by a kernel or at a start;
 * :mod:`.locks`: the session lock and the registry of live writers
   (``session.locks``), apart from the format;
 * :mod:`.fs`: private directories, atomic writes, directory fsync;
