@@ -209,7 +209,7 @@ class PersistentKernel(IPythonKernel):
         startup = self.startup_class(
             self.checkpoint_dir, dict(os.environ), os.getcwd(),
             getattr(self.parent, "connection_file", None), key=key,
-            writer_wait=self.writer_wait, forked=checkpointer.forked(), log=self.log,
+            writer_wait=self.writer_wait, log=self.log,
         )  # fmt: skip
         startup.progress.on_chunked = checkpointer.watch_restored
         self._names_at_start = frozenset(self.shell.user_ns)

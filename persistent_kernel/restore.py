@@ -528,12 +528,6 @@ def _carry(content: Content, group: Group) -> CarriedGroup:
     return CarriedGroup(dict(group.record), variables, content.hash)
 
 
-def variable_fingerprints(manifest: Manifest) -> dict[str, str]:
-    """name -> what identifies its saved bytes (its group's part hashes, or
-    its module), so two generations can be compared without unpickling."""
-    return parse_content(manifest).fingerprints()
-
-
 def history(session: SessionStore) -> list[dict[str, Any]]:
     """Every generation kept, oldest first, each with the variables added,
     changed and removed since the readable generation before it (``previous``).

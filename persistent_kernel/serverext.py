@@ -73,11 +73,9 @@ class PersistentKernelServer(ExtensionApp):
     def initialize_settings(self) -> None:
         self._lock = asyncio.Lock()  # one event at a time: a rename then a copy of it
         self.root = _root_dir(self.server)
+        # Where the kernels commit, read from their configuration once (a bucket's cache).
+        self.store: Store = open_store(kernelconfig.checkpoint_dir()).local()
         self.server.event_logger.add_listener(schema_id=CONTENTS_EVENTS, listener=self._on_contents)
-
-    def _store(self) -> Store:
-        """The store on this machine's disk, where kernels commit (a bucket's cache)."""
-        return open_store(kernelconfig.checkpoint_dir()).local()
 
     def _key(self, api_path: str) -> str | None:
         if self.root is None:
@@ -101,7 +99,7 @@ class PersistentKernelServer(ExtensionApp):
             except (OSError, PersistentKernelError) as exc:
                 self.log.warning(
                     "persistent-kernel: could not record the %s of %s in %s: %s",
-                    action, path, self._store().display, exc,
+                    action, path, self.store.display, exc,
                 )  # fmt: skip
                 return
         for move in moved:
@@ -111,7 +109,7 @@ class PersistentKernelServer(ExtensionApp):
             )  # fmt: skip
 
     def _record(self, action: str, path: str, old: str | None, busy: set[str]) -> list[follow.Move]:
-        store = self._store()
+        store = self.store
         if action == "rename" and old is not None:
             return follow.renamed(store, old, path, busy, folder=os.path.isdir(path))
         if not store.sessions_dir.exists():
@@ -156,7 +154,7 @@ class PersistentKernelServer(ExtensionApp):
                 return_exceptions=True,
             )
         left = max(0.0, self.shutdown_wait - (time.monotonic() - began))
-        waited, alive = await asyncio.to_thread(_wait_for_writers, self._store(), left, self.log)
+        waited, alive = await asyncio.to_thread(_wait_for_writers, self.store, left, self.log)
         if alive:
             self.log.warning(
                 "persistent-kernel: %d checkpoint writer(s) still running after %.1f s "

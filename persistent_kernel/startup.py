@@ -135,7 +135,6 @@ class Startup:
         *,
         key: str,
         writer_wait: float = 300.0,
-        forked: bool = True,
         log: logging.Logger | None = None,
         clock: Clock = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -146,7 +145,6 @@ class Startup:
         self.connection_file = connection_file
         self.key = key  # where this kernel starts looking (see session.session_key)
         self.writer_wait = writer_wait
-        self.forked = forked
         self.log = log or logging.getLogger(__name__)
         self.clock = clock
         self.sleep = sleep

@@ -102,10 +102,15 @@ def move(store: Store, old: str, new: str, busy: bool = False) -> Move:
         source.ensure()
         source.backend.write_file(FORWARD, json.dumps({"to": new}).encode())
         return Move(old, new, forwarded=True)
+    _carry_out(store, old, new)
+    return Move(old, new)
+
+
+def _carry_out(store: Store, old: str, new: str) -> None:
+    """Move session *old* to *new* now (no writer of it runs), keeping what *new* held."""
     _make_room(store, new)
     store.adopt(old, new)
     store.session(new).backend.delete_file(FORWARD)
-    return Move(old, new)
 
 
 def _make_room(store: Store, key: str) -> None:
@@ -120,17 +125,10 @@ def _make_room(store: Store, key: str) -> None:
 def set_aside(store: Store, key: str, why: str = "deleted", busy: bool = False) -> Move | None:
     """Keep session *key* under a key of its own, ``<key> (<why> <time>)``; None if it
     holds nothing and no kernel (*busy*) will write to it."""
-    session = store.session(key)
-    if not session.backend.exists() and not busy:
+    if not store.session(key).backend.exists() and not busy:
         return None
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
-    aside = f"{key} ({why} {stamp})"
-    if busy or session.locks.running_writers():
-        session.ensure()
-        session.backend.write_file(FORWARD, json.dumps({"to": aside}).encode())
-        return Move(key, aside, forwarded=True)
-    store.adopt(key, aside)
-    return Move(key, aside)
+    return move(store, key, f"{key} ({why} {stamp})", busy)
 
 
 def copied(store: Store, new: str, source: str) -> None:
@@ -165,10 +163,8 @@ def forwarded(session: SessionStore) -> str | None:
     """The key *session*'s notebook was renamed to while a kernel wrote to it, if any."""
     try:
         data = json.loads(session.backend.read_file(FORWARD))
-    except FileNotFoundError:
-        return None
     except (OSError, UnreadableCheckpoint, ValueError):
-        return None  # a damaged record is no instruction: the session stays where it is
+        return None  # none, or a damaged one: no instruction, the session stays where it is
     to = data.get("to") if isinstance(data, dict) else None
     return to if isinstance(to, str) and to else None
 
@@ -191,9 +187,7 @@ def follow(store: Store, key: str) -> str:
         return key
     for middle in chain[1:-1]:
         store.session(middle).backend.delete_file(FORWARD)
-    _make_room(store, final)
-    store.adopt(key, final)
-    store.session(final).backend.delete_file(FORWARD)
+    _carry_out(store, key, final)
     return final
 
 
