@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from persistent_kernel.errors import NoCheckpoint
 from persistent_kernel.startup import survey
 from persistent_kernel.store import Store
 
@@ -48,11 +49,15 @@ def server(jupyter_env: dict[str, Path], tmp_path: Path) -> Iterator[JupyterServ
 
 
 def notebooks(root: Path) -> dict[str, list[str]]:
-    """Session key -> variables of its newest checkpoint, for every session."""
+    """Session key -> variables of its newest checkpoint, for every session. A session
+    the server moves while this reads (a rename, a delete) is left out of this look."""
     store = Store(root)
     found = {}
     for candidate in survey(store):
-        manifest, _ = store.session(candidate.key).latest()
+        try:
+            manifest, _ = store.session(candidate.key).latest()
+        except NoCheckpoint:
+            continue  # moved meanwhile: the caller polls, or looks again once it is done
         found[candidate.key] = sorted(manifest.content["variables"])
     return found
 
