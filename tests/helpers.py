@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from persistent_kernel.checkpoint import group_refs
-from persistent_kernel.store import SessionStore
+from persistent_kernel.store import BlobRef, Manifest, SessionStore
 
 KEY = "/home/user/analysis.ipynb"
 INFO = {"session": KEY, "notebook": KEY}
@@ -70,3 +70,17 @@ def future_generation(session: SessionStore, blob: bytes, fmt: int = 99) -> tupl
     raw["signature"] = session.signer.sign(raw)
     session.backend.write_manifest(generation, json.dumps(raw).encode())
     return generation, name
+
+
+def commit_blobs(session: SessionStore, *blobs: list[bytes], tag: str = "") -> Manifest:
+    """Write *blobs* and commit a generation naming them (the caller holds the lock, if
+    it wants one)."""
+    refs = [session.write_blob(parts) for parts in blobs]
+    content = {"tag": tag, "groups": [{"hash": r.hash, "parts": list(r.parts)} for r in refs]}
+    return session.commit(content, refs, INFO)
+
+
+def ref_of(manifest: Manifest, index: int = 0) -> BlobRef:
+    """The blob of group *index* of *manifest*, as the commit above names it."""
+    group = manifest.content["groups"][index]
+    return BlobRef(group["hash"], manifest.blobs[group["hash"]], tuple(group["parts"]))

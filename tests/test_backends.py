@@ -52,7 +52,7 @@ from persistent_kernel.store.sessions import hasher
 from persistent_kernel.store.trust import Signer
 from persistent_kernel.store.where import find_session, open_store
 
-from .helpers import INFO, KEY, future_generation
+from .helpers import KEY, commit_blobs, future_generation, ref_of
 
 KINDS = ["local", "s3", "memory"]
 #: Backends that set a damaged blob aside (object storage cannot rename; see
@@ -102,16 +102,9 @@ def session(fresh: SessionStore) -> SessionStore:
 
 
 def commit(session: SessionStore, *blobs: list[bytes], tag: str = "") -> Manifest:
-    """Write *blobs* and commit a generation naming them (as test_store.commit does)."""
+    """:func:`.helpers.commit_blobs` under the session's lock, as a writer commits."""
     with session.locks.locked(10):
-        refs = [session.write_blob(parts) for parts in blobs]
-        content = {"tag": tag, "groups": [{"hash": r.hash, "parts": list(r.parts)} for r in refs]}
-        return session.commit(content, refs, INFO)
-
-
-def ref_of(manifest: Manifest, index: int = 0) -> BlobRef:
-    group = manifest.content["groups"][index]
-    return BlobRef(group["hash"], manifest.blobs[group["hash"]], tuple(group["parts"]))
+        return commit_blobs(session, *blobs, tag=tag)
 
 
 def replace_manifest(session: SessionStore, generation: int, data: bytes) -> None:

@@ -29,28 +29,16 @@ from persistent_kernel.store import (
     HASH,
     PLAIN_FORMAT,
     BlobRef,
-    Manifest,
     SessionStore,
     Store,
     blob_hash,
     write_atomic,
 )
 
-from .helpers import INFO, KEY
+from .helpers import KEY, ref_of
+from .helpers import commit_blobs as commit
 
 BIG = 2 * (1 << 20)  # a part this large is read into an mmap
-
-
-def commit(session: SessionStore, *blobs: list[bytes], tag: str = "") -> Manifest:
-    """Write *blobs* and commit a generation naming them."""
-    refs = [session.write_blob(parts) for parts in blobs]
-    content = {"tag": tag, "groups": [{"hash": r.hash, "parts": list(r.parts)} for r in refs]}
-    return session.commit(content, refs, INFO)
-
-
-def ref_of(manifest: Manifest, index: int = 0) -> BlobRef:
-    group = manifest.content["groups"][index]
-    return BlobRef(group["hash"], manifest.blobs[group["hash"]], tuple(group["parts"]))
 
 
 def blob_path(session: SessionStore, ref: BlobRef) -> Path:
