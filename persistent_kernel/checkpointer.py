@@ -130,7 +130,7 @@ class _Tracking:
         if self._tracker is None and create:
             watcher = pagewrites.Watcher.open()
             self._tracker = (
-                pagewrites.Tracker(watcher, chunks.CHUNK) if watcher is not None else False
+                pagewrites.Tracker(watcher, chunks.chunk_size) if watcher is not None else False
             )
         return self._tracker if isinstance(self._tracker, pagewrites.Tracker) else None
 

@@ -139,7 +139,7 @@ class PersistentKernel(IPythonKernel):
         True,
         help="""Ask Linux (6.7 or newer, where userfaultfd is allowed) which pages of large
         arrays were written since the last checkpoint, so that a checkpoint hashes and
-        writes only the 8 MiB chunks a cell changed: a one-element change of a large array
+        writes only the chunks (1 to 8 MiB) a cell changed: a one-element change of a large array
         then hashes one chunk instead of reading the whole array. The first write to each page
         after a checkpoint costs a page fault (a large array found mostly rewritten is no
         longer watched until it is found unchanged again). False: every chunk of every large

@@ -1,6 +1,6 @@
 """Which parts of large buffers were written since the last checkpoint.
 
-A checkpoint names each 8 MiB chunk of a large buffer by its BLAKE3 hash
+A checkpoint names each chunk of a large buffer by its BLAKE3 hash
 (:mod:`.store.chunks`), and hashing is what a one-element change of a large
 array costs: every chunk is read and hashed again to find the one that
 changed (about 0.3 s a GiB on two cores). This module lets the writer skip
@@ -59,7 +59,7 @@ import os
 import platform
 import select
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -273,7 +273,8 @@ class Tracker:
     """
 
     watcher: Any
-    chunk: int
+    #: The bytes per chunk of a buffer of a given size (:func:`.store.chunks.chunk_size`).
+    chunk: Callable[[int], int]
     #: Tracked forks so far.
     forks: int = 0
     #: Watched page spans -> the number of forks made before they were watched.
@@ -339,11 +340,12 @@ class Tracker:
 
     def _dirty(self, span: tuple[int, int], address: int, size: int) -> set[int]:
         dirty: set[int] = set()
+        step = self.chunk(size)
         for _fork, report in self.reports:
             for start, end in report.get(span, ()):
                 lo, hi = max(start, address), min(end, address + size)
                 if lo < hi:
-                    first, last = (lo - address) // self.chunk, (hi - 1 - address) // self.chunk
+                    first, last = (lo - address) // step, (hi - 1 - address) // step
                     dirty.update(range(first, last + 1))
         return dirty
 
@@ -386,7 +388,8 @@ class Tracker:
         """A restore has just read and checked a chunked buffer: watch its memory from
         now on, and offer its *chunks* (name, size) to the first checkpoint. At start
         only, and only if they were cut as this release cuts them."""
-        cuts = [min(self.chunk, size - at) for at in range(0, size, self.chunk)]
+        step = self.chunk(size)
+        cuts = [min(step, size - at) for at in range(0, size, step)]
         if self.forks or [n for _, n in chunks] != cuts:
             return
         span = page_span(address, size)

@@ -9,7 +9,7 @@ import pytest
 
 from persistent_kernel.checkpoint import CheckpointResult, write_checkpoint
 from persistent_kernel.content import parse
-from persistent_kernel.restore import restore_checkpoint
+from persistent_kernel.restore import load_generation, restore_checkpoint
 from persistent_kernel.store import SessionStore, chunks
 
 from .harness import KernelHarness
@@ -55,7 +55,7 @@ def test_chunked_buffers_reassemble_exactly(session: SessionStore, make: Any) ->
     (group,) = [g for g in parse(manifest).groups if "a" in g.names]
     chunked = [p for p in group.parts if p.blob is None]
     assert len(chunked) == 1 and chunked[0].size == array.nbytes
-    assert len(chunked[0].chunks) == -(-array.nbytes // CHUNK)
+    assert len(chunked[0].chunks) == -(-array.nbytes // chunks.chunk_size(array.nbytes))
 
     into = restore(session)
     back = into["a"]
@@ -69,17 +69,18 @@ def test_chunked_buffers_reassemble_exactly(session: SessionStore, make: Any) ->
 
 def test_a_one_element_change_writes_one_chunk(session: SessionStore) -> None:
     array = np.random.default_rng(0).random(8 * CHUNK // 8)  # 64 MiB
+    chunk = chunks.chunk_size(array.nbytes)
     first = write(session, {"a": array})
     assert first.written >= array.nbytes
     for step in range(3):
         array[(step * 3 + 1) * CHUNK // 8] += 1.0
         before = stored_bytes(session)
         result = write(session, {"a": array}, keep=10)
-        assert result.written <= CHUNK + MB
-        assert stored_bytes(session) - before <= CHUNK + MB
+        assert chunk <= result.written <= chunk + MB
+        assert stored_bytes(session) - before <= chunk + MB
     # four generations of a 64 MiB array: the array plus three changed chunks
     assert session.generations() == [1, 2, 3, 4]
-    assert stored_bytes(session) <= array.nbytes + 3 * CHUNK + MB
+    assert stored_bytes(session) <= array.nbytes + 3 * chunk + MB
     np.testing.assert_array_equal(restore(session)["a"], array)
 
 
@@ -113,7 +114,8 @@ def test_a_damaged_chunk_is_refused_and_rewritten(session: SessionStore) -> None
     assert "a" not in into and into.get("small") == 1
 
     result = write(session, {"a": array, "small": 1})
-    assert CHUNK <= result.written <= CHUNK + MB  # the damaged chunk alone, written again
+    chunk = chunks.chunk_size(array.nbytes)
+    assert chunk <= result.written <= chunk + MB  # the damaged chunk alone, written again
     np.testing.assert_array_equal(restore(session)["a"], array)
 
 
@@ -140,7 +142,7 @@ def test_a_kernel_restarts_with_a_chunked_array_and_a_small_change_writes_a_chun
     assert before >= 5 * CHUNK
     kernel.run("big[-1, 0] = 7.0\ntotal = float(big.sum())").check()
     kernels.wait_generations(session, 2)
-    assert stored_bytes(session) - before <= CHUNK + MB
+    assert stored_bytes(session) - before <= chunks.chunk_size(5 * CHUNK + 24) + MB
     kernel.restart()
     out = kernel.value("(big.shape, float(big.sum()) == total, big[-1, 0], big.flags.writeable)")
     assert out == f"(({5 * CHUNK // 8 + 3}, 1), True, np.float64(7.0), True)"
@@ -156,3 +158,87 @@ def test_a_large_pickle_stream_stays_one_blob(session: SessionStore) -> None:
     (group,) = [g for g in parse(manifest).groups if "big" in g.names]
     assert group.parts[0].blob is not None and group.parts[0].size > chunks.THRESHOLD
     assert restore(session) == {"big": big, "small": 1}
+
+
+GIB = 1 << 30
+
+
+@pytest.mark.parametrize("size", [16 * MB, 32 * MB, 50 * MB, 64 * MB, 200 * MB, GIB, 5 * GIB])
+def test_the_chunk_size_is_a_power_of_two_pages_within_bounds(size: int) -> None:
+    chunk = chunks.chunk_size(size)
+    assert chunk & (chunk - 1) == 0 and chunk % 4096 == 0
+    assert chunks.MIN_CHUNK <= chunk <= chunks.CHUNK
+    # one chunk (an element, never across two: sizes are powers of two) at most 1% of
+    # a buffer of 1 GiB or more; even two at most 10% of one of 32 MiB or more
+    if size >= GIB:
+        assert chunk <= size * 0.01
+    if size >= 32 * MB:
+        assert 2 * chunk <= size * 0.10
+    assert chunks.spans(size)[-1][1] == size
+
+
+def newly_written(session: SessionStore, values: dict[str, Any]) -> int:
+    """Bytes a checkpoint of *values* adds to the store's objects."""
+    before = stored_bytes(session)
+    write(session, values)
+    return stored_bytes(session) - before
+
+
+@pytest.mark.parametrize("size", [32 * MB, 50 * MB, GIB])
+def test_a_one_element_change_writes_a_small_share_of_the_array(
+    session: SessionStore, size: int
+) -> None:
+    array = np.zeros(size // 8)  # every chunk alike: stored once, cheap even at 1 GiB
+    write(session, {"a": array})
+    share = 0.01 if size >= GIB else 0.10
+    for index in (size // 8 // 3, size // 8 - 1):  # inside, then in the last chunk
+        array[index] = 1.0
+        assert 0 < newly_written(session, {"a": array}) <= size * share
+    back = restore(session)["a"]
+    assert back[size // 8 // 3] == 1.0 and back[-1] == 1.0 and back.sum() == 2.0
+
+
+def test_generations_cut_in_other_sizes_read_back_and_share_nothing_wrongly(
+    session: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generation whose chunks are all 8 MiB (as written before sizes grew with the
+    buffer) still restores, and later generations cut finer restore beside it."""
+    array = np.random.default_rng(7).random(50 * MB // 8)
+    with monkeypatch.context() as older:
+        older.setattr(chunks, "chunk_size", lambda size: CHUNK)
+        write(session, {"a": array})
+    old = session.read_manifest(1)
+    (group,) = [g for g in parse(old).groups if "a" in g.names]
+    (part,) = [p for p in group.parts if p.blob is None]
+    assert {size for _, size in part.chunks[:-1]} == {CHUNK}
+    first = array.copy()
+    array[12345] = -1.0
+    write(session, {"a": array})
+    (group,) = [g for g in parse(session.read_manifest(2)).groups if "a" in g.names]
+    (part,) = [p for p in group.parts if p.blob is None]
+    assert {size for _, size in part.chunks} == {chunks.chunk_size(array.nbytes)}
+    array[-1] = -2.0
+    assert newly_written(session, {"a": array}) <= 0.1 * array.nbytes
+    np.testing.assert_array_equal(restore(session)["a"], array)
+    older_values, report = load_generation(session, 1)
+    assert not report.problems
+    np.testing.assert_array_equal(older_values["a"], first)
+    middle, report = load_generation(session, 2)
+    assert not report.problems
+    assert middle["a"][12345] == -1.0 and middle["a"][-1] == first[-1]
+
+
+def test_in_a_kernel_a_one_element_change_of_50_mib_writes_under_a_tenth(
+    kernels: KernelHarness,
+) -> None:
+    kernel = kernels.start(args=["--PersistentKernel.autosave=False"])
+    save = "_r = get_ipython().kernel.checkpointer.save_now(); assert _r.ok, _r"
+    kernel.run(f"import numpy as np\nbig = np.random.default_rng(9).random({50 * MB // 8})").check()
+    kernel.run(save).check()
+    session = kernels.session()
+    for index in (0, 3_000_000, 50 * MB // 8 - 1):
+        before = stored_bytes(session)
+        kernel.run(f"big[{index}] = -1.0\n{save}").check()
+        assert 0 < stored_bytes(session) - before <= 0.1 * 50 * MB
+    values = restore(session)
+    assert float(values["big"].sum()) == float(kernel.value("float(big.sum())"))

@@ -12,7 +12,7 @@ import json
 import mmap
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -22,6 +22,13 @@ from persistent_kernel.pagewrites import PAGE, Tracker, Watcher
 from persistent_kernel.store.sessions import blob_hash
 
 CHUNK = 16 * PAGE  # small chunks: a few pages each, so that tests stay small
+
+
+def fixed(size: int) -> int:
+    """Every buffer cut in :data:`CHUNK` bytes."""
+    return CHUNK
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
@@ -123,11 +130,13 @@ def array(chunks: int) -> np.ndarray:
     return found
 
 
-def buffers_of(*arrays: np.ndarray, written: int = 0) -> list[list[object]]:
+def buffers_of(
+    *arrays: np.ndarray, written: int = 0, chunk: Callable[[int], int] = fixed
+) -> list[list[object]]:
     """What a writer reports for *arrays*: names stand for the chunks' hashes."""
     found: list[list[object]] = []
     for a in arrays:
-        names = [f"{a.ctypes.data}-{i}" for i in range(-(-a.nbytes // CHUNK))]
+        names = [f"{a.ctypes.data}-{i}" for i in range(-(-a.nbytes // chunk(a.nbytes)))]
         found.append([a.ctypes.data, a.nbytes, names, written, a.nbytes])
     return found
 
@@ -137,7 +146,7 @@ def reuse(tracker: Tracker, message: bytes, a: np.ndarray) -> list[str | None] |
 
 
 def test_chunks_no_write_touched_are_named_without_hashing(watcher: Watcher) -> None:
-    tracker, a = Tracker(watcher, CHUNK), array(4)
+    tracker, a = Tracker(watcher, fixed), array(4)
     tracker.watch_new([(a.ctypes.data, a.nbytes)])  # before the fork: a top-level array
     tracker.forked()
     tracker.committed(1, buffers_of(a))
@@ -146,11 +155,30 @@ def test_chunks_no_write_touched_are_named_without_hashing(watcher: Watcher) -> 
     assert names == [f"{a.ctypes.data}-0", f"{a.ctypes.data}-1", None, f"{a.ctypes.data}-3"]
 
 
+def test_buffers_cut_in_sizes_of_their_own_are_dirtied_chunk_by_chunk(watcher: Watcher) -> None:
+    """Each buffer's chunks are as large as its size makes them: a write marks the
+    chunk of that buffer's size it falls in."""
+
+    def grows(size: int) -> int:
+        return CHUNK if size < 4 * CHUNK else 2 * CHUNK
+
+    tracker, a, b = Tracker(watcher, grows), array(2), array(8)
+    tracker.watch_new([(a.ctypes.data, a.nbytes), (b.ctypes.data, b.nbytes)])
+    tracker.forked()
+    tracker.committed(1, buffers_of(a, b, chunk=grows))
+    a[CHUNK + 1] += 1
+    b[5 * CHUNK + 1] += 1  # the third of b's four chunks
+    message = tracker.forked()
+    assert reuse(tracker, message, a) == [f"{a.ctypes.data}-0", None]
+    kept = [f"{b.ctypes.data}-{i}" for i in range(4)]
+    assert reuse(tracker, message, b) == [*kept[:2], None, kept[3]]
+
+
 def test_memory_watched_only_after_a_writers_fork_is_not_trusted_for_it(
     watcher: Watcher,
 ) -> None:
     """Writes between that fork and the watch went unseen: the names wait a checkpoint."""
-    tracker, a = Tracker(watcher, CHUNK), array(2)
+    tracker, a = Tracker(watcher, fixed), array(2)
     tracker.forked()
     tracker.committed(1, buffers_of(a))  # first seen in a writer's result: watched now
     assert reuse(tracker, tracker.forked(), a) is None
@@ -159,7 +187,7 @@ def test_memory_watched_only_after_a_writers_fork_is_not_trusted_for_it(
 
 
 def test_writes_before_a_failed_checkpoint_still_count(watcher: Watcher) -> None:
-    tracker, a = Tracker(watcher, CHUNK), array(4)
+    tracker, a = Tracker(watcher, fixed), array(4)
     tracker.watch_new([(a.ctypes.data, a.nbytes)])
     tracker.forked()
     tracker.committed(1, buffers_of(a))
@@ -173,7 +201,7 @@ def test_writes_before_a_failed_checkpoint_still_count(watcher: Watcher) -> None
 def test_a_write_just_after_the_fork_counts_for_the_next_checkpoint(watcher: Watcher) -> None:
     """The writer's bytes are the fork's; the scan after it also covers a write made
     between the fork and the scan, which the next checkpoint must hash again."""
-    tracker, a = Tracker(watcher, CHUNK), array(2)
+    tracker, a = Tracker(watcher, fixed), array(2)
     tracker.watch_new([(a.ctypes.data, a.nbytes)])
     tracker.forked()
     tracker.committed(1, buffers_of(a))
@@ -188,7 +216,7 @@ def test_a_write_just_after_the_fork_counts_for_the_next_checkpoint(watcher: Wat
 def test_a_mostly_rewritten_array_is_watched_again_once_found_unchanged(
     watcher: Watcher,
 ) -> None:
-    tracker, a = Tracker(watcher, CHUNK), array(4)
+    tracker, a = Tracker(watcher, fixed), array(4)
     span = pagewrites.page_span(a.ctypes.data, a.nbytes)
     tracker.watch_new([(a.ctypes.data, a.nbytes)])
     tracker.forked()
@@ -205,7 +233,7 @@ def test_a_mostly_rewritten_array_is_watched_again_once_found_unchanged(
 
 
 def test_an_array_whose_memory_was_mapped_anew_is_hashed(watcher: Watcher) -> None:
-    tracker, a = Tracker(watcher, CHUNK), array(2)
+    tracker, a = Tracker(watcher, fixed), array(2)
     tracker.watch_new([(a.ctypes.data, a.nbytes)])
     tracker.forked()
     tracker.committed(1, buffers_of(a))
@@ -214,7 +242,7 @@ def test_an_array_whose_memory_was_mapped_anew_is_hashed(watcher: Watcher) -> No
 
 
 def test_a_result_older_than_the_table_is_ignored(watcher: Watcher) -> None:
-    tracker, a, b = Tracker(watcher, CHUNK), array(1), array(2)
+    tracker, a, b = Tracker(watcher, fixed), array(1), array(2)
     tracker.watch_new([(a.ctypes.data, a.nbytes), (b.ctypes.data, b.nbytes)])
     tracker.forked()
     tracker.forked()
@@ -224,7 +252,7 @@ def test_a_result_older_than_the_table_is_ignored(watcher: Watcher) -> None:
 
 
 def test_a_message_cut_short_names_nothing(watcher: Watcher) -> None:
-    tracker, a = Tracker(watcher, CHUNK), array(2)
+    tracker, a = Tracker(watcher, fixed), array(2)
     tracker.watch_new([(a.ctypes.data, a.nbytes)])
     tracker.forked()
     tracker.committed(1, buffers_of(a))
@@ -238,7 +266,7 @@ def test_writes_from_another_thread_during_scans_are_never_lost(watcher: Watcher
     stands for each fork's snapshot, and each chunk is named by its bytes' hash:
     every name the tracker offers must be the hash of that chunk in the newest
     snapshot."""
-    tracker, a = Tracker(watcher, CHUNK), array(8)
+    tracker, a = Tracker(watcher, fixed), array(8)
     tracker.watch_new([(a.ctypes.data, a.nbytes)])
     stop = threading.Event()
 
@@ -284,7 +312,7 @@ def test_top_level_buffers_are_large_contiguous_numpy_arrays() -> None:
 
 
 def test_a_restored_buffer_is_offered_to_the_first_checkpoint(watcher: Watcher) -> None:
-    tracker, a = Tracker(watcher, CHUNK), array(3)
+    tracker, a = Tracker(watcher, fixed), array(3)
     named = [(f"n{i}", CHUNK) for i in range(3)]
     tracker.seed(a.ctypes.data, a.nbytes, named)  # just read and checked
     a[CHUNK + 1] += 1  # a cell, before the first checkpoint
@@ -292,7 +320,7 @@ def test_a_restored_buffer_is_offered_to_the_first_checkpoint(watcher: Watcher) 
 
 
 def test_a_buffer_cut_otherwise_or_seen_late_is_not_offered(watcher: Watcher) -> None:
-    tracker, a, b = Tracker(watcher, CHUNK), array(2), array(3)
+    tracker, a, b = Tracker(watcher, fixed), array(2), array(3)
     tracker.seed(a.ctypes.data, a.nbytes, [("n0", CHUNK // 2), ("n1", CHUNK // 2), ("n2", CHUNK)])
     tracker.forked()
     tracker.seed(b.ctypes.data, b.nbytes, [(f"n{i}", CHUNK) for i in range(3)])  # too late

@@ -1,20 +1,33 @@
 """Large buffers stored as content-addressed chunks.
 
 A large out-of-band buffer (a numpy array's memory, pickle protocol 5) is
-cut into fixed-size chunks, each a blob named by its hash. A cell that
-changes one element of a 3 GiB array changes one chunk: the next
-checkpoint writes that chunk alone, and the generations kept share every
-other chunk, so ``keep`` generations of the array cost about the array plus
-what changed.
+cut into chunks of one size (:func:`chunk_size`, which grows with the
+buffer), each a blob named by its hash. A cell that changes one element of
+a 3 GiB array changes one chunk: the next checkpoint writes that chunk
+alone, and the generations kept share every other chunk, so ``keep``
+generations of the array cost about the array plus what changed.
 
 Why fixed-size chunks rather than content-defined ones (a rolling hash
 picking the cut points): an in-place change to an array never moves its
 bytes, so fixed cuts already isolate it, at no cost per byte; content-defined
 cuts only help when bytes are inserted or removed, which for an array means a
-new array of another size, rewritten anyway. Why :data:`CHUNK` is 8 MiB: a
-one-element change then writes at most 1% of any buffer of 800 MiB or more,
-and a chunk is large enough that a file and a hash per chunk cost little next
-to its bytes (a 1 GiB array is 128 files).
+new array of another size, rewritten anyway.
+
+Why the size grows with the buffer (a power of two, at most 1/:data:`SHARE`
+of it, between :data:`MIN_CHUNK` and :data:`CHUNK`): a one-element change
+rewrites one chunk, so a fixed 8 MiB would be 16% of a 50 MiB array; a
+thirty-second of the buffer keeps it at or below 3.2% (an element across two
+chunks, 6.3%) for any buffer of 32 MiB or more, and the cap keeps it at or
+below 0.8% from 1 GiB. The floor and the cap keep a file and a hash per chunk
+cheap next to its bytes (a 16 MiB buffer is 16 files, a 1 GiB one 128). Every
+size is a multiple of the page, so that a chunk starts where a page does when
+its buffer does (the write tracker works in pages).
+
+Each chunk's size is in the manifest, so a reader never computes cuts: a
+generation written with other sizes (8 MiB throughout, before sizes grew
+with the buffer) reads as it always did. Cuts of another size do not share
+chunks with this release's, so the first checkpoint after such a restore
+writes the buffer once more in full.
 
 Chunking also lets the hash run on two cores: the writer hashes chunks on
 :data:`THREADS` threads (created in the writer itself: a pool made before a
@@ -41,8 +54,12 @@ from .. import blobio
 from ..errors import CorruptCheckpoint
 from .sessions import HASH, BlobRef, SessionStore, blob_hash, hasher
 
-#: Bytes per chunk (see the module docstring for why 8 MiB).
+#: The largest chunk, for buffers of 256 MiB or more (see the module docstring).
 CHUNK = 8 << 20
+#: The smallest chunk (a buffer of :data:`THRESHOLD` bytes is 16 of them).
+MIN_CHUNK = 1 << 20
+#: A chunk is at most this fraction of its buffer, between the two bounds.
+SHARE = 32
 #: Buffers of at least this many bytes are chunked.
 THRESHOLD = 16 << 20
 #: Threads hashing (writer) or reading and hashing (restore) chunks.
@@ -74,9 +91,21 @@ class Chunked:
         return {"size": self.size, "chunks": [[c.hash, c.size] for c in self.chunks]}
 
 
-def spans(size: int, chunk: int = CHUNK) -> list[tuple[int, int]]:
-    """``(start, end)`` of each chunk of a buffer of *size* bytes."""
-    return [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
+def chunk_size(size: int) -> int:
+    """The bytes per chunk of a buffer of *size* bytes: the largest power of two
+    no more than ``size / SHARE``, within ``[MIN_CHUNK, CHUNK]`` (a multiple of
+    the page: both bounds are)."""
+    chunk = MIN_CHUNK
+    while chunk < CHUNK and chunk * 2 * SHARE <= size:
+        chunk *= 2
+    return chunk
+
+
+def spans(size: int, chunk: int | None = None) -> list[tuple[int, int]]:
+    """``(start, end)`` of each chunk of a buffer of *size* bytes (chunks of
+    :func:`chunk_size` bytes unless *chunk* says)."""
+    step = chunk_size(size) if chunk is None else chunk
+    return [(start, min(start + step, size)) for start in range(0, size, step)]
 
 
 def write_part(
