@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from . import checkpoint, namespace, notebook, pagewrites, render, serializer, snapshot
 from .autosave import Autosaver, Failure, Ticket
 from .checkpoint import CarriedGroup, CheckpointResult
-from .errors import UnreadableSettings
+from .errors import PersistentKernelError, UnreadableSettings
 from .store import SessionStore, Store, chunks, follow, is_disk_error
 from .writerwatch import Loop, WriterWatch, deadline_for
 
@@ -170,8 +170,10 @@ class _Standby:
         try:
             session.ensure()
             registration = session.locks.register_writer()
-        except OSError:
-            return  # the idle checkpoint will say what is wrong with the disk
+        except (OSError, PersistentKernelError):
+            # No standby for this cell: the idle checkpoint meets the same fault
+            # (a full disk, an unreadable format marker) and tells the user.
+            return
 
         def announced() -> dict[str, Any]:
             try:
@@ -511,7 +513,7 @@ class Checkpointer:
         try:
             session.ensure()
             registration = session.locks.register_writer()
-        except OSError as exc:
+        except (OSError, PersistentKernelError) as exc:  # a full disk, a damaged root
             writer = snapshot.Writer(None, None, snapshot.failure(exc))
             self._settle(ticket, writer)
             return writer

@@ -15,6 +15,7 @@ import concurrent.futures
 import os
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
@@ -176,6 +177,7 @@ class PersistentKernel(IPythonKernel):
         self.restore_report: RestoreReport | None = None
         self._unshown: RestoreReport | None = None  # the report, until a cell shows it
         self._notices: list[str] = []  # sentences for the user, shown above the next cell
+        self._told: set[tuple[str, str]] = set()  # the failures of ours told (see guarded)
         self._names_at_start: frozenset[str] = frozenset()
         self._shutdown_restart: bool | None = None  # what the shutdown request said
         if self.shell is not None:
@@ -338,13 +340,13 @@ class PersistentKernel(IPythonKernel):
     async def execute_request(self, stream: Any, ident: Any, parent: Any) -> None:
         checkpointer = self.checkpointer
         assert checkpointer is not None
-        checkpointer.cell_started()
+        self.guarded("preparing the checkpoint of this cell", checkpointer.cell_started)
         before = getattr(self.shell, "last_execution_result", None)
         ended = False
         try:
             startup = self.startup
-            if self.restoring and startup is not None and self._first_cell_ready(startup, parent):
-                await self._wait_for_restore(startup)
+            if self.restoring and startup is not None:
+                await self._hold_for_restore(startup, parent)
             await super().execute_request(stream, ident, parent)
             ended = True
         finally:
@@ -357,12 +359,49 @@ class PersistentKernel(IPythonKernel):
                 or self._shutdown_restart is not None
                 or isinstance(error, KeyboardInterrupt)
             )
-            checkpointer.cell_finished(interrupted)
+            self.guarded("recording the cell", checkpointer.cell_finished, interrupted)
             loop = getattr(self, "io_loop", None)
             if loop is not None:  # thread-safe: subshell cells end on other threads
-                loop.add_callback(checkpointer.maybe_checkpoint)
+                loop.add_callback(self.guarded, "the checkpoint", checkpointer.maybe_checkpoint)
                 if interrupted:
-                    loop.call_later(INTERRUPT_GRACE, checkpointer.accept_interrupted)
+                    loop.call_later(
+                        INTERRUPT_GRACE, self.guarded, "the checkpoint after an interrupt",
+                        checkpointer.accept_interrupted,
+                    )  # fmt: skip
+
+    async def _hold_for_restore(self, startup: Startup, parent: Any) -> None:
+        """The first cell waits for the restore; a fault of ours in the wait is told,
+        and the cell still waits (without progress) before it runs."""
+        try:
+            if self._first_cell_ready(startup, parent):
+                await self._wait_for_restore(startup)
+        except Exception as exc:
+            self._failed("showing the restore's progress", exc)
+            await asyncio.wrap_future(self._restore_done)
+
+    def guarded(self, what: str, hook: Callable[..., object], *args: Any) -> None:
+        """Run *hook*, one of ours on a cell's path: a failure is told, never raised.
+
+        No exception of the checkpointer may keep a cell from its reply: the
+        cell runs (or has run) as usual, the traceback goes to the log, and the
+        user reads one sentence above the next cell, once for each kind of
+        failure (a fault that repeats at every cell is not repeated).
+        """
+        try:
+            hook(*args)
+        except Exception as exc:
+            self._failed(what, exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        """Log the exception being handled; tell the user once (see :meth:`guarded`)."""
+        self.log.exception("persistent-kernel: %s failed", what)
+        kind = (what, type(exc).__name__)
+        if kind not in self._told:
+            self._told.add(kind)
+            self.notice(
+                f"persistent-kernel: {what} failed ({exc}); your cells run as usual, "
+                "and the last checkpoint is kept."
+            )
 
     # -- the end ----------------------------------------------------------------------
 

@@ -53,9 +53,11 @@ def failure_sentence(error: str, errno_: int | None, directory: str) -> str:
         return f"permission to write in {directory} was denied, so no checkpoint could be written"
     if errno_ == errno.ENOENT:
         return f"{directory} has vanished, so no checkpoint could be written"
-    settings = "UnreadableSettings: "
-    if error.startswith(settings):  # its own sentence: saving stopped on purpose
-        return error.removeprefix(settings)
+    kind, _, message = error.partition(": ")
+    if kind == "UnreadableSettings":  # its own sentence: saving stopped on purpose
+        return message
+    if kind in ("CorruptCheckpoint", "NewerFormat", "UntrustedCheckpoint"):
+        return f"no checkpoint could be written: {message}"  # the store's own sentence
     return f"a checkpoint could not be written ({error})"
 
 
