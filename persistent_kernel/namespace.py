@@ -145,6 +145,11 @@ def bound_names(source: str) -> set[str]:
     return _bound_in(tree.body)
 
 
+def bound_in(tree: ast.Module) -> set[str]:
+    """The names the top level of a parsed module binds, as :func:`bound_names` counts."""
+    return _bound_in(tree.body)
+
+
 def binding_line(source: str, name: str) -> int | None:
     """The line (from 1) where the last top-level statement of the cell *source*
     that binds *name* starts (as :func:`bound_names` counts bindings); None if

@@ -14,6 +14,15 @@ by ``%persist export`` loads with plain dill.
   values. Members pickle as ``Color(1)``, so identity survives
   (``Color(1) is Color.RED``). An enum with its own ``__new__`` cannot be
   rebuilt (its members' original arguments are not kept) and is refused.
+* **Classes of the notebook** (of metaclass ``type`` or ``ABCMeta``) are
+  created with their methods, then given their data attributes, then their
+  own ``__init_subclass__`` (:func:`save_class`): a registry of subclasses in
+  a class attribute comes back holding the restored subclasses, once each.
+* **Classes and functions a module file no longer defines** (a module beside
+  the notebook edited, or removed, since its import, without a reload:
+  :func:`lost`) are pickled by value as the notebook's are, where dill would
+  save a name the next process cannot find; a class of another metaclass is
+  refused.
 * **``functools.lru_cache`` / ``functools.cache`` wrappers** of notebook
   functions: the wrapped function by value, wrapped again with the same
   ``maxsize`` and ``typed``. The cache starts empty.
@@ -54,12 +63,16 @@ same way as a checkpoint does.
 
 from __future__ import annotations
 
+import abc
+import ast
 import enum
 import functools
 import io
 import os
+import pickle
 import sqlite3
 import sys
+import sysconfig
 import threading
 import types
 import typing
@@ -100,7 +113,8 @@ def is_from_main(obj: Any) -> bool:
 def located(obj: Any) -> bool:
     """Would a fresh process find *obj* by its module and qualified name?
 
-    ``__main__`` never counts: a fresh ``__main__`` is empty.
+    ``__main__`` never counts: a fresh ``__main__`` is empty; nor does a
+    module file that no longer defines the name (:func:`lost`).
     """
     module_name = getattr(obj, "__module__", None)
     name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
@@ -109,7 +123,124 @@ def located(obj: Any) -> bool:
     found: Any = sys.modules.get(module_name)
     for part in name.split("."):
         found = getattr(found, part, None)
-    return found is obj
+    return found is obj and not lost(obj)
+
+
+# -- classes and functions a module file no longer defines -------------------------------
+
+#: Where packages are installed and the standard library lives: their files are not
+#: edited under a running kernel, so their names are never looked for in the source.
+_INSTALLED = tuple(
+    {
+        os.path.join(os.path.realpath(path), "")
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+        if (path := sysconfig.get_paths().get(key))
+    }
+)
+#: module name -> its source file, if it is a ``.py`` file of the user's own
+#: (``None``: installed, built in or compiled: never looked at).
+_SOURCE_OF: dict[str, str | None] = {}
+#: source file -> (size, mtime_ns, the names its top level binds, or ``None``: cannot tell).
+_BOUND: dict[str, tuple[int, int, frozenset[str] | None]] = {}
+
+
+def _source_of(module_name: str) -> str | None:
+    if module_name in _SOURCE_OF:
+        return _SOURCE_OF[module_name]
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None) if module is not None else None
+    local = (
+        isinstance(path, str)
+        and path.endswith(".py")
+        and "site-packages" not in path
+        and "dist-packages" not in path
+        and not os.path.realpath(path).startswith(_INSTALLED)
+    )
+    _SOURCE_OF[module_name] = found = os.path.abspath(path) if local and path else None
+    return found
+
+
+def _as_compiled(module_name: str, size: int, mtime_ns: int) -> bool:
+    """Is the source as it was when its module was compiled (the size and time its
+    cached ``.pyc`` records)? Then it has not changed since the import either."""
+    cached = getattr(sys.modules.get(module_name), "__cached__", None)
+    if not isinstance(cached, str):
+        return False
+    try:
+        with open(cached, "rb") as f:
+            header = f.read(16)
+    except OSError:
+        return False
+    if len(header) < 16 or int.from_bytes(header[4:8], "little") != 0:
+        return False  # a hash-based .pyc records no time
+    recorded = int.from_bytes(header[8:12], "little"), int.from_bytes(header[12:16], "little")
+    return recorded == ((mtime_ns // 1_000_000_000) & 0xFFFFFFFF, size & 0xFFFFFFFF)
+
+
+def _bound_by(module_name: str, path: str) -> frozenset[str] | None:
+    """The names the top level of the file *path* binds now (empty if it is gone);
+    ``None`` when it has not changed since it was compiled, or its source
+    cannot tell (it does not parse, binds names with ``import *``, or has a
+    module ``__getattr__``). Parsed once per version of the file."""
+    from .namespace import bound_in
+
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return frozenset()
+    except OSError:
+        return None
+    known = _BOUND.get(path)
+    if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+        return known[2]
+    names: frozenset[str] | None = None
+    if not _as_compiled(module_name, stat.st_size, stat.st_mtime_ns):
+        try:
+            with open(path, "rb") as f:
+                tree = ast.parse(f.read(), path)
+        except (OSError, SyntaxError, ValueError):
+            pass
+        else:
+            found = bound_in(tree)
+            names = None if {"*", "__getattr__"} & found else frozenset(found)
+    _BOUND[path] = (stat.st_size, stat.st_mtime_ns, names)
+    return names
+
+
+def lost(obj: Any) -> str | None:
+    """Why a fresh process would not find the class or function *obj* by name
+    though this one does, or ``None``: its module is a ``.py`` file of the
+    user's (not installed, not the standard library) that was edited since it
+    was imported, without a reload, and no longer binds *obj*'s name at its
+    top level, or the file is gone.
+
+    Cheap: a dict look-up for any other module, and for the user's own a
+    ``stat``, and once per version of the file, a look at the ``.pyc`` its
+    import wrote and, if the file changed since, a parse. (A ``.pyc`` records
+    the time to the second: an edit in the second of the import that keeps
+    the file's size is not seen.) Limits: only the
+    first part of a qualified name is looked for (a nested class whose outer
+    class is still there counts as found); a name bound some other way than a
+    statement (``globals()[name] = ...``) counts as gone.
+    """
+    module_name = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if (
+        not isinstance(module_name, str)
+        or module_name == "__main__"
+        or not isinstance(qualname, str)
+        or "<locals>" in qualname
+    ):
+        return None
+    path = _source_of(module_name)
+    if path is None:
+        return None
+    names = _bound_by(module_name, path)
+    if names is None or qualname.partition(".")[0] in names:
+        return None
+    if not os.path.exists(path):
+        return f"its module's file {path} is gone"
+    return f"{os.path.basename(path)} no longer defines {qualname.partition('.')[0]}"
 
 
 # -- enums ---------------------------------------------------------------------------
@@ -452,8 +583,131 @@ def register_with_dill() -> None:
         _registered.add("numpy")
 
 
+# -- classes by value ----------------------------------------------------------------------
+
+
+def by_value(cls: Any) -> bool:
+    """Is *cls* a class dill must rebuild from its body here: one of the notebook's
+    (``__main__``), or one its module's file no longer defines (:func:`lost`)?"""
+    return isinstance(cls, type) and (is_from_main(cls) or lost(cls) is not None)
+
+
+def _describes(value: Any) -> bool:
+    """Is this class-body value a function or another descriptor (what the class
+    statement must have: ``__set_name__``, abstract methods), not data?"""
+    return hasattr(type(value), "__get__")
+
+
+#: Metaclasses whose classes the savers registered here pickle (any other
+#: metaclass's are dill's own, by name if a fresh process finds them so).
+CLASS_SAVERS: frozenset[type] = frozenset({type, abc.ABCMeta, enum.EnumMeta})
+
+#: Body entries a class must be created with.
+_AT_CREATION = frozenset({"__module__", "__doc__", "__slots__"})
+
+
+def save_class(pickler: Any, cls: type) -> None:
+    """Pickle a class dill would rebuild by value, so that what its attributes hold
+    may be its own subclasses (a registry filled by ``__init_subclass__``).
+
+    dill passes the whole class body as the arguments of the class's creation:
+    a subclass in a list in that body is pickled before the class exists, its
+    base is the class being made, and dill falls back to saving it by name.
+    Here the class is created with its methods and descriptors only; once it
+    exists (and can be referred to) its data attributes are set one by one,
+    and its own ``__init_subclass__`` last: the subclasses they hold are
+    created before it is in place, so loading does not run it again (it would
+    register each twice). Bases and metaclass are pickled before the class,
+    so a class is never reached again while its creation is pickled.
+
+    Limit: a subclass reached only through something else than its bases'
+    attributes (a list in a global variable filled by ``__init_subclass__``)
+    is created after that hook is in place, which then runs again on load.
+    """
+    from dill._dill import (
+        _create_type,
+        _get_typedict_abc,
+        _get_typedict_type,
+        _save_with_postproc,
+        _setitems,
+        save_type,
+    )
+
+    if getattr(pickler, "_byref", False) or id(cls) in getattr(pickler, "_postproc", {}):
+        save_type(pickler, cls)  # dill's own way (and its refusal of the recursion)
+        return
+    memo = pickler.memo
+    for needed in (type(cls), *cls.__bases__):
+        if id(needed) not in memo and needed is not cls and by_value(needed):
+            pickler.save(needed)
+            pickler.write(pickle.POP)
+    if id(cls) in memo:  # reached through what a base holds, and made there
+        pickler.write(pickler.get(memo[id(cls)][0]))
+        return
+    body, attrs = _get_typedict_type(cls, dict(cls.__dict__), None, [])
+    slots = body.get("__slots__", ())
+    for name in (slots,) if isinstance(slots, str) else slots:
+        body.pop(name, None)
+    registered: list[Any] = []
+    if isinstance(cls, abc.ABCMeta):
+        body, attrs = _get_typedict_abc(cls, body, attrs, registered)
+    later = {
+        key: body.pop(key)
+        for key in list(body)
+        if key not in _AT_CREATION and (key == "__init_subclass__" or not _describes(body[key]))
+    }
+    hook = later.pop("__init_subclass__", None)
+    # dill runs these in reverse order once the class exists
+    after: list[Any] = []
+    if hook is not None:
+        after.append((setattr, (cls, "__init_subclass__", hook)))
+    after.append((setattr, (cls, "__qualname__", cls.__qualname__)))
+    after.extend((setattr, (cls, key, value)) for key, value in (attrs or {}).items())
+    after.extend(registered)
+    after.extend((setattr, (cls, key, value)) for key, value in reversed(later.items()))
+    if hasattr(cls, "__orig_bases__"):
+        make = functools.partial(_setitems, source=body)
+        reduction: tuple[Any, ...] = (
+            types.new_class,
+            (cls.__name__, cls.__orig_bases__, {"metaclass": type(cls)}, make),
+        )
+    else:
+        reduction = (_create_type, (type(cls), cls.__name__, cls.__bases__, body))
+    _save_with_postproc(pickler, reduction, obj=cls, postproc_list=after)
+
+
+def _namedtuple(cls: type) -> bool:
+    fields = ("_fields", "_asdict", "_make", "_replace")
+    return cls.__bases__ == (tuple,) and all(hasattr(cls, name) for name in fields)
+
+
+def function_by_value(func: types.FunctionType) -> tuple[Any, ...]:
+    """A reduction of a function of a module that no longer defines it (:func:`lost`):
+    its code, with the module's namespace as its globals (by reference, as dill
+    pickles a module's ``__dict__``) or, if the module's file is gone, only the
+    globals its code reads."""
+    module = sys.modules.get(func.__module__)
+    space: dict[str, Any] = func.__globals__
+    if module is None or getattr(module, "__dict__", None) is not space or _gone(module):
+        names = _global_names(func.__code__)
+        space = {n: func.__globals__[n] for n in sorted(names) if n in func.__globals__}
+    args = (func.__code__, space, func.__name__, func.__defaults__, func.__closure__)
+    attrs = {
+        "__kwdefaults__": func.__kwdefaults__,
+        "__qualname__": func.__qualname__,
+        "__module__": func.__module__,
+        "__doc__": func.__doc__,
+    }
+    return types.FunctionType, args, (dict(func.__dict__) or None, attrs)
+
+
+def _gone(module: types.ModuleType) -> bool:
+    path = _source_of(module.__name__)
+    return path is not None and not os.path.exists(path)
+
+
 def _register_base(dill: Any) -> None:
-    from dill._dill import save_type
+    from dill._dill import save_function, save_type
 
     def default(pickler: Any, obj: Any) -> None:
         reduced = obj.__reduce_ex__(pickler.proto)
@@ -483,6 +737,21 @@ def _register_base(dill: Any) -> None:
     def save_sqlite(pickler: Any, obj: Any) -> None:
         pickler.save_reduce(*Reductions()._sqlite(obj), obj=obj)
 
+    def save_any_class(pickler: Any, obj: type) -> None:
+        if by_value(obj) and not _namedtuple(obj):  # dill rebuilds those from their fields
+            save_class(pickler, obj)
+        else:
+            save_type(pickler, obj)
+
+    def save_any_function(pickler: Any, obj: types.FunctionType) -> None:
+        if lost(obj) is None:
+            save_function(pickler, obj)
+        else:
+            pickler.save_reduce(*function_by_value(obj), obj=obj)
+
+    dill.register(type)(save_any_class)
+    dill.register(abc.ABCMeta)(save_any_class)
+    dill.register(types.FunctionType)(save_any_function)
     dill.register(sqlite3.Connection)(save_sqlite)
     dill.register(enum.EnumMeta)(save_enum_class)
     dill.register(functools._lru_cache_wrapper)(save_lru_cache)

@@ -82,8 +82,10 @@ from typing import IO, Any, TypeVar
 from . import memory, offload
 from .errors import NotRestorable, _NeedsDill
 from .reducers import (
+    CLASS_SAVERS,
     Reductions,
     is_from_main,
+    lost,
     main_references,
     register_with_dill,
 )
@@ -116,14 +118,22 @@ def _defined_in_main(obj: Any) -> bool:
     return getattr(obj, "__module__", None) == "__main__"
 
 
+def _rebuilt(obj: Any) -> bool:
+    """Is the class or function *obj* pickled by value: defined in the notebook, or
+    no longer defined by its module's file (:func:`~.reducers.lost`)?"""
+    return _defined_in_main(obj) or lost(obj) is not None
+
+
 class _FastPickler(pickle.Pickler):
     """The C pickler, refusing what it would pickle *wrongly*.
 
     The stdlib pickler saves a function or class of ``__main__`` by reference
     (``__main__.f``), which succeeds now and fails at restore time, when the
     name does not exist yet; so does anything else whose ``__module__`` is
-    ``__main__`` (an ``lru_cache`` wrapper, a ``TypeVar``). Those are dill's
-    job. (The C pickler does not call this for ints, strings, lists, dicts...)
+    ``__main__`` (an ``lru_cache`` wrapper, a ``TypeVar``), and a class or
+    function of a module file edited since its import that no longer defines
+    it. Those are dill's job. (The C pickler does not call this for ints,
+    strings, lists, dicts...)
     """
 
     def __init__(self, out: Any, reductions: Reductions, **kwargs: Any) -> None:
@@ -131,7 +141,7 @@ class _FastPickler(pickle.Pickler):
         self.reductions = reductions
 
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, (type, FunctionType)) and _defined_in_main(obj):
+        if isinstance(obj, (type, FunctionType)) and _rebuilt(obj):
             raise _NeedsDill
         reduced = self.reductions.reduce(obj)
         if reduced is NotImplemented and is_from_main(obj):
@@ -162,6 +172,13 @@ def _dill_pickler(out: Any, reductions: Reductions, **kwargs: Any) -> Any:
     def reducer_override(obj: Any) -> Any:
         if type(obj) in _PLAIN_TYPES:
             return NotImplemented
+        if isinstance(obj, type) and type(obj) not in CLASS_SAVERS:
+            why = lost(obj)
+            if why is not None:  # dill would save it by name
+                raise NotRestorable(
+                    f"{obj.__qualname__} would be saved by its name, but {why}; a class "
+                    f"of metaclass {type(obj).__qualname__} cannot be saved by value"
+                )
         return reductions.reduce(obj)
 
     def save_global(obj: Any, name: str | None = None) -> None:
@@ -394,8 +411,11 @@ def _is_numpy_dtype(tp: type) -> bool:
     return numpy is not None and issubclass(tp, numpy.dtype)
 
 
-#: Could sharing an object of this type be sharing? (Not for immutable values.)
-_IDENTITY_MATTERS = _TypeFlags(lambda tp: tp not in _VALUE_TYPES)
+#: Could sharing an object of this type be sharing? (Not for immutable values, nor
+#: for the markers dill writes in every class whose methods call ``super()``.)
+_IDENTITY_MATTERS = _TypeFlags(
+    lambda tp: tp not in _VALUE_TYPES and getattr(tp, "__module__", None) != "dill._shims"
+)
 #: Must an object of this type be looked at one by one? Functions and classes
 #: count only when defined in the notebook; numpy shares one dtype object among
 #: all arrays of a type, which is no sharing.
@@ -531,7 +551,7 @@ def _shared_candidates(seen: list[Any], ignore: set[int]) -> dict[int, Any]:
     for key in ignore & keep.keys():
         del keep[key]
     for obj in compress(kept, map(_NEEDS_A_LOOK.__getitem__, map(type, kept))):
-        if _is_numpy_dtype(type(obj)) or not _defined_in_main(obj):
+        if _is_numpy_dtype(type(obj)) or not _rebuilt(obj):
             keep.pop(id(obj), None)
     return keep
 

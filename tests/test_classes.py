@@ -1,0 +1,372 @@
+"""Classes saved means classes restorable: notebook classes whose attributes hold
+their own subclasses (a registry filled by ``__init_subclass__``), and classes of
+a module beside the notebook that its file no longer defines.
+
+The serializer's half writes payloads in one interpreter and loads them in the
+``__main__`` of another that never defined the classes; the kernel's half
+saves in a real kernel, restarts it, and checks that ``%persist``, the restore
+report, ``persistent-kernel show`` and ``export`` agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .harness import Kernel, KernelHarness
+from .test_serializer import LOAD_INTO_MAIN, run_python
+
+#: Writes the payloads of ``serialize(ns)`` to argv[1] and prints what was saved how.
+WRITE = """
+    ser = serialize(ns)
+    with open(sys.argv[1], "wb") as f:
+        f.write(pickle.dumps(
+            [(q.names, q.pickler, bytes(q.data), [bytes(b.raw()) for b in q.buffers])
+             for q in ser.payloads]
+        ))
+    print(json.dumps({
+        "skipped": ser.skipped,
+        "groups": sorted(sorted(q.names) for q in ser.payloads),
+        "pickler": {n: q.pickler for q in ser.payloads for n in q.names},
+    }))
+"""
+
+REGISTRIES = (
+    """
+    import abc, json, pickle, sys
+    from persistent_kernel.serializer import serialize
+
+    class Base:
+        registry = []
+        def __init_subclass__(cls, **kw):
+            super().__init_subclass__(**kw)
+            Base.registry.append(cls)
+        def hello(self):
+            return "base"
+
+    class A(Base):
+        def hello(self):
+            return "a:" + super().hello()
+
+    class B(A):
+        pass
+
+    a = A()
+    b = B()
+
+    class Plugin(abc.ABC):
+        plugins = {}
+        def __init_subclass__(cls, **kw):
+            super().__init_subclass__(**kw)
+            Plugin.plugins[cls.__name__] = cls
+        @abc.abstractmethod
+        def run(self): ...
+
+    class Loud(Plugin):
+        def run(self):
+            return "LOUD"
+
+    loud = Loud()
+    # the instances first: their classes are reached before the bases that list them
+    ns = {"b": b, "loud": loud, "a": a, "Base": Base, "A": A, "B": B, "Plugin": Plugin,
+          "Loud": Loud}
+"""
+    + WRITE
+)
+
+
+def test_subclass_registries_come_back_by_value(tmp_path: Path) -> None:
+    """A list registry and a dict registry (of an ABC), filled by
+    ``__init_subclass__``: saved by value, they hold the restored subclasses once
+    each, instances are of those classes, and the hook works again after."""
+    payloads = str(tmp_path / "registry.pkl")
+    written = run_python(REGISTRIES, payloads, cwd=tmp_path)
+    assert written["skipped"] == {}
+    assert ["A", "B", "Base", "a", "b"] in written["groups"]
+    assert ["Loud", "Plugin", "loud"] in written["groups"]
+    loaded = run_python(
+        LOAD_INTO_MAIN
+        + """
+    import json
+    out = {
+        "registry": [c.__name__ for c in Base.registry],
+        "same": [Base.registry[0] is A, Base.registry[1] is B, type(a) in Base.registry,
+                 isinstance(a, A), isinstance(b, A), type(b) is B],
+        "methods": [a.hello(), b.hello(), loud.run()],
+        "plugins": sorted(Plugin.plugins),
+        "plugin_same": [Plugin.plugins["Loud"] is Loud, isinstance(loud, Plugin)],
+    }
+    class C(Base):
+        pass
+    class Quiet(Plugin):
+        def run(self):
+            return "quiet"
+    out["after"] = [[c.__name__ for c in Base.registry], sorted(Plugin.plugins)]
+    try:
+        Plugin()
+    except TypeError:
+        out["abstract"] = True
+    print(json.dumps(out))
+    """,
+        payloads,
+        cwd=tmp_path,
+    )
+    assert loaded["registry"] == ["A", "B"]
+    assert loaded["same"] == [True] * 6
+    assert loaded["methods"] == ["a:base", "a:base", "LOUD"]
+    assert loaded["plugins"] == ["Loud"]
+    assert loaded["plugin_same"] == [True, True]
+    assert loaded["after"] == [["A", "B", "C"], ["Loud", "Quiet"]]
+    assert loaded["abstract"] is True
+
+
+SINGLETON = (
+    """
+    import json, pickle, sys
+    from persistent_kernel.serializer import serialize
+
+    class Config:
+        def __init__(self, level):
+            self.level = level
+
+    Config.default = Config(3)
+    ns = {"Config": Config}
+"""
+    + WRITE
+)
+
+
+def test_a_class_holding_its_own_instance_comes_back(tmp_path: Path) -> None:
+    """``Config.default = Config(3)``: the instance in the class's body is made
+    once the class exists, not saved by a name a fresh ``__main__`` lacks."""
+    payloads = str(tmp_path / "singleton.pkl")
+    assert run_python(SINGLETON, payloads, cwd=tmp_path)["skipped"] == {}
+    loaded = run_python(
+        LOAD_INTO_MAIN
+        + """
+    import json
+    print(json.dumps([Config.default.level, type(Config.default) is Config]))
+    """,
+        payloads,
+        cwd=tmp_path,
+    )
+    assert loaded == [3, True]
+
+
+MODULE = """
+    import functools
+
+    class Shape:
+        sides = 0
+        def describe(self):
+            return f"{type(self).__name__} with {self.sides} sides"
+
+    class Square(Shape):
+        sides = 4
+        def area(self, side):
+            return side * side * SCALE
+
+    def twice(x):
+        return 2 * x * SCALE
+
+    SCALE = 1
+"""
+
+#: The module without ``Square`` and ``twice``.
+EDITED = """
+    class Shape:
+        sides = 0
+        def describe(self):
+            return f"{type(self).__name__} with {self.sides} sides"
+
+    SCALE = 1
+"""
+
+STALE = (
+    """
+    import json, os, pickle, sys
+    sys.path.insert(0, os.getcwd())
+    import shapes
+    from persistent_kernel.serializer import serialize
+
+    sq = shapes.Square()
+    Square = shapes.Square
+    fn = shapes.twice
+    shape = shapes.Shape()
+    with open("shapes.py", "w") as f:
+        f.write(sys.argv[2])
+    if sys.argv[3] == "remove":
+        os.remove("shapes.py")
+    ns = {"sq": sq, "Square": Square, "fn": fn, "shape": shape}
+"""
+    + WRITE
+)
+
+
+@pytest.mark.parametrize("how", ["edit", "remove"])
+def test_a_class_its_module_no_longer_defines_comes_back_by_value(tmp_path: Path, how: str) -> None:
+    """A class and a function edited out of a module beside the notebook (the
+    module not reloaded), or whose module's file was removed: saved by value
+    with their methods, they load where the module lacks them; what the module
+    still defines stays a reference to it."""
+    (tmp_path / "shapes.py").write_text(textwrap.dedent(MODULE))
+    payloads = str(tmp_path / "stale.pkl")
+    written = run_python(STALE, payloads, textwrap.dedent(EDITED), how, cwd=tmp_path)
+    assert written["skipped"] == {}
+    # Shape is still defined by the edited file: by name; by value once the file is gone
+    assert written["pickler"]["shape"] == ("pickle" if how == "edit" else "dill")
+    assert written["pickler"]["sq"] == "dill"
+    assert any({"Square", "sq"} <= set(group) for group in written["groups"])
+    loaded = run_python(
+        """
+    import os, sys
+    sys.path.insert(0, os.getcwd())
+    """
+        + LOAD_INTO_MAIN
+        + """
+    import json
+    print(json.dumps({
+        "calls": [sq.describe(), sq.area(3), fn(5)],
+        "same": [type(sq) is Square, isinstance(sq, Square), sq.sides],
+        "shape": type(shape).__module__,
+    }))
+    """,
+        payloads,
+        cwd=tmp_path,
+    )
+    assert loaded["calls"] == ["Square with 4 sides", 9, 10]
+    assert loaded["same"] == [True, True, 4]
+    assert loaded["shape"] == "shapes"
+
+
+METACLASS = (
+    """
+    import json, os, pickle, sys
+    sys.path.insert(0, os.getcwd())
+    import tagged
+    from persistent_kernel.serializer import serialize
+
+    t = tagged.Tagged()
+    with open("tagged.py", "w") as f:
+        f.write("# emptied\\n")
+    ns = {"t": t, "keep": [1, 2]}
+"""
+    + WRITE
+)
+
+
+def test_a_lost_class_that_cannot_go_by_value_is_not_saved(tmp_path: Path) -> None:
+    """A class of its own metaclass, gone from its file: not reported saved, with
+    the reason; the rest is saved."""
+    (tmp_path / "tagged.py").write_text(
+        "class Meta(type):\n    pass\n\nclass Tagged(metaclass=Meta):\n    pass\n"
+    )
+    written = run_python(METACLASS, str(tmp_path / "meta.pkl"), cwd=tmp_path)
+    assert set(written["skipped"]) == {"t"}
+    assert "tagged.py no longer defines Tagged" in written["skipped"]["t"]
+    assert written["groups"] == [["keep"]]
+
+
+# -- a real kernel -------------------------------------------------------------------------
+
+NOW = ["--PersistentKernel.checkpoint_interval=0"]
+
+PLUGINS = """
+class Base:
+    registry = []
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        Base.registry.append(cls)
+
+class A(Base):
+    def who(self):
+        return "A"
+
+class Named:
+    by_name = {}
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        Named.by_name[cls.__name__] = cls
+
+class P(Named):
+    pass
+
+a = A()
+p = P()
+"""
+
+CHECK_PLUGINS = (
+    "print([c.__name__ for c in Base.registry], isinstance(a, A), type(a) in Base.registry,"
+    " a.who(), Named.by_name == {'P': P}, type(p) is P)"
+)
+
+
+def _state(kernel: Kernel, expression: str) -> Any:
+    """*expression* about the kernel object ``_k``, as JSON, from a cell binding nothing."""
+    code = f"print(__import__('json').dumps((lambda _k: {expression})(get_ipython().kernel)))"
+    return json.loads(kernel.run(code).check().stdout.strip().splitlines()[-1])
+
+
+def _cli(kernels: KernelHarness, *args: str) -> Any:
+    cli = Path(sys.executable).with_name("persistent-kernel")
+    root = str(kernels.root)
+    proc = subprocess.run(
+        [str(cli), *args, "--json", "--checkpoint-dir", root],
+        cwd=kernels.cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(kernels.cwd)},
+    )
+    return json.loads(proc.stdout)
+
+
+def _shown(kernels: KernelHarness) -> dict[str, str]:
+    rows = _cli(kernels, "show", "notebook.ipynb")["variables"]
+    return {row["name"]: row["status"] for row in rows}
+
+
+def test_a_plugin_registry_survives_a_restart(kernels: KernelHarness, tmp_path: Path) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run(PLUGINS).check()
+    kernel.run("%persist save").check()
+    saved = _state(kernel, "_k.checkpointer.last_result.saved")
+    assert {"Base", "A", "a", "Named", "P", "p"} <= set(saved)
+    assert _state(kernel, "_k.checkpointer.last_result.skipped") == {}
+    assert "could only be saved by name" not in kernel.run("%persist").check().text
+    assert {n: s for n, s in _shown(kernels).items() if s != "saved"} == {}
+    kernel.restart()
+    out = kernel.run(CHECK_PLUGINS).check()
+    assert "['A'] True True A True True" in out.stdout
+    assert "restored 6 variables" in out.text
+    assert _state(kernel, "_k.restore_report.skipped") == {}
+    # the hook is back: a new subclass registers, once
+    kernel.run("class B(Base):\n    pass").check()
+    assert kernel.value("[c.__name__ for c in Base.registry]") == "['A', 'B']"
+    written = _cli(kernels, "export", "notebook.ipynb", str(tmp_path / "state.pkl"))
+    assert written["skipped"] == {}
+    assert {"Base", "A", "a", "Named", "P", "p"} <= set(written["written"])
+
+
+def test_a_class_edited_out_of_its_module_survives_a_restart(kernels: KernelHarness) -> None:
+    (kernels.cwd / "shapes.py").write_text(textwrap.dedent(MODULE))
+    kernel = kernels.start(args=NOW)
+    kernel.run("import shapes\nsq = shapes.Square()\nfn = shapes.twice").check()
+    (kernels.cwd / "shapes.py").write_text(textwrap.dedent(EDITED))
+    kernel.run("kept = 1").check()
+    kernel.run("%persist save").check()
+    assert _state(kernel, "_k.checkpointer.last_result.skipped") == {}
+    assert {"sq", "fn", "shapes", "kept"} <= set(_shown(kernels))
+    assert {n: s for n, s in _shown(kernels).items() if s != "saved"} == {}
+    kernel.restart()
+    out = kernel.run("print(sq.describe(), sq.area(3), fn(5), hasattr(shapes, 'Square'))")
+    assert "Square with 4 sides 9 10 False" in out.check().stdout
+    assert _state(kernel, "_k.restore_report.skipped") == {}
