@@ -23,6 +23,7 @@ from . import namespace, pagewrites, serializer
 from ._version import __version__
 from .errors import CorruptCheckpoint, NoCheckpoint, UnreadableCheckpoint
 from .store import HASH, BlobRef, Manifest, SessionStore, chunks
+from .store.sessions import host_name
 
 
 def environment_info() -> dict[str, Any]:
@@ -33,6 +34,7 @@ def environment_info() -> dict[str, Any]:
         "python": ".".join(map(str, sys.version_info[:3])),
         "dill": dill.__version__,
         "persistent_kernel": __version__,
+        "host": host_name(),  # which machine: a restore from a bucket names it
     }
 
 
@@ -195,8 +197,8 @@ def write_checkpoint(
             carried_refs = group.refs()
             if any(n in values or n in all_skipped for n in names):
                 continue  # the user has bound the name again: the new value wins
-            if not all(session.has_blob(r.hash, r.size) for r in carried_refs):
-                continue
+            if any(session.backend.blob_size(r.hash) is None for r in carried_refs):
+                continue  # gone (the restore said so): naming it would damage the generation
             record = group.record
             if group.hash != HASH:  # named by an older format's hash: store it anew
                 try:

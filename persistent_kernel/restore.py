@@ -104,6 +104,16 @@ class RestoreReport:
 GroupKey = tuple[str, str, str]
 
 
+@dataclass(frozen=True)
+class Unread:
+    """A group whose files are there but could not be read now (see :func:`_read_groups`)."""
+
+    reason: str
+
+
+Parts = list[Any] | None | Unread  # a group's buffers; None: damaged (already reported)
+
+
 def group_key(content: Content, group: Group) -> GroupKey:
     """What makes two groups unpickle to the same values: the hash that names
     their blobs, their pickler and every blob's hash (stream, buffers, chunks)."""
@@ -175,7 +185,7 @@ def preload(session: SessionStore, key: str, progress: RestoreProgress | None = 
     for group, parts in zip(content.groups, blobs, strict=True):
         if progress is not None and progress.stop.is_set():
             break
-        if parts is None or group.id in poisoned or _missing_file(group):
+        if not isinstance(parts, list) or group.id in poisoned or _missing_file(group):
             continue
         try:
             values = _unpickle(session, group, parts)
@@ -208,10 +218,17 @@ def _read_groups(
     progress: RestoreProgress | None,
     partial: RestoreReport | None = None,
     reuse: Preloaded | None = None,
-) -> list[list[Any] | None]:
+) -> list[Parts]:
     """Every group's parts; with *partial*, a damaged group is ``None`` and noted.
-    A group in *reuse* is not read (its parts are an empty list)."""
-    parts: list[list[Any] | None] = []
+    A group in *reuse* is not read (its parts are an empty list).
+
+    A group whose files fail to read (EIO, EACCES, a folder in a file's place,
+    a bucket that stops answering) is :class:`Unread`: that is no proof of
+    damage, and passing the generation over for an older one would cost every
+    other group of it. The restore loads the rest and carries the group
+    forward as it is, so it comes back once its files can be read again.
+    """
+    parts: list[Parts] = []
     if progress is not None:
         progress.generation, progress.total, progress.done = manifest.generation, manifest.size, 0
     content = parse_content(manifest)
@@ -228,6 +245,8 @@ def _read_groups(
                 raise
             partial.skipped.update(dict.fromkeys(group.names, f"its data is damaged ({exc})"))
             parts.append(None)
+        except OSError as exc:
+            parts.append(Unread(f"its data could not be read ({exc.strerror or exc})"))
     return parts
 
 
@@ -329,7 +348,7 @@ def _restore(
 ) -> None:
     readable: list[Manifest] = []
 
-    def read(manifest: Manifest) -> list[list[Any] | None]:
+    def read(manifest: Manifest) -> list[Parts]:
         # A malformed manifest is passed over, like a damaged one.
         content = parse_content(manifest)
         readable.append(manifest)
@@ -365,7 +384,7 @@ def _restore(
 def _load(
     session: SessionStore,
     manifest: Manifest,
-    blobs: list[list[Any] | None] | None,
+    blobs: list[Parts] | None,
     into: dict[str, Any],
     report: RestoreReport,
     progress: RestoreProgress | None,
@@ -414,6 +433,11 @@ def _load(
     poisoned = session.poisoned() if markers else set()
     for group, parts in zip(content.groups, blobs, strict=True):
         if parts is None:  # damaged: already reported
+            continue
+        if isinstance(parts, Unread):
+            reason = f"{parts.reason}; it is kept in the checkpoint as it was"
+            report.skipped.update(dict.fromkeys(group.names, reason))
+            report.carried.append(_carry(content, group))
             continue
         if progress is not None and progress.stop.is_set():
             report.restored.sort()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .harness import KernelHarness
+from .helpers import stream_blob_of, wait_until
 
 NOW = ["--PersistentKernel.checkpoint_interval=0"]
 
@@ -29,3 +30,41 @@ def test_a_damaged_format_marker_never_hangs_a_cell(kernels: KernelHarness) -> N
         marker.write_bytes(good)
         kernel.run("pass").check()  # the repair is seen: saving resumes by itself
         kernels.wait_generations(session, turn + 1)
+
+
+def test_an_unreadable_blob_costs_only_its_group(kernels: KernelHarness) -> None:
+    """One object file that cannot be read (a folder in its place: EISDIR, as EIO
+    or EACCES would be): the other variables come back, the user is told which
+    could not be read, and the next generations carry its group forward byte for
+    byte, so that it comes back once the file can be read again."""
+    kernel = kernels.start(args=NOW)
+    kernel.run("small = 'kept'\nimport numpy as np\nbig = np.arange(10)\nother = [1, 2]").check()
+    session = kernels.session()
+    kernels.wait_generations(session, 1)
+    kernel.shutdown()
+    blob = stream_blob_of(session, "big")
+    saved = blob.read_bytes()
+    blob.unlink()
+    blob.mkdir()
+
+    kernel = kernels.start(args=NOW)
+    out = kernel.run("print(small, other, 'big' in dir())").check().text
+    assert "kept [1, 2] False" in out
+    assert "big" in out and "could not be read" in out
+    kernel.run("later = 3").check()
+
+    def newest() -> set[str]:
+        generation = kernels.wait_generations(session, 2)[-1]
+        return set(session.read_manifest(generation).content["variables"])
+
+    wait_until(lambda: "later" in newest(), what="a checkpoint of 'later'")
+    assert "big" in newest()  # carried, though it could not be read
+    kernel.shutdown()
+
+    blob.rmdir()
+    blob.write_bytes(saved)
+    blob.chmod(0o600)
+    kernel = kernels.start()
+    assert kernel.value("(small, big.tolist(), other, later)") == (
+        "('kept', [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2], 3)"
+    )
