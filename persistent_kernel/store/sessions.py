@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -89,6 +90,15 @@ class Manifest:
         return sum(self.blobs.values())
 
 
+def host_name() -> str:
+    """The name of the machine a checkpoint is written on, as a user knows it.
+
+    ``$HOSTNAME`` first (Kubernetes sets it to the pod's name in every
+    container), else the system's host name.
+    """
+    return os.environ.get("HOSTNAME") or socket.gethostname()
+
+
 def hasher(name: str = HASH) -> Digest:
     """A new streaming hash of the kind *name* (a value of :data:`HASHES`)."""
     try:
@@ -153,13 +163,18 @@ class PruneResult:
     removed: list[int] = field(default_factory=list)  # generations deleted
     kept: dict[int, str] = field(default_factory=dict)  # unverified generation -> why kept
     blobs_kept: str | None = None  # why no blob was deleted, if none was
+    dropped: int = 0  # manifests deleted as provably not the user's (see SessionStore.prune)
 
     def notes(self) -> list[str]:
-        """One sentence per reason something was kept."""
+        """One sentence per reason something was kept (the first few; the rest counted)."""
         notes = [
             f"generation {g} was kept although it cannot be verified: {why}"
-            for g, why in self.kept.items()
+            for g, why in list(self.kept.items())[:3]
         ]
+        if len(self.kept) > 3:
+            notes.append(f"{len(self.kept) - 3} more generations were kept for such reasons")
+        if self.dropped:
+            notes.append(f"{self.dropped} manifests that are provably not yours were deleted")
         if self.blobs_kept:
             notes.append(self.blobs_kept)
         return notes
@@ -291,8 +306,11 @@ class SessionStore:
 
     def read_manifest(self, generation: int) -> Manifest:
         """Read and check one manifest; :class:`CorruptCheckpoint` if it is bad."""
+        return self.manifest_from(self.backend.read_manifest(generation), generation)
+
+    def manifest_from(self, data: bytes, generation: int) -> Manifest:
+        """Check manifest *generation*'s bytes, already read (see :meth:`read_manifest`)."""
         name = f"{generation:08d}.json"
-        data = self.backend.read_manifest(generation)
         try:
             raw = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -431,7 +449,7 @@ class SessionStore:
         self.backend.write_manifest(generation, data)
         return parse_manifest(raw, generation, f"{generation:08d}.json")
 
-    def prune(self, keep: int) -> PruneResult:
+    def prune(self, keep: int, drop: Callable[[bytes], bool] | None = None) -> PruneResult:
         """Keep the newest *keep* verified generations; drop blobs no kept one names.
 
         Fails closed. Only generations whose manifests verify count toward
@@ -441,6 +459,10 @@ class SessionStore:
         when that can be read, and every blob at all when it cannot. The
         result says what was kept and why. Also removes temp files left by
         writers that died.
+
+        *drop*: deletes, of the manifests that fail, those whose bytes it is
+        true of (in a bucket: the unsigned ones, provably not the user's, see
+        :meth:`.tiers.Mirror.push`); counted in :attr:`PruneResult.dropped`.
         """
         result = PruneResult()
         verified: list[Manifest] = []
@@ -452,6 +474,9 @@ class SessionStore:
             except NoCheckpoint:
                 continue
             except (UnreadableCheckpoint, OSError) as exc:
+                if drop is not None and self._drops(generation, drop):
+                    result.dropped += 1
+                    continue
                 result.kept[generation] = str(exc)
                 named = self._named_blobs(generation)
                 if named is None:
@@ -475,6 +500,16 @@ class SessionStore:
             if name not in referenced:
                 self.backend.delete_blob(name)
         return result
+
+    def _drops(self, generation: int, drop: Callable[[bytes], bool]) -> bool:
+        """Delete manifest *generation* if *drop* is true of its bytes; whether it did."""
+        try:
+            if not drop(self.backend.read_manifest(generation)):
+                return False
+        except (OSError, NoCheckpoint):
+            return False
+        self.backend.delete_manifest(generation)
+        return True
 
     def _named_blobs(self, generation: int) -> set[str] | None:
         """The blobs an unverified manifest of a format we know lists; ``None`` if unknown.
@@ -576,6 +611,16 @@ class Store:
 
     def mirror(self, key: str) -> Mirror | None:
         """The bucket session *key* of :meth:`local` is mirrored to; None here (no bucket)."""
+        return None
+
+    def in_use(self, session: SessionStore, now: float) -> str | None:
+        """Why a kernel on another machine may be using *session* now, or None.
+
+        None here: on one machine's disk a running kernel's writers hold the
+        session's locks (see :mod:`.locks`), which a removal takes. A bucket's
+        store reads the leases running kernels leave there (see
+        :meth:`.tiers.BucketStore.in_use`).
+        """
         return None
 
     def adopt(self, old_key: str, new_key: str) -> SessionStore:
