@@ -147,3 +147,18 @@ def sentence(exc: BaseException) -> str:
             return str(exc.strerror)
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# -- object storage: what a URL or a bucket's answer means ----------------------------
+
+
+class BadLocation(PersistentKernelError, ValueError):
+    """A storage URL that cannot be read one way only (see :meth:`.store.objects.Location.parse`).
+
+    Raised before anything is read or written: a kernel given one saves
+    nothing rather than write somewhere the user did not mean.
+    """
+
+
+class BucketMissing(BucketUnreachable):
+    """The bucket a storage URL names does not exist (its server said so)."""

@@ -43,14 +43,16 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from ..errors import (
+    BadLocation,
+    BucketMissing,
     BucketUnreachable,
     CorruptCheckpoint,
     GenerationTaken,
@@ -66,8 +68,26 @@ SETTLE = 3600.0
 #: Parts of a multipart upload, and how many go at once.
 PART_SIZE = 16 << 20
 CONCURRENCY = 8
+#: Deadlines of every request to a bucket, in seconds. A connection must be made
+#: within CONNECT_TIMEOUT; once made, a response that stalls (no byte for
+#: READ_TIMEOUT: an endpoint that accepts connections and never answers) fails;
+#: a whole request (a 16 MiB part, a blob's download) ends within REQUEST_TIMEOUT.
+#: A request that fails is retried only while RETRY_TIMEOUT has not passed since it
+#: began, so a silent endpoint costs one READ_TIMEOUT per operation, not minutes.
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 10
+REQUEST_TIMEOUT = 3600
+RETRY_TIMEOUT = 10
 _ALIASES = {"endpoint_url": "endpoint"}
 _MANIFEST = re.compile(r"^(\d+)\.json$")
+#: Schemes whose bucket is a plain name (Azure's may be ``container@account``).
+_PLAIN_BUCKET = {"s3", "s3a", "gs", "r2"}
+_S3_LIKE = {"s3", "s3a", "r2"}
+_BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_OPTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+#: Characters a prefix shows as they are; any other is shown percent-encoded.
+_SHOWN = "/:@!$&'()*+,;=~"
+_TRUE = {"true", "1", "yes", "on"}
 
 
 def _lib() -> Any:
@@ -81,26 +101,95 @@ def _lib() -> Any:
     return obstore
 
 
+def shown_url(location: str) -> str:
+    """*location* as an error may show it: without options, fragment or a password
+    (options may hold keys; ``user:password@`` may too)."""
+    text = re.split(r"[?#]", location, maxsplit=1)[0]
+    return re.sub(r"^([^:/]+://[^/@:]*):[^/@]*@", r"\1:***@", text)
+
+
 @dataclass(frozen=True)
 class Location:
     """A parsed storage URL: the bucket's URL, the key prefix, obstore options."""
 
     url: str  # scheme://bucket, no prefix, no query
-    prefix: str  # "" or "a/b" (no slashes at the ends)
+    prefix: str  # "" or "a/b" (no slashes at the ends), percent-decoded
     options: dict[str, str]
 
     @classmethod
     def parse(cls, location: str) -> Location:
-        parts = urlsplit(location)
-        if not parts.netloc:
-            raise ValueError(f"{location!r} names no bucket (expected s3://bucket/prefix)")
-        options = {_ALIASES.get(k, k): v for k, v in parse_qsl(parts.query)}
-        return cls(f"{parts.scheme}://{parts.netloc}", parts.path.strip("/"), options)
+        """Read *location* one way only, or raise :class:`BadLocation` saying why.
+
+        Refused, since each could put checkpoints somewhere the user did not
+        mean: a ``#`` (a fragment would cut the prefix, and the options after
+        it), a ``?`` whose text is not ``name=value`` options, an option given
+        twice or empty, an empty bucket, a bucket name with a user, port or
+        ``%`` (S3, GCS, R2), an empty, ``.`` or ``..`` part of the prefix, and
+        an encoded ``/`` (``%2F``) inside a part. Characters the prefix must
+        hold (``#``, ``?``, ``%``, a space) are written percent-encoded
+        (``%23``, ``%3F``, ``%25``, ``%20``) and decoded once here; the key
+        prefix in the bucket is the decoded text, :attr:`display` encodes it
+        again. Option names are checked by obstore when the client is made.
+        """
+        shown = shown_url(location)
+        if "#" in location:
+            raise BadLocation(
+                f"{shown}: a '#' in a storage URL starts a fragment, which would cut the "
+                "prefix; write a '#' in the prefix as %23"
+            )
+        if any(c.isspace() or ord(c) < 32 for c in location):
+            raise BadLocation(f"{shown!r}: a storage URL holds no spaces; write one as %20")
+        try:
+            parts = urlsplit(location)
+        except ValueError as exc:
+            raise BadLocation(f"{shown}: not a storage URL ({exc})") from None
+        scheme, bucket = parts.scheme.lower(), parts.netloc
+        if not bucket:
+            raise BadLocation(f"{shown} names no bucket (expected s3://bucket/prefix)")
+        if scheme in _PLAIN_BUCKET and not _BUCKET_NAME.match(bucket):
+            raise BadLocation(
+                f"{shown}: the bucket's name is not one (a user, a password, a port or a '%' "
+                "has no place there; an endpoint goes in ?endpoint=)"
+            )
+        path = parts.path.strip("/")
+        raw = path.split("/") if path else []
+        if any(part in ("", ".", "..") for part in raw):
+            raise BadLocation(f"{shown}: the prefix has an empty, '.' or '..' part")
+        decoded = [unquote(part, errors="strict") for part in raw]
+        if any("/" in part for part in decoded):
+            raise BadLocation(f"{shown}: an encoded '/' (%2F) inside a part of the prefix")
+        return cls(f"{parts.scheme}://{bucket}", "/".join(decoded), cls._options(location, shown))
+
+    @staticmethod
+    def _options(location: str, shown: str) -> dict[str, str]:
+        if "?" not in location:
+            return {}
+        query = location.split("?", 1)[1]
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            pairs = []
+        if not pairs or any(not _OPTION_NAME.match(name) or not value for name, value in pairs):
+            raise BadLocation(
+                f"{shown}: what follows '?' must be name=value options joined by '&' "
+                "(a '?' in the prefix is written %3F)"
+            )
+        options: dict[str, str] = {}
+        for name, value in pairs:
+            name = _ALIASES.get(name.lower(), name.lower())
+            if name in options:
+                raise BadLocation(f"{shown}: the option {name} is given twice")
+            options[name] = value
+        return options
+
+    @property
+    def scheme(self) -> str:
+        return self.url.split("://", 1)[0].lower()
 
     @property
     def display(self) -> str:
         """The URL as users write it, without options (which may hold keys)."""
-        return self.url + (f"/{self.prefix}" if self.prefix else "")
+        return self.url + (f"/{quote(self.prefix, safe=_SHOWN)}" if self.prefix else "")
 
     def key(self, *names: str) -> str:
         return "/".join(p for p in (self.prefix, *names) if p)
@@ -112,36 +201,179 @@ class Location:
         return f"{slug}-{digest}"
 
 
-def connect(location: Location) -> Any:
+def _option(location: Location, environ: Mapping[str, str], name: str) -> str:
+    """Option *name* of *location*, else obstore's environment variable for it."""
+    for key in (name, f"aws_{name}"):
+        if key in location.options:
+            return location.options[key]
+    return environ.get(f"AWS_{name.upper()}", "")
+
+
+def check_addressing(location: Location, environ: Mapping[str, str]) -> None:
+    """Refuse virtual-hosted-style requests to an endpoint (:class:`BadLocation`).
+
+    With an endpoint, obstore takes the bucket from the endpoint's host name and
+    sends the key as the path: the prefix's first part would be read as the
+    bucket by a path-style server, and every checkpoint would go to another
+    bucket. Path-style requests (the default) reach the same bucket; without an
+    endpoint (AWS itself) virtual-hosted style is right and allowed.
+    """
+    if location.scheme not in _S3_LIKE:
+        return
+    virtual = _option(location, environ, "virtual_hosted_style_request").lower() in _TRUE
+    endpoint = _option(location, environ, "endpoint") or environ.get("AWS_ENDPOINT_URL", "")
+    if virtual and endpoint:
+        raise BadLocation(
+            f"{location.display}: virtual_hosted_style_request with an endpoint would send "
+            "checkpoints to a bucket named after the prefix's first part; leave the option "
+            "out (path-style requests reach the same bucket)"
+        )
+
+
+def connect(location: Location, environ: Mapping[str, str] | None = None) -> Any:
     """An obstore store for *location*'s bucket (no request is made yet).
 
-    obstore retries a failed request itself (5xx, dropped connections) for at
-    most ``retry_timeout``: short here, since the kernel retries a failed
-    upload later with its own back-off and a start must not hang on a
-    bucket that is down.
+    Every request has deadlines (see :data:`CONNECT_TIMEOUT` and the others),
+    and obstore retries a failed one (5xx, dropped connections) only within
+    :data:`RETRY_TIMEOUT`: the kernel retries a failed upload later with its
+    own back-off, and a start must not hang on a bucket that is down or silent.
+    Raises :class:`BadLocation` for options obstore does not know and for
+    virtual-hosted style with an endpoint (:func:`check_addressing`).
     """
-    from_url = _lib().store.from_url
+    env = os.environ if environ is None else environ
+    check_addressing(location, env)
+    obstore = _lib()
     options: dict[str, Any] = dict(location.options)
-    endpoint = options.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL", "")
-    client: Any = {"connect_timeout": "5s", "timeout": "600s"}
+    endpoint = _option(location, env, "endpoint") or env.get("AWS_ENDPOINT_URL", "")
+    client: Any = {
+        "connect_timeout": datetime.timedelta(seconds=CONNECT_TIMEOUT),
+        "read_timeout": datetime.timedelta(seconds=READ_TIMEOUT),
+        "timeout": datetime.timedelta(seconds=REQUEST_TIMEOUT),
+    }
     if endpoint.startswith("http://"):
         client["allow_http"] = True
     retry: Any = {
         "max_retries": 3,
-        "retry_timeout": datetime.timedelta(seconds=15),
+        "retry_timeout": datetime.timedelta(seconds=RETRY_TIMEOUT),
         "backoff": {
             "init_backoff": datetime.timedelta(milliseconds=100),
             "max_backoff": datetime.timedelta(seconds=3),
             "base": 2,
         },
     }
-    config: Any = options
-    return from_url(location.url, config=config, client_options=client, retry_config=retry)
+    from obstore.exceptions import UnknownConfigurationKeyError
+
+    try:
+        return obstore.store.from_url(
+            location.url, config=options, client_options=client, retry_config=retry
+        )
+    except UnknownConfigurationKeyError as exc:
+        name = re.search(r"key: '([^']*)'", str(exc))
+        raise BadLocation(
+            f"{location.display}: the option {name.group(1) if name else '?'} is not one "
+            f"obstore knows for {location.scheme}:// URLs"
+        ) from None
+    except (ValueError, TypeError) as exc:
+        raise BadLocation(f"{location.display}: {_first_line(str(exc))}") from None
+
+
+# -- what a failure means ------------------------------------------------------------------
+
+#: S3 error codes, and what each says of the bucket (after "the bucket <url> ").
+_CODES = {
+    "NoSuchBucket": ("missing", "does not exist"),
+    "ExpiredToken": ("credentials", "refused the credentials: they have expired; renew them"),
+    "TokenRefreshRequired": (
+        "credentials",
+        "refused the credentials: they have expired; renew them",
+    ),
+    "InvalidAccessKeyId": (
+        "credentials",
+        "refused the credentials: the access key is unknown to it",
+    ),
+    "SignatureDoesNotMatch": (
+        "credentials",
+        "refused the credentials: the secret key does not match the access key",
+    ),
+    "InvalidToken": ("credentials", "refused the credentials: the session token is not valid"),
+    "RequestTimeTooSkewed": (
+        "credentials",
+        "refused the requests: this machine's clock is too far off",
+    ),
+    "AuthorizationHeaderMalformed": (
+        "region",
+        "refused the requests: they were signed for the wrong region (set ?region=)",
+    ),
+    "PermanentRedirect": (
+        "region",
+        "is in another region than the one given (set ?region= to the bucket's)",
+    ),
+    "AccessDenied": (
+        "denied",
+        "refused access: these credentials are not allowed to use it",
+    ),
+}
+
+
+def failure_cause(kind: str, text: str) -> tuple[str, str]:
+    """What an error of obstore's type *kind* with message *text* says of the bucket.
+
+    Returns a category (``missing``, ``credentials``, ``region``, ``denied``,
+    ``silent``, ``refused``, ``unresolved``, ``tls``, ``no-credentials``,
+    ``server``, ``other``) and the words that follow "the bucket <url>" in the
+    one sentence a user reads. Pure: obstore reports the cause only in its
+    message (the server's error code, the HTTP status, the network error's
+    kind), so that message is read here and nowhere else.
+    """
+    code = re.search(r"<Code>([^<]+)</Code>", text)
+    if code and code.group(1) in _CODES:
+        return _CODES[code.group(1)]
+    status_match = re.search(r"status(?: code)?: (\d{3})", text)
+    status = int(status_match.group(1)) if status_match else None
+    if "169.254.169.254" in text or "credential" in text.lower():
+        return (
+            "no-credentials",
+            "could not be used: no credentials were found (set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or give the pod a role)",
+        )
+    if kind == "UnauthenticatedError" or status == 401:
+        return "credentials", "refused the credentials"
+    if kind == "PermissionDeniedError" or status == 403:
+        return _CODES["AccessDenied"]
+    if "kind: Timeout" in text or "timed out" in text.lower():
+        return (
+            "silent",
+            f"is not answering: its endpoint sent nothing back within {READ_TIMEOUT} s",
+        )
+    if "ConnectionRefused" in text or "Connection refused" in text:
+        return "refused", "could not be reached: its endpoint refused the connection"
+    if "dns error" in text or "failed to lookup address" in text:
+        return "unresolved", "could not be reached: its endpoint's host name does not resolve"
+    if "certificate" in text.lower():
+        return "tls", "could not be reached: its endpoint's TLS certificate was not accepted"
+    if status is not None and status >= 500:
+        return "server", f"could not be used: its server failed (HTTP {status})"
+    detail = f"{code.group(1)}" if code else _first_line(text)
+    message = re.search(r"<Message>([^<]+)</Message>", text)
+    if message:
+        detail += f": {message.group(1)}"
+    return "other", f"could not be used: {detail or kind}"
+
+
+def _failure(exc: BaseException, display: str) -> OSError:
+    """The error of ours that says what *exc*, raised by obstore, means (one sentence)."""
+    category, words = failure_cause(type(exc).__name__, str(exc))
+    sentence = f"the bucket {display} {words}"
+    if category == "missing":
+        return BucketMissing(sentence)
+    if category in ("credentials", "denied", "region", "no-credentials"):
+        return PermissionError(sentence)
+    return BucketUnreachable(sentence)
 
 
 @contextlib.contextmanager
-def _translated(what: str) -> Iterator[None]:
-    """obstore's errors as the built-ins the store already handles."""
+def _translated(what: str, display: str) -> Iterator[None]:
+    """obstore's errors as the built-ins the store already handles, each saying its cause."""
     from obstore.exceptions import (
         AlreadyExistsError,
         NotFoundError,
@@ -152,24 +384,27 @@ def _translated(what: str) -> Iterator[None]:
 
     try:
         yield
-    except (FileNotFoundError, NotFoundError):
+    except (FileNotFoundError, NotFoundError) as exc:
+        if "NoSuchBucket" in str(exc):  # obstore's "not found" covers the bucket too
+            raise _failure(exc, display) from None
         raise
     except (AlreadyExistsError, PreconditionError) as exc:
         raise GenerationTaken(f"{what} already exists") from exc
     except (PermissionDeniedError, UnauthenticatedError) as exc:
-        raise PermissionError(f"{what}: access denied ({_first_line(exc)})") from exc
+        raise _failure(exc, display) from None
     except PersistentKernelError:
         raise
     except Exception as exc:  # obstore's GenericError and the like: a network fault
-        raise BucketUnreachable(f"{what}: {_first_line(exc)}") from exc
+        raise _failure(exc, display) from None
 
 
-def _first_line(exc: BaseException) -> str:
-    """The part of an obstore error a user can act on (its messages nest every layer)."""
-    text = " ".join(str(exc).split())
+def _first_line(text: str) -> str:
+    """The part of an obstore message a user can act on (its messages nest every layer)."""
+    text = text.split("\n\nDebug source:", 1)[0]
+    text = " ".join(text.split())
     if " - " in text:  # "... after 3 retries, ... - HTTP error: error sending request"
         text = text.rsplit(" - ", 1)[1]
-    return text[:200] or type(exc).__name__
+    return text
 
 
 class ObjectBackend(Backend):
@@ -191,10 +426,13 @@ class ObjectBackend(Backend):
     def _key(self, *names: str) -> str:
         return "/".join((self.base, *names))
 
+    def _translated(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return _translated(what, self.location.display)
+
     def _list(self, folder: str) -> list[dict[str, Any]]:
         obstore = _lib()
 
-        with _translated(f"listing {self.location.display}"):
+        with self._translated(f"listing {self.location.display}"):
             return [
                 meta
                 for batch in obstore.list(self.store, self._key(folder) + "/")
@@ -205,7 +443,7 @@ class ObjectBackend(Backend):
         obstore = _lib()
 
         try:
-            with _translated(f"reading {key}"):
+            with self._translated(f"reading {key}"):
                 return bytes(obstore.get(self.store, key).bytes())
         except Exception as exc:
             from obstore.exceptions import NotFoundError
@@ -217,7 +455,7 @@ class ObjectBackend(Backend):
     def _put(self, key: str, data: Any, create: bool = False) -> None:
         obstore = _lib()
 
-        with _translated(key):
+        with self._translated(key):
             obstore.put(
                 self.store,
                 key,
@@ -230,7 +468,7 @@ class ObjectBackend(Backend):
     def _delete(self, key: str) -> None:
         obstore = _lib()
 
-        with _translated(f"deleting {key}"), contextlib.suppress(FileNotFoundError):
+        with self._translated(f"deleting {key}"), contextlib.suppress(FileNotFoundError):
             obstore.delete(self.store, key)
 
     def ensure(self) -> None:
@@ -269,7 +507,7 @@ class ObjectBackend(Backend):
         obstore = _lib()
 
         try:
-            with _translated(f"blob {name}"):
+            with self._translated(f"blob {name}"):
                 return int(obstore.head(self.store, self._key("objects", name))["size"])
         except Exception as exc:
             from obstore.exceptions import NotFoundError
@@ -293,7 +531,7 @@ class ObjectBackend(Backend):
 
         key = self._key("objects", name)
         try:
-            with _translated(f"blob {name}"):
+            with self._translated(f"blob {name}"):
                 result = obstore.get(self.store, key)
                 size = int(result.meta["size"])
                 if size != sum(sizes):
@@ -351,7 +589,7 @@ class ObjectBackend(Backend):
         with open(fd, "wb") as out, ThreadPoolExecutor(1) as pool:
             pending: Future[None] | None = None
             try:
-                with _translated(f"blob {name}"):
+                with self._translated(f"blob {name}"):
                     result = obstore.get(self.store, self._key("objects", name))
                     for chunk in result.stream(min_chunk_size=PART_SIZE):
                         if pending is not None:
@@ -415,7 +653,7 @@ class ObjectBackend(Backend):
     def _delete_under(self, prefix: str, keep: Callable[[str], bool]) -> None:
         obstore = _lib()
 
-        with _translated(f"deleting {prefix}"):
+        with self._translated(f"deleting {prefix}"):
             for batch in obstore.list(self.store, prefix):
                 paths = [str(m["path"]) for m in batch if not keep(str(m["path"]))]
                 if paths:
@@ -424,7 +662,7 @@ class ObjectBackend(Backend):
     def exists(self) -> bool:
         obstore = _lib()
 
-        with _translated(f"listing {self.base}"):
+        with self._translated(f"listing {self.base}"):
             first: list[Any] = next(
                 iter(obstore.list(self.store, self.base + "/", chunk_size=1)), []
             )
@@ -444,7 +682,7 @@ class ObjectBackend(Backend):
         """The session directories under ``<prefix>/sessions/`` (any backend of this bucket)."""
         obstore = _lib()
 
-        with _translated(f"listing {self.location.display}"):
+        with self._translated(f"listing {self.location.display}"):
             found = obstore.list_with_delimiter(self.store, self.location.key("sessions") + "/")
         return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in found["common_prefixes"])
 

@@ -53,9 +53,11 @@ from jupyter_core.paths import jupyter_data_dir
 from ..errors import (
     CorruptCheckpoint,
     GenerationTaken,
+    MissingExtra,
     NoCheckpoint,
     NoSecret,
     UnreadableCheckpoint,
+    sentence,
 )
 from ..session import session_dirname
 from .fs import TMP, private_dir
@@ -166,10 +168,10 @@ class Pull:
                 if local is not None
                 else "this machine has no copy of its checkpoints, so nothing was restored"
             )
-            notes.append(
-                f"persistent-kernel: the bucket {display} could not be reached "
-                f"({self.unreachable}); {where}."
-            )
+            cause = self.unreachable  # the store's sentences name the bucket and the cause
+            if not cause.startswith(f"the bucket {display} "):
+                cause = f"the bucket {display} could not be reached ({cause})"
+            notes.append(f"persistent-kernel: {cause}; {where}.")
         return notes
 
 
@@ -380,17 +382,21 @@ class BucketStore(Store):
 
     def __init__(self, location: str, cache_root: Path | None = None) -> None:
         self.url = location
-        self.location = Location.parse(location)
+        self.location = Location.parse(location)  # BadLocation: nothing is touched
         base = Path(jupyter_data_dir()) / "persistent_kernel" / "tiers"
         super().__init__(cache_root or base / self.location.cache_name())
         self.display = self.location.display
         self.signer = SharedSigner()
         self._bucket: Any = None
         self._local: Store | None = None
+        # Options obstore refuses are refused here, before anything is written; without
+        # obstore, MissingExtra is said when the bucket is first needed (see bucket()).
+        with suppress(MissingExtra):
+            self._bucket = connect(self.location)
 
     def bucket(self) -> Any:
-        """The obstore store, made on first use: a kernel without obstore still
-        starts, restores this machine's copy and says what to install."""
+        """The obstore store (made at once when obstore is there): a kernel without
+        obstore still starts, restores this machine's copy and says what to install."""
         if self._bucket is None:
             self._bucket = connect(self.location)
         return self._bucket
@@ -433,15 +439,23 @@ def upload_in_child(mirror: Mirror, keep: int, timeout: float = 3600.0) -> dict[
     fresh, which dies with the writer (``PR_SET_PDEATHSIG``) so that a
     killed writer never leaves an upload running behind it. A failure is
     ``{"error": sentence}``.
+
+    The storage URL goes to the process on its standard input, never on its
+    command line: options may hold keys, and any user of the machine can read
+    a process's command line (``ps``, ``/proc/<pid>/cmdline``).
     """
     command = [
         sys.executable, "-m", "persistent_kernel.store.tiers",
-        mirror.url, str(mirror.local.root), mirror.key or "", str(keep),
+        str(mirror.local.root), mirror.key or "", str(keep),
     ]  # fmt: skip
     began = time.monotonic()
     try:
         done = subprocess.run(
-            command, capture_output=True, timeout=timeout, preexec_fn=_die_with_parent
+            command,
+            input=json.dumps({"url": mirror.url}).encode(),
+            capture_output=True,
+            timeout=timeout,
+            preexec_fn=_die_with_parent,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"error": f"the upload could not run ({exc})"}
@@ -463,13 +477,15 @@ def _die_with_parent() -> None:
 
 
 def _upload_main(argv: list[str]) -> int:
-    """``python -m persistent_kernel.store.tiers URL LOCAL_ROOT KEY KEEP``: one push."""
-    url, root, key, keep = argv
+    """``python -m persistent_kernel.store.tiers LOCAL_ROOT KEY KEEP``: one push, to the
+    storage URL read from standard input as ``{"url": ...}`` (see :func:`upload_in_child`)."""
+    root, key, keep = argv
     try:
+        url = str(json.loads(sys.stdin.read())["url"])
         mirror = BucketStore(url, cache_root=Path(root)).mirror(key)
         outcome = mirror.push(int(keep)).to_dict()
-    except Exception as exc:
-        outcome = {"error": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:  # said to the kernel, which tells the user once
+        outcome = {"error": sentence(exc)}
     print(json.dumps(outcome), flush=True)
     return 0
 

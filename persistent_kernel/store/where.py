@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
-from ..errors import NoCheckpoint
+from ..errors import BadLocation, NoCheckpoint
 from ..session import resolve_session_arg
 from .sessions import SessionStore, Store
 
 if TYPE_CHECKING:
-    pass
+    from .tiers import Mirror
 
 #: Makes the store a location of its scheme names (the location is passed whole).
 Factory = Callable[[str], Store]
@@ -60,11 +61,63 @@ def registered_scheme(location: str | os.PathLike[str]) -> str | None:
 
 
 def open_store(location: str | os.PathLike[str]) -> Store:
-    """The store *location* names: the factory of its scheme, else the local directory."""
+    """The store *location* names: the factory of its scheme, else the local directory.
+
+    A URL that cannot be read one way only gives an :class:`Unusable` store, so
+    that opening never raises and a kernel still starts: every use of the store
+    raises the :class:`BadLocation` that says why, and nothing is written.
+    """
     scheme = registered_scheme(location)
     if scheme is None:
         return Store(os.fspath(location))
-    return _FACTORIES[scheme](os.fspath(location))
+    try:
+        return _FACTORIES[scheme](os.fspath(location))
+    except BadLocation as exc:
+        from .objects import shown_url
+
+        return Unusable(shown_url(os.fspath(location)), exc)
+
+
+class Unusable(Store):
+    """A ``checkpoint_dir`` that names no one place (see :meth:`.objects.Location.parse`).
+
+    Every method that would read or write raises its :class:`BadLocation`: a
+    kernel restores nothing and saves nothing, rather than use a place the user
+    did not mean (a prefix cut at a ``#``, the bucket's default endpoint instead
+    of the one the options named), and says why in that one sentence.
+    """
+
+    def __init__(self, location: str, error: BadLocation) -> None:
+        super().__init__(Path(os.devnull) / "unusable")  # under a file: never made
+        self.error = error
+        self.display = location
+
+    def _refuse(self) -> NoReturn:
+        raise self.error
+
+    def local(self) -> Store:
+        self._refuse()
+
+    def mirror(self, key: str) -> Mirror | None:
+        self._refuse()
+
+    def adopt(self, old_key: str, new_key: str) -> SessionStore:
+        self._refuse()
+
+    def session(self, key: str) -> SessionStore:
+        self._refuse()
+
+    def session_at(self, path: Path) -> SessionStore:
+        self._refuse()
+
+    def check(self) -> None:
+        self._refuse()
+
+    def sessions(self) -> list[SessionStore]:
+        self._refuse()
+
+    def ensure(self) -> None:
+        self._refuse()
 
 
 def find_session(store: Store, arg: str, cwd: str | None = None) -> SessionStore:
