@@ -620,9 +620,12 @@ def save_class(pickler: Any, cls: type) -> None:
     register each twice). Bases and metaclass are pickled before the class,
     so a class is never reached again while its creation is pickled.
 
-    Limit: a subclass reached only through something else than its bases'
-    attributes (a list in a global variable filled by ``__init_subclass__``)
-    is created after that hook is in place, which then runs again on load.
+    A pickler with an ``init_subclass_hooks`` list (a checkpoint's) collects
+    the hooks there instead, to set them at the end of its stream, so no class
+    it makes runs one: a registry kept elsewhere (a list in a global variable)
+    is not filled twice either, nor looked up before it is loaded. Without it
+    (``dill.dump_module``), a subclass reached through something else than its
+    bases' attributes is made after their hook is in place, which then runs.
     """
     from dill._dill import (
         _create_type,
@@ -660,7 +663,11 @@ def save_class(pickler: Any, cls: type) -> None:
     # dill runs these in reverse order once the class exists
     after: list[Any] = []
     if hook is not None:
-        after.append((setattr, (cls, "__init_subclass__", hook)))
+        pending = getattr(pickler, "init_subclass_hooks", None)
+        if pending is None:
+            after.append((setattr, (cls, "__init_subclass__", hook)))
+        else:  # set at the end of the stream, after every class in it
+            pending.append((cls, hook))
     after.append((setattr, (cls, "__qualname__", cls.__qualname__)))
     after.extend((setattr, (cls, key, value)) for key, value in (attrs or {}).items())
     after.extend(registered)

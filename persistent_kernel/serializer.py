@@ -193,8 +193,22 @@ def _dill_pickler(out: Any, reductions: Reductions, **kwargs: Any) -> Any:
             )
         plain_save_global(obj, name)
 
+    hooks: list[tuple[type, Any]] = []
+
+    def save_namespace(obj: Any, save_persistent_id: bool = True) -> None:
+        """Save the top-level object, then set the ``__init_subclass__`` hooks of the
+        notebook classes in it (:func:`~.reducers.save_class`): no class made while
+        loading the stream runs one."""
+        del pickler.save  # what it holds is saved as usual
+        pickler.save(obj, save_persistent_id)
+        for cls, hook in hooks:
+            pickler.save_reduce(setattr, (cls, "__init_subclass__", hook))
+            pickler.write(pickle.POP)
+
     pickler.reducer_override = reducer_override
     pickler.save_global = save_global
+    pickler.init_subclass_hooks = hooks
+    pickler.save = save_namespace
     return pickler
 
 

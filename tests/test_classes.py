@@ -127,6 +127,52 @@ def test_subclass_registries_come_back_by_value(tmp_path: Path) -> None:
     assert loaded["abstract"] is True
 
 
+GLOBAL_REGISTRY = (
+    """
+    import json, pickle, sys
+    from persistent_kernel.serializer import serialize
+
+    KINDS = {}
+
+    class Handler:
+        def __init_subclass__(cls, kind, **kw):
+            super().__init_subclass__(**kw)
+            KINDS[kind] = cls
+
+    class Csv(Handler, kind="csv"):
+        pass
+
+    class Tsv(Csv, kind="tsv"):
+        pass
+
+    ns = {"KINDS": KINDS, "Handler": Handler, "Csv": Csv, "Tsv": Tsv, "h": Tsv()}
+"""
+    + WRITE
+)
+
+
+def test_a_hook_filling_a_global_registry_does_not_run_on_load(tmp_path: Path) -> None:
+    """A hook that needs a class keyword and fills a global dict: loading makes the
+    classes without running it (it would fail, and would find no ``KINDS``), and
+    it is in place after."""
+    payloads = str(tmp_path / "global.pkl")
+    assert run_python(GLOBAL_REGISTRY, payloads, cwd=tmp_path)["skipped"] == {}
+    loaded = run_python(
+        LOAD_INTO_MAIN
+        + """
+    import json
+    out = [sorted(KINDS), KINDS["tsv"] is Tsv, type(h) is Tsv, issubclass(Tsv, Handler)]
+    class Json(Handler, kind="json"):
+        pass
+    out.append(sorted(KINDS))
+    print(json.dumps(out))
+    """,
+        payloads,
+        cwd=tmp_path,
+    )
+    assert loaded == [["csv", "tsv"], True, True, True, ["csv", "json", "tsv"]]
+
+
 SINGLETON = (
     """
     import json, pickle, sys
