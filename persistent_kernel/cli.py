@@ -329,11 +329,14 @@ def prune_sessions(
 ) -> dict[str, Any]:
     """Delete every session whose newest checkpoint is more than *older_than*
     seconds old (``dry_run``: only say which). A session in use is left alone
-    and listed under ``failed``."""
+    and listed under ``failed``: one whose kernel is writing on this machine
+    (its lock), or, in a bucket, one a kernel on any machine holds a fresh
+    lease on (see :meth:`.store.Store.in_use`), however old its checkpoints."""
     now = time.time() if now is None else now
     removed: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    for session in open_store(root).sessions():
+    store = open_store(root)
+    for session in store.sessions():
         try:
             info = _describe(session)
             age = now - _newest_time(session, info["newest"])
@@ -342,6 +345,13 @@ def prune_sessions(
         if age <= older_than:
             continue
         info["age"] = age
+        try:
+            busy = store.in_use(session, now)
+        except OSError as exc:  # cannot tell: fail closed
+            busy = f"whether a kernel is using it cannot be told ({sentence(exc)})"
+        if busy is not None:
+            failed.append({**info, "error": busy})
+            continue
         if not dry_run:
             try:
                 _remove(session, lock_timeout)

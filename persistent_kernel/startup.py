@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import identity, memory, notebook, restore
 from .checkpoint import CheckpointResult
@@ -39,6 +39,9 @@ from .identity import Candidate
 from .restore import Preloaded, RestoreReport
 from .store import SessionStore, Store, follow
 from .store.where import open_store
+
+if TYPE_CHECKING:
+    from .store.tiers import Mirror
 
 Clock = Callable[[], float]
 
@@ -153,6 +156,7 @@ class Startup:
         self.waiting_since: float | None = None  # since when it waits for a writer
         self._notices: list[str] = []
         self._prune_mirror = True
+        self._lease_stop = threading.Event()  # never set: the lease thread ends with the kernel
         self.store = open_store(checkpoint_dir)  # where checkpoints live: disk or bucket
         self._known_cells: frozenset[str] = frozenset()  # the notebook's cell ids at start
 
@@ -236,17 +240,72 @@ class Startup:
             return self.store.local()
         pulled = mirror.pull()
         # Unseen at start, the bucket may hold newer state than this kernel restored:
-        # its old generations are not pruned until a start has seen it.
-        self._prune_mirror = pulled.unreachable is None
+        # its old generations are not pruned, nor superseded (see Mirror.push).
+        self._prune_mirror = pulled.seen
         local = mirror.local.generations()
         for text in pulled.notices(mirror.display, local[-1] if local else None):
             self.log.warning("%s", text)
             self._notices.append(text)
+        try:
+            mirror.started(pulled.seen)
+        except OSError as exc:
+            self._tell(f"this machine's copy of the checkpoints cannot be written ({exc})")
+        if pulled.seen:
+            self._lease(mirror, pulled.source)
+        threading.Thread(
+            target=self._keep_lease, args=(mirror,), name="persistent-kernel-lease", daemon=True
+        ).start()
         if pulled.ahead is not None:  # made here, never uploaded: upload it now
             threading.Thread(
                 target=self._push, args=(mirror,), name="persistent-kernel-upload", daemon=True
             ).start()
         return self.store.local()
+
+    def _lease(self, mirror: Mirror, source: str | None) -> None:
+        """Leave this kernel's lease in the bucket; tell the user of another kernel's.
+
+        A fresh lease of another machine means a kernel there is using this
+        notebook's checkpoints now (two pods on one notebook): both are told,
+        this one here, the other at its next upload (see ``Mirror.push``).
+        """
+        try:
+            others = mirror.others()
+            mirror.write_lease()
+        except OSError as exc:
+            self._tell(
+                f"this kernel could not leave its lease in {mirror.display} ({exc}), so a "
+                "prune on another machine may not see that this notebook is in use"
+            )
+            return
+        if others:
+            lease = others[0]
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(lease["time"])))
+            took = f" This kernel restored the state written by {source}." if source else ""
+            self._tell(
+                f"another kernel, on host {lease['host']}, is using this notebook's "
+                f"checkpoints in {mirror.display} (its last sign of life at {when}): each "
+                "save replaces the other's as the newest, and a start restores whichever "
+                f"came last; keep one kernel per notebook.{took}"
+            )
+
+    def _keep_lease(self, mirror: Mirror) -> None:
+        """Renew the lease while the kernel runs (a daemon thread: it ends with the
+        kernel). A failure is logged once until a renewal succeeds again: the bucket
+        is down, which the next upload tells the user."""
+        from .store.tiers import LEASE_REFRESH  # a bucket only: see store.where
+
+        failing = False
+        while not self._lease_stop.wait(LEASE_REFRESH):
+            try:
+                mirror.write_lease()
+                failing = False
+            except Exception as exc:
+                if not failing:
+                    self.log.warning(
+                        "persistent-kernel: the lease in %s was not renewed: %s",
+                        mirror.display, exc,
+                    )  # fmt: skip
+                failing = True
 
     def _push(self, mirror: Any) -> None:
         try:

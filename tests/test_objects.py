@@ -168,7 +168,12 @@ def test_planted_objects_are_passed_over(bucket_url: str, tmp_path: Path) -> Non
     b = tiered(bucket_url, tmp_path / "node-b")
     pulled = b.pull()
     assert pulled.pulled == good
-    assert len(pulled.problems) == 2 and all("not signed" in p for p in pulled.problems)
+    # One line for both, and the unsigned one, provably not the user's, is gone.
+    assert pulled.problems == [
+        "passed over 2 manifests that are not this user's (not signed with this user's "
+        "checkpoint secret); none was unpickled, and 1 unsigned one deleted"
+    ]
+    assert a.remote.generations() == [good, good + 2]
     assert b.local.generations() == [good]
     assert not (b.local.objects_dir / blob_hash([evil])).exists()
 

@@ -43,6 +43,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ from ..errors import (
     NoCheckpoint,
     NoSecret,
     UnreadableCheckpoint,
+    UntrustedCheckpoint,
     sentence,
 )
 from ..session import session_dirname
@@ -64,7 +66,7 @@ from .fs import TMP, private_dir
 from .local import LocalBackend
 from .objects import Location, ObjectBackend, connect
 from .rename import UPLOAD_RECORD
-from .sessions import Manifest, SessionStore, Store, hasher
+from .sessions import Manifest, SessionStore, Store, hasher, host_name
 from .trust import Signer, read_private
 
 SECRET_ENV = "PERSISTENT_KERNEL_SECRET"
@@ -72,11 +74,63 @@ SECRET_FILE_ENV = "PERSISTENT_KERNEL_SECRET_FILE"
 _SECRET_BYTES = 32
 _UPLOADED = UPLOAD_RECORD  # local session file: digests of the manifests the bucket has had
 _RENUMBER_TRIES = 8
+#: A kernel's lease in the bucket (see :meth:`Mirror.write_lease`) is fresh this long
+#: after it was written; a running kernel renews it every :data:`LEASE_REFRESH`
+#: seconds and at every upload, so it lapses this long after its kernel stopped.
+LEASE_TTL = 1800.0
+LEASE_REFRESH = 600.0
+#: The most manifests a walk for the bucket's newest reads on either side of the head
+#: (see :meth:`Mirror._candidates`): at 5 to 70 ms a read, a start is held up seconds,
+#: not minutes, however many manifests others planted.
+WALK_LIMIT = 64
+_SHOWN = 3  # unreadable generations named one by one; the rest are counted
+_HEAD = "head.json"  # bucket session file: the newest generation uploaded, signed
+_LEASES = "leases"  # bucket session folder: a lease per machine whose kernel uses it
+_UNSEEN = "bucket-unseen"  # local file: this kernel's start could not read the bucket
+_DIVERTED = "copy"  # local file: the copy in the bucket this kernel uploads to
+_TOLD = "writers-told"  # local file: the machines the user was told save here too
 
 
 def home_secret() -> Path:
     """Where the local disk's secret lives (shared when the home volume is)."""
     return Path(jupyter_data_dir()) / "persistent_kernel" / "secret"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)[:64] or "_"
+
+
+def _unsigned(data: bytes) -> bool:
+    """Whether manifest bytes carry no signature at all (provably not this user's in a
+    bucket, where nothing is saved unsigned); False for anything that cannot be parsed."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(raw, dict) and "signature" not in raw
+
+
+def fresh_leases(backend: ObjectBackend, now: float | None = None) -> list[dict[str, Any]]:
+    """The leases in a bucket's session written less than :data:`LEASE_TTL` ago,
+    newest first (each ``{"host": ..., "time": ...}``). Raises OSError.
+
+    A lease is unsigned: a planted one only makes a prune pass the session
+    over (fail closed) or a kernel say that another may be running.
+    """
+    now = time.time() if now is None else now
+    found: list[dict[str, Any]] = []
+    for meta in backend._list(_LEASES):
+        name = str(meta["path"]).rsplit("/", 1)[-1]
+        try:
+            lease = json.loads(backend.read_file(f"{_LEASES}/{name}"))
+        except (FileNotFoundError, ValueError, UnicodeDecodeError):
+            continue  # gone meanwhile, or not a lease
+        if not isinstance(lease, dict) or not isinstance(lease.get("host"), str):
+            continue
+        stamp = lease.get("time")
+        if isinstance(stamp, (int, float)) and now - stamp < LEASE_TTL:
+            found.append(lease)
+    return sorted(found, key=lambda lease: -float(lease["time"]))
 
 
 def _decode(value: bytes, where: str) -> bytes:
@@ -137,7 +191,9 @@ class Upload:
     generation: int | None = None  # the bucket's name for the newest local generation
     uploaded: int = 0  # bytes sent
     renumbered: bool = False
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for the log
+    tell: list[str] = field(default_factory=list)  # for the user, once each
+    copy: str | None = None  # the session it went to instead of the notebook's (see push)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -145,7 +201,61 @@ class Upload:
             "uploaded": self.uploaded,
             "renumbered": self.renumbered,
             "notes": list(self.notes),
+            "tell": list(self.tell),
+            "copy": self.copy,
         }
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _when(stamp: object) -> str:
+    """A manifest's or lease's time as a user reads it (UTC, whichever node wrote it)."""
+    if not isinstance(stamp, (int, float)):
+        return "an unknown time"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
+
+
+def _by(manifest: Manifest) -> str:
+    """Who wrote *manifest*: "host X at T" (older releases did not record the host)."""
+    host = manifest.raw.get("host")
+    where = f"host {host}" if isinstance(host, str) and host else "a kernel"
+    return f"{where} at {_when(manifest.created)}"
+
+
+@dataclass
+class Walk:
+    """What a walk of the bucket's manifests for the newest one that verifies passed over.
+
+    Summarised for the user (:meth:`notes`): a bucket others can write may hold
+    thousands of planted manifests, and one line each would bury the notebook.
+    """
+
+    foreign: int = 0  # manifests not signed with this user's secret
+    cleaned: int = 0  # of those, deleted: unsigned, so provably not the user's
+    unread: int = 0  # generations the bound left unread
+    problems: list[str] = field(default_factory=list)  # other reasons, one each
+
+    def notes(self) -> list[str]:
+        notes = self.problems[:_SHOWN]
+        if len(self.problems) > _SHOWN:
+            notes.append(
+                f"{_plural(len(self.problems) - _SHOWN, 'more generation')} could not be "
+                "read either"
+            )
+        if self.foreign:
+            notes.append(
+                f"passed over {_plural(self.foreign, 'manifest')} that are not this user's "
+                "(not signed with this user's checkpoint secret); none was unpickled"
+                + (f", and {_plural(self.cleaned, 'unsigned one')} deleted" if self.cleaned else "")
+            )
+        if self.unread:
+            notes.append(
+                f"{_plural(self.unread, 'generation')} were left unread (a walk reads at most "
+                f"{WALK_LIMIT} manifests on either side of the newest this user uploaded)"
+            )
+        return notes
 
 
 @dataclass
@@ -158,10 +268,22 @@ class Pull:
     ahead: int | None = None  # a local generation the bucket has never had
     unreachable: str | None = None  # why the bucket could not be read
     problems: list[str] = field(default_factory=list)
+    #: the walk ended at its bound before it found a generation that verifies
+    stopped: bool = False
+    source: str | None = None  # who wrote the generation the local tier now has newest
+
+    @property
+    def seen(self) -> bool:
+        """Whether the bucket's newest generation was read (see :meth:`Mirror.push`)."""
+        return self.unreachable is None and not self.stopped
 
     def notices(self, display: str, local: int | None) -> list[str]:
         """The sentences a user is shown after a start (none when all went well)."""
         notes = [f"persistent-kernel: in {display}, {p}" for p in self.problems]
+        held = (
+            "until it can, what this kernel saves stays on this machine or goes to a copy "
+            "of its own, never in place of the state there"
+        )
         if self.unreachable is not None:
             where = (
                 f"restored generation {local} from this machine's copy, which may not be the newest"
@@ -171,7 +293,12 @@ class Pull:
             cause = self.unreachable  # the store's sentences name the bucket and the cause
             if not cause.startswith(f"the bucket {display} "):
                 cause = f"the bucket {display} could not be reached ({cause})"
-            notes.append(f"persistent-kernel: {cause}; {where}.")
+            notes.append(f"persistent-kernel: {cause}; {where}; {held}.")
+        elif self.stopped:
+            notes.append(
+                f"persistent-kernel: no generation of this notebook that verifies was found "
+                f"among those read in {display}; {held}."
+            )
         return notes
 
 
@@ -179,13 +306,24 @@ class Mirror:
     """One session on this machine's disk (:attr:`local`), mirrored to the same
     session in a bucket (:attr:`remote`): composed of the two, the format of
     each unchanged (see the module docstring for what push and pull promise).
+
+    *sibling* opens another session of the same bucket by its directory name
+    (where :meth:`push` puts a copy, see there).
     """
 
-    def __init__(self, local: SessionStore, remote: SessionStore, display: str, url: str) -> None:
+    def __init__(
+        self,
+        local: SessionStore,
+        remote: SessionStore,
+        display: str,
+        url: str,
+        sibling: Callable[[str], SessionStore] | None = None,
+    ) -> None:
         self.local = local
         self.remote = remote
         self.display = display  # the bucket's URL as a user reads it
         self.url = url  # the URL as configured (with its options), for the upload process
+        self._sibling = sibling
 
     def __repr__(self) -> str:
         return f"Mirror({self.local!r} -> {self.display})"
@@ -217,10 +355,131 @@ class Mirror:
             return None
         return manifest, self.local.backend.read_manifest(manifest.generation)
 
+    def _read_local(self, name: str) -> Any:
+        """A small JSON file of this session's local tier; None if absent or unreadable."""
+        try:
+            return json.loads(self.local.backend.read_file(name))
+        except (OSError, ValueError, UnreadableCheckpoint):
+            return None
+
+    def _write_local(self, name: str, value: Any) -> None:
+        self.local.ensure()
+        self.local.backend.write_file(name, json.dumps(value).encode())
+
     def clear(self) -> None:
         """Forget every checkpoint of this session, in the bucket and on this machine."""
         self.remote.clear()
         self.local.clear()
+
+    # -- what this kernel's start saw -------------------------------------------------
+
+    def started(self, seen: bool) -> None:
+        """Record what this kernel's start read of the bucket (:attr:`Pull.seen`).
+
+        Unseen, :meth:`push` never uploads a generation that would supersede
+        the bucket's newest without having read it (see there). Either way a
+        new kernel starts afresh: no copy yet, no other writer told of.
+        """
+        for name in (_DIVERTED, _TOLD):
+            with suppress(FileNotFoundError):
+                self.local.backend.delete_file(name)
+        if seen:
+            with suppress(FileNotFoundError):
+                self.local.backend.delete_file(_UNSEEN)
+        else:
+            self._write_local(_UNSEEN, {"since": time.time()})
+
+    def _unseen(self) -> bool:
+        return self._read_local(_UNSEEN) is not None
+
+    # -- leases -----------------------------------------------------------------------
+
+    def write_lease(self, now: float | None = None) -> None:
+        """Leave (or renew) this machine's lease in the bucket's session: a sign,
+        read by a prune on any node (:meth:`BucketStore.in_use`) and by a kernel
+        starting elsewhere, that a kernel here is using it. Raises OSError."""
+        host = host_name()
+        lease = {"host": host, "time": time.time() if now is None else now}
+        name = f"{_LEASES}/{_slug(host)}.json"
+        self.remote.backend.write_file(name, json.dumps(lease).encode())
+
+    def others(self, now: float | None = None) -> list[dict[str, Any]]:
+        """The fresh leases of kernels on other machines (newest first). Raises OSError."""
+        backend = self.remote.backend
+        assert isinstance(backend, ObjectBackend)
+        me = host_name()
+        return [lease for lease in fresh_leases(backend, now) if lease["host"] != me]
+
+    # -- the bucket's newest ------------------------------------------------------------
+
+    def _head(self, remote: SessionStore) -> int | None:
+        """The generation the head of *remote* names, if it is this user's (signed)."""
+        try:
+            raw = json.loads(remote.backend.read_file(_HEAD))
+            if not isinstance(raw, dict) or not isinstance(raw.get("head"), int):
+                return None
+            remote.signer.verify(raw, _HEAD)
+        except FileNotFoundError:
+            return None
+        except (ValueError, UntrustedCheckpoint):
+            return None  # planted or damaged: the walk does without it
+        return int(raw["head"])
+
+    def _write_head(self, remote: SessionStore, generation: int) -> None:
+        raw: dict[str, Any] = {"head": generation, "time": time.time()}
+        raw["signature"] = remote.signer.sign(raw)
+        remote.backend.write_file(_HEAD, json.dumps(raw).encode())
+
+    def _candidates(
+        self, walk: Walk, generations: list[int] | None = None
+    ) -> Iterator[tuple[bytes, Manifest]]:
+        """The bucket's generations that verify, newest first, read within a bound.
+
+        First the generations above the head (the newest one this user's
+        kernels uploaded, named in a signed object, see :meth:`_write_head`),
+        then the head and those below it, at most :data:`WALK_LIMIT` read on
+        either side: a bucket others can write may hold any number of planted
+        manifests, and reading them all would hold up every start. What is
+        passed over is counted in *walk*. An unsigned manifest is deleted:
+        every manifest a kernel puts in a bucket is signed (nothing is saved
+        unsigned, see :class:`NoSecret`), so it is provably not the user's and
+        can never be read. One signed with another secret is kept: it may be
+        the user's under a secret since replaced. Raises OSError when the
+        bucket cannot be read.
+        """
+        if generations is None:
+            generations = self.remote.generations()
+        head = self._head(self.remote)
+        above = [g for g in generations if head is None or g > head]
+        below = [g for g in generations if head is not None and g <= head]
+        for part in (above, below):
+            order = part[::-1]
+            for index, generation in enumerate(order):
+                if index >= WALK_LIMIT:
+                    walk.unread += len(order) - index
+                    break
+                found = self._verified(generation, walk)
+                if found is not None:
+                    yield found
+
+    def _verified(self, generation: int, walk: Walk) -> tuple[bytes, Manifest] | None:
+        data = b""
+        try:
+            data = self.remote.backend.read_manifest(generation)
+            return data, self.remote.manifest_from(data, generation)
+        except NoCheckpoint:
+            return None
+        except NoSecret as exc:
+            if str(exc) not in walk.problems:
+                walk.problems.append(str(exc))
+        except UntrustedCheckpoint:
+            walk.foreign += 1
+            if _unsigned(data):
+                self.remote.backend.delete_manifest(generation)
+                walk.cleaned += 1
+        except UnreadableCheckpoint as exc:
+            walk.problems.append(f"generation {generation} was passed over: {exc}")
+        return None
 
     # -- up ---------------------------------------------------------------------------
 
@@ -232,10 +491,24 @@ class Mirror:
     def push(self, keep: int | None = None) -> Upload:
         """Upload the newest local generation unless the bucket has had it.
 
+        First it reads the bucket's newest generation that verifies. One this
+        machine neither wrote nor pulled was written by another kernel:
+
+        * if this kernel's start could not read the bucket (:meth:`started`),
+          its state may be the user's real one, which this kernel never
+          restored. Nothing is uploaded over it: from then on this kernel's
+          generations go to a copy, a session of their own in the bucket,
+          named for this machine and the time, and the user is told once how
+          to load it. Nothing is lost either way: the next start restores the
+          bucket's state, and the copy holds this kernel's.
+        * otherwise another kernel is saving the same notebook (two pods):
+          the upload goes ahead (the newest wins, as ever), and the user is
+          told once per machine.
+
         Raises :class:`OSError` (:class:`BucketUnreachable`,
         :class:`PermissionError`) when the bucket cannot take it; the local
         tier is unchanged then. With *keep*, prunes the bucket's session
-        afterwards (fail closed, as on disk).
+        afterwards (fail closed, as on disk). Renews this machine's lease.
         """
         result = Upload()
         newest = self._local_newest()
@@ -245,12 +518,11 @@ class Mirror:
         if self._was_uploaded(data):
             result.generation = manifest.generation
             return result
+        copy = self._read_local(_DIVERTED) or self._check(result)
+        if isinstance(copy, dict) and self._sibling is not None:
+            return self._push_copy(copy, manifest, data, keep, result)
+        self._send_blobs(self.remote, manifest, result)
         remote = self.remote.backend
-        assert isinstance(remote, ObjectBackend)
-        for name, size in manifest.blobs.items():
-            if remote.blob_size(name) != size:
-                remote.upload_file(name, self.local.objects_dir / name)
-                result.uploaded += size
         with suppress(FileNotFoundError):
             remote.write_file("settings.json", self.local.backend.read_file("settings.json"))
         generation = manifest.generation
@@ -267,12 +539,115 @@ class Mirror:
             raise GenerationTaken(f"generation {generation} kept being taken by other kernels")
         self._record_upload(data)
         result.generation = generation
+        self._write_head(self.remote, generation)
+        self.write_lease()
         if keep:
             try:
-                result.notes.extend(self.remote.prune(keep).notes())
+                result.notes.extend(self.remote.prune(keep, _unsigned).notes())
             except OSError as exc:
                 result.notes.append(f"old generations in the bucket were not pruned ({exc})")
         return result
+
+    def _check(self, result: Upload) -> dict[str, Any] | None:
+        """Read the bucket's newest before an upload (see :meth:`push`): the copy to
+        upload to instead, or None to upload to the notebook's session."""
+        walk = Walk()
+        newest = next(self._candidates(walk), None)
+        unseen = self._unseen()
+        if newest is None:
+            if walk.unread and unseen:  # it still cannot tell what the bucket holds
+                return self._divert(None, result)
+            if unseen:
+                self.local.backend.delete_file(_UNSEEN)
+            return None
+        data, manifest = newest
+        if self._was_uploaded(data):
+            if unseen:  # read now: the bucket holds nothing this kernel has not seen
+                self.local.backend.delete_file(_UNSEEN)
+            return None
+        if unseen:
+            return self._divert(manifest, result)
+        self._tell_writer(manifest, result)
+        return None
+
+    def _tell_writer(self, manifest: Manifest, result: Upload) -> None:
+        """Tell the user, once per machine, that another kernel saves this notebook too."""
+        host = manifest.raw.get("host")
+        who = str(host) if isinstance(host, str) and host else "?"
+        told = self._read_local(_TOLD)
+        told = [str(t) for t in told] if isinstance(told, list) else []
+        if who in told:
+            return
+        self._write_local(_TOLD, [*told, who])
+        result.tell.append(
+            f"another kernel saves this notebook's state to {self.display} too: generation "
+            f"{manifest.generation} there was written by {_by(manifest)}, not by this kernel. "
+            "Each save replaces the other's as the newest, and a start restores whichever "
+            "came last; keep one kernel per notebook."
+        )
+
+    def _divert(self, manifest: Manifest | None, result: Upload) -> dict[str, Any]:
+        """Send this kernel's uploads to a copy from now on (see :meth:`push`)."""
+        host = host_name()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        key = f"{self.key or self.local.path.name}#{host}-{stamp}"
+        copy = {"key": key, "dirname": session_dirname(key)}
+        self._write_local(_DIVERTED, copy)
+        what = (
+            f"a state of this notebook written by {_by(manifest)}"
+            if manifest is not None
+            else "generations of this notebook"
+        )
+        result.tell.append(
+            f"the bucket {self.display} holds {what} that this kernel did not restore, "
+            "as it could not read the bucket when it started. So as not to replace that "
+            f"state, what this kernel saves goes to a copy in the bucket, {copy['dirname']} "
+            f"(load it with %persist restore --from {copy['dirname']}); restart the kernel "
+            "to restore the bucket's state."
+        )
+        return copy
+
+    def _push_copy(
+        self, copy: dict[str, Any], manifest: Manifest, data: bytes, keep: int | None,
+        result: Upload,
+    ) -> Upload:  # fmt: skip
+        """Upload the newest local generation to the copy *copy* names, signed again
+        under the copy's key; the local tier keeps it as it is."""
+        assert self._sibling is not None
+        remote = self._sibling(str(copy["dirname"]))
+        self._send_blobs(remote, manifest, result)
+        generation = max([0, *remote.generations()]) + 1
+        for _ in range(_RENUMBER_TRIES):
+            raw = {k: v for k, v in manifest.raw.items() if k != "signature"}
+            raw.update(generation=generation, session=str(copy["key"]))
+            raw["signature"] = self.local.signer.sign(raw)
+            try:
+                remote.backend.write_manifest(
+                    generation, json.dumps(raw, indent=1, sort_keys=True).encode()
+                )
+                break
+            except GenerationTaken:
+                generation = max([0, *remote.generations()]) + 1
+        else:
+            raise GenerationTaken(f"generation {generation} kept being taken by other kernels")
+        self._record_upload(data)
+        self._write_head(remote, generation)
+        self.write_lease()
+        result.generation, result.copy = generation, str(copy["dirname"])
+        if keep:
+            try:
+                result.notes.extend(remote.prune(keep, _unsigned).notes())
+            except OSError as exc:
+                result.notes.append(f"old generations of the copy were not pruned ({exc})")
+        return result
+
+    def _send_blobs(self, remote: SessionStore, manifest: Manifest, result: Upload) -> None:
+        backend = remote.backend
+        assert isinstance(backend, ObjectBackend)
+        for name, size in manifest.blobs.items():
+            if backend.blob_size(name) != size:
+                backend.upload_file(name, self.local.objects_dir / name)
+                result.uploaded += size
 
     def _renumbered(self, manifest: Manifest, generation: int) -> bytes:
         """*manifest* as generation *generation*, signed again, committed locally too."""
@@ -291,43 +666,41 @@ class Mirror:
 
         Never raises for the bucket: an unreachable bucket is reported in
         :attr:`Pull.unreachable`, generations that do not verify in
-        :attr:`Pull.problems`.
+        :attr:`Pull.problems` (summarised: see :class:`Walk`). The walk is
+        bounded (see :meth:`_candidates`): when it ends before it finds a
+        generation that verifies, :attr:`Pull.stopped` says so.
         """
         result = Pull()
+        walk = Walk()
         local = self._local_newest()
         try:
             remote_generations = self.remote.generations()
-            for generation in reversed(remote_generations):
-                try:
-                    data = self.remote.backend.read_manifest(generation)
-                    if local is not None and local[1] == data:
-                        result.current = generation
-                        break
-                    manifest = self.remote.read_manifest(generation)
-                except NoCheckpoint:
-                    continue
-                except UnreadableCheckpoint as exc:
-                    result.problems.append(f"generation {generation} was passed over: {exc}")
-                    continue
+            for data, manifest in self._candidates(walk, remote_generations):
+                generation = manifest.generation
+                if local is not None and local[1] == data:
+                    result.current, result.source = generation, _by(manifest)
+                    break
                 pending = local is not None and not self._was_uploaded(local[1])
                 if pending and local is not None and local[0].created > manifest.created:
-                    result.ahead = local[0].generation
+                    result.ahead, result.source = local[0].generation, _by(local[0])
                     break
                 try:
                     result.downloaded = self._fetch(manifest, data)
                 except UnreadableCheckpoint as exc:
-                    result.problems.append(f"generation {generation} was passed over: {exc}")
+                    walk.problems.append(f"generation {generation} was passed over: {exc}")
                     continue
-                result.pulled = generation
+                result.pulled, result.source = generation, _by(manifest)
                 self._forget_after(generation)
                 break
             else:
+                result.stopped = walk.unread > 0
                 if local is not None and not self._was_uploaded(local[1]):
-                    result.ahead = local[0].generation
+                    result.ahead, result.source = local[0].generation, _by(local[0])
                 elif local is not None and not remote_generations:
                     self.clear()  # removed from the bucket (`rm`): not brought back from here
         except OSError as exc:  # MissingExtra too
             result.unreachable = str(exc)
+        result.problems = walk.notes()
         return result
 
     def _forget_after(self, generation: int) -> None:
@@ -428,7 +801,23 @@ class BucketStore(Store):
         """Session *key* of :meth:`local`, mirrored to the same session in the bucket."""
         private_dir(self.root)
         local = self.local().session(key)
-        return Mirror(local, self._remote(session_dirname(key), key), self.display, self.url)
+        remote = self._remote(session_dirname(key), key)
+        return Mirror(local, remote, self.display, self.url, lambda name: self._remote(name, None))
+
+    def in_use(self, session: SessionStore, now: float) -> str | None:
+        """Why a prune must pass *session* over: a kernel's fresh lease in it (see
+        :meth:`Mirror.write_lease`), on any node. Raises OSError."""
+        backend = session.backend
+        assert isinstance(backend, ObjectBackend)
+        leases = fresh_leases(backend, now)
+        if not leases:
+            return None
+        lease = leases[0]
+        return (
+            f"a kernel on host {lease['host']} is using it (its lease in the bucket was "
+            f"renewed at {_when(lease['time'])}; a lease lapses "
+            f"{LEASE_TTL / 60:.0f} minutes after its kernel stops)"
+        )
 
 
 def upload_in_child(mirror: Mirror, keep: int, timeout: float = 3600.0) -> dict[str, Any]:
