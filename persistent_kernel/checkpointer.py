@@ -418,9 +418,12 @@ class Checkpointer:
             self.tracking.step(tracker.watch_new, arrays)
 
         def job() -> dict[str, Any]:
+            # Chunks are named, and buffers watched, by address only where the memory is
+            # the namespace's, not a copy made while pickling (see pagewrites.Holdings).
+            holdings = pagewrites.Holdings(values, chunks.THRESHOLD) if forked else None
             names = None
-            if tracker is not None and tracked is not None:
-                names = tracker.reusable(pagewrites.receive(tracked, timeout=10.0))
+            if tracker is not None and tracked is not None and holdings is not None:
+                names = holdings.names(tracker.reusable(pagewrites.receive(tracked, timeout=10.0)))
             # Read in the writer, not the kernel: a notebook with outputs can be large.
             info.update(notebook.cells_for_checkpoint(session, info, known))
             result = checkpoint.write_checkpoint(
@@ -437,6 +440,13 @@ class Checkpointer:
                 known=names,
                 skipped_types=types,
             ).to_dict()
+            # only a forked writer's buffers are watched (see _settle)
+            result["buffers"] = holdings.reported(result["buffers"]) if holdings else []
+            if holdings is not None and holdings.failure is not None:
+                result["notes"].append(
+                    f"large arrays were hashed whole: which memory the namespace owns could not "
+                    f"be told ({holdings.failure})"
+                )
             if upload is not None and (outcome := upload()) is not None:
                 result["upload"] = outcome
             return result

@@ -22,7 +22,12 @@ two forks, including writes that raced with a scan (a page being written
 while it is re-protected is reported by that scan). A chunk is reused by
 name only when its buffer is at the same address with the same size as in
 checkpoint *m*, its memory was registered before checkpoint *m*'s fork and
-stayed so, and no reported page touches it. Memory that is unmapped or
+stayed so, no reported page touches it, and its memory belongs to an object
+of the namespace as the kernel held it at the fork (:class:`Holdings`). The
+last because the scans see the kernel's writes only: a buffer a writer made
+while pickling (a reduction returning a copy) lies, in the kernel, in free
+memory nobody writes, so the next writer's copy at the same address would
+look unchanged whatever it holds. Such buffers are never watched either. Memory that is unmapped or
 mapped anew loses its registration, and its scan fails: its chunks are hashed.
 A page the kernel discards (``MADV_DONTNEED``) is reported as written. The
 chunk's blob must still be in the store, as for any reused blob.
@@ -36,7 +41,9 @@ Limits:
   name are watched before the checkpoint that first saves them, restored
   arrays as soon as the restore has read them, others (an array inside a
   DataFrame or a dict) once a checkpoint has saved them, so their chunks are
-  reused from the third checkpoint on.
+  reused from the third checkpoint on. Buffers a reduction makes while
+  pickling, and buffers the writer's walk of the namespace does not find
+  (see :class:`Holdings` for where it does not look), are hashed every time.
 * A write to a watched page splits its transparent huge page: the first
   write to each 4 KiB page after a checkpoint costs a page fault (about a
   microsecond). A buffer found mostly rewritten is therefore no longer
@@ -53,14 +60,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import gc
 import json
 import mmap
 import os
 import platform
 import select
 import sys
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 PAGE = mmap.PAGESIZE
@@ -439,6 +450,145 @@ def receive(fd: int, timeout: float) -> bytes:
     finally:
         os.close(fd)
     return bytes(data)
+
+
+#: Seconds a writer spends at most, per checkpoint, finding which buffers the
+#: namespace owns (:class:`Holdings`); past it the rest are hashed and not watched.
+HOLDINGS_BUDGET = 2.0
+#: Values that hold no other object: not looked into.
+_ATOMIC = frozenset({int, float, complex, bool, str, bytes, type(None)})
+
+
+def array_extent(array: Any) -> tuple[int, int] | None:
+    """``[low, high)``: the bytes a numpy array's elements lie in (None if it has none)."""
+    if array.size == 0:
+        return None
+    low = high = int(array.__array_interface__["data"][0])
+    for count, stride in zip(array.shape, array.strides, strict=True):
+        if stride < 0:
+            low += (count - 1) * stride
+        else:
+            high += (count - 1) * stride
+    return low, high + array.itemsize
+
+
+class Holdings:
+    """Which large buffers belong to objects of the namespace, as the kernel holds it.
+
+    In a forked writer only. A buffer pickled out of band is either memory of
+    an object the namespace holds (an array, a DataFrame's block), the same
+    memory at the same address in the kernel, or memory the writer made while
+    pickling (a reduction returning ``self.a[::2].copy()``). The second lies, in
+    the kernel, where nothing lives: free memory nobody writes, so its address
+    and the tracker's silence say nothing of what the next writer's copy there
+    holds. Only buffers of the first kind are named by address
+    (:meth:`names`) or reported for watching (:meth:`reported`).
+
+    How: the values' objects are walked breadth first through
+    :func:`gc.get_referents` (and each numpy array's ``base``), noting the bytes
+    every numpy array of at least *threshold* bytes spans; a buffer inside
+    such bytes belongs to the namespace (the array is alive in the writer, so
+    nothing the writer made can lie there). The walk stops once every buffer
+    asked about is found, and resumes if asked about more.
+
+    Limits: classes, modules and modules' globals are not walked into, nor
+    numpy arrays of objects, and buffers other than numpy arrays' are not
+    recognised: such a buffer is hashed every time, as when tracking is off.
+    The walk stops after :data:`HOLDINGS_BUDGET` seconds in all (a namespace of
+    millions of objects), with the same effect on the buffers not found yet.
+    A walk resumed after pickling sees what pickling changed in the objects;
+    that can only add memory the writer made to :meth:`reported`, and such
+    memory is then watched in vain, never named: :meth:`names` walks before
+    pickling, as the kernel had the objects.
+    """
+
+    def __init__(
+        self, values: Mapping[str, Any], threshold: int, budget: float = HOLDINGS_BUDGET
+    ) -> None:
+        self._threshold = threshold
+        self._budget = budget
+        self._frontier: deque[Any] = deque(values.values())
+        self._seen = {id(v) for v in self._frontier}
+        self._skip = {id(getattr(m, "__dict__", None)) for m in list(sys.modules.values())}
+        self._extents: list[tuple[int, int]] = []
+        self._first = True
+        #: Why the walk failed, if it did (see :meth:`_safely`).
+        self.failure: str | None = None
+
+    def _covered(self, buffer: tuple[int, int]) -> bool:
+        address, size = buffer
+        return any(low <= address and address + size <= high for low, high in self._extents)
+
+    def held(self, buffers: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Those of *buffers* (address, size) that lie in memory of the namespace's arrays."""
+        wanted = set(buffers)
+        numpy = sys.modules.get("numpy")
+        if numpy is None:
+            return set()
+        ndarray, frontier, seen = numpy.ndarray, self._frontier, self._seen
+        start = time.monotonic()
+        deadline, steps = start + self._budget, 0
+        if self._first:  # the values themselves
+            self._first = False
+            for value in list(frontier):
+                if isinstance(value, ndarray):
+                    self._note(value)
+        found = {b for b in wanted if self._covered(b)}
+        while frontier and len(found) < len(wanted):
+            obj = frontier.popleft()
+            if isinstance(obj, (type, ModuleType)) or id(obj) in self._skip:
+                continue
+            noted = len(self._extents)
+            for ref in gc.get_referents(obj):
+                if type(ref) not in _ATOMIC and id(ref) not in seen:
+                    seen.add(id(ref))
+                    frontier.append(ref)
+                    if isinstance(ref, ndarray):  # noted when met, not in its turn
+                        self._note(ref)
+            if len(self._extents) > noted:
+                found.update(b for b in wanted if self._covered(b))
+            steps += 1
+            if steps % 4096 == 0 and time.monotonic() > deadline:
+                break
+        self._budget -= time.monotonic() - start
+        if self._budget <= 0:
+            frontier.clear()
+        return found
+
+    def _note(self, array: Any) -> None:
+        """Note the bytes *array* spans, if large, and go on to the array it views."""
+        extent = array_extent(array)
+        if extent is not None and extent[1] - extent[0] >= self._threshold:
+            self._extents.append(extent)
+        base = array.base
+        if base is not None and id(base) not in self._seen:
+            self._seen.add(id(base))
+            self._frontier.append(base)
+            if isinstance(base, sys.modules["numpy"].ndarray):
+                self._note(base)
+
+    def names(
+        self, offered: Mapping[tuple[int, int], list[str | None]]
+    ) -> dict[tuple[int, int], list[str | None]]:
+        """The chunk names :meth:`Tracker.reusable` offers, for the namespace's buffers only."""
+        held = self._safely(offered) if offered else set()
+        return {buffer: names for buffer, names in offered.items() if buffer in held}
+
+    def reported(self, buffers: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        """A writer's chunked *buffers* (``[address, size, ...]``), the namespace's only."""
+        held = self._safely([(int(b[0]), int(b[1])) for b in buffers]) if buffers else set()
+        return [list(b) for b in buffers if (int(b[0]), int(b[1])) in held]
+
+    def _safely(self, buffers: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+        """:meth:`held`; none should the walk fail (an object whose traversal raises):
+        every chunk is then hashed and nothing watched, and :attr:`failure` says why."""
+        if self.failure is not None:
+            return set()
+        try:
+            return self.held(buffers)
+        except Exception as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            return set()
 
 
 def top_level_buffers(values: Mapping[str, Any], threshold: int) -> list[tuple[int, int]]:

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from persistent_kernel import pagewrites
+from persistent_kernel import pagewrites, serializer
 from persistent_kernel.pagewrites import PAGE, Tracker, Watcher
+from persistent_kernel.store import chunks
 from persistent_kernel.store.sessions import blob_hash
 
 CHUNK = 16 * PAGE  # small chunks: a few pages each, so that tests stay small
@@ -325,3 +326,70 @@ def test_a_buffer_cut_otherwise_or_seen_late_is_not_offered(watcher: Watcher) ->
     tracker.forked()
     tracker.seed(b.ctypes.data, b.nbytes, [(f"n{i}", CHUNK) for i in range(3)])  # too late
     assert tracker.reusable(tracker.forked()) == {}
+
+
+# -- which buffers are the namespace's -----------------------------------------------
+
+THRESHOLD = chunks.THRESHOLD
+
+
+class Halves:
+    """Pickled as a copy of every other element: a buffer made while pickling."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return Halves, (self.a[::2].copy(),)
+
+
+def large_buffers(values: dict[str, object]) -> tuple[object, set[tuple[int, int]]]:
+    """Pickle *values* as a writer does; its large out-of-band buffers (address, size),
+    and what keeps them alive."""
+    pickled = serializer.serialize(values)
+    found = {
+        (pagewrites.address_of(part), part.nbytes)
+        for payload in pickled.payloads
+        for part in payload.parts()[1:]
+        if part.nbytes >= THRESHOLD
+    }
+    return pickled, found
+
+
+def test_only_buffers_of_the_namespaces_objects_are_held() -> None:
+    import pandas as pd
+
+    n = THRESHOLD // 8 + 1000
+    owner = np.random.default_rng(1).random(2 * n)
+    top, row = np.random.default_rng(2).random(n), np.random.default_rng(3).random(n)
+    frame = pd.DataFrame({"x": np.arange(n, dtype=float), "y": np.ones(n)})
+    fortran = np.asfortranarray(np.random.default_rng(4).random((n // 4, 4)))
+    values: dict[str, object] = {
+        "top": top,
+        "nested": {"rows": [row]},
+        "frame": frame,
+        "view": owner[5:],  # pickled as the array owning its memory
+        "fortran": fortran,
+        "halves": Halves(np.ones(2 * n)),
+    }
+    alive, buffers = large_buffers(values)
+    block = frame._mgr.blocks[0].values
+    ours = {a.ctypes.data for a in (top, row, block, owner, fortran)}
+    assert {address for address, _ in buffers} >= ours and len(buffers) == len(ours) + 1
+    (made,) = [b for b in buffers if b[0] not in ours]  # the copy Halves made
+    holdings = pagewrites.Holdings(values, THRESHOLD)
+    reported = [[a, s, ["name"], 0, s] for a, s in sorted(buffers)]
+    assert {(b[0], b[1]) for b in holdings.reported(reported)} == buffers - {made}
+    offered: dict[tuple[int, int], list[str | None]] = {b: ["n"] for b in buffers}
+    assert set(pagewrites.Holdings(values, THRESHOLD).names(offered)) == buffers - {made}
+    assert holdings.failure is None
+    del alive
+
+
+def test_a_walk_past_its_budget_holds_nothing_more() -> None:
+    """Buffers not found in time are hashed and not watched, as if the walk had failed."""
+    deep = np.zeros(THRESHOLD // 8)
+    values = {"many": [[i] for i in range(20_000)], "box": [[deep]]}
+    target = {(deep.ctypes.data, deep.nbytes)}
+    assert pagewrites.Holdings(values, THRESHOLD, budget=0.0).held(target) == set()
+    assert pagewrites.Holdings(values, THRESHOLD).held(target) == target

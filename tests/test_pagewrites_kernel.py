@@ -193,3 +193,63 @@ def test_a_kernel_without_large_arrays_never_opens_a_userfaultfd(kernels: Kernel
     kernel.run(filled(SETUP)).check()
     save(kernel)
     assert userfaultfds(kernel.pid) == 1
+
+
+HALVES = '''
+import numpy as np
+
+
+class Halves:
+    """Pickled as a copy of every other element: the writer makes that copy itself."""
+
+    def __init__(self, n):
+        self.a = np.zeros(n)
+
+    def __reduce__(self):
+        return _halves, (self.a[::2].copy(),)
+
+
+def _halves(half):
+    made = Halves.__new__(Halves)
+    made.a = np.repeat(half, 2)
+    return made
+'''
+
+
+LOOP = """
+_saved = {}
+for _step in range(%d):
+    c.a[:6] = _step; c.a[-2:] = _step
+    _r = get_ipython().kernel.checkpointer.save_now()
+    assert _r.ok, _r
+    _saved[_r.generation] = _step
+print(json.dumps(_saved))
+"""
+
+
+def test_buffers_the_writer_makes_while_pickling_are_never_reused_by_address(
+    kernels: KernelHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reduction's own copy (20 MiB here) lives at memory that, in the kernel, is free:
+    nobody writes it there, so its address says nothing of what the next writer's copy
+    holds. Every generation must hold the values the kernel had when it was saved."""
+    (kernels.cwd / "halves.py").write_text(HALVES)
+    monkeypatch.syspath_prepend(str(kernels.cwd))
+    # glibc as many tune it: blocks up to 64 MiB from the heap, which is never trimmed
+    heap = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+    kernel = kernels.start(args=[*MANUAL, "--PersistentKernel.keep=100"], env=heap)
+    n = 5 * CHUNK // 8  # 40 MiB: its copies are 20 MiB
+    kernel.run(f"{filled(SETUP)}\ndel a, b\nfrom halves import Halves\nc = Halves({n})").check()
+    # a copy like the writer's, made and freed here first: the heap keeps its memory
+    kernel.run("_t = c.a[::2].copy()\ndel _t").check()
+    out = kernel.run(LOOP % 12).check().stdout
+    expected = {int(g): float(v) for g, v in json.loads(out.strip().splitlines()[-1]).items()}
+    session = kernels.session()
+    for generation, value in expected.items():
+        values, report = load_generation(session, generation)
+        assert not report.problems
+        back = values["c"].a
+        assert back.size == n and back[:6].tolist() == [value] * 6, (generation, back[:6])
+        assert back[-2:].tolist() == [value] * 2 and not back[6:-2].any(), generation
+    kernel.restart()  # the newest generation is what the kernel had
+    assert kernel.value("(c.a[:6].tolist(), c.a[-2:].tolist())") == f"({[11.0] * 6}, {[11.0] * 2})"
