@@ -666,6 +666,8 @@ class Checkpointer:
         notice = self.autosaver.uploaded(error)
         if notice:
             self.host.notice(f"persistent-kernel: {notice}")
+        for text in outcome.get("tell") or []:  # the upload says each once (see Mirror.push)
+            self.host.notice(f"persistent-kernel: {text}")
 
     # -- the cell that is running -------------------------------------------------------
 
