@@ -16,10 +16,10 @@ import io
 import re
 import threading
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from types import ModuleType
+from types import FunctionType, ModuleType
 from typing import Any
 
-from .reducers import note_position
+from .reducers import lost, note_position
 
 #: Names IPython and ipykernel put into every namespace.
 INTERNAL_NAMES = frozenset(
@@ -129,6 +129,9 @@ def select(
         if reason is not None:
             skipped[name] = reason
             continue
+        # Here, in the kernel: the writers it forks find the files of the user's own
+        # modules already parsed (once per version), not each parsing them again.
+        lost(value if isinstance(value, (type, FunctionType)) else type(value))
         to_save[name] = value
     return to_save, skipped
 

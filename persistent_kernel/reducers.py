@@ -19,10 +19,9 @@ by ``%persist export`` loads with plain dill.
   own ``__init_subclass__`` (:func:`save_class`): a registry of subclasses in
   a class attribute comes back holding the restored subclasses, once each.
 * **Classes and functions a module file no longer defines** (a module beside
-  the notebook edited, or removed, since its import, without a reload:
-  :func:`lost`) are pickled by value as the notebook's are, where dill would
-  save a name the next process cannot find; a class of another metaclass is
-  refused.
+  the notebook edited since its import, or removed: :func:`lost`) are pickled
+  by value as the notebook's are, where dill would save a name the next
+  process cannot find; a class of another metaclass is refused.
 * **``functools.lru_cache`` / ``functools.cache`` wrappers** of notebook
   functions: the wrapped function by value, wrapped again with the same
   ``maxsize`` and ``typed``. The cache starts empty.
@@ -160,28 +159,11 @@ def _source_of(module_name: str) -> str | None:
     return found
 
 
-def _as_compiled(module_name: str, size: int, mtime_ns: int) -> bool:
-    """Is the source as it was when its module was compiled (the size and time its
-    cached ``.pyc`` records)? Then it has not changed since the import either."""
-    cached = getattr(sys.modules.get(module_name), "__cached__", None)
-    if not isinstance(cached, str):
-        return False
-    try:
-        with open(cached, "rb") as f:
-            header = f.read(16)
-    except OSError:
-        return False
-    if len(header) < 16 or int.from_bytes(header[4:8], "little") != 0:
-        return False  # a hash-based .pyc records no time
-    recorded = int.from_bytes(header[8:12], "little"), int.from_bytes(header[12:16], "little")
-    return recorded == ((mtime_ns // 1_000_000_000) & 0xFFFFFFFF, size & 0xFFFFFFFF)
-
-
-def _bound_by(module_name: str, path: str) -> frozenset[str] | None:
+def _bound_by(path: str) -> frozenset[str] | None:
     """The names the top level of the file *path* binds now (empty if it is gone);
-    ``None`` when it has not changed since it was compiled, or its source
-    cannot tell (it does not parse, binds names with ``import *``, or has a
-    module ``__getattr__``). Parsed once per version of the file."""
+    ``None`` when its source cannot tell (it does not parse, binds names with
+    ``import *``, or has a module ``__getattr__``). Parsed once per version of
+    the file (its size and modification time)."""
     from .namespace import bound_in
 
     try:
@@ -194,15 +176,14 @@ def _bound_by(module_name: str, path: str) -> frozenset[str] | None:
     if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
         return known[2]
     names: frozenset[str] | None = None
-    if not _as_compiled(module_name, stat.st_size, stat.st_mtime_ns):
-        try:
-            with open(path, "rb") as f:
-                tree = ast.parse(f.read(), path)
-        except (OSError, SyntaxError, ValueError):
-            pass
-        else:
-            found = bound_in(tree)
-            names = None if {"*", "__getattr__"} & found else frozenset(found)
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError, RecursionError):
+        pass
+    else:
+        found = bound_in(tree)
+        names = None if {"*", "__getattr__"} & found else frozenset(found)
     _BOUND[path] = (stat.st_size, stat.st_mtime_ns, names)
     return names
 
@@ -210,18 +191,17 @@ def _bound_by(module_name: str, path: str) -> frozenset[str] | None:
 def lost(obj: Any) -> str | None:
     """Why a fresh process would not find the class or function *obj* by name
     though this one does, or ``None``: its module is a ``.py`` file of the
-    user's (not installed, not the standard library) that was edited since it
-    was imported, without a reload, and no longer binds *obj*'s name at its
-    top level, or the file is gone.
+    user's (not installed, not the standard library) whose top level no longer
+    binds *obj*'s name (edited since the import without a reload, or reloaded:
+    a reload keeps the names the new source dropped), or whose file is gone.
 
     Cheap: a dict look-up for any other module, and for the user's own a
-    ``stat``, and once per version of the file, a look at the ``.pyc`` its
-    import wrote and, if the file changed since, a parse. (A ``.pyc`` records
-    the time to the second: an edit in the second of the import that keeps
-    the file's size is not seen.) Limits: only the
-    first part of a qualified name is looked for (a nested class whose outer
-    class is still there counts as found); a name bound some other way than a
-    statement (``globals()[name] = ...``) counts as gone.
+    ``stat`` and, once per version of the file, a parse (the kernel looks at
+    the variables' classes before it forks a writer, so writers find those
+    files parsed: :func:`~.namespace.select`). Limits: only the first part of
+    a qualified name is looked for (a nested class whose outer class is still
+    there counts as found); a name bound some other way than a statement
+    (``globals()[name] = ...``) counts as gone, and is pickled by value.
     """
     module_name = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", None)
@@ -235,7 +215,7 @@ def lost(obj: Any) -> str | None:
     path = _source_of(module_name)
     if path is None:
         return None
-    names = _bound_by(module_name, path)
+    names = _bound_by(path)
     if names is None or qualname.partition(".")[0] in names:
         return None
     if not os.path.exists(path):

@@ -237,7 +237,7 @@ EDITED = """
 
 STALE = (
     """
-    import json, os, pickle, sys
+    import importlib, json, os, pickle, sys
     sys.path.insert(0, os.getcwd())
     import shapes
     from persistent_kernel.serializer import serialize
@@ -248,6 +248,9 @@ STALE = (
     shape = shapes.Shape()
     with open("shapes.py", "w") as f:
         f.write(sys.argv[2])
+    if sys.argv[3] == "reload":  # a reload keeps the names the file no longer binds
+        importlib.reload(shapes)
+        assert shapes.Square is Square
     if sys.argv[3] == "remove":
         os.remove("shapes.py")
     ns = {"sq": sq, "Square": Square, "fn": fn, "shape": shape}
@@ -256,17 +259,18 @@ STALE = (
 )
 
 
-@pytest.mark.parametrize("how", ["edit", "remove"])
+@pytest.mark.parametrize("how", ["edit", "reload", "remove"])
 def test_a_class_its_module_no_longer_defines_comes_back_by_value(tmp_path: Path, how: str) -> None:
     """A class and a function edited out of a module beside the notebook (the
-    module not reloaded), or whose module's file was removed: saved by value
-    with their methods, they load where the module lacks them; what the module
-    still defines stays a reference to it."""
+    module not reloaded, or reloaded), or whose module's file was removed:
+    saved by value with their methods, they load where the module lacks them;
+    what the module still defines stays a reference to it."""
     (tmp_path / "shapes.py").write_text(textwrap.dedent(MODULE))
     payloads = str(tmp_path / "stale.pkl")
     written = run_python(STALE, payloads, textwrap.dedent(EDITED), how, cwd=tmp_path)
     assert written["skipped"] == {}
     # Shape is still defined by the edited file: by name; by value once the file is gone
+    # (or reloaded, as the instance's class is the one from before the reload)
     assert written["pickler"]["shape"] == ("pickle" if how == "edit" else "dill")
     assert written["pickler"]["sq"] == "dill"
     assert any({"Square", "sq"} <= set(group) for group in written["groups"])
