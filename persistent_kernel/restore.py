@@ -471,6 +471,11 @@ def _load(
         into.update(values)
         report.restored.extend(values)
     report.restored.sort()
+    if markers and not session.end_loading():  # one removal failed: try once more
+        report.problems.append(
+            "the marker of the data being loaded could not be removed; the next start may "
+            "leave the last group loaded alone, and will say so"
+        )
 
 
 def _unpickle(

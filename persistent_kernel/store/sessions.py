@@ -271,19 +271,28 @@ class SessionStore:
         with suppress(OSError):  # best effort: a read-only disk must not stop a restore
             self.backend.write_file("loading", digest.encode(), sync=False)
 
-    def end_loading(self) -> None:
-        with suppress(OSError):
+    def end_loading(self) -> bool:
+        """Remove the marker; False if it could not be (the caller tries again later:
+        a marker left behind makes the next start leave that blob alone)."""
+        try:
             self.backend.delete_file("loading")
+        except OSError:
+            return False
+        return True
 
     def poisoned(self) -> set[str]:
-        """Blobs whose unpickling killed a kernel; a marker left behind is added first."""
+        """Blobs whose unpickling killed a kernel; a marker left behind is added first.
+
+        A list or marker that cannot be read (EIO) counts as none: the restore
+        goes on, and a blob that kills the kernel again leaves a new marker.
+        """
         try:
             poison = set(json.loads(self.backend.read_file("poisoned")))
-        except (FileNotFoundError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError):
             poison = set()
         try:
             crashed = self.backend.read_file("loading").decode("ascii", "replace").strip()
-        except FileNotFoundError:
+        except OSError:
             return poison
         if crashed:
             poison.add(crashed)
