@@ -689,8 +689,16 @@ def function_by_value(func: types.FunctionType) -> tuple[Any, ...]:
 
 
 def _gone(module: types.ModuleType) -> bool:
+    return module_gone(module) is not None
+
+
+def module_gone(module: types.ModuleType) -> str | None:
+    """Why a fresh process could not import *module*, one of the user's own
+    ``.py`` files, or ``None``: its file is gone."""
     path = _source_of(module.__name__)
-    return path is not None and not os.path.exists(path)
+    if path is None or os.path.exists(path):
+        return None
+    return f"a module whose file {path} is gone: a restarted kernel cannot import it"
 
 
 def _register_base(dill: Any) -> None:

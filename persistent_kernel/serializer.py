@@ -87,6 +87,7 @@ from .reducers import (
     is_from_main,
     lost,
     main_references,
+    module_gone,
     register_with_dill,
 )
 
@@ -887,7 +888,11 @@ def _serialize(
     for name, value in values.items():
         types[name] = type_name(value)
         if isinstance(value, ModuleType) and sys.modules.get(value.__name__) is value:
-            modules[name] = value.__name__
+            gone = module_gone(value)
+            if gone is None:
+                modules[name] = value.__name__
+            else:
+                skipped[name] = gone
         else:
             names.append(name)
     # Forked before anything looks into the values: a look touches every object

@@ -407,16 +407,53 @@ def test_a_plugin_registry_survives_a_restart(kernels: KernelHarness, tmp_path: 
 
 
 def test_a_class_edited_out_of_its_module_survives_a_restart(kernels: KernelHarness) -> None:
+    """One module edited, another removed: their classes and functions come back by
+    value; the removed module itself is not saved, and every surface says why."""
     (kernels.cwd / "shapes.py").write_text(textwrap.dedent(MODULE))
+    (kernels.cwd / "gone.py").write_text(textwrap.dedent(MODULE))
     kernel = kernels.start(args=NOW)
-    kernel.run("import shapes\nsq = shapes.Square()\nfn = shapes.twice").check()
+    kernel.run("import shapes, gone\nsq = shapes.Square()\nfn = shapes.twice").check()
+    kernel.run("g = gone.Square()").check()
     (kernels.cwd / "shapes.py").write_text(textwrap.dedent(EDITED))
+    (kernels.cwd / "gone.py").unlink()
     kernel.run("kept = 1").check()
     kernel.run("%persist save").check()
-    assert _state(kernel, "_k.checkpointer.last_result.skipped") == {}
-    assert {"sq", "fn", "shapes", "kept"} <= set(_shown(kernels))
-    assert {n: s for n, s in _shown(kernels).items() if s != "saved"} == {}
+    skipped = _state(kernel, "_k.checkpointer.last_result.skipped")
+    assert set(skipped) == {"gone"} and "gone.py is gone" in skipped["gone"]
+    assert "gone.py is gone" in kernel.run("%persist").check().text
+    shown = _shown(kernels)
+    assert {"sq", "fn", "shapes", "kept", "g"} <= set(shown)
+    assert {n: s for n, s in shown.items() if s != "saved"} == {"gone": "skipped"}
     kernel.restart()
-    out = kernel.run("print(sq.describe(), sq.area(3), fn(5), hasattr(shapes, 'Square'))")
-    assert "Square with 4 sides 9 10 False" in out.check().stdout
-    assert _state(kernel, "_k.restore_report.skipped") == {}
+    out = kernel.run(
+        "print(sq.describe(), sq.area(3), fn(5), hasattr(shapes, 'Square'), g.area(2))"
+    )
+    assert "Square with 4 sides 9 10 False 4" in out.check().stdout
+    assert "gone.py is gone" in out.text
+    assert list(_state(kernel, "_k.restore_report.skipped")) == ["gone"]
+
+
+def test_a_lost_class_that_cannot_go_by_value_is_named_on_every_surface(
+    kernels: KernelHarness, tmp_path: Path
+) -> None:
+    """Not saved, and said so with the same reason by ``%persist``, ``show``, the
+    restore report and ``export``; the rest comes back."""
+    (kernels.cwd / "tagged.py").write_text(
+        "class Meta(type):\n    pass\n\nclass Tagged(metaclass=Meta):\n    pass\n"
+    )
+    kernel = kernels.start(args=NOW)
+    kernel.run("import tagged\nt = tagged.Tagged()\nkeep = [1, 2]").check()
+    (kernels.cwd / "tagged.py").write_text("# emptied\n")
+    kernel.run("%persist save").check()
+    reason = "tagged.py no longer defines Tagged"
+    assert reason in _state(kernel, "_k.checkpointer.last_result.skipped")["t"]
+    assert reason in kernel.run("%persist").check().text
+    rows = {row["name"]: row for row in _cli(kernels, "show", "notebook.ipynb")["variables"]}
+    assert rows["t"]["status"] == "skipped" and reason in rows["t"]["reason"]
+    assert rows["keep"]["status"] == "saved"
+    written = _cli(kernels, "export", "notebook.ipynb", str(tmp_path / "state.pkl"))
+    assert "t" not in written["written"] and "keep" in written["written"]
+    kernel.restart()
+    out = kernel.run("print(keep, 't' in dir())").check()
+    assert "[1, 2] False" in out.stdout
+    assert reason in out.text  # the restore report names it, with the reason
