@@ -20,7 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from traitlets import Type
+
+from persistent_kernel.checkpointer import Checkpointer
 from persistent_kernel.errors import CorruptCheckpoint
+from persistent_kernel.kernel import PersistentKernel
 from persistent_kernel.store import SessionStore
 
 #: The backend's methods that touch storage (see :class:`.backend.Backend`).
@@ -90,3 +94,23 @@ def inject(session: SessionStore, plan: Plan) -> Callable[[], None]:
         session.backend = inner
 
     return remove
+
+
+class BrokenCheckpointer(Checkpointer):
+    """A checkpointer whose every hook on a cell's path raises: a defect of ours that
+    no real fault produces on demand (``--PersistentKernel.checkpointer_class``)."""
+
+    def cell_started(self) -> None:
+        raise RuntimeError("cell_started is broken")
+
+    def cell_finished(self, interrupted: bool) -> None:
+        raise RuntimeError("cell_finished is broken")
+
+    def maybe_checkpoint(self) -> None:
+        raise RuntimeError("maybe_checkpoint is broken")
+
+
+class KernelWithBrokenCheckpointer(PersistentKernel):
+    """The kernel with :class:`BrokenCheckpointer` (``--IPKernelApp.kernel_class``)."""
+
+    checkpointer_class = Type(BrokenCheckpointer, klass=Checkpointer)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .harness import KernelHarness
 from .helpers import stream_blob_of, wait_until
 
 NOW = ["--PersistentKernel.checkpoint_interval=0"]
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_a_damaged_format_marker_never_hangs_a_cell(kernels: KernelHarness) -> None:
@@ -30,6 +33,19 @@ def test_a_damaged_format_marker_never_hangs_a_cell(kernels: KernelHarness) -> N
         marker.write_bytes(good)
         kernel.run("pass").check()  # the repair is seen: saving resumes by itself
         kernels.wait_generations(session, turn + 1)
+
+
+def test_no_exception_of_ours_keeps_a_cell_from_its_reply(kernels: KernelHarness) -> None:
+    """Every hook the kernel calls on a cell's path raises (tests/faults.py): every
+    cell still answers with its own result, and each failure is told once."""
+    broken = "--IPKernelApp.kernel_class=tests.faults.KernelWithBrokenCheckpointer"
+    kernel = kernels.start(args=[*NOW, broken], env={"PYTHONPATH": str(REPO)})
+    texts = [kernel.run(f"print({n} * 2)", timeout=30).check().text for n in range(4)]
+    assert [t.strip().splitlines()[-1] for t in texts] == ["0", "2", "4", "6"]
+    told = "".join(texts)
+    for hook in ("cell_started", "cell_finished", "maybe_checkpoint"):
+        assert told.count(f"{hook} is broken") == 1, told
+    assert "your cells run as usual" in told
 
 
 def test_an_unreadable_blob_costs_only_its_group(kernels: KernelHarness) -> None:
