@@ -41,17 +41,21 @@ FAULTS = ("EIO", "ENOSPC", "EACCES", "short")
 
 @dataclass
 class Plan:
-    """Fail call number *at* (1-based) with *fault*; ``at=None`` only counts."""
+    """Fail call number *at* (1-based) with *fault*, and with *lasting* every call after
+    it too (a disk that stays full); ``at=None`` only counts."""
 
     fault: str
     at: int | None = None
+    lasting: bool = False
     calls: list[str] = field(default_factory=list)
     fired: str | None = None  # the method that failed, once it has
 
     def before(self, method: str) -> bool:
         """Count a call; raise its fault if it is the one (True: cut what it reads)."""
         self.calls.append(method)
-        if self.at != len(self.calls):
+        if self.at is None or len(self.calls) < self.at:
+            return False
+        if len(self.calls) > self.at and not self.lasting:
             return False
         if self.fault == "short":
             if method not in READS:

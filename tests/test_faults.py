@@ -22,6 +22,7 @@ test_failures_small.py.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from persistent_kernel.store import SessionStore, Store, chunks
 from .faults import FAULTS, Plan, inject
 from .helpers import INFO, KEY
 from .test_backends import kind, store  # noqa: F401 (the conformance suite's backends)
+from .test_checkpointer import Rig
 
 FIRST = {"small": {"a": 1}, "text": "x" * 5000, "arr": np.arange(300_000)}
 SECOND = {"small": {"a": 2}, "text": "y" * 5000, "arr": np.arange(300_000) * 2, "new": [1]}
@@ -188,3 +190,25 @@ def test_the_injector_fails_the_call_it_is_told(store: Store) -> None:  # noqa: 
         remove()
     assert caught.value.errno == 5 and plan.fired == "generations" and len(plan.calls) == 3
     assert restore.restore_checkpoint(session, {}).generation == 1
+
+
+@pytest.mark.parametrize("fault", ["EIO", "ENOSPC", "EACCES"])
+def test_a_lasting_fault_is_told_once_and_saving_resumes(tmp_path: Path, fault: str) -> None:
+    """The checkpointer over a store that fails every call from the first write on:
+    cells go on, the user is told once, the previous generation stays whole, and
+    saving resumes by itself once the fault is gone."""
+    rig = Rig(tmp_path / "store", checkpoint_interval=0.0)
+    rig.cell(x=1)
+    remove = inject(rig.session, Plan(fault, at=1, lasting=True))
+    try:
+        for n in range(5):
+            rig.cell(**{f"y{n}": n})
+            rig.loop.advance(60.0)  # retries come and fail, quietly
+    finally:
+        remove()
+    assert len(rig.host.notices) == 1, rig.host.notices
+    assert "previous checkpoint is kept" in rig.host.notices[0]
+    assert rig.saved() == {"x": 1}
+    rig.loop.advance(60.0)
+    assert rig.saved() == {"x": 1, **{f"y{n}": n for n in range(5)}}
+    assert rig.host.notices[-1] == "persistent-kernel: checkpoints are being saved again."
