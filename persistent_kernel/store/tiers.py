@@ -16,14 +16,21 @@ keeping the format as it is:
   manifest is renumbered past the bucket's newest, signed again and created
   again, so neither overwrites the other and no generation is a mix of two.
   A failure leaves the local copy and the bucket's previous generations
-  as they were; the kernel retries later.
+  as they were; the kernel retries later. A push first reads the bucket's
+  newest: a kernel that could not read it at start never uploads over a
+  state it has not seen (it uploads to a copy instead), and one that finds
+  another kernel's newest says so once (see :meth:`Mirror.push`).
 * **pull** (:meth:`Mirror.pull`), run at start before the restore:
   the bucket's newest generation that verifies (signature, then every blob's
   content address as it is downloaded) is copied into the local tier unless
   the tier has it already; a generation made on this node and never
   uploaded (the bucket was down, the writer was killed) is newer than the
   bucket's and is kept, to be pushed. The restore then reads the local
-  tier, at disk speed.
+  tier, at disk speed. The walk is bounded, starting at the session's
+  signed head (see :meth:`Mirror._candidates`), and what it passes over is
+  summarised, however many manifests others planted.
+* **leases** (:meth:`Mirror.write_lease`): each running kernel's sign of
+  life in the bucket, which a prune on any machine respects.
 
 The per-user secret that signs manifests must be the same on every node:
 it is read from ``$PERSISTENT_KERNEL_SECRET`` (64 hex digits), else the
