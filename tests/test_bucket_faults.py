@@ -313,3 +313,36 @@ def test_planted_manifests_are_summarised_bounded_and_the_unsigned_cleaned(
     assert left == [good, *foreign, good + 2001]
     c = BucketStore(bucket_url, cache_root=tmp_path / "node-c").mirror(KEY)
     assert c.pull().pulled == good + 2001
+
+
+def test_a_walk_that_ends_at_its_bound_counts_as_a_bucket_not_read(
+    bucket_url: str, tmp_path: Path
+) -> None:
+    """Without the head (deleted, or a bucket written before there was one), more
+    planted manifests than the bound hide the user's: the start says so, and what
+    it saves goes to a copy, never over them."""
+    a = BucketStore(bucket_url, cache_root=tmp_path / "node-a").mirror(KEY)
+    good = commit(a.local, b"the user's state")
+    a.push()
+    remote = a.remote.backend
+    assert isinstance(remote, ObjectBackend)
+    remote.delete_file("head.json")
+    raw = json.loads(remote.read_manifest(good))
+    raw["signature"] = "hmac-sha256:" + "0" * 64
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda g: remote.write_manifest(g, json.dumps({**raw, "generation": g}).encode()),
+                range(good + 1, good + WALK_LIMIT + 2),
+            )
+        )
+    b = BucketStore(bucket_url, cache_root=tmp_path / "node-b").mirror(KEY)
+    pulled = b.pull()
+    assert pulled.pulled is None and pulled.stopped and not pulled.seen
+    (notice,) = [n for n in pulled.notices(b.display, None) if "no generation" in n]
+    assert "never in place of the state there" in notice
+    b.started(pulled.seen)
+    commit(b.local, b"made without the user's state")
+    pushed = b.push(keep=5)
+    assert pushed.copy is not None and pushed.tell
+    assert a.remote.generations() == list(range(good, good + WALK_LIMIT + 2))
