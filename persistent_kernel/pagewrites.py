@@ -61,6 +61,7 @@ import contextlib
 import ctypes
 import errno
 import gc
+import itertools
 import json
 import mmap
 import os
@@ -69,7 +70,7 @@ import select
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -454,7 +455,13 @@ def receive(fd: int, timeout: float) -> bytes:
 
 #: Seconds a writer spends at most, per checkpoint, finding which buffers the
 #: namespace owns (:class:`Holdings`); past it the rest are hashed and not watched.
-HOLDINGS_BUDGET = 2.0
+HOLDINGS_BUDGET = 0.5
+#: Objects a :class:`Holdings` walk looks into with one :func:`gc.get_referents` call.
+_BATCH = 1 << 12
+#: Not looked into: the namespace owns no array through a class or a module.
+_OPAQUE = (type, ModuleType)
+#: Containers whose items a walk takes a batch at a time when they are many.
+_LARGE = frozenset({list, tuple, dict})
 #: Values that hold no other object: not looked into.
 _ATOMIC = frozenset({int, float, complex, bool, str, bytes, type(None)})
 
@@ -492,10 +499,14 @@ class Holdings:
     asked about is found, and resumes if asked about more.
 
     Limits: classes, modules and modules' globals are not walked into, nor
-    numpy arrays of objects, and buffers other than numpy arrays' are not
+    numpy arrays of objects, nor the keys of a dict of more than
+    :data:`_BATCH` items, and buffers other than numpy arrays' are not
     recognised: such a buffer is hashed every time, as when tracking is off.
     The walk stops after :data:`HOLDINGS_BUDGET` seconds in all (a namespace of
-    millions of objects), with the same effect on the buffers not found yet.
+    millions of objects: about a second a million on a busy two-core machine),
+    with the same effect on the buffers not found yet. A buffer that is not
+    the namespace's is never found, so a writer that made one walks the whole
+    namespace, or until that time is up, after it has committed.
     A walk resumed after pickling sees what pickling changed in the objects;
     that can only add memory the writer made to :meth:`reported`, and such
     memory is then watched in vain, never named: :meth:`names` walks before
@@ -507,11 +518,13 @@ class Holdings:
     ) -> None:
         self._threshold = threshold
         self._budget = budget
-        self._frontier: deque[Any] = deque(values.values())
-        self._seen = {id(v) for v in self._frontier}
+        #: Per variable, objects met and not looked into yet, in batches, in the order met.
+        self._pending: deque[deque[list[Any] | Iterator[Any]]] = deque(
+            deque([[v]]) for v in values.values()
+        )
+        self._seen: set[int] = set()
         self._skip = {id(getattr(m, "__dict__", None)) for m in list(sys.modules.values())}
         self._extents: list[tuple[int, int]] = []
-        self._first = True
         #: Why the walk failed, if it did (see :meth:`_safely`).
         self.failure: str | None = None
 
@@ -520,52 +533,89 @@ class Holdings:
         return any(low <= address and address + size <= high for low, high in self._extents)
 
     def held(self, buffers: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
-        """Those of *buffers* (address, size) that lie in memory of the namespace's arrays."""
+        """Those of *buffers* (address, size) that lie in memory of the namespace's arrays.
+
+        Each variable is walked breadth first, the variables in turn, at most
+        :data:`_BATCH` objects at a time, a large list, tuple or dict's items a
+        batch at a time too: a list of a million objects does not keep a
+        DataFrame's blocks waiting. Each batch's referents come from one
+        :func:`gc.get_referents` call."""
         wanted = set(buffers)
         numpy = sys.modules.get("numpy")
         if numpy is None:
             return set()
-        ndarray, frontier, seen = numpy.ndarray, self._frontier, self._seen
-        start = time.monotonic()
-        deadline, steps = start + self._budget, 0
-        if self._first:  # the values themselves
-            self._first = False
-            for value in list(frontier):
-                if isinstance(value, ndarray):
-                    self._note(value)
+        ndarray = numpy.ndarray
         found = {b for b in wanted if self._covered(b)}
-        while frontier and len(found) < len(wanted):
-            obj = frontier.popleft()
-            if isinstance(obj, (type, ModuleType)) or id(obj) in self._skip:
-                continue
+        start = time.monotonic()
+        while self._pending and len(found) < len(wanted):
+            if time.monotonic() - start >= self._budget:
+                break
+            pending = self._pending.popleft()
             noted = len(self._extents)
-            for ref in gc.get_referents(obj):
-                if type(ref) not in _ATOMIC and id(ref) not in seen:
-                    seen.add(id(ref))
-                    frontier.append(ref)
-                    if isinstance(ref, ndarray):  # noted when met, not in its turn
-                        self._note(ref)
+            self._step(pending, ndarray)
+            if pending:
+                self._pending.append(pending)  # its next turn after the other variables'
             if len(self._extents) > noted:
                 found.update(b for b in wanted if self._covered(b))
-            steps += 1
-            if steps % 4096 == 0 and time.monotonic() > deadline:
-                break
         self._budget -= time.monotonic() - start
         if self._budget <= 0:
-            frontier.clear()
+            self._pending.clear()
         return found
 
-    def _note(self, array: Any) -> None:
-        """Note the bytes *array* spans, if large, and go on to the array it views."""
-        extent = array_extent(array)
-        if extent is not None and extent[1] - extent[0] >= self._threshold:
-            self._extents.append(extent)
-        base = array.base
-        if base is not None and id(base) not in self._seen:
+    def _step(self, pending: deque[list[Any] | Iterator[Any]], ndarray: Any) -> None:
+        """Look at one batch of objects met in one variable, and queue what they hold."""
+        source = pending.popleft()
+        if isinstance(source, list):
+            met = source
+        else:  # the items of a large container, a batch at a time
+            met = list(itertools.islice(source, _BATCH))
+            if met:
+                pending.appendleft(source)
+        seen, skip = self._seen, self._skip
+        fresh = [o for o in met if type(o) not in _ATOMIC and id(o) not in seen]
+        seen.update(map(id, fresh))
+        arrays = [o for o in fresh if isinstance(o, ndarray)]
+        for array in arrays:
+            self._note(array, ndarray, pending)
+        inside: list[Any] = []
+        for obj in fresh:
+            if id(obj) in skip or isinstance(obj, _OPAQUE):
+                continue
+            if type(obj) in _LARGE and len(obj) > _BATCH:
+                pending.append(iter(obj.values() if isinstance(obj, dict) else obj))
+            else:
+                inside.append(obj)
+        if inside:
+            held = gc.get_referents(*inside)
+            for at in range(0, len(held), _BATCH):
+                pending.append(held[at : at + _BATCH])
+
+    def _note(self, array: Any, ndarray: Any, pending: deque[list[Any] | Iterator[Any]]) -> None:
+        """Note the bytes a large numpy array spans, and go on to the arrays it views
+        (``base``, which :func:`gc.get_referents` does not give)."""
+        while True:
+            extent = array_extent(array)
+            if extent is not None and extent[1] - extent[0] >= self._threshold:
+                self._extents.append(extent)
+            base = array.base
+            if base is None or id(base) in self._seen:
+                return
             self._seen.add(id(base))
-            self._frontier.append(base)
-            if isinstance(base, sys.modules["numpy"].ndarray):
-                self._note(base)
+            if not isinstance(base, ndarray):
+                pending.append([base])
+                return
+            array = base
+
+    def _safely(self, buffers: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+        """:meth:`held`; none should the walk fail (an object whose traversal raises):
+        every chunk is then hashed and nothing watched, and :attr:`failure` says why."""
+        if self.failure is not None:
+            return set()
+        try:
+            return self.held(buffers)
+        except Exception as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            return set()
 
     def names(
         self, offered: Mapping[tuple[int, int], list[str | None]]
@@ -578,17 +628,6 @@ class Holdings:
         """A writer's chunked *buffers* (``[address, size, ...]``), the namespace's only."""
         held = self._safely([(int(b[0]), int(b[1])) for b in buffers]) if buffers else set()
         return [list(b) for b in buffers if (int(b[0]), int(b[1])) in held]
-
-    def _safely(self, buffers: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
-        """:meth:`held`; none should the walk fail (an object whose traversal raises):
-        every chunk is then hashed and nothing watched, and :attr:`failure` says why."""
-        if self.failure is not None:
-            return set()
-        try:
-            return self.held(buffers)
-        except Exception as exc:
-            self.failure = f"{type(exc).__name__}: {exc}"
-            return set()
 
 
 def top_level_buffers(values: Mapping[str, Any], threshold: int) -> list[tuple[int, int]]:

@@ -12,6 +12,7 @@ import json
 import mmap
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -393,3 +394,22 @@ def test_a_walk_past_its_budget_holds_nothing_more() -> None:
     target = {(deep.ctypes.data, deep.nbytes)}
     assert pagewrites.Holdings(values, THRESHOLD, budget=0.0).held(target) == set()
     assert pagewrites.Holdings(values, THRESHOLD).held(target) == target
+
+
+def test_variables_are_walked_in_turn() -> None:
+    """An array two levels down is found long before a large list beside it is
+    walked through: within a budget that list alone would take many times over."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"x": np.zeros(THRESHOLD // 8 + 10), "y": np.ones(THRESHOLD // 8 + 10)})
+    block = frame._mgr.blocks[0].values
+    rows = [{"id": i, "pair": (i, [i])} for i in range(300_000)]
+    values = {"rows": rows, "frames": {"f": frame}}
+    target = {(block.ctypes.data, block.nbytes)}
+    holdings = pagewrites.Holdings(values, THRESHOLD)
+    started = time.monotonic()
+    assert holdings.held(target) == target
+    found_in = time.monotonic() - started
+    started = time.monotonic()
+    assert holdings.held({(1, THRESHOLD)}) == set()  # never found: the rest is walked
+    assert found_in * 5 < time.monotonic() - started
