@@ -221,6 +221,7 @@ class Autosaver:
         self._retry_at = 0.0
         self._failures = 0  # checkpoints failed in a row
         self._upload_failures = 0  # uploads to the bucket failed in a row
+        self._upload_retry_at: float | None = None  # when a failed upload is tried again
         self._kills: list[str] = []  # culprits of the writer deaths in a row
         self._pending: list[CarriedGroup] = []
         self.has_checkpoint = False  # a generation exists on disk for this notebook
@@ -326,13 +327,18 @@ class Autosaver:
         user threads were alive at the last one, from its start, at least
         :data:`THREAD_PERIOD` apart (a thread may change nothing for hours).
         """
-        if not self.enabled or not self.dirty:
+        if not self.enabled:
             return None
-        if self._last_threads:
-            at = self._last_start + max(self.interval, THREAD_PERIOD)
-        else:
-            at = self._last_write + self.interval
-        return max(0.0, max(at, self._retry_at) - self.clock())
+        waits = []
+        if self.dirty:
+            if self._last_threads:
+                at = self._last_start + max(self.interval, THREAD_PERIOD)
+            else:
+                at = self._last_write + self.interval
+            waits.append(max(at, self._retry_at))
+        if self._upload_retry_at is not None:  # a checkpoint carries the upload's retry
+            waits.append(self._upload_retry_at)
+        return max(0.0, min(waits) - self.clock()) if waits else None
 
     def begin(self, *, covers_running_cell: bool = False, threads: bool = False) -> Ticket:
         """A checkpoint's snapshot is taken now.
@@ -434,23 +440,37 @@ class Autosaver:
 
     def uploaded(self, error: str | None) -> str | None:
         """The checkpoint was saved locally and its upload to the bucket ended: *error*
-        None if it succeeded. A failed upload counts a change, so that a later
-        checkpoint uploads what this one could not, backing off as failed checkpoints
-        do. Returns the notice to show the user once, or None."""
+        None if it succeeded (or the bucket lacked nothing). Returns the notice to show
+        the user once, or None.
+
+        A failed upload is tried again by a checkpoint once its own back-off has
+        passed (5, 10, ... 60 s), whether or not anything changed; checkpoints in
+        between are written locally at their usual rhythm and skip the upload
+        (:meth:`upload_due`), so a bucket that is down or silent never holds the
+        local tier back.
+        """
         if not error:
             notice = "checkpoints reach the bucket again." if self._upload_failures else None
             self._upload_failures = 0
+            self._upload_retry_at = None
             return notice
         self._upload_failures += 1
-        with self._lock:
-            self._epoch += 1
-        self._retry_at = max(self._retry_at, self.clock() + backoff(self._upload_failures))
+        self._upload_retry_at = self.clock() + backoff(self._upload_failures)
         if self._upload_failures != 1:
             return None
         return (
             f"the checkpoint could not be uploaded ({error}). It is kept on this machine's "
             "disk, and the upload is retried in the background."
         )
+
+    def upload_due(self) -> bool:
+        """Whether a checkpoint now should upload (False while a failed upload backs off)."""
+        return self._upload_retry_at is None or self.clock() >= self._upload_retry_at
+
+    @property
+    def upload_failing(self) -> bool:
+        """Whether the last upload failed (the bucket may lack the newest generation)."""
+        return self._upload_retry_at is not None
 
     @property
     def failures(self) -> int:

@@ -411,7 +411,7 @@ class Checkpointer:
         known = target.known_cells
         keep = self.settings.keep
         on_variable = beacon.set if beacon is not None else None
-        upload = self._uploader(target)
+        upload = self._uploader(target, final)
         tracker = self.tracking.get() if tracked is not None else None
         if tracker is not None:
             arrays = pagewrites.top_level_buffers(values, chunks.THRESHOLD)
@@ -453,18 +453,23 @@ class Checkpointer:
 
         return job
 
-    def _uploader(self, target: Target) -> Callable[[], dict[str, Any] | None] | None:
+    def _uploader(
+        self, target: Target, final: bool = False
+    ) -> Callable[[], dict[str, Any] | None] | None:
         """What the writer runs after its commit, for a session mirrored to a bucket:
-        the upload of what the bucket lacks (None when it lacks nothing)."""
+        the upload of what the bucket lacks (``{}`` when it lacks nothing). None while
+        a failed upload backs off (see :meth:`Autosaver.uploaded`), unless *final*."""
         mirror = target.mirror
         if mirror is None:
             return None
         from .store.tiers import upload_in_child  # a bucket only: see store.where
 
         keep = self.settings.keep if target.prune_mirror else 0
+        if not (final or self.autosaver.upload_due()):
+            return None  # a failed upload backs off; the local checkpoint does not wait
 
         def upload() -> dict[str, Any] | None:
-            return upload_in_child(mirror, keep) if mirror.pending() else None
+            return upload_in_child(mirror, keep) if mirror.pending() else {}
 
         return upload
 
@@ -658,8 +663,9 @@ class Checkpointer:
 
     def _on_upload(self, outcome: dict[str, Any]) -> None:
         """After a checkpoint saved locally: tell the user once if the bucket refused it;
-        the policy tries again later (the namespace stays unsaved)."""
-        self.last_upload = outcome
+        a checkpoint tries the upload again once its back-off has passed."""
+        if outcome:  # {}: the bucket lacked nothing
+            self.last_upload = outcome
         error = outcome.get("error")
         if error:
             self.host.log.warning("persistent-kernel: upload failed: %s", error)
@@ -717,7 +723,7 @@ class Checkpointer:
         self.standby.drop()
         if self.settings.autosave:
             self.autosaver.threads_changed()  # saved consistently: the fork sees one instant
-        if not (self.settings.autosave and self.autosaver.dirty):
+        if not (self.settings.autosave and (self.autosaver.dirty or self.autosaver.upload_failing)):
             return
         self.start_checkpoint(final=True)
 

@@ -9,11 +9,12 @@ what a hung endpoint or a black-holing proxy looks like to a client.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import psutil
 import pytest
 
 from persistent_kernel.errors import BadLocation, BucketMissing, BucketUnreachable
+from persistent_kernel.session import session_key
 from persistent_kernel.store.objects import READ_TIMEOUT, Location, failure_cause
 from persistent_kernel.store.tiers import SECRET_ENV, BucketStore, Mirror, upload_in_child
 from persistent_kernel.store.where import Unusable, open_store
@@ -341,3 +343,38 @@ def test_a_kernel_given_an_ambiguous_url_says_so_once_and_writes_nowhere(
     assert keys_in(s3server, bucket) == []
     tiers = jupyter_env["JUPYTER_DATA_DIR"] / "persistent_kernel" / "tiers"
     assert not tiers.exists() or not any(tiers.iterdir())
+
+
+def test_a_kernel_with_a_silent_endpoint_keeps_its_rhythm(
+    kernels: KernelHarness, creds: None, jupyter_env: dict[str, Path]
+) -> None:
+    with silent_endpoint() as silent:
+        url = f"s3://bkt/users/ada?endpoint={silent}"
+        began = time.monotonic()
+        k = start(kernels, url)
+        first = k.run("a = 1", timeout=BOUND + 60)
+        assert time.monotonic() - began < BOUND + 30  # a start, then one deadline
+        assert "is not answering" in first.text and first.error is None
+        began = time.monotonic()
+        saved = k.run("b = 2\n%persist save", timeout=BOUND + 60)
+        assert time.monotonic() - began < BOUND
+        assert saved.error is None
+        # Local checkpoints keep coming, a cell apart, while the bucket stays silent: the
+        # upload's back-off (5, 10, 20, ... s) holds back only the retries, each carried
+        # by one checkpoint, never the checkpoints in between.
+        node = jupyter_env["JUPYTER_DATA_DIR"]
+        cache = node / "persistent_kernel" / "tiers" / Location.parse(url).cache_name()
+        key = session_key(kernels.env("notebook.ipynb"), str(kernels.cwd))[0]
+        local = BucketStore(url, cache_root=cache).mirror(key).local
+
+        def newer_than(newest: int) -> Callable[[], bool]:
+            return lambda: local.generations()[-1] > newest  # old ones are pruned
+
+        for n in range(4):
+            newest = local.generations()[-1]
+            k.run(f"c = {n}").check()
+            # at most one retry's deadline, and a writer's start
+            wait_until(newer_than(newest), READ_TIMEOUT + 8, "a local checkpoint")
+        told = k.run("pass").text
+        assert "is not answering" not in told  # told once
+        assert os.path.isdir(local.path)

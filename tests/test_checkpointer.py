@@ -168,16 +168,21 @@ def test_a_checkpoint_that_fails_tells_the_user_once_and_backs_off(
     assert rig.host.notices[-1] == "persistent-kernel: checkpoints are being saved again."
 
 
-def test_a_failed_upload_is_told_once_and_retried_with_the_same_backoff(rig: Rig) -> None:
+def test_a_failed_upload_is_told_once_and_retried_by_its_own_backoff(rig: Rig) -> None:
     rig.cell(x=1)
     autosaver = rig.checkpointer.autosaver
     assert autosaver.uploaded("bucket down") is not None
-    assert autosaver.dirty  # the next checkpoint uploads what this one could not
-    assert autosaver.due() == pytest.approx(5.0)
+    assert not autosaver.upload_due()
+    assert autosaver.due() == pytest.approx(5.0)  # a checkpoint then carries the retry
+    rig.cell(y=2)  # meanwhile local checkpoints keep their rhythm
+    assert rig.session.generations() == [1, 2]
     assert autosaver.uploaded("bucket down") is None  # told once
     assert autosaver.due() == pytest.approx(10.0)
+    rig.clock.now += 10.0
+    assert autosaver.upload_due()
     assert autosaver.uploaded(None) == "checkpoints reach the bucket again."
     assert autosaver.uploaded(None) is None
+    assert autosaver.due() is None
 
 
 def test_clear_forgets_the_checkpoints_and_the_next_change_saves_again(rig: Rig) -> None:
