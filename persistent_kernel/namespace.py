@@ -11,6 +11,7 @@ for writing, threads).
 from __future__ import annotations
 
 import ast
+import contextlib
 import fnmatch
 import io
 import re
@@ -116,6 +117,7 @@ def select(
     left out silently: nobody expects ``_i3`` back.
     """
     patterns, overrides, own = list(exclude), list(include), list(notebook_exclude)
+    looked: set[int] = set()
     to_save: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for name, value in list(user_ns.items()):
@@ -129,11 +131,23 @@ def select(
         if reason is not None:
             skipped[name] = reason
             continue
-        # Here, in the kernel: the writers it forks find the files of the user's own
-        # modules already parsed (once per version), not each parsing them again.
-        lost(value if isinstance(value, (type, FunctionType)) else type(value))
+        _look_up(value, looked)
         to_save[name] = value
     return to_save, skipped
+
+
+def _look_up(value: Any, looked: set[int]) -> None:
+    """Find out, here in the kernel, whether the class of *value* (or *value*, a class
+    or function) is one its module's file no longer defines (:func:`.reducers.lost`):
+    the writers the kernel forks then find each file of the user's own modules
+    parsed already (once per version), rather than parsing it again each time.
+    Each class once per call of :func:`select`."""
+    key = value if isinstance(value, (type, FunctionType)) else type(value)
+    if id(key) in looked:
+        return
+    looked.add(id(key))
+    with contextlib.suppress(Exception):  # the writer meets it too, and names it
+        lost(key)
 
 
 def bound_names(source: str) -> set[str]:

@@ -296,6 +296,28 @@ def test_a_class_its_module_no_longer_defines_comes_back_by_value(tmp_path: Path
     assert loaded["shape"] == "shapes"
 
 
+def test_the_kernel_parses_its_variables_modules_before_a_writer_forks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``select`` (run in the kernel) finds out which files no longer define the
+    classes of the variables, so each forked writer inherits the parse."""
+    from persistent_kernel import namespace, reducers
+
+    (tmp_path / "nearby.py").write_text("class Near:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import nearby
+
+    monkeypatch.setattr(reducers, "_BOUND", {})
+    monkeypatch.setattr(reducers, "_SOURCE_OF", {})
+    try:
+        to_save, _ = namespace.select({"n": nearby.Near(), "m": nearby.Near}, {})
+        assert set(to_save) == {"n", "m"}
+        (path,) = reducers._BOUND
+        assert Path(path).name == "nearby.py" and reducers._BOUND[path][2] == frozenset({"Near"})
+    finally:
+        sys.modules.pop("nearby", None)
+
+
 METACLASS = (
     """
     import json, os, pickle, sys
