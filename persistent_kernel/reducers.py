@@ -616,6 +616,12 @@ def save_class(pickler: Any, cls: type) -> None:
         save_type,
     )
 
+    if id(cls) in getattr(pickler, "_postproc", {}) and not is_from_main(cls):
+        # dill would save it by the name its module lost (a notebook class's name is
+        # refused by the checkpoint's pickler and found in the stream by export)
+        raise NotRestorable(
+            f"{cls.__qualname__} is reached again while it is being made, and {lost(cls)}"
+        )
     if getattr(pickler, "_byref", False) or id(cls) in getattr(pickler, "_postproc", {}):
         save_type(pickler, cls)  # dill's own way (and its refusal of the recursion)
         return

@@ -326,23 +326,38 @@ METACLASS = (
     from persistent_kernel.serializer import serialize
 
     t = tagged.Tagged()
+    node = tagged.Node()
     with open("tagged.py", "w") as f:
         f.write("# emptied\\n")
-    ns = {"t": t, "keep": [1, 2]}
+    ns = {"t": t, "node": node, "keep": [1, 2]}
 """
     + WRITE
 )
 
 
+TAGGED = """
+class Meta(type):
+    pass
+
+class Tagged(metaclass=Meta):
+    pass
+
+class Node:
+    def make(self, kind=None):
+        return kind
+
+Node.make.__defaults__ = (Node,)  # a method that holds its own class
+"""
+
+
 def test_a_lost_class_that_cannot_go_by_value_is_not_saved(tmp_path: Path) -> None:
-    """A class of its own metaclass, gone from its file: not reported saved, with
-    the reason; the rest is saved."""
-    (tmp_path / "tagged.py").write_text(
-        "class Meta(type):\n    pass\n\nclass Tagged(metaclass=Meta):\n    pass\n"
-    )
+    """A class of its own metaclass, or one that its own method holds, gone from its
+    file: not reported saved, with the reason; the rest is saved."""
+    (tmp_path / "tagged.py").write_text(TAGGED)
     written = run_python(METACLASS, str(tmp_path / "meta.pkl"), cwd=tmp_path)
-    assert set(written["skipped"]) == {"t"}
+    assert set(written["skipped"]) == {"t", "node"}
     assert "tagged.py no longer defines Tagged" in written["skipped"]["t"]
+    assert "tagged.py no longer defines Node" in written["skipped"]["node"]
     assert written["groups"] == [["keep"]]
 
 
