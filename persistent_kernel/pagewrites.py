@@ -494,8 +494,8 @@ class Holdings:
     How: the values' objects are walked breadth first through
     :func:`gc.get_referents` (and each numpy array's ``base``), noting the bytes
     every numpy array of at least *threshold* bytes spans; a buffer inside
-    such bytes belongs to the namespace (the array is alive in the writer, so
-    nothing the writer made can lie there). The walk stops once every buffer
+    such bytes belongs to the namespace (the array is alive in the writer, and
+    kept so by the walk, so nothing the writer made can lie there). The walk stops once every buffer
     asked about is found, and resumes if asked about more.
 
     Limits: classes, modules and modules' globals are not walked into, nor
@@ -525,6 +525,7 @@ class Holdings:
         self._seen: set[int] = set()
         self._skip = {id(getattr(m, "__dict__", None)) for m in list(sys.modules.values())}
         self._extents: list[tuple[int, int]] = []
+        self._arrays: list[Any] = []
         #: Why the walk failed, if it did (see :meth:`_safely`).
         self.failure: str | None = None
 
@@ -597,6 +598,8 @@ class Holdings:
             extent = array_extent(array)
             if extent is not None and extent[1] - extent[0] >= self._threshold:
                 self._extents.append(extent)
+                # kept alive: a reduction dropping it cannot free its memory for a copy
+                self._arrays.append(array)
             base = array.base
             if base is None or id(base) in self._seen:
                 return
