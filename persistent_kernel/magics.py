@@ -177,6 +177,12 @@ class PersistMagics(Magics):
             )
             for name, reason in result.skipped.items():
                 print(f"  skipped {name}: {reason}")
+            upload = self.checkpoints.last_upload or {}
+            if self.checkpoints.autosaver.upload_failing and upload.get("error"):
+                print(
+                    f"  not in the bucket yet: {upload['error']}; it is kept on this machine "
+                    "and uploaded once the bucket answers."
+                )
         else:
             error = result.error if result is not None else "no result"
             print(f"The checkpoint failed: {error}. The previous checkpoint is unchanged.")
