@@ -254,6 +254,19 @@ def test_network_failures_are_called_by_their_cause(creds: None, tmp_path: Path)
             assert "Debug" not in pulled.unreachable and "\n" not in pulled.unreachable
 
 
+def test_no_credentials_and_no_metadata_service_is_called_so(
+    creds: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    with silent_endpoint() as endpoint, silent_endpoint() as metadata:
+        url = f"s3://bkt/u?endpoint={endpoint}&metadata_endpoint={metadata}"
+        began = time.monotonic()
+        pulled = tiered(url, tmp_path / "node").pull()
+        assert time.monotonic() - began < BOUND
+    assert pulled.unreachable is not None and "no credentials were given" in pulled.unreachable
+
+
 def test_the_cause_is_read_from_the_servers_code_first() -> None:
     body = "403 Forbidden: <Error><Code>ExpiredToken</Code><Message>x</Message></Error>"
     assert failure_cause("PermissionDeniedError", body) == (

@@ -330,7 +330,15 @@ def failure_cause(kind: str, text: str) -> tuple[str, str]:
         return _CODES[code.group(1)]
     status_match = re.search(r"status(?: code)?: (\d{3})", text)
     status = int(status_match.group(1)) if status_match else None
-    if "169.254.169.254" in text or "credential" in text.lower():
+    # No keys given: obstore asked the instance metadata service (EC2, EKS) for some.
+    if any(word in text for word in ("169.254.169.254", "/latest/api/token", "/latest/meta-data")):
+        return (
+            "no-credentials",
+            "could not be used: no credentials were given, and none came from the instance "
+            "metadata service (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give the "
+            "pod a role)",
+        )
+    if "credential" in text.lower():
         return (
             "no-credentials",
             "could not be used: no credentials were found (set AWS_ACCESS_KEY_ID and "
