@@ -658,7 +658,7 @@ def save_class(pickler: Any, cls: type) -> None:
     after.extend((setattr, (cls, key, value)) for key, value in (attrs or {}).items())
     after.extend(registered)
     after.extend((setattr, (cls, key, value)) for key, value in reversed(later.items()))
-    if hasattr(cls, "__orig_bases__"):
+    if "__orig_bases__" in cls.__dict__:  # its own, not a Generic base's
         make = functools.partial(_setitems, source=body)
         reduction: tuple[Any, ...] = (
             types.new_class,

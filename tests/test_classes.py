@@ -206,6 +206,45 @@ def test_a_class_holding_its_own_instance_comes_back(tmp_path: Path) -> None:
     assert loaded == [3, True]
 
 
+GENERIC_CHAIN = (
+    """
+    import json, pickle, sys, typing
+    from persistent_kernel.serializer import serialize
+
+    T = typing.TypeVar("T")
+
+    class Box(typing.Generic[T]):
+        pass
+
+    class IntBox(Box[int]):
+        pass
+
+    class Sub(IntBox):
+        pass
+
+    ns = {"Sub": Sub, "s": Sub()}
+"""
+    + WRITE
+)
+
+
+def test_a_subclass_of_a_parameterised_generic_keeps_its_bases(tmp_path: Path) -> None:
+    """``Sub(IntBox)``, ``IntBox(Box[int])``: Sub is rebuilt on its own bases, not
+    on the ``Box[int]`` it inherits ``__orig_bases__`` from."""
+    payloads = str(tmp_path / "generic.pkl")
+    assert run_python(GENERIC_CHAIN, payloads, cwd=tmp_path)["skipped"] == {}
+    loaded = run_python(
+        LOAD_INTO_MAIN
+        + """
+    import json
+    print(json.dumps([c.__name__ for c in Sub.__mro__] + [isinstance(s, Sub.__mro__[1])]))
+    """,
+        payloads,
+        cwd=tmp_path,
+    )
+    assert loaded == ["Sub", "IntBox", "Box", "Generic", "object", True]
+
+
 MODULE = """
     import functools
 
