@@ -219,7 +219,14 @@ class PersistentKernel(IPythonKernel):
             startup.first_cell.skip()  # nothing to learn from the first cell
         self.startup = startup
         if not self.restore:
-            self._started(startup.unrestored())
+            try:
+                self._started(startup.unrestored())
+            except Exception as exc:  # a checkpoint_dir that names no one place
+                self.log.exception("persistent-kernel: checkpoints are off")
+                self._notices.append(
+                    f"persistent-kernel: checkpoints are off ({exc}); the kernel works "
+                    "without them until it restarts."
+                )
             self._restore_done.set_result(None)
             return
         threading.Thread(

@@ -334,19 +334,25 @@ def test_keys_in_the_url_never_reach_a_command_line(creds: None, tmp_path: Path)
 # -- real kernels -----------------------------------------------------------------------
 
 
-def start(kernels: KernelHarness, url: str, interval: float = 0) -> Kernel:
+def start(kernels: KernelHarness, url: str, interval: float = 0, restore: bool = True) -> Kernel:
     args = [
         f"--PersistentKernel.checkpoint_dir={url}",
         f"--PersistentKernel.checkpoint_interval={interval}",
+        f"--PersistentKernel.restore={restore}",
     ]
     return kernels.start("notebook.ipynb", args=args)
 
 
+@pytest.mark.parametrize("restore", [True, False])
 def test_a_kernel_given_an_ambiguous_url_says_so_once_and_writes_nowhere(
-    kernels: KernelHarness, s3server: S3Server, creds: None, jupyter_env: dict[str, Path]
+    kernels: KernelHarness,
+    s3server: S3Server,
+    creds: None,
+    jupyter_env: dict[str, Path],
+    restore: bool,
 ) -> None:
     bucket = new_bucket(s3server)
-    k = start(kernels, f"s3://{bucket}/users/jo#hn?endpoint={s3server.url}")
+    k = start(kernels, f"s3://{bucket}/users/jo#hn?endpoint={s3server.url}", restore=restore)
     first = k.run("x = 1")
     assert first.error is None
     assert "%23" in first.text and first.text.count("persistent-kernel:") == 1
