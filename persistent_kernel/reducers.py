@@ -662,7 +662,7 @@ def save_class(pickler: Any, cls: type) -> None:
         make = functools.partial(_setitems, source=body)
         reduction: tuple[Any, ...] = (
             types.new_class,
-            (cls.__name__, cls.__orig_bases__, {"metaclass": type(cls)}, make),
+            (cls.__name__, cls.__dict__["__orig_bases__"], {"metaclass": type(cls)}, make),
         )
     else:
         reduction = (_create_type, (type(cls), cls.__name__, cls.__bases__, body))
