@@ -171,6 +171,17 @@ def test_two_users_with_a_hash_in_their_names_never_share_a_prefix(
     assert {k.split("/sessions/")[0] for k in keys} == {"users/jo#a", "users/jo#b"}
 
 
+def test_options_obstore_cannot_make_a_client_of_are_refused(
+    creds: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    url = "s3://bkt/p?endpoint=http://127.0.0.1:1&secret_access_key=TOPSECRET"
+    with pytest.raises(BadLocation, match="Missing AccessKeyId") as caught:
+        BucketStore(url)  # a secret key without its access key
+    assert "TOPSECRET" not in str(caught.value)
+    assert isinstance(open_store(url), Unusable)
+
+
 def test_an_option_obstore_does_not_know_is_refused(creds: None) -> None:
     url = "s3://bkt/p?endpoint=http://127.0.0.1:1&regoin=eu-west-1"
     with pytest.raises(BadLocation, match="regoin"):

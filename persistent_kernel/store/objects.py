@@ -261,7 +261,7 @@ def connect(location: Location, environ: Mapping[str, str] | None = None) -> Any
             "base": 2,
         },
     }
-    from obstore.exceptions import UnknownConfigurationKeyError
+    from obstore.exceptions import BaseError, UnknownConfigurationKeyError
 
     try:
         return obstore.store.from_url(
@@ -273,8 +273,9 @@ def connect(location: Location, environ: Mapping[str, str] | None = None) -> Any
             f"{location.display}: the option {name.group(1) if name else '?'} is not one "
             f"obstore knows for {location.scheme}:// URLs"
         ) from None
-    except (ValueError, TypeError) as exc:
-        raise BadLocation(f"{location.display}: {_first_line(str(exc))}") from None
+    except (BaseError, ValueError, TypeError) as exc:  # a key without its pair, a bad value
+        detail = re.sub(r"^Generic \w+ error: ", "", _first_line(str(exc)))
+        raise BadLocation(f"{location.display}: {detail}") from None
 
 
 # -- what a failure means ------------------------------------------------------------------
