@@ -649,9 +649,11 @@ class Checkpointer:
             culprit = writer.beacon.get() if writer.died and writer.beacon is not None else ""
             user_ns, _ = self.host.namespace()
             idents = {n: id(user_ns[n]) for n in culprit.split(",") if n in user_ns}
-            sentence = render.failure_sentence(
-                result.error or "", errno_, self.settings.checkpoint_dir
-            )
+            # The disk written is the local one (a bucket's cache tier); never the URL as
+            # configured, whose options may hold keys.
+            target = self.target
+            where = target.store.local().display if target else self.settings.checkpoint_dir
+            sentence = render.failure_sentence(result.error or "", errno_, where)
             log.warning(
                 "persistent-kernel: %s (%s%s)", sentence, result.error,
                 f"; while saving {culprit}" if culprit else "",

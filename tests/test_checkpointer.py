@@ -8,6 +8,7 @@ kernels in test_kernel.py and test_autosave_kernel.py.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from persistent_kernel import snapshot
 from persistent_kernel.autosave import Autosaver
 from persistent_kernel.checkpointer import Checkpointer, Settings, Target
 from persistent_kernel.restore import load_generation
@@ -183,6 +185,28 @@ def test_a_failed_upload_is_told_once_and_retried_by_its_own_backoff(rig: Rig) -
     assert autosaver.uploaded(None) == "checkpoints reach the bucket again."
     assert autosaver.uploaded(None) is None
     assert autosaver.due() is None
+
+
+def test_a_failure_on_a_buckets_local_disk_names_the_disk_never_the_urls_keys(
+    rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from persistent_kernel.store.tiers import SECRET_ENV, BucketStore
+
+    monkeypatch.setenv(SECRET_ENV, "ab" * 32)
+    url = (
+        "s3://bkt/users/ada?endpoint=http://127.0.0.1:1"
+        "&access_key_id=AKIAEXAMPLE&secret_access_key=TOPSECRET"
+    )
+    store = BucketStore(url, cache_root=tmp_path / "tier")
+    checkpointer = rig.checkpointer
+    checkpointer.settings = dataclasses.replace(checkpointer.settings, checkpoint_dir=url)
+    checkpointer.attach(Target(store, store.local().session(KEY), KEY, notebook=KEY))
+    ticket = checkpointer.autosaver.begin()
+    # A full disk cannot be made here (tests run as root, on a large disk): its report is.
+    full = snapshot.failure(OSError(errno.ENOSPC, "No space left on device"))
+    checkpointer._settle(ticket, snapshot.Writer(None, None, full))
+    told = rig.host.notices[-1]
+    assert "TOPSECRET" not in told and f"the disk holding {tmp_path / 'tier'} is full" in told
 
 
 def test_clear_forgets_the_checkpoints_and_the_next_change_saves_again(rig: Rig) -> None:
