@@ -125,6 +125,8 @@ def prefault_line(nbytes: float) -> str:
 MiB, GiB = 1 << 20, 1 << 30
 CELL_TIMEOUT = 1800.0
 LATENCY_CELLS = 50
+#: A cell that changes the namespace (each run binds a new value): the standby's cost.
+CHANGE_CELL = "x = {i}"
 #: Restarts of each kind per run (and fresh stock kernels reading the raw file).
 RESTARTS = 3
 
@@ -293,13 +295,13 @@ class Kernel:
             raise KernelError(f"{self.label}: {expr} emitted {len(got)} results")
         return got[0]
 
-    def latency(self, n: int) -> list[float]:
-        """Round trips of ``pass``: execute_request sent -> reply and idle status received."""
+    def latency(self, n: int, code: str = "pass") -> list[float]:
+        """Round trips of *code*: execute_request sent -> reply and idle status received."""
         kc = self.kc
         times = []
-        for _ in range(n):
+        for i in range(n):
             start = time.perf_counter()
-            msg_id = kc.execute("pass", store_history=True)
+            msg_id = kc.execute(code.format(i=i), store_history=True)
             while True:
                 msg = kc.get_shell_msg(timeout=60)
                 if msg["parent_header"].get("msg_id") == msg_id:
@@ -593,6 +595,10 @@ class Bench:
                 if w.latency:
                     log(f"{tag}: ours: {LATENCY_CELLS} x `pass`")
                     m["ours.latency"] = statistics.median(k.latency(LATENCY_CELLS))
+                    log(f"{tag}: ours: {LATENCY_CELLS} x `x = i`")
+                    m["ours.latency_change"] = statistics.median(
+                        k.latency(LATENCY_CELLS, CHANGE_CELL)
+                    )
                     log(f"{tag}: ours: x = 1, %persist save")
                     k.run("x = 1")
                     before = _tree(store_path)
@@ -673,6 +679,9 @@ class Bench:
                 if w.latency:
                     log(f"{tag}: stock: {LATENCY_CELLS} x `pass`")
                     m["stock.latency"] = statistics.median(k.latency(LATENCY_CELLS))
+                    m["stock.latency_change"] = statistics.median(
+                        k.latency(LATENCY_CELLS, CHANGE_CELL)
+                    )
                 log(f"{tag}: stock: shutdown")
                 sd = k.timed_shutdown()
                 m["stock.shutdown"], m["stock.shutdown_reply"] = sd["exit"], sd["reply"]
@@ -932,6 +941,13 @@ def build_rows(med: dict[str, dict[str, Any]], wls: list[Workload]) -> list[Row]
                 _time,
                 target="<= +5 ms over stock",
                 check=lambda o, p: o - p <= 0.005,
+            )
+            add(
+                f"{t}: round trip of a change, `x = i` (median of {LATENCY_CELLS})",
+                m.get("ours.latency_change"),
+                m.get("stock.latency_change"),
+                "stock python3",
+                _time,
             )
         add(
             f"{t}: clean shutdown, bytes written",

@@ -162,17 +162,25 @@ class _Standby:
         self.exited: list[snapshot.Standby] = []
         self.pause = 0.0  # seconds the last standby cost the cell that started it
 
-    def start(self, session: SessionStore, job: snapshot.Job, deadline: float) -> None:
+    def start(
+        self,
+        session: SessionStore,
+        job: snapshot.Job,
+        deadline: float,
+        epoch: int = 0,
+        note: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """Fork a standby holding the state of change count *epoch* (see :meth:`holds`)."""
         began = time.perf_counter()
         for old in list(self.exited):
             if old.reap():
                 self.exited.remove(old)
         try:
             session.ensure()
-            registration = session.locks.register_writer()
+            registration = session.locks.register_writer(standby=True)
         except (OSError, PersistentKernelError):
-            # No standby for this cell: the idle checkpoint meets the same fault
-            # (a full disk, an unreadable format marker) and tells the user.
+            # No standby: the idle checkpoint meets the same fault (a full disk,
+            # an unreadable format marker) and tells the user.
             return
 
         def announced() -> dict[str, Any]:
@@ -182,18 +190,43 @@ class _Standby:
                 session.locks.release_writer(*registration)
 
         try:
-            self.current = snapshot.start_standby(announced, [registration[0]], deadline)
+            self.current = snapshot.start_standby(
+                announced, [registration[0]], deadline, epoch, note
+            )
         finally:
-            os.close(registration[0])
+            if registration[0] >= 0:
+                os.close(registration[0])
         self.registration = registration
         self.pause = time.perf_counter() - began
 
-    def write(self) -> bool:
-        """Tell the standby to write the state it holds; False if there is none."""
+    def holds(self, epoch: int) -> bool:
+        """Whether a live standby holds the state of change count *epoch* (one the
+        OOM killer or a user took is let go, and the next change forks another)."""
+        current = self.current
+        if current is None or current.epoch != epoch:
+            return False
+        if current.reap():  # it has exited: nothing holds that state any more
+            self.drop()
+            return False
+        return True
+
+    def cell(self, source: str) -> None:
+        """A cell starts (the standby holds the state from before it)."""
+        if self.current is not None:
+            self.current.cell(source)
+
+    def cell_ended(self) -> None:
+        """The cell changed nothing: the standby's state is still the newest."""
+        if self.current is not None:
+            self.current.cell_ended()
+
+    def write(self, final: bool = False) -> bool:
+        """Tell the standby to write the state it holds (*final*: the kernel stops
+        cleanly, with no cell running); False if there is none."""
         standby, self.current = self.current, None
         if standby is None:
             return False
-        standby.write()
+        standby.write_final() if final else standby.write()
         return True
 
     def drop(self) -> None:
@@ -316,16 +349,37 @@ class Checkpointer:
 
     # -- when -------------------------------------------------------------------------
 
-    def cell_started(self) -> None:
-        """A cell starts: on unsaved changes, fork a standby holding the state before it."""
-        if self.autosaver.cell_started():
+    def cell_started(self, source: str | None = None) -> None:
+        """A cell starts: on unsaved changes, a standby holds the state before it.
+
+        The one kept since the last change (see :meth:`maybe_checkpoint`) holds
+        it already, unless a user thread may have changed the namespace since;
+        otherwise one is forked now. *source*: the cell's code, for the note a
+        kill leaves (which cell it cut); a cell that only looks
+        (:func:`namespace.looks_only`) is no change. None: not known.
+        """
+        autosaver = self.autosaver
+        changes = autosaver.cell_started()  # always: it counts the cell
+        if source is not None and namespace.looks_only(source):
+            autosaver.read_only()  # its end is no change: the standby stays
+        if changes and (not self.standby.holds(autosaver.epoch) or autosaver.user_threads_alive()):
             self.standby.drop()  # an interrupted cell's, if any: its state is accepted
             self._start_standby()
+        self.standby.cell(source or "")
 
     def cell_finished(self, interrupted: bool) -> None:
-        """A cell ended (*interrupted*: by an interrupt or a shutdown). Thread-safe."""
-        self.autosaver.cell_finished(interrupted=interrupted)
-        if not self.autosaver.running and not self.autosaver.interrupted:
+        """A cell ended (*interrupted*: by an interrupt or a shutdown). Thread-safe.
+
+        A standby whose state the cell changed is let go (the next one is forked
+        once the kernel is idle); after a cell that changed nothing it stays.
+        """
+        autosaver = self.autosaver
+        autosaver.cell_finished(interrupted=interrupted)
+        if autosaver.running or autosaver.interrupted:
+            return
+        if self.standby.holds(autosaver.epoch):
+            self.standby.cell_ended()
+        else:
             self.standby.drop()
 
     def accept_interrupted(self) -> None:
@@ -347,12 +401,22 @@ class Checkpointer:
         if autosaver.enabled and not autosaver.dirty and not autosaver.running:
             autosaver.threads_changed()  # a user thread may have changed the namespace
         wait = autosaver.due()
-        if wait is None:
-            return
-        if wait <= 0:
+        if wait is not None and wait <= 0:
             self.start_checkpoint()
-        else:
+            return
+        if wait is not None:
             self._timer = loop.call_later(wait, self._on_timer)
+        self._keep_standby()  # also while a writer saves an older state
+
+    def _keep_standby(self) -> None:
+        """Until the interval lets a checkpoint save them, the changes of the cells that
+        finished are held by a standby, which writes them if the kernel is killed."""
+        autosaver = self.autosaver
+        if autosaver.running or autosaver.interrupted or not autosaver.dirty:
+            return
+        if not self.standby.holds(autosaver.epoch):
+            self.standby.drop()
+            self._start_standby()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -366,6 +430,7 @@ class Checkpointer:
         forked: bool = True,
         final: bool = False,
         tracked: int | None = None,
+        ended: dict[str, Any] | None = None,
     ) -> snapshot.Job:
         """The checkpoint's work, to run in a forked writer (or inline: not *forked*).
 
@@ -374,6 +439,8 @@ class Checkpointer:
         made to yield.
         *tracked*: the read end of a pipe on which the writer receives what
         :meth:`pagewrites.Tracker.forked` says once the kernel has forked it.
+        *ended*: a standby's; filled in the standby before the job runs, with how
+        the kernel ended (recorded in the generation, for the restore's report).
         """
         target = self.target
         assert target is not None
@@ -426,6 +493,8 @@ class Checkpointer:
                 names = holdings.names(tracker.reusable(pagewrites.receive(tracked, timeout=10.0)))
             # Read in the writer, not the kernel: a notebook with outputs can be large.
             info.update(notebook.cells_for_checkpoint(session, info, known))
+            if ended:  # a standby's, written because its kernel ended (see snapshot.Standby)
+                info["ended"] = dict(ended)
             result = checkpoint.write_checkpoint(
                 session,
                 values,
@@ -634,6 +703,8 @@ class Checkpointer:
             if wrote:
                 self.committed = result
             notice = self.autosaver.succeeded(ticket, wrote=wrote)
+            if not self.autosaver.dirty:
+                self.standby.drop()  # what it holds is saved
             if "upload" in data:
                 self._on_upload(data["upload"])
         else:
@@ -680,15 +751,21 @@ class Checkpointer:
     # -- the cell that is running -------------------------------------------------------
 
     def _start_standby(self) -> None:
-        """Fork a standby holding the namespace as it is before this cell (see :mod:`snapshot`)."""
+        """Fork a standby holding the namespace as it is now (see :class:`snapshot.Standby`)."""
         settings, target = self.settings, self.target
         if not (settings.autosave and settings.standby and self.forked()):
             return
         if target is None or target.ephemeral:
             return
         self.follow_renames()
-        job = self._job(None, final=True)  # written only at the end
-        self.standby.start(target.session, job, self._deadline())
+        refused = snapshot.prefer_oom_kill()  # the kernel, not its standby, is killed first
+        if refused:
+            self.host.log.warning("persistent-kernel: %s", refused)
+        ended: dict[str, Any] = {}  # filled in the standby: how the kernel ended
+        job = self._job(None, final=True, ended=ended)  # written only at the end
+        self.standby.start(
+            target.session, job, self._deadline(), self.autosaver.epoch, ended.update
+        )
 
     def write_standby_if_running(self) -> bool:
         """A cell runs while the kernel stops: have the standby write the state from

@@ -162,6 +162,26 @@ def bound_names(source: str) -> set[str]:
     return _bound_in(tree.body)
 
 
+def looks_only(source: str) -> bool:
+    """Whether a cell's code can change no variable: only ``pass``, constants and
+    bare names (``df`` to show it). Anything else, even ``df.shape`` (a property
+    runs code), or code that does not parse as Python (magics), may change one.
+
+    Showing a value binds IPython's ``_`` and ``Out``, which are never saved.
+    """
+    if len(source) > 1000:
+        return False  # not worth parsing: no look-only cell is that long
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    return all(
+        isinstance(node, ast.Pass)
+        or (isinstance(node, ast.Expr) and isinstance(node.value, (ast.Constant, ast.Name)))
+        for node in tree.body
+    )
+
+
 def bound_in(tree: ast.Module) -> set[str]:
     """The names the top level of a parsed module binds, as :func:`bound_names` counts."""
     return _bound_in(tree.body)

@@ -103,6 +103,24 @@ def _plural(count: int, word: str = "variable") -> str:
     return f"{count} {word}{'s' if count != 1 else ''}"
 
 
+def ended_sentence(ended: dict[str, Any]) -> str:
+    """What the end of the last kernel cost, from the note its standby wrote.
+
+    *ended*: ``{"how": "killed" | "stopped", "at": time, "cell": source or None}``
+    (see :func:`snapshot.read_orders`).
+    """
+    at = ended.get("at")
+    moment = time.strftime("%H:%M:%S", time.localtime(at)) if isinstance(at, (int, float)) else "?"
+    how = "was killed" if ended.get("how") == "killed" else "was stopped"
+    cell = ended.get("cell")
+    if isinstance(cell, str) and cell.strip():
+        return (
+            f"the kernel {how} at {moment} while running the cell `{cell_line(cell)}`; "
+            "the state from before that cell was restored"
+        )
+    return f"the kernel {how} at {moment} between cells; no finished cell was lost"
+
+
 def restore_summary(report: RestoreReport) -> str:
     """The lines shown above the first cell's output after a restore. Each variable
     is counted once: restored, not restored (with the reason, and the cell that
@@ -115,6 +133,8 @@ def restore_summary(report: RestoreReport) -> str:
             f"from checkpoint {report.generation} ({when(report.created)}, "
             f"{human_size(report.size)})" + (f": {short_list(report.restored)}" if count else "")
         )
+    if report.ended:
+        lines.append(f"persistent-kernel: {ended_sentence(report.ended)}")
     if report.renamed_from:
         lines.append(
             f"persistent-kernel: this notebook was renamed from {report.renamed_from}; "

@@ -99,6 +99,9 @@ class RestoreReport:
     cells: dict[str, str] = field(default_factory=dict)
     # names whose group was unpickled ahead of time, from the same bytes (see Preloaded)
     reused: list[str] = field(default_factory=list)
+    # how the kernel that wrote the generation ended, when its standby wrote it:
+    # {"how": "killed" | "stopped", "at": time, "cell": first line or None}
+    ended: dict[str, Any] | None = None
 
 
 GroupKey = tuple[str, str, str]
@@ -404,6 +407,8 @@ def _load(
         manifest.size,
     )
     report.versions = version_changes(manifest)
+    ended = manifest.raw.get("ended")
+    report.ended = ended if isinstance(ended, dict) and ended.get("how") else None
     for name in [*content.variables, *content.skipped]:
         source = cell_of(manifest.content, name)
         if source is not None:

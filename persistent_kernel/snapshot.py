@@ -364,42 +364,64 @@ def resident_bytes() -> int:
 
 
 class Standby:
-    """A forked copy of the namespace kept while a cell runs, to write if the kernel ends.
+    """A forked copy of the namespace, written if the kernel ends before it is saved.
 
-    Taken when a cell starts on unsaved changes: if the kernel is stopped
-    (restart, shutdown, SIGTERM) or dies (SIGKILL, the OOM killer) before
-    the cell ends, the standby writes the namespace as it was before the
-    cell, not half of it. When the cell ends, :meth:`drop` lets it go
-    without writing anything.
+    Kept while the namespace holds changes no checkpoint has seen: forked
+    when a cell that changed the namespace has finished (after its reply),
+    or when a cell starts on such changes and none is kept. If the kernel is
+    stopped (restart, shutdown, SIGTERM) or dies (SIGKILL, the OOM killer)
+    before a checkpoint saves that state, the standby writes it: the state
+    after the last finished cell, never half of a running one. Once a
+    checkpoint has saved it, :meth:`drop` lets it go without writing.
 
     The standby is the kernel's child in a session of its own (so
     ipykernel's and jupyter_client's signals to the kernel's process group
-    miss it). It blocks on a pipe: one byte ``d`` means drop, anything else
-    (``w``, or end of file because the kernel died) means write. It costs
-    the kernel one ``fork()`` per such cell, and the pages the cell changes
-    are copied once while it lives.
+    miss it). It reads orders from a pipe: ``c`` and a cell's first line
+    (a cell starts), ``e`` (it ended and changed nothing), ``d`` (exit
+    without writing), ``w`` (write: the kernel stops mid-cell), ``f``
+    (write: the kernel stops cleanly), and end of file (the kernel died:
+    write, noting when, and which cell was running). It costs one ``fork()``
+    per cell that changes the namespace, off the reply's path, and the pages
+    the kernel changes are copied once while it lives. :func:`prefer_oom_kill`
+    makes the kernel, not its standby, the OOM killer's choice.
     """
 
-    def __init__(self, pid: int, control: int) -> None:
+    def __init__(self, pid: int, control: int, epoch: int = 0) -> None:
         self.pid = pid
+        self.epoch = epoch  # the state it holds: the kernel's count of changes at the fork
         self._control: int | None = control
 
-    def _send(self, byte: bytes) -> None:
+    def _send(self, order: bytes, payload: bytes = b"", last: bool = True) -> None:
         if self._control is None:
             return
-        with contextlib.suppress(OSError):
-            os.write(self._control, byte)
-        with contextlib.suppress(OSError):
-            os.close(self._control)
-        self._control = None
+        try:
+            os.write(self._control, order + len(payload).to_bytes(4, "big") + payload)
+        except OSError:
+            last = True  # it is gone: nothing more to tell it
+        if last:
+            with contextlib.suppress(OSError):
+                os.close(self._control)
+            self._control = None
+
+    def cell(self, source: str) -> None:
+        """A cell starts: if the kernel dies now, the state held is from before it."""
+        self._send(b"c", source[:CELL_NOTE].encode("utf-8", "replace"), last=False)
+
+    def cell_ended(self) -> None:
+        """The running cell ended without a change: the state held is still the newest."""
+        self._send(b"e", last=False)
 
     def drop(self) -> None:
-        """The cell ended: exit without writing."""
+        """Exit without writing."""
         self._send(b"d")
 
     def write(self) -> None:
         """The kernel is ending mid-cell: write the snapshot (detached; do not wait)."""
         self._send(b"w")
+
+    def write_final(self) -> None:
+        """The kernel stops cleanly and the snapshot is its state: write it."""
+        self._send(b"f")
 
     def reap(self) -> bool:
         """Collect the exited standby (no zombie left); True once it has exited."""
@@ -410,8 +432,61 @@ class Standby:
         return pid != 0
 
 
-def start_standby(job: Job, inherit: Sequence[int] = (), deadline: float | None = None) -> Standby:
-    """Fork a :class:`Standby` that runs *job* only if told to (or if the kernel dies)."""
+#: How much of a running cell's source a standby keeps, to name the cell a kill cut.
+CELL_NOTE = 400
+
+
+def read_orders(fd: int, clock: Callable[[], float] = time.time) -> dict[str, Any] | None:
+    """In the standby: read orders until one ends the wait (see :class:`Standby`).
+
+    Returns None to exit without writing, else what to record of the end in
+    the generation written: ``{}`` for a clean stop, or
+    ``{"how": "killed" | "stopped", "at": time, "cell": first line or None}``.
+    """
+    running: str | None = None
+    with os.fdopen(fd, "rb", buffering=0, closefd=False) as pipe:
+
+        def exactly(n: int) -> bytes | None:
+            data = b""
+            while len(data) < n:
+                piece = pipe.read(n - len(data))
+                if not piece:
+                    return None
+                data += piece
+            return data
+
+        while True:
+            head = exactly(5)
+            if head is None:  # end of file: the kernel died without a word
+                return {"how": "killed", "at": clock(), "cell": running}
+            order, size = head[:1], int.from_bytes(head[1:], "big")
+            payload = exactly(size) if size else b""
+            if payload is None:
+                return {"how": "killed", "at": clock(), "cell": running}
+            if order == b"c":
+                running = payload.decode("utf-8", "replace")
+            elif order == b"e":
+                running = None
+            elif order == b"d":
+                return None
+            elif order == b"f":
+                return {}
+            else:  # "w": stopped while a cell ran
+                return {"how": "stopped", "at": clock(), "cell": running}
+
+
+def start_standby(
+    job: Job,
+    inherit: Sequence[int] = (),
+    deadline: float | None = None,
+    epoch: int = 0,
+    note: Callable[[dict[str, Any]], None] | None = None,
+) -> Standby:
+    """Fork a :class:`Standby` that runs *job* only if told to (or if the kernel dies).
+
+    *note* is called in the standby, before *job*, with what :func:`read_orders`
+    recorded of the kernel's end (for the generation it writes).
+    """
     rfd, wfd = os.pipe()
     pid = fork()
     if pid == 0:  # pragma: no cover - runs in the standby
@@ -423,19 +498,57 @@ def start_standby(job: Job, inherit: Sequence[int] = (), deadline: float | None 
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             _quiet_child()
-            while True:
-                try:
-                    order = os.read(rfd, 1)
-                    break
-                except InterruptedError:  # pragma: no cover - retried by Python
-                    continue
-            if order != b"d":
+            _undo_oom_preference()
+            ended = read_orders(rfd)
+            if ended is not None:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 _arm_deadline(deadline)
+                if note is not None:
+                    note(ended)
                 run_job(job)
         except BaseException:
             code = 1
         finally:
             os._exit(code)
     os.close(rfd)
-    return Standby(pid, wfd)
+    return Standby(pid, wfd, epoch)
+
+
+#: The kernel's ``oom_score_adj`` before :func:`prefer_oom_kill` raised it (None: untouched).
+_OOM_BEFORE: int | None = None
+_OOM_TRIED = False
+
+
+def prefer_oom_kill() -> str | None:
+    """Make this process (the kernel) the OOM killer's choice over its standbys.
+
+    A standby maps the same pages as the kernel, so the OOM killer scores
+    them alike; were it to kill the standby first, the kernel would die next
+    with nothing left to write its state. The kernel raises its own
+    ``oom_score_adj`` by one (any process may raise its own) and each standby
+    sets its own back (any process may lower it to where it was). Linux
+    only. Returns why it could not, or None.
+    """
+    global _OOM_BEFORE, _OOM_TRIED
+    if _OOM_TRIED or not sys.platform.startswith("linux"):
+        return None
+    _OOM_TRIED = True  # once: a failure is reported once
+    try:
+        with open("/proc/self/oom_score_adj", "r+") as f:
+            before = int(f.read().strip() or 0)
+            if before >= 1000:
+                return None  # already the first choice
+            f.seek(0)
+            f.write(str(before + 1))
+    except (OSError, ValueError) as exc:
+        return f"the kernel's OOM score could not be raised over its standby's ({exc})"
+    _OOM_BEFORE = before
+    return None
+
+
+def _undo_oom_preference() -> None:
+    """In a standby: take back the kernel's raise (see :func:`prefer_oom_kill`)."""
+    if _OOM_BEFORE is None:
+        return
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+        f.write(str(_OOM_BEFORE))

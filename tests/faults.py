@@ -104,7 +104,7 @@ class BrokenCheckpointer(Checkpointer):
     """A checkpointer whose every hook on a cell's path raises: a defect of ours that
     no real fault produces on demand (``--PersistentKernel.checkpointer_class``)."""
 
-    def cell_started(self) -> None:
+    def cell_started(self, source: str | None = None) -> None:
         raise RuntimeError("cell_started is broken")
 
     def cell_finished(self, interrupted: bool) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from persistent_kernel import namespace
 from persistent_kernel.namespace import select
 
 INTERNALS = [
@@ -141,3 +142,22 @@ def test_last_assignments_finds_the_newest_cell_binding_each_name() -> None:
     }
     huge = "b = " + repr("x" * 70_000)  # too long to keep: b gets no cell, not an older one
     assert last_assignments([*inputs, huge], ["b"]) == {}
+
+
+@pytest.mark.parametrize(
+    ("source", "only"),
+    [
+        ("pass", True),
+        ("df", True),
+        ("'a note'\n42\nx", True),
+        ("", True),
+        ("x = 1", False),
+        ("df.shape", False),  # a property runs code
+        ("print(x)", False),
+        ("x += 1", False),
+        ("%who", False),  # a magic is not Python: it may do anything
+        ("del x", False),
+    ],
+)
+def test_a_cell_that_only_looks_changes_nothing(source: str, only: bool) -> None:
+    assert namespace.looks_only(source) is only

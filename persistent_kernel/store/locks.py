@@ -59,15 +59,23 @@ def session_lock(directory: Path, timeout: float) -> Iterator[None]:
         os.close(fd)
 
 
-def register_writer(writers_dir: Path) -> tuple[int, Path]:
+#: The name of a standby's announcement starts so (see :func:`register_writer`).
+STANDBY = "standby-"
+
+
+def register_writer(writers_dir: Path, standby: bool = False) -> tuple[int, Path]:
     """Announce a writer: a file it holds an flock on for as long as it lives.
 
     Call before forking the writer, so the announcement exists before the
     kernel that forked it can exit; the forked writer inherits the lock.
     Returns the descriptor and the path, for :func:`release_writer`.
+
+    A *standby* (see :class:`.snapshot.Standby`) writes only once its kernel
+    has ended: while the kernel (this process) lives, it is not counted as
+    running, so nobody waits for a copy that may sit idle for hours.
     """
     private_dir(writers_dir)
-    name = f"{os.getpid()}-{secrets.token_hex(4)}"
+    name = f"{STANDBY if standby else ''}{os.getpid()}-{secrets.token_hex(4)}"
     tmp, path = writers_dir / f"{TMP}{name}", writers_dir / name
     # Locked before it gets its real name: a scan must never see it unlocked.
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -89,7 +97,7 @@ def running_writers(writers_dir: Path) -> list[Path]:
     alive = []
     with suppress(FileNotFoundError):
         for entry in writers_dir.iterdir():
-            if entry.name.startswith(TMP):
+            if entry.name.startswith(TMP) or _idle_standby(entry.name):
                 continue
             try:
                 fd = os.open(entry, os.O_RDONLY | os.O_CLOEXEC)
@@ -105,6 +113,32 @@ def running_writers(writers_dir: Path) -> list[Path]:
             finally:
                 os.close(fd)
     return alive
+
+
+def _idle_standby(name: str) -> bool:
+    """Whether *name* announces a standby whose kernel is alive (so it waits, idle)."""
+    if not name.startswith(STANDBY):
+        return False
+    try:
+        pid = int(name.removeprefix(STANDBY).split("-")[0])
+    except ValueError:
+        return False
+    return process_alive(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether *pid* runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's: alive
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc: alive, as kill() said
 
 
 def wait_for_writers(writers_dir: Path, timeout: float) -> tuple[float, int]:
@@ -133,8 +167,9 @@ class Locks(ABC):
         """Hold the session's writer lock; :class:`StoreBusy` after *timeout* seconds."""
 
     @abstractmethod
-    def register_writer(self) -> Registration:
-        """Announce a writer, alive until :meth:`release_writer` (or its death)."""
+    def register_writer(self, standby: bool = False) -> Registration:
+        """Announce a writer, alive until :meth:`release_writer` (or its death); a
+        *standby* counts only once the process announcing it has ended."""
 
     @abstractmethod
     def release_writer(self, fd: int, path: Path) -> None:
@@ -184,9 +219,9 @@ class FileLocks(Locks):
         with session_lock(self.directory, timeout):
             yield
 
-    def register_writer(self) -> Registration:
+    def register_writer(self, standby: bool = False) -> Registration:
         self._ready()
-        return register_writer(self.writers_dir)
+        return register_writer(self.writers_dir, standby)
 
     def release_writer(self, fd: int, path: Path) -> None:
         release_writer(fd, path)

@@ -110,7 +110,10 @@ class MemoryLocks(Locks):
         finally:
             self._lock.release()
 
-    def register_writer(self) -> Registration:
+    def register_writer(self, standby: bool = False) -> Registration:
+        # No process of the store's ends before this one: a standby is never counted.
+        if standby:
+            return -1, Path(f"{self.where}/standbys/{os.getpid()}-{next(self._count)}")
         with self._mutex:
             path = Path(f"{self.where}/writers/{os.getpid()}-{next(self._count)}")
             self._writers[path] = os.getpid()
