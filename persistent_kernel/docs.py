@@ -1,7 +1,7 @@
-"""The README's configuration reference, generated from the traits' help.
+"""The configuration reference (docs/configuration.md), generated from the traits' help.
 
 ``python -m persistent_kernel.docs`` prints the table; a test checks that the
-README holds exactly this text, so the reference cannot drift from the code.
+docs hold exactly this text, so the reference cannot drift from the code.
 """
 
 from __future__ import annotations

@@ -57,8 +57,10 @@ def _name(path: Path) -> str:
 
 
 def test_configuration_reference_is_generated_from_the_traits() -> None:
-    """The README holds exactly what ``python -m persistent_kernel.docs`` prints."""
-    assert config_table() in README
+    """docs/configuration.md holds exactly what ``python -m persistent_kernel.docs``
+    prints, and the README links it."""
+    assert config_table() in (ROOT / "docs" / "configuration.md").read_text()
+    assert "(docs/configuration.md)" in README
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:
