@@ -306,6 +306,11 @@ class Autosaver:
         """True while some change is in no successful checkpoint."""
         return self._epoch > self._saved
 
+    @property
+    def unsaved(self) -> int:
+        """How many changes (cells that finished, mostly) no successful checkpoint holds."""
+        return max(0, self._epoch - self._saved)
+
     # -- when -----------------------------------------------------------------------
 
     def due(self) -> float | None:

@@ -258,11 +258,17 @@ class Checkpointer:
         self.committed: CheckpointResult | None = None
         #: What the last upload to the bucket did (generation, bytes, seconds) or its error.
         self.last_upload: dict[str, Any] | None = None
+        #: The one sentence why the last checkpoint failed; None once one succeeds.
+        self.last_failure: str | None = None
         self.tracking = _Tracking(host.log, settings.track_writes)
         self.standby = _Standby()
         self._ticket: Ticket | None = None
         self._timer: Any = None
         self._unfollowed: str | None = None  # the key a failed move was told for
+        #: Called (no arguments, on the kernel's thread) when a checkpoint starts or ends,
+        #: so that a watcher (the kernel's state comm) reads the state again.
+        self.listeners: list[Callable[[], None]] = []
+        self._listener_failed = False  # told once
 
     # -- configuration and target -----------------------------------------------------
 
@@ -623,7 +629,22 @@ class Checkpointer:
         writer.beacon = beacon
         self.writers.loop = self.host.loop
         self.writers.watch(writer, deadline)
+        self._changed()
         return writer
+
+    def _changed(self) -> None:
+        """Tell the listeners; one that fails is logged, and never stops a checkpoint."""
+        for listener in list(self.listeners):
+            try:
+                listener()
+            except Exception as exc:
+                self.host.log.exception("persistent-kernel: a state listener failed")
+                if not self._listener_failed:
+                    self._listener_failed = True
+                    self.host.notice(
+                        f"persistent-kernel: the kernel state panel stopped updating ({exc}); "
+                        "checkpoints go on, and %persist shows their state."
+                    )
 
     def wait_for_writer(self, timeout: float | None = None) -> bool:
         """Block until the running writer (if any) has reported or was stopped at
@@ -700,6 +721,7 @@ class Checkpointer:
                 result.elapsed,
             )  # fmt: skip
             wrote = not result.unchanged
+            self.last_failure = None
             if wrote:
                 self.committed = result
             notice = self.autosaver.succeeded(ticket, wrote=wrote)
@@ -729,10 +751,12 @@ class Checkpointer:
                 "persistent-kernel: %s (%s%s)", sentence, result.error,
                 f"; while saving {culprit}" if culprit else "",
             )  # fmt: skip
+            self.last_failure = sentence
             failure = Failure(kind, sentence, culprit)
             notice = self.autosaver.failed(ticket, failure, idents, self.writers.deadline)
         if notice:
             self.host.notice(f"persistent-kernel: {notice}")
+        self._changed()
 
     def _on_upload(self, outcome: dict[str, Any]) -> None:
         """After a checkpoint saved locally: tell the user once if the bucket refused it;

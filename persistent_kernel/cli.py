@@ -173,7 +173,11 @@ def show_session(root: str, arg: str, generation: int | None = None) -> dict[str
     are saved together (``shared_with``), and a module bound to a name is
     saved as its name (size 0).
     """
-    session = find_session(root, arg)
+    return describe_generation(find_session(root, arg), generation)
+
+
+def describe_generation(session: SessionStore, generation: int | None = None) -> dict[str, Any]:
+    """:func:`show_session` of a session already found (the kernel's own, for its panel)."""
     manifest, problems = _manifest(session, generation)
     content = parse_content(manifest)
     rows: list[dict[str, Any]] = []

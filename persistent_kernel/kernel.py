@@ -33,7 +33,7 @@ from traitlets import (
     observe,
 )
 
-from . import identity, quickexit, render, serializer
+from . import identity, panel, quickexit, render, serializer
 from .checkpointer import Checkpointer, Settings
 from .kernelconfig import default_checkpoint_dir
 from .restore import RestoreReport
@@ -181,6 +181,11 @@ class PersistentKernel(IPythonKernel):
         self._told: set[tuple[str, str]] = set()  # the failures of ours told (see guarded)
         self._names_at_start: frozenset[str] = frozenset()
         self._shutdown_restart: bool | None = None  # what the shutdown request said
+        self.panel = panel.StatePanel(_PanelHost(self))
+        self.checkpointer.listeners.append(self.panel.changed)
+        comm_manager = getattr(self, "comm_manager", None)
+        if comm_manager is not None:  # the extension's comm (see persistent_kernel.panel)
+            comm_manager.register_target(panel.TARGET, self.panel.opened)
         if self.shell is not None:
             serializer.import_dill()  # now that __main__ is the notebook's namespace
             # `%config PersistentKernel.x = y` reaches the configurables listed here.
@@ -252,6 +257,9 @@ class PersistentKernel(IPythonKernel):
             )
         finally:
             self._restore_done.set_result(None)
+            loop = getattr(self, "io_loop", None)
+            if loop is not None:  # the panel learns the restore ended
+                loop.add_callback(self.guarded, "the state panel", self.panel.changed)
 
     def _started(self, outcome: Outcome) -> None:
         """The start-up restore ended: checkpoints go where it decided from now on."""
@@ -377,6 +385,8 @@ class PersistentKernel(IPythonKernel):
                 self.guarded("the checkpoint", checkpointer.maybe_checkpoint)
             elif loop is not None:  # thread-safe: subshell cells end on other threads
                 loop.add_callback(self.guarded, "the checkpoint", checkpointer.maybe_checkpoint)
+            if loop is not None:
+                loop.add_callback(self.guarded, "the state panel", self.panel.changed)
             if loop is not None and interrupted:
                 loop.call_later(
                     INTERRUPT_GRACE, self.guarded, "the checkpoint after an interrupt",
@@ -499,3 +509,36 @@ class _Host:
 
     def stopping(self) -> bool:
         return bool(self.kernel.shell is not None and self.kernel.shell.exit_now)
+
+
+class _PanelHost:
+    """What the state panel sees of its kernel (see :class:`panel.Kernel`)."""
+
+    def __init__(self, kernel: PersistentKernel) -> None:
+        self.kernel = kernel
+
+    @property
+    def autosave(self) -> bool:
+        return bool(self.kernel.autosave)
+
+    @property
+    def checkpointer(self) -> Checkpointer | None:
+        return self.kernel.checkpointer
+
+    def restore_progress(self) -> panel.Progress | None:
+        startup = self.kernel.startup
+        if startup is None or not self.kernel.restoring:
+            return None
+        return panel.Progress(startup.progress, startup.waited())
+
+    def run_persist(self, line: str) -> tuple[bool, str]:
+        return panel.run_magic(self.kernel.shell, line)
+
+    def namespace(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        assert self.kernel.shell is not None
+        return self.kernel.shell.user_ns, self.kernel.shell.user_ns_hidden
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        loop = getattr(self.kernel, "io_loop", None)
+        if loop is not None:
+            loop.call_later(delay, self.kernel.guarded, "the state panel", callback)
