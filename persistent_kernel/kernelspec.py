@@ -2,14 +2,16 @@
 
 The wheel ships ``kernelspec/python-persistent/kernel.json`` (equal to
 :func:`make_spec` with ``"python"`` as interpreter, which Jupyter replaces by
-its own environment's interpreter). :func:`install` writes one pinned to the
-current interpreter, for use from other environments.
+its own environment's interpreter) and the logos of :data:`LOGOS` (the Launcher's
+card). :func:`install` writes one pinned to the current interpreter, with the same
+logos, for use from other environments.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from typing import Any
@@ -18,6 +20,9 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 KERNEL_NAME = "python-persistent"
 DISPLAY_NAME = "Python (persistent)"
+#: The kernel's logos, as Jupyter looks for them in a kernelspec's directory.
+LOGOS = ("logo-32x32.png", "logo-64x64.png", "logo-svg.svg")
+LOGO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "logos")
 
 
 def make_argv(executable: str = "python") -> list[str]:
@@ -68,6 +73,8 @@ def install(
     spec = make_spec(executable or sys.executable, display_name)
     with tempfile.TemporaryDirectory() as tmp:
         write_spec(tmp, spec)
+        for logo in LOGOS:
+            shutil.copy(os.path.join(LOGO_DIR, logo), tmp)
         return str(
             KernelSpecManager().install_kernel_spec(tmp, kernel_name=name, user=user, prefix=prefix)
         )

@@ -32,6 +32,11 @@ def test_pip_install_brings_the_kernelspec(jupyter_env: dict[str, Path]) -> None
         Path(sys.prefix) / "share" / "jupyter" / "kernels"
     )
     assert spec.argv[0] == "python"  # jupyter_client substitutes its own interpreter
+    # the Launcher's card shows the logo, not a letter
+    for logo in kernelspec.LOGOS:
+        assert (Path(spec.resource_dir) / logo).read_bytes() == (
+            REPO / "persistent_kernel" / "logos" / logo
+        ).read_bytes()
     listed = subprocess.run(
         [sys.executable, "-m", "jupyter", "kernelspec", "list", "--json"],
         capture_output=True,
@@ -52,6 +57,8 @@ def test_install_prefix_name_display_name(jupyter_env: dict[str, Path], tmp_path
     assert spec["display_name"] == "PK Test"
     assert spec["argv"][0] == sys.executable  # pinned to this interpreter
     assert spec["argv"][1:3] == ["-m", "persistent_kernel.launcher"]
+    installed = prefix / "share" / "jupyter" / "kernels" / "pk-test"
+    assert sorted(p.name for p in installed.glob("logo-*")) == sorted(kernelspec.LOGOS)
 
 
 def test_install_user(jupyter_env: dict[str, Path]) -> None:
