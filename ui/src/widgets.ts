@@ -201,28 +201,27 @@ export class StatePanel extends Widget {
       this.generations.textContent = 'No checkpoints yet.';
       return;
     }
-    const table = element('table', 'pk-table');
-    const head = table.createTHead().insertRow();
-    for (const title of ['Gen', 'Written', 'Size', 'Changes', '']) {
-      head.append(element('th', '', title));
-    }
-    const body = table.createTBody();
+    const list = element('ul', 'pk-list');
     for (const row of [...rows].reverse()) {
-      const tr = body.insertRow();
-      tr.dataset.generation = String(row.generation);
-      tr.insertCell().textContent = String(row.generation);
-      tr.insertCell().textContent = when(row.created);
-      tr.insertCell().textContent = row.size !== null ? humanSize(row.size) : '-';
-      tr.insertCell().textContent = changesText(row);
-      const cell = tr.insertCell();
+      const item = element('li', 'pk-row');
+      item.dataset.generation = String(row.generation);
+      const head = element('div', 'pk-row-head');
+      head.append(
+        element('span', 'pk-row-title', `${row.generation}`),
+        element('span', 'pk-row-meta', `${when(row.created)}`),
+        element('span', 'pk-row-meta', row.size !== null ? humanSize(row.size) : '-'),
+        element('span', 'pk-row-fill')
+      );
       if (!row.error) {
-        cell.append(
+        head.append(
           this.button('Restore', () => this.restoreGeneration(row.generation)),
           this.button('Some...', () => this.restoreSome(row.generation))
         );
       }
+      item.append(head, element('div', 'pk-row-detail', changesText(row)));
+      list.append(item);
     }
-    this.generations.replaceChildren(table);
+    this.generations.replaceChildren(list);
   }
 
   private drawVariables(rows: IVariable[]): void {
@@ -230,26 +229,25 @@ export class StatePanel extends Widget {
       this.variables.textContent = 'No variables.';
       return;
     }
-    const table = element('table', 'pk-table');
-    const head = table.createTHead().insertRow();
-    for (const title of ['Name', 'Type', 'Size', 'Status', '']) {
-      head.append(element('th', '', title));
-    }
-    const body = table.createTBody();
+    const list = element('ul', 'pk-list');
     for (const row of rows) {
-      const tr = body.insertRow();
-      tr.dataset.name = row.name;
-      tr.dataset.status = row.status;
-      tr.insertCell().textContent = row.name;
-      tr.insertCell().textContent = row.type ?? '-';
-      tr.insertCell().textContent = row.size !== null ? humanSize(row.size) : '-';
-      tr.insertCell().textContent = variableStatus(row);
-      const cell = tr.insertCell();
+      const item = element('li', 'pk-row');
+      item.dataset.name = row.name;
+      item.dataset.status = row.status;
+      const head = element('div', 'pk-row-head');
+      head.append(
+        element('span', 'pk-row-title', row.name),
+        element('span', 'pk-row-meta', row.type ?? '-'),
+        element('span', 'pk-row-meta', row.size !== null ? humanSize(row.size) : ''),
+        element('span', 'pk-row-fill')
+      );
       if (row.status !== 'skipped') {
-        cell.append(this.button('Exclude', () => this.act('exclude', [row.name])));
+        head.append(this.button('Exclude', () => this.act('exclude', [row.name])));
       }
+      item.append(head, element('div', `pk-row-detail pk-status-${row.status}`, variableStatus(row)));
+      list.append(item);
     }
-    this.variables.replaceChildren(table);
+    this.variables.replaceChildren(list);
   }
 
   private async restoreGeneration(generation: number): Promise<void> {
