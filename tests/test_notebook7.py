@@ -115,3 +115,65 @@ def test_notebook7_rename_then_shut_down_then_reopen(
     finally:
         server.stop()
         wait_for_writers(jupyter_env["checkpoints"])
+
+
+def open_notebook(server: NotebookServer, page: Any, kernel: str, display: str) -> str:
+    """A new notebook on *kernel*, opened in *page*; its path."""
+    path = server.new_notebook()
+    content = {
+        "cells": [code_cell("n7-state", "")],
+        "metadata": {"kernelspec": {"name": kernel, "language": "python",
+                     "display_name": display}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }  # fmt: skip
+    server.call("PUT", f"/api/contents/{path}", {"type": "notebook", "content": content})
+    page.goto(server.page(path))
+    wait_for(lambda: kernel_ready(server), 120, "the kernel")
+    return path
+
+
+@pytest.mark.timeout(600)
+def test_notebook7_shows_the_kernel_state(jupyter_env: dict[str, Path], tmp_path: Path) -> None:
+    """Notebook 7 has no status bar: the state item sits in the header, the panel in the
+    right sidebar. A stock kernel's notebook shows neither, and runs as usual."""
+    from playwright.sync_api import expect
+
+    profile = jupyter_env["IPYTHONDIR"] / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_kernel_config.py").write_text(
+        "c.PersistentKernel.checkpoint_interval = 0\n"
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    server = NotebookServer(jupyter_env["work"], tmp_path / "notebook.log").start()
+    try:
+        with chromium(tmp_path / "chromium-profile") as context:
+            page = context.pages[0] if context.pages else context.new_page()
+            try:
+                open_notebook(server, page, "python-persistent", "Python (persistent)")
+                item = page.locator(".pk-StateItem")
+                expect(item).to_have_text("Kernel state: not saved yet", timeout=STEP)
+                run(page, "x = 41; print('set')", "set")
+                expect(item).to_have_text(re.compile(r"^Kernel state: saved \d+ s ago"))
+                item.click()
+                panel = page.locator("#persistent-kernel-state")
+                expect(panel).to_be_visible()
+                expect(panel.locator('li[data-generation="1"]')).to_contain_text("added x")
+                expect(panel.locator('li[data-name="x"]')).to_contain_text("saved")
+                page.screenshot(path=str(ARTIFACTS / "notebook7-kernel-state.png"))
+
+                # a stock kernel: no item, no panel content, cells run as usual
+                page.goto(f"{server.base}/tree?token={server.token}")
+                for kernel in api(server, "/api/kernels"):
+                    server.call("DELETE", f"/api/kernels/{kernel['id']}")
+                open_notebook(server, page, "python3", "Python 3 (ipykernel)")
+                out = run(page, "print(6 * 7)", "42")
+                assert "42" in out, out
+                expect(page.locator(".pk-StateItem")).to_be_hidden()
+                page.screenshot(path=str(ARTIFACTS / "notebook7-stock-kernel.png"))
+            except BaseException:
+                page.screenshot(path=str(ARTIFACTS / "notebook7-state-failure.png"))
+                print(f"jupyter notebook's log:\n{server.log()}")
+                raise
+    finally:
+        server.stop()
+        wait_for_writers(jupyter_env["checkpoints"])
