@@ -280,6 +280,8 @@ class Checkpointer:
         self.tracking.enabled = settings.track_writes
         if not settings.track_writes:
             self.tracking.close()
+        if not (settings.autosave and settings.standby):
+            self.standby.drop()  # nothing is written by itself any more, even at a kill
         self.maybe_checkpoint()
 
     def attach(

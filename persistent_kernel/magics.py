@@ -103,9 +103,14 @@ class PersistMagics(Magics):
     def checkpoints(self) -> Checkpointer:
         """The kernel's checkpointer, once the start-up restore has decided where it writes."""
         checkpointer = self.kernel.checkpointer
-        if checkpointer is None or checkpointer.target is None:
+        if checkpointer is not None and checkpointer.target is not None:
+            return checkpointer
+        if self.kernel.restoring:
             raise UsageError("the kernel is still restoring; run %persist again once it is done")
-        return checkpointer
+        raise UsageError(
+            "checkpoints are off in this kernel: its start could not decide where to write "
+            "them (the notice above its first cell says why); restart it once that is fixed"
+        )
 
     def _no_args(self, args: list[str], command: str) -> None:
         if args:

@@ -390,16 +390,7 @@ class Reductions:
             self._module_dicts = {id(getattr(m, "__dict__", None)) for m in modules}
         if id(func.__globals__) in self._module_dicts:
             return NotImplemented  # dill's way: the module's namespace by reference
-        names = _global_names(func.__code__)
-        space = {n: func.__globals__[n] for n in sorted(names) if n in func.__globals__}
-        args = (func.__code__, space, func.__name__, func.__defaults__, func.__closure__)
-        attrs = {
-            "__kwdefaults__": func.__kwdefaults__,
-            "__qualname__": func.__qualname__,
-            "__module__": func.__module__,
-            "__doc__": func.__doc__,
-        }
-        return types.FunctionType, args, (dict(func.__dict__) or None, attrs)
+        return function_reduction(func, _globals_read(func))
 
     def _memmap(self, arr: Any) -> Any:
         import mmap
@@ -682,8 +673,18 @@ def function_by_value(func: types.FunctionType) -> tuple[Any, ...]:
     module = sys.modules.get(func.__module__)
     space: dict[str, Any] = func.__globals__
     if module is None or getattr(module, "__dict__", None) is not space or _gone(module):
-        names = _global_names(func.__code__)
-        space = {n: func.__globals__[n] for n in sorted(names) if n in func.__globals__}
+        space = _globals_read(func)
+    return function_reduction(func, space)
+
+
+def _globals_read(func: types.FunctionType) -> dict[str, Any]:
+    """The globals *func*'s code reads, as it sees them now."""
+    names = _global_names(func.__code__)
+    return {n: func.__globals__[n] for n in sorted(names) if n in func.__globals__}
+
+
+def function_reduction(func: types.FunctionType, space: dict[str, Any]) -> tuple[Any, ...]:
+    """A reduction that makes *func* again by value, with *space* as its globals."""
     args = (func.__code__, space, func.__name__, func.__defaults__, func.__closure__)
     attrs = {
         "__kwdefaults__": func.__kwdefaults__,

@@ -367,7 +367,9 @@ def test_a_kernel_given_an_ambiguous_url_says_so_once_and_writes_nowhere(
     first = k.run("x = 1")
     assert first.error is None
     assert "%23" in first.text and first.text.count("persistent-kernel:") == 1
-    k.run("y = 2\n%persist save")
+    saved = k.run("y = 2\n%persist save")
+    assert "checkpoints are off in this kernel" in saved.stderr  # a UsageError's line
+    assert "still restoring" not in saved.stderr
     assert "%23" not in k.run("z = 3").text  # said once
     assert k.value("x + y + z") == "6"  # and the kernel works
     assert keys_in(s3server, bucket) == []

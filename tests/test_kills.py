@@ -168,3 +168,19 @@ def test_one_standby_per_change_and_none_once_saved(kernels: KernelHarness) -> N
     kernel.run("%persist save").check()
     assert quiet_value(kernel, standby) == "None"  # saved: nothing left to hold
     assert not psutil.pid_exists(int(first)) or psutil.Process(int(first)).status() == "zombie"
+
+
+def test_persist_off_lets_the_standby_go(kernels: KernelHarness) -> None:
+    """With automatic checkpoints off, nothing is written by itself, a kill included."""
+    kernel = kernels.start()
+    standby = "getattr(get_ipython().kernel.checkpointer.standby.current, 'pid', None)"
+    kernel.run("a = 1").check()
+    assert quiet_value(kernel, standby) != "None"
+    kernel.run("%persist off").check()
+    assert quiet_value(kernel, standby) == "None"
+    kernel.run("b = 2").check()
+    assert quiet_value(kernel, standby) == "None"
+    kernel.kill()
+    session = kernels.session()
+    session.locks.wait_for_writers(30)  # a standby left alive would be writing now
+    assert session.generations() == []

@@ -123,11 +123,12 @@ def test_kill_9_in_the_middle_of_an_upload_keeps_the_previous_generation(
     assert k2.value("small") == "'before'"
     assert k2.run("big").error is not None
     k2.shutdown()
-    # This node kept the newer one, restores it, and uploads it: nothing lost.
+    # This node kept the newer one (its standby adds the cell after it at the kill),
+    # restores it, and uploads what the bucket lacks: nothing lost.
     k.kill()
     k3 = start(kernels, bucket_url)
     assert k3.value("(small, len(big))") == repr(("after", 256 << 20))
-    wait_until(lambda: len(bucket_generations(session)) == 2, 120, "the late upload")
+    wait_until(lambda: len(bucket_generations(session)) >= 2, 120, "the late upload")
 
 
 def test_the_endpoint_down_during_a_checkpoint_and_during_a_start(
