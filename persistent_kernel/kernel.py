@@ -181,7 +181,7 @@ class PersistentKernel(IPythonKernel):
         self._told: set[tuple[str, str]] = set()  # the failures of ours told (see guarded)
         self._names_at_start: frozenset[str] = frozenset()
         self._shutdown_restart: bool | None = None  # what the shutdown request said
-        self.panel = panel.StatePanel(_PanelHost(self))
+        self.panel = panel.StatePanel(_PanelHost(self), log=self.log)
         self.checkpointer.listeners.append(self.panel.changed)
         comm_manager = getattr(self, "comm_manager", None)
         if comm_manager is not None:  # the extension's comm (see persistent_kernel.panel)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import shlex
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from typing import Any, Protocol
 
 from . import cli, namespace, restore, serializer
 from .checkpointer import Checkpointer
+from .errors import PersistentKernelError, sentence
 from .restore import RestoreProgress
 
 #: The comm target the extension opens.
@@ -164,9 +166,15 @@ ACTIONS = ("save", "restore", "exclude", "include", "export")
 class StatePanel:
     """The open state comms of one kernel: pushes and answers (see the module)."""
 
-    def __init__(self, kernel: Kernel, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        kernel: Kernel,
+        clock: Callable[[], float] = time.time,
+        log: logging.Logger | None = None,
+    ) -> None:
         self.kernel = kernel
         self.clock = clock
+        self.log = log or logging.getLogger(__name__)
         self.comms: dict[str, Comm] = {}
         self.last: dict[str, Any] | None = None
         self._saving_since: float | None = None
@@ -231,7 +239,10 @@ class StatePanel:
         ident = data.get("id")
         try:
             ok, text, payload = self.answer(str(data.get("request", "")), data)
-        except Exception as exc:  # a fault of ours: the panel shows it, as a cell would
+        except (PersistentKernelError, OSError) as exc:  # a condition: its sentence
+            ok, text, payload = False, sentence(exc), None
+        except Exception as exc:  # a fault of ours: the panel shows it, the log has it all
+            self.log.exception("persistent-kernel: the state panel's request failed")
             ok, text, payload = False, f"the kernel could not answer ({exc})", None
         self._send({"reply": ident, "ok": ok, "text": text, "data": payload}, only=comm)
         self.changed()

@@ -184,6 +184,9 @@ def test_requests_are_answered_with_the_data_of_the_command_line(
     reply = comm.request(id=5, request="export", args=["my file.pkl"])
     assert kernel.persisted[-1] == "export 'my file.pkl'"  # quoted as the magic splits it
     assert comm.request(id=6, request="nonsense")["ok"] is False
+    missing = comm.request(id=7, request="variables", generation=9)
+    assert missing["ok"] is False and "has no generation 9" in missing["text"], missing
+    assert not missing["text"].startswith("the kernel could not answer"), "told as a fault"
 
 
 def test_an_action_waits_for_no_cell_and_is_refused_while_one_runs(
