@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import cli, namespace, restore, serializer
+from . import namespace, restore, serializer
 from .checkpointer import Checkpointer
 from .errors import PersistentKernelError, sentence
 from .restore import RestoreProgress
@@ -288,6 +288,8 @@ class StatePanel:
         """The variables of a generation (default: the newest) as the command line's
         ``show`` lists them, and the names of the namespace that no generation holds
         yet (``status`` ``pending``), with their type."""
+        from . import cli  # only when asked: the kernel starts without the command line
+
         checkpoints = self._checkpoints()
         if isinstance(checkpoints, str):
             return False, checkpoints, None
