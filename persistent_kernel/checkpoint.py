@@ -144,6 +144,7 @@ def write_checkpoint(
     carried: Sequence[CarriedGroup] = (),
     on_variable: Callable[[str], None] | None = None,
     inputs: Sequence[str] = (),
+    on_bytes: Callable[[int, int], None] | None = None,
     second_core: bool = False,
     urgent: bool = False,
     known: Mapping[tuple[int, int], Sequence[str | None]] | None = None,
@@ -162,6 +163,7 @@ def write_checkpoint(
     class that is missing here): they are kept in the new generation as they
     were, byte for byte, unless one of their names has been bound again.
     A namespace identical to the newest generation's commits nothing.
+    *on_bytes*: called with the bytes stored so far and in all, after each part.
     *second_core*, *urgent*: let a helper process pickle some variables
     meanwhile, at a lower priority unless urgent (see :func:`serializer.serialize`);
     only in a process that may fork, a writer.
@@ -182,10 +184,16 @@ def write_checkpoint(
         # The stream (part 0) stays one blob: a group is named by its stream's hash.
         buffers: list[list[Any]] = []
         names = known or {}
-        stored = [
-            [_write_part(session, part, i > 0, names, buffers) for i, part in enumerate(p.parts())]
-            for p in ser.payloads
-        ]
+        total = sum(part.nbytes for p in ser.payloads for part in p.parts())
+        done = 0
+        stored: list[list[BlobRef | chunks.Chunked]] = []
+        for payload in ser.payloads:
+            stored.append([])
+            for i, part in enumerate(payload.parts()):
+                stored[-1].append(_write_part(session, part, i > 0, names, buffers))
+                done += part.nbytes
+                if on_bytes is not None:
+                    on_bytes(done, total)
         content = _content(ser, stored, all_skipped, {**(skipped_types or {}), **ser.types})
         refs = [[ref for part in parts for ref in _blobs_of(part)] for parts in stored]
         try:

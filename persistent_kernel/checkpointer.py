@@ -511,6 +511,7 @@ class Checkpointer:
                 keep,
                 carried=carried,
                 on_variable=on_variable,
+                on_bytes=beacon.progress if beacon is not None else None,
                 inputs=inputs,
                 second_core=forked,
                 urgent=final,

@@ -105,9 +105,12 @@ def read_state(
     writer = checkpoints.writers.writer if checkpoints.writers.running else None
     if writer is not None:
         beacon = writer.beacon
+        done, total = beacon.read_progress() if beacon is not None else (0, 0)
         state["saving"] = {
             "since": saving_since,
             "variable": beacon.get() if beacon is not None else "",
+            "done": done,  # bytes stored so far, of total (0 while still pickling)
+            "total": total,
         }
         state["phase"] = "saving"
     elif state["error"] is not None:

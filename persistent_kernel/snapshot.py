@@ -55,17 +55,29 @@ class Beacon:
     """
 
     SIZE = 4096
+    #: The last 16 bytes: bytes stored so far and in all, for the progress shown.
+    _TEXT = SIZE - 16
 
     def __init__(self) -> None:
         self._mem = mmap.mmap(-1, self.SIZE, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
 
     def set(self, text: str) -> None:
-        data = text.encode("utf-8", "replace")[: self.SIZE - 1]
+        data = text.encode("utf-8", "replace")[: self._TEXT - 1]
         self._mem[: len(data) + 1] = data + b"\0"
 
     def get(self) -> str:
-        raw = self._mem[: self.SIZE]
+        raw = self._mem[: self._TEXT]
         return raw[: raw.index(b"\0")].decode("utf-8", "replace") if b"\0" in raw else ""
+
+    def progress(self, done: int, total: int) -> None:
+        """The writer has stored *done* of the *total* bytes of its parts (hashed
+        or written: an unchanged chunk counts as it is named)."""
+        self._mem[self._TEXT :] = struct.pack("<QQ", done, total)
+
+    def read_progress(self) -> tuple[int, int]:
+        """``(done, total)`` as the writer last set them; ``(0, 0)`` before it has."""
+        done, total = struct.unpack("<QQ", self._mem[self._TEXT :])
+        return int(done), int(total)
 
 
 def fork_supported() -> bool:

@@ -481,3 +481,15 @@ def test_a_restore_lets_go_of_replaced_preloaded_values_before_loading_new_ones(
     report = restore_checkpoint(session, into, reuse=early)
     assert into["big"].tag == "new" and report.reused == ["same"]
     assert EVENTS.index("freed old") < EVENTS.index("loaded new"), EVENTS
+
+
+def test_a_checkpoint_reports_how_far_it_is(session: SessionStore) -> None:
+    """After each part it stores: bytes so far and in all, ending at all of them."""
+    seen: list[tuple[int, int]] = []
+    values = {"a": np.arange(1_000_000), "b": [1, 2, 3]}
+    write_checkpoint(session, values, {}, INFO, keep=5, on_bytes=lambda d, t: seen.append((d, t)))
+    assert seen, "nothing reported"
+    totals = {total for _, total in seen}
+    assert len(totals) == 1 and (total := totals.pop()) >= 8_000_000
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and done[-1] == total

@@ -311,6 +311,21 @@ def test_a_real_kernel_pushes_its_state_and_answers_with_the_magics_sentences(
     kernel.run("print('still fine')").check()
 
 
+def test_a_background_checkpoint_pushes_how_far_it_is(kernels: KernelHarness) -> None:
+    """An idle checkpoint of 1 GiB: while its writer stores the array, the pushed
+    state says how many of how many bytes (the status item's percentage)."""
+    kernel = kernels.start(args=NOW)
+    comm = StateComm(kernel)
+    comm.wait(lambda: comm.phase() == "empty", "state on opening")
+    kernel.run("import os\nbig = bytearray(os.urandom(1 << 30))").check()
+    comm.wait(lambda: comm.phase() == "saved", "saved", timeout=120)
+    saving = [s["saving"] for s in comm.states if s["phase"] == "saving"]
+    stored = [s for s in saving if s["total"] > 0]
+    assert stored, saving  # the writer reported while it stored the buffer
+    assert all(0 <= s["done"] <= s["total"] for s in stored)
+    assert stored[-1]["total"] >= 1 << 30
+
+
 def test_a_stock_kernel_closes_the_comm_and_keeps_working(jupyter_env: dict[str, Path]) -> None:
     """What the extension never does (it asks the kernel's implementation first), a
     stock ipykernel survives: the unknown target's comm is closed."""

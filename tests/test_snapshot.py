@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -107,3 +108,36 @@ def test_a_forked_writer_is_detached_and_leaves_no_zombie(tmp_path: Path) -> Non
     assert result is not None and result.get("ok", True) and wait_for(tmp_path / "out")
     assert {c.pid for c in me.children()} <= before  # the intermediate child was reaped
     assert writer.pid is not None and writer.pid not in before
+
+
+def test_a_standby_notes_how_its_kernel_ended(tmp_path: Path) -> None:
+    """The orders on the pipe: the cell that was running when the kernel died, or none."""
+    out = tmp_path / "ended.json"
+
+    def note(ended: dict[str, Any]) -> None:
+        out.write_text(json.dumps(ended))
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the "kernel"
+        standby = snapshot.start_standby(writes(tmp_path / "out"), deadline=10, note=note)
+        standby.cell("first = 1\nsecond = 2")
+        standby.cell_ended()
+        standby.cell("x = 'cut'\ntime.sleep(60)")
+        os._exit(0)  # killed mid-cell
+    os.waitpid(pid, 0)
+    assert wait_for(tmp_path / "out")
+    ended = json.loads(out.read_text())
+    assert ended["how"] == "killed" and ended["cell"] == "x = 'cut'\ntime.sleep(60)"
+    assert abs(ended["at"] - time.time()) < 30
+
+
+def test_the_beacon_carries_how_far_a_writer_is() -> None:
+    beacon = snapshot.Beacon()
+    assert beacon.read_progress() == (0, 0)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the writer
+        beacon.set("df")
+        beacon.progress(3 << 30, 4 << 30)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert beacon.get() == "df" and beacon.read_progress() == (3 << 30, 4 << 30)

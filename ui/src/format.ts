@@ -22,7 +22,12 @@ export interface IKernelState {
   unsaved: number;
   error: string | null;
   upload_error: string | null;
-  saving: { since: number | null; variable: string } | null;
+  saving: {
+    since: number | null;
+    variable: string;
+    done?: number;
+    total?: number;
+  } | null;
   restoring: {
     generation: number | null;
     done: number;
@@ -111,6 +116,12 @@ export function statusText(state: IKernelState, now: number): string {
           ? ` ${ago(now - state.saving.since)}`
           : '';
       const what = state.saving?.variable ? ` (${state.saving.variable})` : '';
+      const total = state.saving?.total ?? 0;
+      if (total > 0) {
+        const done = Math.min(state.saving?.done ?? 0, total);
+        const percent = Math.floor((100 * done) / total);
+        return `saving ${humanSize(total)}... ${percent}%${took}${what}`;
+      }
       return `saving...${took}${what}`;
     }
     case 'failing':

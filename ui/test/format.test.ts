@@ -67,6 +67,16 @@ test('each phase has its line', () => {
   assert.equal(
     statusText(
       state({
+        phase: 'saving',
+        saving: { since: 995, variable: '', done: 0.6 * GIB, total: 1.5 * GIB }
+      }),
+      now
+    ),
+    'saving 1.5 GiB... 40% 5 s'
+  );
+  assert.equal(
+    statusText(
+      state({
         phase: 'restoring',
         restoring: { generation: 4, done: 2.1 * GIB, total: 3 * GIB, waited: null }
       }),
