@@ -14,6 +14,7 @@ import functools
 import importlib.metadata
 import importlib.util
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -184,16 +185,14 @@ def write_checkpoint(
         # The stream (part 0) stays one blob: a group is named by its stream's hash.
         buffers: list[list[Any]] = []
         names = known or {}
-        total = sum(part.nbytes for p in ser.payloads for part in p.parts())
-        done = 0
-        stored: list[list[BlobRef | chunks.Chunked]] = []
-        for payload in ser.payloads:
-            stored.append([])
-            for i, part in enumerate(payload.parts()):
-                stored[-1].append(_write_part(session, part, i > 0, names, buffers))
-                done += part.nbytes
-                if on_bytes is not None:
-                    on_bytes(done, total)
+        progress = _Progress(sum(part.nbytes for p in ser.payloads for part in p.parts()), on_bytes)
+        stored = [
+            [
+                _write_part(session, part, i > 0, names, buffers, progress.stored)
+                for i, part in enumerate(p.parts())
+            ]
+            for p in ser.payloads
+        ]
         content = _content(ser, stored, all_skipped, {**(skipped_types or {}), **ser.types})
         refs = [[ref for part in parts for ref in _blobs_of(part)] for parts in stored]
         try:
@@ -259,17 +258,35 @@ def _write_part(
     chunk: bool,
     known: Mapping[tuple[int, int], Sequence[str | None]],
     buffers: list[list[Any]],
+    on_stored: Callable[[int], None] | None = None,
 ) -> BlobRef | chunks.Chunked:
     """Store *part* (see :func:`chunks.write_part`); list each chunked buffer in *buffers*:
     ``[address, size, chunk names, bytes written, bytes hashed]``."""
     if not chunk or part.nbytes < chunks.THRESHOLD:
-        return chunks.write_part(session, part, chunk)
+        return chunks.write_part(session, part, chunk, on_stored=on_stored)
     address = pagewrites.address_of(part)
-    stored = chunks.write_part(session, part, chunk, known.get((address, part.nbytes), ()))
+    named = known.get((address, part.nbytes), ())
+    stored = chunks.write_part(session, part, chunk, named, on_stored)
     if isinstance(stored, chunks.Chunked):
         names = [c.hash for c in stored.chunks]
         buffers.append([address, part.nbytes, names, stored.written, stored.hashed])
     return stored
+
+
+class _Progress:
+    """Bytes stored of *total*, told to *report* as blobs are stored (from any thread)."""
+
+    def __init__(self, total: int, report: Callable[[int, int], None] | None) -> None:
+        self.total, self.report = total, report
+        self.done = 0
+        self._lock = threading.Lock()
+
+    def stored(self, nbytes: int) -> None:
+        if self.report is None:
+            return
+        with self._lock:
+            self.done += nbytes
+            self.report(self.done, self.total)
 
 
 def _blobs_of(part: BlobRef | chunks.Chunked) -> tuple[BlobRef, ...]:

@@ -113,6 +113,7 @@ def write_part(
     part: Any,
     chunk: bool = True,
     known: Sequence[str | None] = (),
+    on_stored: Callable[[int], None] | None = None,
 ) -> BlobRef | Chunked:
     """Store one part: one blob if small (or *chunk* is false), else chunks.
 
@@ -122,11 +123,15 @@ def write_part(
     *known*: the name of each chunk where the caller knows it already (the
     bytes are those an earlier checkpoint hashed; see :mod:`..pagewrites`),
     None where it must be hashed. A known chunk missing from the store is
-    written under that name.
+    written under that name. *on_stored*: called with the bytes of each blob
+    once it is stored (from the writing threads), for the progress shown.
     """
     view = memoryview(part).cast("B")
     if not chunk or view.nbytes < THRESHOLD:
-        return session.write_blob([view])
+        ref = session.write_blob([view])
+        if on_stored is not None:
+            on_stored(view.nbytes)
+        return ref
     cuts = spans(view.nbytes)
     if len(known) != len(cuts):
         known = [None] * len(cuts)
@@ -137,7 +142,10 @@ def write_part(
         return names[span] or blob_hash([view[span[0] : span[1]]])
 
     def store(span: tuple[int, int], name: str) -> BlobRef:
-        return session.write_blob([view[span[0] : span[1]]], digest=name)
+        ref = session.write_blob([view[span[0] : span[1]]], digest=name)
+        if on_stored is not None:
+            on_stored(span[1] - span[0])
+        return ref
 
     with (
         ThreadPoolExecutor(THREADS, thread_name_prefix="persistent-kernel-hash") as hashing,
