@@ -21,22 +21,7 @@ from typing import Any
 import pytest
 
 from .harness import Kernel, KernelHarness
-from .test_serializer import LOAD_INTO_MAIN, run_python
-
-#: Writes the payloads of ``serialize(ns)`` to argv[1] and prints what was saved how.
-WRITE = """
-    ser = serialize(ns)
-    with open(sys.argv[1], "wb") as f:
-        f.write(pickle.dumps(
-            [(q.names, q.pickler, bytes(q.data), [bytes(b.raw()) for b in q.buffers])
-             for q in ser.payloads]
-        ))
-    print(json.dumps({
-        "skipped": ser.skipped,
-        "groups": sorted(sorted(q.names) for q in ser.payloads),
-        "pickler": {n: q.pickler for q in ser.payloads for n in q.names},
-    }))
-"""
+from .test_serializer import LOAD_INTO_MAIN, WRITE, run_python
 
 REGISTRIES = (
     """

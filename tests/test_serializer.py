@@ -322,8 +322,25 @@ def test_round_trip_through_a_fresh_process(tmp_path: Path) -> None:
     assert report["still_shared"] is True
 
 
-MAIN_DEFINITIONS = """
-    import json, sys
+#: Writes the payloads of ``serialize(ns)`` to argv[1] and prints what was saved how
+#: (the end of a script that has imported json, pickle, sys and serialize).
+WRITE = """
+    ser = serialize(ns)
+    with open(sys.argv[1], "wb") as f:
+        f.write(pickle.dumps(
+            [(q.names, q.pickler, bytes(q.data), [bytes(b.raw()) for b in q.buffers])
+             for q in ser.payloads]
+        ))
+    print(json.dumps({
+        "skipped": ser.skipped,
+        "groups": sorted(sorted(q.names) for q in ser.payloads),
+        "pickler": {n: q.pickler for q in ser.payloads for n in q.names},
+    }))
+"""
+
+MAIN_DEFINITIONS = (
+    """
+    import json, pickle, sys
     from persistent_kernel.serializer import serialize
 
     SCALE = 3
@@ -342,19 +359,9 @@ MAIN_DEFINITIONS = """
         return x * SCALE
 
     ns = {"P": P, "p": p, "inc": inc, "times_scale": times_scale, "SCALE": SCALE}
-    ser = serialize(ns)
-    with open(sys.argv[1], "wb") as f:
-        import pickle
-        f.write(pickle.dumps(
-            [(q.names, q.pickler, bytes(q.data), [bytes(b.raw()) for b in q.buffers])
-             for q in ser.payloads]
-        ))
-    print(json.dumps({
-        "pickler": {n: q.pickler for q in ser.payloads for n in q.names},
-        "groups": sorted(sorted(q.names) for q in ser.payloads),
-        "skipped": ser.skipped,
-    }))
 """
+    + WRITE
+)
 
 
 def test_main_definitions_need_dill(tmp_path: Path) -> None:
