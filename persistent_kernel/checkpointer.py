@@ -220,13 +220,12 @@ class _Standby:
         if self.current is not None:
             self.current.cell_ended()
 
-    def write(self, final: bool = False) -> bool:
-        """Tell the standby to write the state it holds (*final*: the kernel stops
-        cleanly, with no cell running); False if there is none."""
+    def write(self) -> bool:
+        """Tell the standby to write the state it holds; False if there is none."""
         standby, self.current = self.current, None
         if standby is None:
             return False
-        standby.write_final() if final else standby.write()
+        standby.write()
         return True
 
     def drop(self) -> None:
@@ -370,9 +369,9 @@ class Checkpointer:
         changes = autosaver.cell_started()  # always: it counts the cell
         if source is not None and namespace.looks_only(source):
             autosaver.read_only()  # its end is no change: the standby stays
-        if changes and (not self.standby.holds(autosaver.epoch) or autosaver.user_threads_alive()):
-            self.standby.drop()  # an interrupted cell's, if any: its state is accepted
-            self._start_standby()
+        if changes:
+            # an interrupted cell's standby, if any, is dropped: its state is accepted
+            self._hold_standby(anew=autosaver.user_threads_alive())
         self.standby.cell(source or "")
 
     def cell_finished(self, interrupted: bool) -> None:
@@ -422,7 +421,13 @@ class Checkpointer:
         autosaver = self.autosaver
         if autosaver.running or autosaver.interrupted or not autosaver.dirty:
             return
-        if not self.standby.holds(autosaver.epoch):
+        self._hold_standby()
+
+    def _hold_standby(self, anew: bool = False) -> None:
+        """Have a standby hold the namespace as it is now: the one kept if it holds this
+        state already, else a new one (*anew*: always a new one, as a user thread may
+        have changed the namespace since the last was forked)."""
+        if anew or not self.standby.holds(self.autosaver.epoch):
             self.standby.drop()
             self._start_standby()
 

@@ -316,7 +316,7 @@ class PersistentKernel(IPythonKernel):
         report, self._unshown = self._unshown, None
         return report
 
-    def _first_cell_ready(self, startup: Startup, parent: Any) -> bool:
+    def _first_cell_ready(self, startup: Startup, content: dict[str, Any]) -> bool:
         """Whether an execute request must wait for the restore; records what it says.
 
         A kernel with no notebook path decides whose state it has at the first
@@ -325,7 +325,6 @@ class PersistentKernel(IPythonKernel):
         """
         if startup.first_cell.seen:
             return True
-        content = parent.get("content", {}) if isinstance(parent, dict) else {}
         if not content.get("store_history", True):
             return False
         assert self.shell is not None
@@ -357,14 +356,15 @@ class PersistentKernel(IPythonKernel):
         checkpointer = self.checkpointer
         assert checkpointer is not None
         content = parent.get("content", {}) if isinstance(parent, dict) else {}
-        source = content.get("code", "") if isinstance(content, dict) else ""
+        content = content if isinstance(content, dict) else {}
+        source = content.get("code", "")
         self.guarded("preparing the checkpoint of this cell", checkpointer.cell_started, source)
         before = getattr(self.shell, "last_execution_result", None)
         ended = False
         try:
             startup = self.startup
             if self.restoring and startup is not None:
-                await self._hold_for_restore(startup, parent)
+                await self._hold_for_restore(startup, content)
             await super().execute_request(stream, ident, parent)
             ended = True
         finally:
@@ -393,11 +393,11 @@ class PersistentKernel(IPythonKernel):
                     checkpointer.accept_interrupted,
                 )  # fmt: skip
 
-    async def _hold_for_restore(self, startup: Startup, parent: Any) -> None:
+    async def _hold_for_restore(self, startup: Startup, content: dict[str, Any]) -> None:
         """The first cell waits for the restore; a fault of ours in the wait is told,
         and the cell still waits (without progress) before it runs."""
         try:
-            if self._first_cell_ready(startup, parent):
+            if self._first_cell_ready(startup, content):
                 await self._wait_for_restore(startup)
         except Exception as exc:
             self._failed("showing the restore's progress", exc)

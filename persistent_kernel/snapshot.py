@@ -390,9 +390,8 @@ class Standby:
     ipykernel's and jupyter_client's signals to the kernel's process group
     miss it). It reads orders from a pipe: ``c`` and a cell's first line
     (a cell starts), ``e`` (it ended and changed nothing), ``d`` (exit
-    without writing), ``w`` (write: the kernel stops mid-cell), ``f``
-    (write: the kernel stops cleanly), and end of file (the kernel died:
-    write, noting when, and which cell was running). It costs one ``fork()``
+    without writing), ``w`` (write: the kernel stops mid-cell), and end of
+    file (the kernel died: write, noting when, and which cell was running). It costs one ``fork()``
     per cell that changes the namespace, off the reply's path, and the pages
     the kernel changes are copied once while it lives. :func:`prefer_oom_kill`
     makes the kernel, not its standby, the OOM killer's choice.
@@ -431,10 +430,6 @@ class Standby:
         """The kernel is ending mid-cell: write the snapshot (detached; do not wait)."""
         self._send(b"w")
 
-    def write_final(self) -> None:
-        """The kernel stops cleanly and the snapshot is its state: write it."""
-        self._send(b"f")
-
     def reap(self) -> bool:
         """Collect the exited standby (no zombie left); True once it has exited."""
         try:
@@ -452,7 +447,7 @@ def read_orders(fd: int, clock: Callable[[], float] = time.time) -> dict[str, An
     """In the standby: read orders until one ends the wait (see :class:`Standby`).
 
     Returns None to exit without writing, else what to record of the end in
-    the generation written: ``{}`` for a clean stop, or
+    the generation written:
     ``{"how": "killed" | "stopped", "at": time, "cell": first line or None}``.
     """
     running: str | None = None
@@ -481,8 +476,6 @@ def read_orders(fd: int, clock: Callable[[], float] = time.time) -> dict[str, An
                 running = None
             elif order == b"d":
                 return None
-            elif order == b"f":
-                return {}
             else:  # "w": stopped while a cell ran
                 return {"how": "stopped", "at": clock(), "cell": running}
 
