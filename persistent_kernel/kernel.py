@@ -33,7 +33,7 @@ from traitlets import (
     observe,
 )
 
-from . import identity, panel, quickexit, render, serializer
+from . import identity, lazypages, panel, quickexit, render, serializer
 from .checkpointer import Checkpointer, Settings
 from .kernelconfig import default_checkpoint_dir
 from .restore import RestoreReport
@@ -148,6 +148,17 @@ class PersistentKernel(IPythonKernel):
         array is hashed at every checkpoint. Without kernel support this does nothing.""",
     ).tag(config=True)
 
+    lazy_restore = Bool(
+        True,
+        help="""At start, restore large arrays (16 MiB and more) lazily: each chunk (1 to 8
+        MiB) is read from disk and checked against its hash the first time the array's
+        memory there is touched, so that the first cell runs at once whatever the size
+        of the state, and memory grows with what is used. Needs Linux 6.7 or newer with a
+        userfaultfd that serves faults in system calls and forked processes (root,
+        CAP_SYS_PTRACE or vm.unprivileged_userfaultfd = 1) and the chunks on local disk;
+        elsewhere, and with False, every array is read in full before it is bound.""",
+    ).tag(config=True)
+
     fast_exit = Bool(
         True,
         help="""After a clean stop, with nothing left to save, end the process without
@@ -220,6 +231,8 @@ class PersistentKernel(IPythonKernel):
             writer_wait=self.writer_wait, log=self.log,
         )  # fmt: skip
         startup.progress.on_chunked = checkpointer.watch_restored
+        if self.restore and self.lazy_restore:
+            startup.progress.pages = self._page_server()
         self._names_at_start = frozenset(self.shell.user_ns)
         if notebook is not None or os.environ.get(SESSION_ENV):
             startup.first_cell.skip()  # nothing to learn from the first cell
@@ -239,6 +252,23 @@ class PersistentKernel(IPythonKernel):
             target=self._run_startup, args=(startup,), name="persistent-kernel-restore",
             daemon=True,
         ).start()  # fmt: skip
+
+    def _page_server(self) -> lazypages.PageServer | None:
+        """The server of lazily restored arrays, told to tell the user what goes wrong."""
+        pages = lazypages.PageServer.open()
+        if pages is None:
+            return None
+
+        def damaged(label: str, name: str, size: int) -> None:
+            self.log.error("persistent-kernel: chunk %s of %s is damaged", name, label)
+            self.notice(render.damaged_chunk_sentence(label, size))
+
+        def lost() -> None:
+            self.log.error("persistent-kernel: the page server ended")
+            self.notice(render.page_server_lost_sentence())
+
+        pages.on_damaged, pages.on_lost = damaged, lost
+        return pages
 
     @property
     def restoring(self) -> bool:

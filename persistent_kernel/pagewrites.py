@@ -223,13 +223,16 @@ class Watcher:
     def watch(self, start: int, end: int, lines: Sequence[str] | None = None) -> bool:
         """Register ``[start, end)`` (whole pages) and write-protect it; False if refused:
         memory that is not private and anonymous (shared memory or a file's pages change
-        without a write of this process), or watched by another userfaultfd. *lines*:
+        without a write of this process), or watched by another userfaultfd (unless in
+        asynchronous write-protect mode: the page server's, see lazypages). *lines*:
         ``/proc/self/maps`` as just read (see :func:`memory_map`)."""
         if not private_anonymous(start, end, lines):
             return False
         register = (ctypes.c_uint64 * 4)(start, end - start, _MODE_WP, 0)
         if self._libc.ioctl(self._uffd, _UFFDIO_REGISTER, ctypes.addressof(register)) != 0:
-            return False
+            # Registered already by the page server (a lazily restored buffer, see
+            # lazypages), in asynchronous write-protect mode too: the scan works on it.
+            return ctypes.get_errno() == errno.EBUSY and self.written(start, end) is not None
         if self.written(start, end) is None:
             self.unwatch(start, end)
             return False

@@ -89,6 +89,24 @@ def pending_sentence(names: list[str]) -> str:
     )
 
 
+def damaged_chunk_sentence(label: str, size: int) -> str:
+    """A chunk of a lazily restored array failed its check when first touched."""
+    return (
+        f"persistent-kernel: {human_size(size)} of {label or 'an array'} were damaged on disk "
+        "and read as zeros (the rest is exact); re-run the cell that made it, or "
+        "%persist rerun NAME."
+    )
+
+
+def page_server_lost_sentence() -> str:
+    """The process that fills lazily restored arrays ended while the kernel runs."""
+    return (
+        "persistent-kernel: the process that reads restored arrays from disk ended; a cell "
+        "that touches a part not read yet will wait until you restart the kernel (the "
+        "checkpoint on disk is whole)."
+    )
+
+
 def _carried_names(report: RestoreReport) -> list[str]:
     return sorted(str(n) for g in report.carried for n in g.record.get("names", []))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
@@ -49,12 +49,94 @@ def version_changes(manifest: Manifest) -> list[str]:
     return changes
 
 
+class Pending:
+    """The names a restore is still to bind, for cells that wait only for theirs.
+
+    Nothing is known until the restore has chosen its generation
+    (:meth:`choose`): every name that generation will bind is pending from
+    then on, and a group's names stop being pending once the group is bound,
+    skipped or carried (:meth:`settled`). :meth:`finish` ends it (the restore
+    ended, or never began): nothing is pending any more. Thread-safe: the
+    restoring thread writes, the kernel reads and waits.
+
+    A cell that waits for names asks for them (:meth:`wait_for`); the
+    restore loads a group holding one of them next (:meth:`wanted`).
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._chosen = False
+        self._done = False
+        self._names: set[str] = set()
+        self._waiting: list[set[str]] = []  # the names each waiting cell waits for
+
+    @property
+    def chosen(self) -> bool:
+        """Whether the names to come are known (the generation is chosen, or it ended)."""
+        return self._chosen
+
+    @property
+    def done(self) -> bool:
+        """Whether the restore ended: nothing more will be bound."""
+        return self._done
+
+    def choose(self, names: Iterable[str]) -> None:
+        with self._changed:
+            if not self._done:
+                self._names = set(names)
+                self._chosen = True
+            self._changed.notify_all()
+
+    def settled(self, names: Iterable[str]) -> None:
+        with self._changed:
+            self._names.difference_update(names)
+            self._changed.notify_all()
+
+    def finish(self) -> None:
+        with self._changed:
+            self._names.clear()
+            self._chosen = self._done = True
+            self._changed.notify_all()
+
+    def pending(self, names: Iterable[str]) -> set[str]:
+        """Those of *names* still to be bound (none before the generation is chosen:
+        ask :attr:`chosen` first)."""
+        with self._changed:
+            return self._names.intersection(names)
+
+    def wait_for(self, names: Iterable[str] | None, timeout: float | None) -> bool:
+        """Wait until none of *names* is pending (None: until the restore ended), at
+        most *timeout* seconds; True if so. Before the generation is chosen, every
+        name counts as pending. The names are loaded first (see :meth:`wanted`)."""
+        wanted = None if names is None else set(names)
+
+        def ready() -> bool:
+            if self._done:
+                return True
+            return wanted is not None and self._chosen and not self._names & wanted
+
+        with self._changed:
+            if wanted is not None:
+                self._waiting.append(wanted)
+            try:
+                return self._changed.wait_for(ready, timeout)
+            finally:
+                if wanted is not None:
+                    self._waiting.remove(wanted)
+
+    def wanted(self) -> set[str]:
+        """The pending names a cell waits for now."""
+        with self._changed:
+            return {n for n in self._names if any(n in w for w in self._waiting)}
+
+
 class RestoreProgress:
     """Shared between a restoring thread and the kernel that waits for it.
 
     The restoring side adds to :attr:`done`; the kernel reads it and may set
     :attr:`stop` (an interrupt), which ends the restore at the next chunk read
     or before the next group is unpickled. Plain attributes: one writer each.
+    :attr:`names` says which names are still to come (see :class:`Pending`).
     """
 
     def __init__(self) -> None:
@@ -62,9 +144,13 @@ class RestoreProgress:
         self.done = 0
         self.generation: int | None = None
         self.stop = threading.Event()
+        self.names = Pending()
         #: Called with each chunked buffer once read and checked, and its chunks' (name,
         #: size) (the kernel watches its memory from then on: see pagewrites).
         self.on_chunked: Callable[[Any, list[tuple[str, int]]], None] | None = None
+        #: Where large chunked buffers are mapped to be read on first touch, or None:
+        #: read at once (see lazypages).
+        self.pages: chunks.Pages | None = None
 
     def advance(self, nbytes: int) -> None:
         self.done += nbytes
@@ -206,7 +292,16 @@ def _read_group(
     for part in group.parts:  # each blob listed by the manifest: checked by content.parse
         if part.blob is None:
             refs = part.refs()
-            buffers.append(chunks.read_chunked(session, refs, manifest.hash, on_read))
+            pages = progress.pages if progress is not None else None
+            mapped = None
+            if pages is not None:
+                label = ", ".join(group.names)
+                mapped = chunks.map_chunked(session, refs, pages, manifest.hash, label)
+            if mapped is None:
+                mapped = chunks.read_chunked(session, refs, manifest.hash, on_read)
+            elif on_read is not None:
+                on_read(sum(ref.size for ref in refs))
+            buffers.append(mapped)
             if progress is not None and progress.on_chunked and manifest.hash == HASH:
                 progress.on_chunked(buffers[-1], [(ref.hash, ref.size) for ref in refs])
         else:
@@ -272,6 +367,10 @@ def restore_checkpoint(
     Setting ``progress.stop`` interrupts: while blobs are read nothing has
     been loaded yet and nothing is; once unpickling has begun, the groups
     already loaded stay. Either way the report says so.
+
+    Groups are bound one by one, smallest first, and ``progress.names``
+    says which names are still to come (see :class:`Pending`), so that a
+    cell that needs none of them can run meanwhile.
     """
     start = time.monotonic()
     report = RestoreReport()
@@ -287,6 +386,9 @@ def restore_checkpoint(
                 else " before anything was loaded"
             )
         )
+    finally:
+        if progress is not None:
+            progress.names.finish()  # nothing more is bound
     report.elapsed = time.monotonic() - start
     return report
 
@@ -381,7 +483,8 @@ def _restore(
         )
         manifest = readable[0]
         reuse = None  # read as it is: nothing was skipped
-    _load(session, manifest, blobs, into, report, progress, reuse=reuse)
+    pending = progress.names if progress is not None else None
+    _load(session, manifest, blobs, into, report, progress, reuse=reuse, pending=pending)
 
 
 def _load(
@@ -394,18 +497,26 @@ def _load(
     main: ModuleType | None = None,
     markers: bool = True,
     reuse: Preloaded | None = None,
+    pending: Pending | None = None,
 ) -> None:
     """Unpickle *blobs* into *into*. *markers*: leave a crash marker while a
     group is unpickled, and skip groups whose unpickling killed a kernel.
     *blobs* None: the read was interrupted; modules are imported, every group
     is carried unchanged. A group in *reuse* is taken from it (its *blobs*
-    entry is empty), after the same checks of its files."""
+    entry is empty), after the same checks of its files.
+
+    Groups are loaded smallest first (a group a cell waits for in *pending*
+    first of all), so that small variables are there soon; *pending* hears
+    which names are to come once the generation is known, and each group's
+    names once it is bound, skipped or carried."""
     content = parse_content(manifest)
     report.generation, report.created, report.size = (
         manifest.generation,
         manifest.created,
         manifest.size,
     )
+    if pending is not None and blobs is not None:
+        pending.choose(content.variables)
     report.versions = version_changes(manifest)
     ended = manifest.raw.get("ended")
     report.ended = ended if isinstance(ended, dict) and ended.get("how") else None
@@ -431,56 +542,96 @@ def _load(
                 report.restored.append(name)
             except Exception as exc:
                 report.skipped[name] = f"module {module} could not be imported ({exc})"
+            if pending is not None:
+                pending.settled([name])
     if blobs is None:
         report.restored.sort()
         report.carried.extend(_carry(content, g) for g in content.groups)
         raise RestoreInterrupted
     poisoned = session.poisoned() if markers else set()
-    for group, parts in zip(content.groups, blobs, strict=True):
-        if parts is None:  # damaged: already reported
-            continue
-        if isinstance(parts, Unread):
-            reason = f"{parts.reason}; it is kept in the checkpoint as it was"
-            report.skipped.update(dict.fromkeys(group.names, reason))
-            report.carried.append(_carry(content, group))
-            continue
-        if progress is not None and progress.stop.is_set():
-            report.restored.sort()
-            report.carried.extend(_carry(content, g) for g in content.groups[group.index :])
-            raise RestoreInterrupted
-        names = list(group.names)
-        if group.id in poisoned:
-            reason = "loading it crashed the kernel at an earlier start, so it was left alone"
-            report.skipped.update(dict.fromkeys(names, reason))
-            report.carried.append(_carry(content, group))
-            continue
-        missing = _missing_file(group)
-        if missing:
-            report.skipped.update(dict.fromkeys(names, missing))
-            report.carried.append(_carry(content, group))
-            continue
-        report.problems.extend(_changed_files(group, names))
-        preloaded = reuse.take(group_key(content, group)) if reuse is not None else None
-        if preloaded is not None:
-            into.update(preloaded)
-            report.restored.extend(preloaded)
-            report.reused.extend(preloaded)
-            continue
+    # sorted is stable: groups of one size keep the manifest's order
+    left = sorted(zip(content.groups, blobs, strict=True), key=lambda item: item[0].size)
+    while left:
+        group, parts = left.pop(_next_group(left, pending))
         try:
-            values = _unpickle(session, group, parts, main, markers)
-        except Exception as exc:
-            reason = f"could not be loaded ({serializer.describe_error(exc)})"
-            report.skipped.update(dict.fromkeys(names, reason))
-            report.carried.append(_carry(content, group))
-            continue
-        into.update(values)
-        report.restored.extend(values)
+            _load_group(session, content, group, parts, into, report, progress, main, markers,
+                        reuse, poisoned, [g for g, _ in left])  # fmt: skip
+        finally:
+            if pending is not None:
+                pending.settled(group.names)
     report.restored.sort()
     if markers and not session.end_loading():  # one removal failed: try once more
         report.problems.append(
             "the marker of the data being loaded could not be removed; the next start may "
             "leave the last group loaded alone, and will say so"
         )
+
+
+def _next_group(left: list[tuple[Group, Parts]], pending: Pending | None) -> int:
+    """Which of the groups *left* to load next: the first a cell waits for, else the first."""
+    wanted = pending.wanted() if pending is not None else set()
+    if wanted:
+        for index, (group, _) in enumerate(left):
+            if wanted.intersection(group.names):
+                return index
+    return 0
+
+
+def _load_group(
+    session: SessionStore,
+    content: Content,
+    group: Group,
+    parts: Parts,
+    into: dict[str, Any],
+    report: RestoreReport,
+    progress: RestoreProgress | None,
+    main: ModuleType | None,
+    markers: bool,
+    reuse: Preloaded | None,
+    poisoned: set[str],
+    rest: list[Group],
+) -> None:
+    """Load one group into *into*, or say why not; *rest*: the groups still to load
+    after it, carried with it if the restore is stopped now."""
+    if parts is None:  # damaged: already reported
+        return
+    if isinstance(parts, Unread):
+        reason = f"{parts.reason}; it is kept in the checkpoint as it was"
+        report.skipped.update(dict.fromkeys(group.names, reason))
+        report.carried.append(_carry(content, group))
+        return
+    if progress is not None and progress.stop.is_set():
+        report.restored.sort()
+        stopped = sorted([group, *rest], key=lambda g: g.index)
+        report.carried.extend(_carry(content, g) for g in stopped)
+        raise RestoreInterrupted
+    names = list(group.names)
+    if group.id in poisoned:
+        reason = "loading it crashed the kernel at an earlier start, so it was left alone"
+        report.skipped.update(dict.fromkeys(names, reason))
+        report.carried.append(_carry(content, group))
+        return
+    missing = _missing_file(group)
+    if missing:
+        report.skipped.update(dict.fromkeys(names, missing))
+        report.carried.append(_carry(content, group))
+        return
+    report.problems.extend(_changed_files(group, names))
+    preloaded = reuse.take(group_key(content, group)) if reuse is not None else None
+    if preloaded is not None:
+        into.update(preloaded)
+        report.restored.extend(preloaded)
+        report.reused.extend(preloaded)
+        return
+    try:
+        values = _unpickle(session, group, parts, main, markers)
+    except Exception as exc:
+        reason = f"could not be loaded ({serializer.describe_error(exc)})"
+        report.skipped.update(dict.fromkeys(names, reason))
+        report.carried.append(_carry(content, group))
+        return
+    into.update(values)
+    report.restored.extend(values)
 
 
 def _unpickle(

@@ -102,6 +102,13 @@ class Backend(ABC):
         (part,) = self.read_blob(name, [len(view)], digest)
         view[:] = memoryview(part).cast("B")
 
+    def open_blob(self, name: str, size: int) -> int | None:
+        """A read-only file descriptor of blob *name* on local disk, checked to be
+        *size* bytes and private (the caller closes it); None where the backend keeps
+        no local file for it. Raises as :meth:`read_blob_into` would for a missing or
+        damaged blob, without reading or hashing its bytes."""
+        return None
+
     @abstractmethod
     def write_blob(self, name: str, parts: Sequence[bytes | memoryview]) -> None:
         """Store a blob atomically (durable once the next manifest is written)."""

@@ -45,10 +45,11 @@ releases refuse as newer rather than misread.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .. import blobio
 from ..errors import CorruptCheckpoint
@@ -200,3 +201,47 @@ def read_chunked(
     finally:
         view.release()
     return buf
+
+
+class Pages(Protocol):
+    """Where lazily restored buffers are mapped (:class:`..lazypages.PageServer`)."""
+
+    def map(
+        self,
+        files: Sequence[int],
+        sizes: Sequence[int],
+        names: Sequence[str],
+        hash: str,
+        label: str = "",
+        quarantine: Callable[[str], None] | None = None,
+    ) -> Any: ...
+
+
+def map_chunked(
+    session: SessionStore, chunks: Sequence[BlobRef], pages: Pages, hash: str = HASH,
+    label: str = "",
+) -> Any | None:  # fmt: skip
+    """Like :func:`read_chunked`, but each chunk is read and checked when first
+    touched (:mod:`..lazypages`); None where the backend has no local file for
+    every chunk, or where it cannot be mapped now (read it then). Raises as
+    :func:`read_chunked` would for a chunk that is missing, of the wrong size or
+    unreadable; a chunk whose bytes do not match its name is found on first
+    touch (and quarantined)."""
+    files: list[int] = []
+    try:
+        for ref in chunks:
+            fd = session.backend.open_blob(ref.hash, ref.size)
+            if fd is None:
+                break
+            files.append(fd)
+        else:
+            handed, files = files, []
+            try:
+                return pages.map(handed, [c.size for c in chunks], [c.hash for c in chunks],
+                                 hash, label, session.backend.quarantine_blob)  # fmt: skip
+            except OSError:
+                return None  # no lazy mapping now: read it
+    finally:
+        for fd in files:
+            os.close(fd)
+    return None

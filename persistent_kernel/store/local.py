@@ -109,6 +109,10 @@ class LocalBackend(Backend):
             raise
         return f
 
+    def open_blob(self, name: str, size: int) -> int | None:
+        with self._open_blob(name, size) as f:
+            return os.dup(f.fileno())
+
     def read_blob_into(self, name: str, view: memoryview, digest: Digest) -> None:
         # Read and hash a piece at a time: the hash reads each piece while it
         # is still in the CPU cache.

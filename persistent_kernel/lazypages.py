@@ -1,0 +1,233 @@
+"""Large buffers restored lazily: each chunk read, checked and placed on first touch.
+
+A restart used to read every byte of the state before the first cell ran:
+3 GiB of arrays was 2 s cold, and 3 GiB of memory, before the user touched
+anything. Here a large chunked buffer (:mod:`.store.chunks`) is restored as
+empty memory of its size, registered with a userfaultfd; the page server
+(:mod:`.pageserver`, a process of its own) fills a chunk the first time any
+thread touches a page of it, after checking the chunk against its name. So
+the restore costs the small objects only, memory grows with what is touched,
+and no byte is seen before its chunk is checked.
+
+Why a userfaultfd, not a private mapping of the chunk files: a mapped file's
+pages reach the program straight from the page cache, with no point at which
+to check them, and a file shortened on disk would kill the kernel with
+SIGBUS on touch. Filled pages are private anonymous memory, like those of an
+array read in full: writes stay private, and the write tracker
+(:mod:`.pagewrites`) sees them (the server places pages write-protected).
+
+Where it is used, and why only there:
+
+* Linux 6.7 or newer, on x86-64 or arm64, with a userfaultfd that serves
+  faults taken inside the kernel too (a ``write()`` from the array, say) and
+  reports forks: that takes root, ``CAP_SYS_PTRACE`` or
+  ``vm.unprivileged_userfaultfd = 1``. A user-mode-only userfaultfd would make
+  such a ``write()`` fail with EFAULT, and a process forked without the fork
+  event would read zeros where the chunks were not yet placed: elsewhere
+  every buffer is read in full at restore, as before.
+* Chunks on local disk (the local store, and a bucket's local tier). Chunks
+  only in a bucket are read at restore.
+* ``PersistentKernel.lazy_restore = False`` reads every buffer at restore.
+
+Limits: the chunk files are held open from the restore until the kernel
+ends (a file descriptor each: 128 for 1 GiB), so a pruned or replaced file
+still serves its bytes; a damaged chunk is found only when touched, and its
+pages read as zeros (the user is told, and the next checkpoint stores them
+as changed); if the page server dies, a thread touching a page not yet
+placed waits until the kernel is restarted (the checkpoint on disk is
+whole), which the kernel tells the user when it sees the server gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import mmap
+import os
+import platform
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .pageserver import rounded
+
+_SYSCALL = {"x86_64": 323, "aarch64": 282}
+_UFFD_API = 0xAA
+_FEATURE_EVENT_FORK = 1 << 1
+_FEATURE_WP_ASYNC = 1 << 15
+_MODE_MISSING = 1 << 0
+_MODE_WP = 1 << 1
+#: Descriptors per message (the kernel's limit is 253).
+_FDS_PER_MESSAGE = 200
+#: How long a map waits for the server to take it (seconds).
+MAP_WAIT = 30.0
+
+
+def _iowr(kind: int, number: int, size: int) -> int:
+    return (3 << 30) | (size << 16) | (kind << 8) | number
+
+
+_UFFDIO_API = _iowr(0xAA, 0x3F, 24)
+_UFFDIO_REGISTER = _iowr(0xAA, 0x00, 32)
+_UFFDIO_UNREGISTER = (2 << 30) | (16 << 16) | (0xAA << 8) | 0x01
+
+
+#: What the kernel knows of a mapped buffer: its label, its chunks' sizes, and what
+#: quarantines a damaged chunk.
+_About = tuple[str, list[int], "Callable[[str], None] | None"]
+
+
+class PageServer:
+    """This kernel's lazily restored buffers, and the process that fills them.
+
+    :meth:`open` returns None where lazy restore cannot be had (see the
+    module's docstring). The server process starts with the first
+    :meth:`map`. *on_damaged* is called (from a thread of ours) with the
+    label given to :meth:`map`, the chunk's name and its size when a chunk
+    fails its check; *on_lost* once, if the server ends while the kernel runs.
+    """
+
+    def __init__(self, uffd: int, libc: ctypes.CDLL) -> None:
+        self._uffd, self._libc = uffd, libc
+        self._sock: socket.socket | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._mapped: dict[int, threading.Event] = {}
+        self._about: dict[int, _About] = {}
+        self._next = 0
+        self.closing = False
+        self.on_damaged: Callable[[str, str, int], None] | None = None
+        self.on_lost: Callable[[], None] | None = None
+        #: bytes mapped lazily so far
+        self.mapped_bytes = 0
+
+    @classmethod
+    def open(cls) -> PageServer | None:
+        number = _SYSCALL.get(platform.machine())
+        if number is None or not sys.platform.startswith("linux"):
+            return None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.syscall.restype = ctypes.c_long
+            libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+            libc.ioctl.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            return None
+        uffd = int(libc.syscall(number, os.O_CLOEXEC | os.O_NONBLOCK))
+        if uffd < 0:  # EPERM: user-mode faults only, or none at all
+            return None
+        wanted = _FEATURE_WP_ASYNC | _FEATURE_EVENT_FORK
+        api = (ctypes.c_uint64 * 3)(_UFFD_API, wanted, 0)
+        if libc.ioctl(uffd, _UFFDIO_API, ctypes.addressof(api)) != 0 or (
+            int(api[1]) & wanted != wanted
+        ):
+            os.close(uffd)
+            return None
+        return cls(uffd, libc)
+
+    def _start(self) -> socket.socket:
+        if self._sock is not None:
+            return self._sock
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "persistent_kernel.pageserver", str(self._uffd),
+             str(theirs.fileno())],
+            pass_fds=(self._uffd, theirs.fileno()),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # an interrupt of the kernel's group must not reach it
+        )  # fmt: skip
+        theirs.close()
+        self._sock = ours
+        threading.Thread(target=self._listen, name="persistent-kernel-pages", daemon=True).start()
+        return ours
+
+    def map(self, files: Sequence[int], sizes: Sequence[int], names: Sequence[str], hash: str,
+            label: str = "", quarantine: Callable[[str], None] | None = None) -> Any:  # fmt: skip
+        """Memory of ``sum(sizes)`` bytes whose chunk *i* is filled from *files[i]*
+        (checked against *names[i]*) when first touched. The descriptors are handed
+        to the server (and closed here). *quarantine* is called with the name of a
+        chunk found damaged (before the user is told). Raises OSError if it cannot
+        be set up."""
+        total = sum(sizes)
+        buffer = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+        register = (ctypes.c_uint64 * 4)(address, rounded(total), _MODE_MISSING | _MODE_WP, 0)
+        if self._libc.ioctl(self._uffd, _UFFDIO_REGISTER, ctypes.addressof(register)) != 0:
+            error = ctypes.get_errno()
+            buffer.close()
+            raise OSError(error, os.strerror(error))
+        try:
+            self._hand_over(address, files, sizes, names, hash, (label, list(sizes), quarantine))
+        except BaseException:
+            span = (ctypes.c_uint64 * 2)(address, rounded(total))
+            self._libc.ioctl(self._uffd, _UFFDIO_UNREGISTER, ctypes.addressof(span))
+            buffer.close()
+            raise
+        self.mapped_bytes += total
+        return buffer
+
+    def _hand_over(self, address: int, files: Sequence[int], sizes: Sequence[int],
+                   names: Sequence[str], hash: str, about: _About) -> None:  # fmt: skip
+        with self._lock:
+            sock = self._start()
+            ident = self._next
+            self._next += 1
+            done = self._mapped[ident] = threading.Event()
+            self._about[ident] = about
+            header = {"op": "map", "id": ident, "address": address, "hash": hash,
+                      "chunks": len(files)}  # fmt: skip
+            socket.send_fds(sock, [json.dumps(header).encode()], [])
+            for at in range(0, len(files), _FDS_PER_MESSAGE):
+                batch = slice(at, at + _FDS_PER_MESSAGE)
+                message = {"op": "chunks", "id": ident, "sizes": list(sizes[batch]),
+                           "names": list(names[batch])}  # fmt: skip
+                socket.send_fds(sock, [json.dumps(message).encode()], list(files[batch]))
+        for fd in files:  # the server holds its own
+            os.close(fd)
+        if not done.wait(MAP_WAIT):
+            raise OSError("the page server did not take the buffer in time")
+
+    def _listen(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        while True:
+            try:
+                data = sock.recv(1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            try:
+                message = json.loads(data)
+                if message["op"] == "mapped":
+                    self._mapped.pop(int(message["id"])).set()
+                elif message["op"] == "damaged":
+                    label, sizes, quarantine = self._about[int(message["id"])]
+                    chunk, name = int(message["chunk"]), str(message["name"])
+                    if quarantine is not None:
+                        quarantine(name)  # never named again by a later checkpoint
+                    if self.on_damaged is not None:
+                        self.on_damaged(label, name, sizes[chunk])
+            except Exception:  # one bad message must not stop the listening
+                logging.getLogger(__name__).exception("persistent-kernel: page server message")
+        if not self.closing and self.on_lost is not None:
+            self.on_lost()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def close(self) -> None:
+        """Stop serving (the kernel ends): the server ends once the kernel and every
+        forked child it serves are gone."""
+        self.closing = True
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+        with contextlib.suppress(OSError):
+            os.close(self._uffd)

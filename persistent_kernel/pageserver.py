@@ -1,0 +1,402 @@
+"""The page server: a process that fills a kernel's lazily restored buffers.
+
+The kernel (:mod:`.lazypages`) maps each large restored buffer as empty
+memory registered with a userfaultfd, and hands that file descriptor and the
+buffer's chunk files to this process. When a thread of the kernel (or of a
+process it forked: the fork event hands this process the child's
+descriptor) first touches a page of such a buffer, the kernel stops that
+thread and tells this process, which reads the chunk holding the page,
+checks it against its BLAKE3 name, and copies it into place
+(``UFFDIO_COPY``), write-protected so the write tracker sees later writes.
+The thread then goes on. A chunk is filled whole, so a touched chunk is
+always entirely present; the chunk after it is read and checked ahead, so a
+scan through an array overlaps the disk with the computation.
+
+Why another process: the thread that touches the page may hold Python's
+GIL, and a handler in the same interpreter would need it to run. This
+process has its own interpreter, does nothing but read files and copy
+pages, and imports only the standard library and the hash.
+
+A chunk whose bytes do not match its name is never copied: its pages are
+filled with zeros, left writable (so the next checkpoint hashes them anew
+rather than reusing the damaged name) and the kernel is told, which tells
+the user. The chunk files are opened by the kernel at restore and held open
+here, so pruning or replacing a file afterwards changes nothing this process
+reads.
+
+It ends when the kernel's end of its socket closes and no forked child it
+serves is still alive (a kernel's standby may outlive the kernel, and must
+still read its pages).
+
+Protocol (one datagram a message, ``SOCK_SEQPACKET``): the kernel sends
+``{"op": "map", "id", "address", "hash", "chunks"}``, then
+``{"op": "chunks", "id", "sizes", "names"}`` messages carrying those chunks'
+files' descriptors until all are there; the server answers ``{"op": "mapped", "id"}``
+once the buffer can be served, and ``{"op": "damaged", "id", "chunk",
+"name", "reason"}`` when a chunk fails its check.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import ctypes
+import errno
+import json
+import mmap
+import os
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+PAGE = mmap.PAGESIZE
+_EVENT_PAGEFAULT = 0x12
+_EVENT_FORK = 0x13
+_MSG = 32  # sizeof(struct uffd_msg)
+_COPY_MODE_WP = 1 << 1
+#: Verified chunks kept for other processes' faults and read-ahead.
+_CACHED = 4
+#: How often forked children are checked for having ended (seconds).
+_PROBE = 2.0
+#: Threads reading and checking chunks.
+THREADS = 2
+
+
+def _iowr(kind: int, number: int, size: int) -> int:
+    return (3 << 30) | (size << 16) | (kind << 8) | number
+
+
+UFFDIO_COPY = _iowr(0xAA, 0x03, 40)
+UFFDIO_ZEROPAGE = _iowr(0xAA, 0x04, 32)
+UFFDIO_WAKE = (2 << 30) | (16 << 16) | (0xAA << 8) | 0x02
+UFFDIO_WRITEPROTECT = _iowr(0xAA, 0x06, 24)
+
+
+def hasher(name: str) -> Any:
+    """A new hash of the kind that names the blobs (see ``store.sessions.HASHES``)."""
+    if name == "blake3":
+        import blake3
+
+        return blake3.blake3()
+    if name == "xxh3_128":
+        import xxhash
+
+        return xxhash.xxh3_128()
+    raise ValueError(f"unknown hash {name!r}")
+
+
+def rounded(size: int) -> int:
+    """*size* rounded up to whole pages."""
+    return -(-size // PAGE) * PAGE
+
+
+@dataclass
+class Buffer:
+    """One lazily restored buffer: where it is, and its chunks."""
+
+    id: int
+    address: int
+    sizes: list[int]
+    names: list[str]
+    hash: str
+    fds: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        at, self.offsets = 0, []
+        for size in self.sizes:
+            self.offsets.append(at)
+            at += size
+
+    @property
+    def end(self) -> int:
+        return self.address + rounded(sum(self.sizes))
+
+    def chunk_at(self, address: int) -> int:
+        return bisect.bisect_right(self.offsets, address - self.address) - 1
+
+    def span(self, index: int) -> tuple[int, int]:
+        """The page-aligned address range that chunk *index* fills."""
+        start = self.address + self.offsets[index]
+        last = index == len(self.sizes) - 1
+        end = self.end if last else start + self.sizes[index]
+        return start, end
+
+
+class Ioctl:
+    """The userfaultfd calls, through libc."""
+
+    def __init__(self) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+        self.libc.ioctl.restype = ctypes.c_int
+
+    def call(self, fd: int, request: int, arg: Any) -> int:
+        """0, or the errno of a failed call."""
+        if self.libc.ioctl(fd, request, ctypes.addressof(arg)) == 0:
+            return 0
+        return ctypes.get_errno() or errno.EIO
+
+    def copy(self, fd: int, dst: int, src: int, length: int, protect: bool) -> int:
+        """Copy *length* bytes to *dst* in the served process, skipping pages already
+        there; 0, or the errno that stopped it (ESRCH: the process is gone)."""
+        done = 0
+        while done < length:
+            arg = (ctypes.c_uint64 * 5)(
+                dst + done, src + done, length - done, _COPY_MODE_WP if protect else 0, 0
+            )
+            error = self.call(fd, UFFDIO_COPY, arg)
+            copied = ctypes.c_int64(arg[4]).value
+            if error == 0:
+                return 0
+            if copied > 0:
+                done += copied
+            if error == errno.EEXIST:
+                done = (done // PAGE + 1) * PAGE  # a page already there: keep it
+            elif error == errno.EAGAIN:
+                time.sleep(0.001)  # the process's memory is changing (a fork): again
+            else:
+                return error
+        self.wake(fd, dst, length)
+        return 0
+
+    def wake(self, fd: int, start: int, length: int) -> int:
+        return self.call(fd, UFFDIO_WAKE, (ctypes.c_uint64 * 2)(start, length))
+
+    def alive(self, fd: int, page: int) -> bool:
+        """Whether the process served through *fd* still exists: a no-op write-protect
+        change of one page fails with ESRCH once its memory is gone."""
+        arg = (ctypes.c_uint64 * 3)(page, PAGE, 0)
+        return self.call(fd, UFFDIO_WRITEPROTECT, arg) != errno.ESRCH
+
+
+class Server:
+    """Serves page faults on the kernel's userfaultfd and its children's."""
+
+    def __init__(self, uffd: int, sock: socket.socket, ioctl: Ioctl | None = None) -> None:
+        self.sock = sock
+        self.ioctl = ioctl or Ioctl()
+        self.kernel_fd = uffd
+        self.fds: set[int] = {uffd}  # the kernel's and each forked child's
+        self.buffers: list[Buffer] = []  # sorted by address
+        self.filled: set[tuple[int, int, int]] = set()  # (fd, buffer id, chunk)
+        self.busy: dict[tuple[int, int], list[int]] = {}  # (buffer, chunk) -> fds waiting
+        self.cache: OrderedDict[tuple[int, int], mmap.mmap | None] = OrderedDict()
+        self.lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(THREADS, thread_name_prefix="pages")
+        self.pending: dict[str, Any] | None = None  # a map whose descriptors are arriving
+        self.open = True  # the kernel's socket
+
+    # -- the kernel's messages ----------------------------------------------------------
+
+    def receive(self) -> None:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, 256)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            self.open = False
+            return
+        message = json.loads(data)
+        if message["op"] == "map":
+            self.pending = {**message, "sizes": [], "names": [], "fds": []}
+        elif message["op"] == "chunks" and self.pending is not None:
+            self.pending["sizes"].extend(message["sizes"])
+            self.pending["names"].extend(message["names"])
+            self.pending["fds"].extend(fds)
+        pending = self.pending
+        if pending is not None and len(pending["fds"]) >= pending["chunks"]:
+            self.pending = None
+            buffer = Buffer(
+                pending["id"], pending["address"], pending["sizes"], pending["names"],
+                pending["hash"], pending["fds"],
+            )  # fmt: skip
+            bisect.insort(self.buffers, buffer, key=lambda b: b.address)
+            self.tell({"op": "mapped", "id": buffer.id})
+
+    def tell(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.send(json.dumps(message).encode())
+
+    # -- faults -------------------------------------------------------------------------
+
+    def events(self, fd: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, _MSG * 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.drop(fd)
+                return
+            if not data:
+                return
+            for at in range(0, len(data) - _MSG + 1, _MSG):
+                event = data[at]
+                if event == _EVENT_FORK:
+                    (child,) = struct.unpack_from("I", data, at + 8)
+                    os.set_blocking(child, False)
+                    self.fds.add(child)
+                elif event == _EVENT_PAGEFAULT:
+                    _flags, address = struct.unpack_from("QQ", data, at + 8)
+                    self.fault(fd, address)
+
+    def find(self, address: int) -> Buffer | None:
+        index = bisect.bisect_right([b.address for b in self.buffers], address) - 1
+        if index >= 0 and address < self.buffers[index].end:
+            return self.buffers[index]
+        return None
+
+    def fault(self, fd: int, address: int) -> None:
+        buffer = self.find(address)
+        if buffer is None:  # not ours: cannot happen; never leave a thread stopped
+            page = address // PAGE * PAGE
+            arg = (ctypes.c_uint64 * 4)(page, PAGE, 0, 0)
+            self.ioctl.call(fd, UFFDIO_ZEROPAGE, arg)
+            return
+        index = buffer.chunk_at(address)
+        with self.lock:
+            if (fd, buffer.id, index) in self.filled:
+                start, end = buffer.span(index)
+                self.ioctl.wake(fd, start, end - start)
+                return
+            waiting = self.busy.setdefault((buffer.id, index), [])
+            first = not waiting
+            if fd not in waiting:
+                waiting.append(fd)
+        if first:
+            self.pool.submit(self.fill, buffer, index)
+            if index + 1 < len(buffer.sizes):  # read ahead: the next chunk, checked
+                self.pool.submit(self.verified, buffer, index + 1)
+
+    def verified(self, buffer: Buffer, index: int) -> mmap.mmap | None:
+        """Chunk *index*'s bytes in a page-aligned buffer, checked; None if damaged."""
+        key = (buffer.id, index)
+        with self.lock:
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                return self.cache[key]
+        size = buffer.sizes[index]
+        data = mmap.mmap(-1, rounded(size), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        view = memoryview(data)
+        try:
+            done = 0
+            while done < size:
+                n = os.preadv(buffer.fds[index], [view[done:size]], done)
+                if n <= 0:
+                    break
+                done += n
+            digest = hasher(buffer.hash)
+            digest.update(view[:size])
+            good = done == size and digest.hexdigest() == buffer.names[index]
+        except OSError:
+            good = False
+        finally:
+            view.release()
+        result = data if good else None
+        if not good:
+            data.close()
+        with self.lock:
+            self.cache[key] = result
+            while len(self.cache) > _CACHED:
+                _, old = self.cache.popitem(last=False)
+                if old is not None and old is not result:
+                    with contextlib.suppress(BufferError):
+                        old.close()
+        return result
+
+    def fill(self, buffer: Buffer, index: int) -> None:
+        """Copy chunk *index* into every process waiting for it."""
+        try:
+            data = self.verified(buffer, index)
+        except Exception:  # a stopped thread must go on: treat as damaged
+            data = None
+        start, end = buffer.span(index)
+        with self.lock:
+            fds = self.busy.pop((buffer.id, index), [])
+        if data is None:
+            self.tell(
+                {"op": "damaged", "id": buffer.id, "chunk": index, "name": buffer.names[index]}
+            )
+        for fd in fds:
+            if data is None:  # zeros, writable: the next checkpoint hashes them anew
+                arg = (ctypes.c_uint64 * 4)(start, end - start, 0, 0)
+                error = self.ioctl.call(fd, UFFDIO_ZEROPAGE, arg)
+                if error == errno.EEXIST:
+                    error = self.ioctl.wake(fd, start, end - start)
+            else:
+                source = ctypes.addressof(ctypes.c_char.from_buffer(data))
+                error = self.ioctl.copy(fd, start, source, end - start, protect=True)
+            if error == errno.ESRCH:
+                self.drop(fd)
+                continue
+            with self.lock:
+                self.filled.add((fd, buffer.id, index))
+
+    def drop(self, fd: int) -> None:
+        """A forked child ended: forget its descriptor."""
+        if fd == self.kernel_fd:
+            return
+        with self.lock:
+            self.fds.discard(fd)
+            self.filled = {k for k in self.filled if k[0] != fd}
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    def probe(self) -> None:
+        if not self.buffers:
+            return
+        page = self.buffers[0].address
+        for fd in list(self.fds - {self.kernel_fd}):
+            if not self.ioctl.alive(fd, page):
+                self.drop(fd)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self, clock: Callable[[], float] = time.monotonic) -> None:
+        poller = select.poll()
+        polled: set[int] = set()
+        last_probe = clock()
+        while self.open or self.fds:
+            wanted = set(self.fds) | ({self.sock.fileno()} if self.open else set())
+            for fd in wanted - polled:
+                poller.register(fd, select.POLLIN)
+            for fd in polled - wanted:
+                with contextlib.suppress(KeyError):
+                    poller.unregister(fd)
+            polled = wanted
+            for fd, _mask in poller.poll(_PROBE * 1000):
+                if fd == self.sock.fileno():
+                    self.receive()
+                elif fd in self.fds:
+                    self.events(fd)
+            if clock() - last_probe >= _PROBE:
+                last_probe = clock()
+                self.probe()
+                if not self.open and self.kernel_fd in self.fds and not self.kernel_alive():
+                    self.fds.discard(self.kernel_fd)
+        self.pool.shutdown(wait=True)
+
+    def kernel_alive(self) -> bool:
+        page = self.buffers[0].address if self.buffers else 0
+        return bool(page) and self.ioctl.alive(self.kernel_fd, page)
+
+
+def main(argv: list[str]) -> int:
+    uffd, sock_fd = int(argv[0]), int(argv[1])
+    sock = socket.socket(fileno=sock_fd)
+    os.set_blocking(uffd, False)
+    Server(uffd, sock).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
