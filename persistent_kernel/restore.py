@@ -560,6 +560,7 @@ def _load(
             if pending is not None:
                 pending.settled(group.names)
     report.restored.sort()
+    report.reused.sort()
     if markers and not session.end_loading():  # one removal failed: try once more
         report.problems.append(
             "the marker of the data being loaded could not be removed; the next start may "
