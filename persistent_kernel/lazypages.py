@@ -64,8 +64,6 @@ _MODE_MISSING = 1 << 0
 _MODE_WP = 1 << 1
 #: Descriptors per message (the kernel's limit is 253).
 _FDS_PER_MESSAGE = 200
-#: How long a map waits for the server to take it (seconds).
-MAP_WAIT = 30.0
 
 
 def _iowr(kind: int, number: int, size: int) -> int:
@@ -97,7 +95,6 @@ class PageServer:
         self._sock: socket.socket | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
-        self._mapped: dict[int, threading.Event] = {}
         self._about: dict[int, _About] = {}
         self._next = 0
         self.closing = False
@@ -177,7 +174,6 @@ class PageServer:
             sock = self._start()
             ident = self._next
             self._next += 1
-            done = self._mapped[ident] = threading.Event()
             self._about[ident] = about
             header = {"op": "map", "id": ident, "address": address, "hash": hash,
                       "chunks": len(files)}  # fmt: skip
@@ -189,8 +185,6 @@ class PageServer:
                 socket.send_fds(sock, [json.dumps(message).encode()], list(files[batch]))
         for fd in files:  # the server holds its own
             os.close(fd)
-        if not done.wait(MAP_WAIT):
-            raise OSError("the page server did not take the buffer in time")
 
     def _listen(self) -> None:
         sock = self._sock
@@ -204,9 +198,7 @@ class PageServer:
                 break
             try:
                 message = json.loads(data)
-                if message["op"] == "mapped":
-                    self._mapped.pop(int(message["id"])).set()
-                elif message["op"] == "damaged":
+                if message["op"] == "damaged":
                     label, sizes, quarantine = self._about[int(message["id"])]
                     chunk, name = int(message["chunk"]), str(message["name"])
                     if quarantine is not None:
@@ -217,6 +209,11 @@ class PageServer:
                 logging.getLogger(__name__).exception("persistent-kernel: page server message")
         if not self.closing and self.on_lost is not None:
             self.on_lost()
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, once started."""
+        return None if self._process is None else self._process.pid
 
     @property
     def running(self) -> bool:

@@ -31,9 +31,10 @@ still read its pages).
 Protocol (one datagram a message, ``SOCK_SEQPACKET``): the kernel sends
 ``{"op": "map", "id", "address", "hash", "chunks"}``, then
 ``{"op": "chunks", "id", "sizes", "names"}`` messages carrying those chunks'
-files' descriptors until all are there; the server answers ``{"op": "mapped", "id"}``
-once the buffer can be served, and ``{"op": "damaged", "id", "chunk",
-"name", "reason"}`` when a chunk fails its check.
+files' descriptors until all are there. The kernel does not wait for the
+server (which may still be starting): a fault in a buffer whose messages
+have not arrived yet is served once they have. The server sends
+``{"op": "damaged", "id", "chunk", "name"}`` when a chunk fails its check.
 """
 
 from __future__ import annotations
@@ -193,6 +194,7 @@ class Server:
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(THREADS, thread_name_prefix="pages")
         self.pending: dict[str, Any] | None = None  # a map whose descriptors are arriving
+        self.deferred: list[tuple[int, int]] = []  # faults in buffers not known yet
         self.open = True  # the kernel's socket
 
     # -- the kernel's messages ----------------------------------------------------------
@@ -220,7 +222,9 @@ class Server:
                 pending["hash"], pending["fds"],
             )  # fmt: skip
             bisect.insort(self.buffers, buffer, key=lambda b: b.address)
-            self.tell({"op": "mapped", "id": buffer.id})
+            deferred, self.deferred = self.deferred, []
+            for fd, address in deferred:
+                self.fault(fd, address)
 
     def tell(self, message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -257,10 +261,8 @@ class Server:
 
     def fault(self, fd: int, address: int) -> None:
         buffer = self.find(address)
-        if buffer is None:  # not ours: cannot happen; never leave a thread stopped
-            page = address // PAGE * PAGE
-            arg = (ctypes.c_uint64 * 4)(page, PAGE, 0, 0)
-            self.ioctl.call(fd, UFFDIO_ZEROPAGE, arg)
+        if buffer is None:  # its map message is still on its way: served once it is here
+            self.deferred.append((fd, address))
             return
         index = buffer.chunk_at(address)
         with self.lock:

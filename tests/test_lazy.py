@@ -1,0 +1,317 @@
+"""Large arrays restored lazily: filled from checked chunks on first touch.
+
+In process first (a restore into a dict, as the kernel's restore thread does,
+with a real page server process), then with real kernels: a 3 GiB state
+restarted with the page cache dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import blake3
+import numpy as np
+import pytest
+from jupyter_client.manager import KernelManager
+
+from persistent_kernel import pagewrites
+from persistent_kernel.checkpoint import write_checkpoint
+from persistent_kernel.content import parse
+from persistent_kernel.lazypages import PageServer
+from persistent_kernel.restore import RestoreProgress, restore_checkpoint
+from persistent_kernel.store import SessionStore, chunks
+
+from .harness import Kernel, KernelHarness
+from .helpers import INFO, flip_a_bit, wait_until
+
+MB = 1 << 20
+GiB = 1 << 30
+
+
+def lazy_or_skip() -> PageServer:
+    """A page server; where this machine cannot have one, lazy restore is off and
+    the kernel reads arrays in full (tested by the kernel tests). CI runs as root."""
+    pages = PageServer.open()
+    if pages is None:
+        assert os.geteuid() != 0, "root, yet no userfaultfd with fork events"
+        pytest.skip("no privileged userfaultfd here (not root)")
+    return pages
+
+
+@pytest.fixture
+def pages() -> Iterator[PageServer]:
+    server = lazy_or_skip()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def digest(array: Any) -> str:
+    return blake3.blake3(memoryview(np.ascontiguousarray(array)).cast("B")).hexdigest()
+
+
+def saved(session: SessionStore, values: dict[str, Any]) -> None:
+    assert write_checkpoint(session, values, {}, INFO, keep=10).ok
+
+
+def restored(session: SessionStore, pages: PageServer) -> dict[str, Any]:
+    into: dict[str, Any] = {}
+    progress = RestoreProgress()
+    progress.pages = pages
+    report = restore_checkpoint(session, into, progress)
+    assert not report.problems and not report.skipped, report
+    return into
+
+
+def resident(buffer: Any) -> int:
+    """Bytes of *buffer* present in memory (mincore through /proc/self/pagemap)."""
+    address = pagewrites.address_of(buffer)
+    size = memoryview(buffer).nbytes
+    start, end = pagewrites.page_span(address, size)
+    present = 0
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(start // pagewrites.PAGE * 8)
+        data = f.read((end - start) // pagewrites.PAGE * 8)
+    for i in range(0, len(data), 8):
+        if int.from_bytes(data[i : i + 8], "little") >> 63:
+            present += pagewrites.PAGE
+    return present
+
+
+def arrays(count: int, size: int) -> dict[str, Any]:
+    """Distinct arrays of *size* bytes each, every chunk different (fast to make)."""
+    return {f"a{i}": np.arange(size // 8, dtype=np.float64) * (i + 1) + 0.5 for i in range(count)}
+
+
+def test_touched_chunks_come_back_exactly_and_only_they_are_read(
+    session: SessionStore, pages: PageServer
+) -> None:
+    values = {**arrays(2, 64 * MB), "small": {"k": [1, 2, 3]}}
+    odd = np.random.default_rng(3).random(3 * MB // 8 * 9 + 123)  # not a whole page
+    values["odd"] = odd
+    saved(session, values)
+    into = restored(session, pages)
+    assert into["small"] == {"k": [1, 2, 3]}
+    assert pages.mapped_bytes == 2 * 64 * MB + odd.nbytes
+    a0 = into["a0"]
+    assert resident(a0) == 0  # nothing read yet
+    assert a0[12345] == values["a0"][12345]
+    step = chunks.chunk_size(a0.nbytes)
+    assert resident(a0) == step  # the touched chunk, whole
+    assert digest(a0) == digest(values["a0"])
+    assert digest(into["odd"]) == digest(odd)
+    assert resident(into["a1"]) == 0  # never touched, never read
+
+
+def test_a_forked_process_and_a_system_call_read_untouched_chunks(
+    session: SessionStore, pages: PageServer, tmp_path: Path
+) -> None:
+    values = arrays(1, 32 * MB)
+    saved(session, values)
+    into = restored(session, pages)
+    a0 = into["a0"]
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the checkpoint writer and multiprocessing fork like this
+        try:
+            os.write(write_end, digest(a0).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        assert pipe.read().decode() == digest(values["a0"])
+    os.waitpid(child, 0)
+    assert resident(a0) == 0  # the child's reads filled the child's memory only
+    out = tmp_path / "out.raw"
+    with open(out, "wb") as f:  # write() reads the untouched buffer inside the kernel
+        f.write(memoryview(a0).cast("B"))
+    assert digest(np.fromfile(out, dtype=np.float64)) == digest(values["a0"])
+
+
+def test_a_damaged_chunk_is_never_seen_and_is_told(
+    session: SessionStore, pages: PageServer
+) -> None:
+    values = arrays(1, 32 * MB)
+    saved(session, values)
+    step = chunks.chunk_size(32 * MB)
+    told: list[tuple[str, str, int]] = []
+    pages.on_damaged = lambda label, name, size: told.append((label, name, size))
+    into = restored(session, pages)
+    manifest = session.read_manifest(session.generations()[-1])
+    (part,) = [p for g in parse(manifest).groups for p in g.parts if p.blob is None]
+    names = [ref.hash for ref in part.refs()]
+    flip_a_bit(session.objects_dir / names[2])  # after the restore: found on touch
+    a0 = into["a0"]
+    assert a0[0] == values["a0"][0]
+    bad = slice(2 * step // 8, 3 * step // 8)
+    assert not a0[bad].any()  # zeros, never the damaged bytes
+    wait_until(lambda: told, 10, "the damage to be told")
+    assert told == [("a0", names[2], step)]
+    assert not (session.objects_dir / names[2]).exists()  # quarantined: never named again
+    good = np.r_[0 : 2 * step // 8, 3 * step // 8 : a0.size]
+    assert np.array_equal(a0[good], values["a0"][good])
+
+
+def test_a_chunk_pruned_after_the_restore_still_serves(
+    session: SessionStore, pages: PageServer
+) -> None:
+    values = arrays(1, 32 * MB)
+    saved(session, values)
+    into = restored(session, pages)
+    for path in session.objects_dir.iterdir():  # pruned, or replaced by a later writer
+        path.unlink()
+    assert digest(into["a0"]) == digest(values["a0"])
+
+
+def test_writes_to_a_lazy_array_are_tracked(session: SessionStore, pages: PageServer) -> None:
+    watcher = pagewrites.Watcher.open()
+    assert watcher is not None
+    saved(session, arrays(1, 32 * MB))
+    into = restored(session, pages)
+    a0 = into["a0"]
+    start, end = pagewrites.page_span(pagewrites.address_of(a0), a0.nbytes)
+    assert watcher.watch(start, end)  # adopted: the page server registered it
+    assert a0[0] == 0.5 and watcher.written(start, end) == []  # filled, not written
+    a0[MB] = -1.0
+    written = watcher.written(start, end)
+    assert written == [pagewrites.page_span(pagewrites.address_of(a0) + MB * 8, 8)]
+    watcher.close()
+
+
+# -- real kernels -------------------------------------------------------------------------
+
+STATE_GIB = 3
+BLOCK = 256 * MB
+
+
+def drop_page_cache() -> bool:
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def rss(kernel: Any) -> int:
+    status = kernel.run("print(open('/proc/self/status').read())").check().stdout
+    match = re.search(r"VmRSS:\s+(\d+) kB", status)
+    assert match
+    return int(match.group(1)) * 1024
+
+
+def first_cell(kernels: KernelHarness) -> tuple[Kernel, float, str]:
+    """Start a kernel of ours; the seconds from the start to the first cell's reply."""
+    began = time.monotonic()
+    kernel = kernels.start()
+    text = kernel.run("print(small)").stdout
+    return kernel, time.monotonic() - began, text
+
+
+def stock_first_cell(kernels: KernelHarness) -> float:
+    """The same for a stock ipykernel (``python3``) started the same way."""
+    km = KernelManager(kernel_name="python3")
+    began = time.monotonic()
+    km.start_kernel(cwd=str(kernels.cwd), env=kernels.env(None))
+    kernel = Kernel(km)
+    try:
+        kernel.run("small = {'rows': 12}\nprint(small)").check()
+        return time.monotonic() - began
+    finally:
+        kernel.shutdown()
+
+
+def test_a_large_state_resumes_at_once_and_grows_with_what_is_touched(
+    kernels: KernelHarness,
+) -> None:
+    lazy_or_skip().close()
+    kernel = kernels.start()
+    count = STATE_GIB * GiB // BLOCK
+    kernel.run(
+        "import numpy as np, blake3\n"
+        f"big = [np.arange({BLOCK // 8}, dtype=np.float64) * (i + 1) + 0.5\n"
+        f"       for i in range({count})]\n"
+        "sums = [blake3.blake3(memoryview(b).cast('B')).hexdigest() for b in big]\n"
+        "small = {'rows': 12}"
+    ).check()
+    kernel.run("%persist save").check()
+    kernel.shutdown()
+    kernel.wait_dead()
+    session = kernels.session()
+    blobs = {p.name for p in session.objects_dir.iterdir()}
+
+    cold = drop_page_cache()
+    stock_time = stock_first_cell(kernels)
+    if cold:
+        drop_page_cache()
+    kernel, ours_time, text = first_cell(kernels)
+    assert "{'rows': 12}" in text
+    # The state is not read before the first cell: a stock start, give or take half a second.
+    assert ours_time < stock_time + 0.5, (ours_time, stock_time)
+    assert rss(kernel) < STATE_GIB * GiB / 4
+
+    touched = kernel.run(
+        "print(blake3.blake3(memoryview(big[0]).cast('B')).hexdigest() == sums[0], big[1][7])"
+    ).check()
+    assert touched.stdout.split() == ["True", "14.5"]  # exact where touched
+    grown = rss(kernel)
+    assert BLOCK < grown < STATE_GIB * GiB / 4 + BLOCK  # big[0] and one chunk of big[1]
+
+    kernel.run("big[2][5] = -1.0").check()
+    kernel.run("%persist save").check()
+    new = {p.name for p in session.objects_dir.iterdir()} - blobs
+    chunk = chunks.chunk_size(BLOCK)
+    written = sum((session.objects_dir / n).stat().st_size for n in new)
+    assert written < 2 * chunk  # the written chunk and the small pickles, nothing else
+    kernel.shutdown()
+    kernel.wait_dead()
+
+    kernel = kernels.start()
+    check = kernel.run(
+        "print(big[2][5], all(blake3.blake3(memoryview(b).cast('B')).hexdigest() == s "
+        "for i, (b, s) in enumerate(zip(big, sums)) if i != 2))"
+    ).check()
+    assert check.stdout.split() == ["-1.0", "True"]
+
+
+def test_lazy_restore_off_reads_every_array(kernels: KernelHarness) -> None:
+    kernel = kernels.start()
+    kernel.run("import numpy as np\nbig = np.arange(8 << 20, dtype=np.float64)\nsmall = 1").check()
+    kernel.run("%persist save").check()
+    kernel.shutdown()
+    kernel.wait_dead()
+    kernel = kernels.start(args=["--PersistentKernel.lazy_restore=False"])
+    assert kernel.value("small") == "1"
+    assert rss(kernel) > 64 * MB  # read in full at the restore
+    assert kernel.value("int(big[-1])") == str((8 << 20) - 1)
+
+
+def test_the_page_server_outlives_a_killed_kernel_only_while_its_children_live(
+    kernels: KernelHarness,
+) -> None:
+    lazy_or_skip().close()
+    kernel = kernels.start()
+    kernel.run("import numpy as np\nbig = np.arange(8 << 20, dtype=np.float64)\nsmall = 1").check()
+    kernel.run("%persist save").check()
+    kernel.shutdown()
+    kernel.wait_dead()
+    kernel = kernels.start()
+    server = int(kernel.value("get_ipython().kernel.startup.progress.pages.pid"))
+    os.kill(kernel.pid, signal.SIGKILL)
+    kernel.wait_dead()
+
+    def gone() -> bool:
+        try:
+            os.kill(server, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{server}/stat").read_text().split()[2] == "Z"
+
+    wait_until(gone, 30, "the page server to end with its kernel")
