@@ -1213,6 +1213,166 @@ def large_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+# -- resuming a large state: first cell and memory after a restart -------------------------
+
+#: A whole-array operation, timed in a kernel: the sum of the first GiB of arrays.
+SUM_CELL = """
+import time as _t
+_s = _t.perf_counter()
+_v = float({expr})
+print({mark!r} + __import__("json").dumps({{"seconds": _t.perf_counter() - _s, "value": _v}}))
+del _s, _v, _t
+"""
+
+
+def resume_state(bench: Bench, sizes: list[float]) -> list[dict[str, Any]]:
+    """Time to the first cell after a restart, and memory then, at each size.
+
+    One state of random 256 MiB float64 arrays (``big_0``, ``big_1``, ...)
+    and one small dict, grown to each size in turn and saved. At each size:
+
+    1. the page cache dropped, a stock ``python3`` kernel started and its first
+       cell (``small = ...``) answered: the peer's time to the first cell;
+    2. the page cache dropped, a kernel of ours restoring the state, its first
+       cell (``print(small)``) answered; the kernel's RSS then;
+    3. in that kernel, the page cache dropped again: the sum of the first GiB of
+       arrays (every chunk read, checked and placed on first touch), against a
+       stock kernel's ``np.fromfile`` of the same bytes (written raw once) and
+       the same sum, cold too;
+    4. both starts again, warm (nothing dropped).
+
+    Cold figures need root (``/proc/sys/vm/drop_caches``); without it every
+    figure is warm and the table says so.
+    """
+    rows: list[dict[str, Any]] = []
+    ckdir = bench.root / "checkpoints" / "resume"
+    raw = bench.root / "files" / "resume.raw"
+    session = "bench-resume"
+    first = min(4, int(GiB // BLOCK))  # arrays in the first GiB
+    names = [f"big_{i}" for i in range(first)]
+    built = 0
+    cold = drop_page_cache()
+    if not cold:
+        log("warning: cannot drop the page cache (not root?): every figure is warm")
+    for gib in sizes:
+        m: dict[str, Any] = {"gib": gib, "cold": cold}
+        extra = ["--PersistentKernel.autosave=False"]
+        log(f"resume {gib:g} GiB: build and save")
+        with bench.kernel_ctx(OURS, f"resume-{gib:g}-build", session, ckdir, extra) as k:
+            k.run("import numpy as np\nsmall = {'rows': 12, 'columns': list('abcdef')}")
+            while built * BLOCK < gib * GiB:
+                k.run(f"big_{built} = np.random.default_rng({built}).random({BLOCK // 8})")
+                built += 1
+            if not raw.exists():
+                k.run(
+                    f"with open({str(raw)!r}, 'wb') as _f:\n"
+                    + "".join(f"    {n}.tofile(_f)\n" for n in names)
+                )
+            k.run("%persist save")
+        m["state"] = built * BLOCK
+
+        def stock_first(label: str) -> float:
+            with bench.kernel_ctx(STOCK, label, session, ckdir) as k:
+                k.run("small = {'rows': 12, 'columns': list('abcdef')}")
+                return k.since_start()
+
+        for how in ("cold", "warm"):
+            if how == "cold":
+                drop_page_cache()
+            log(f"resume {gib:g} GiB: stock start, {how}")
+            m[f"stock.first_{how}"] = stock_first(f"resume-{gib:g}-stock-{how}")
+            if how == "cold":
+                drop_page_cache()
+            log(f"resume {gib:g} GiB: our start, {how}")
+            with bench.kernel_ctx(OURS, f"resume-{gib:g}-ours-{how}", session, ckdir) as k:
+                k.run("print(small['rows'])")
+                m[f"ours.first_{how}"] = k.since_start()
+                m[f"ours.rss_{how}"] = k.call("rss()")["VmRSS"]
+                if how == "cold":
+                    k.run(f"import numpy\n{prefault_code(GiB)}")
+                    drop_page_cache()
+                    expr = f"sum(_x.sum() for _x in ({', '.join(names)},))"
+                    (got,) = k.run(SUM_CELL.format(expr=expr, mark=MARK))
+                    m["ours.sum_cold"], m["ours.sum_value"] = got["seconds"], got["value"]
+                    m["ours.rss_after_sum"] = k.call("rss()")["VmRSS"]
+        log(f"resume {gib:g} GiB: stock np.fromfile + sum, cold")
+        with bench.kernel_ctx(STOCK, f"resume-{gib:g}-fromfile", session, ckdir) as k:
+            m["stock.rss"] = k.call("rss()")["VmRSS"]
+            k.run(f"import numpy, numpy as np\n{prefault_code(GiB)}")
+            drop_page_cache()
+            whole = f"np.fromfile({str(raw)!r}, dtype=np.float64)"
+            expr = f"sum(_x.sum() for _x in np.split({whole}, {first}))"
+            (got,) = k.run(SUM_CELL.format(expr=expr, mark=MARK))
+            m["stock.sum_cold"], m["stock.sum_value"] = got["seconds"], got["value"]
+        if m["stock.sum_value"] != m["ours.sum_value"]:
+            raise KernelError(f"the sums differ: {m['stock.sum_value']} {m['ours.sum_value']}")
+        rows.append(m)
+        log(f"resume {gib:g} GiB: {m}")
+    return rows
+
+
+def resume_table(rows: list[dict[str, Any]]) -> str:
+    """The resume measures as a Markdown table, one column per size."""
+    head = "| measure | " + " | ".join(f"{r['gib']:g} GiB" for r in rows) + " | target |"
+    lines = [head, "|" + "---|" * (len(rows) + 2)]
+
+    def row(name: str, cell: Callable[[dict[str, Any]], str], target: str) -> None:
+        lines.append(f"| {name} | " + " | ".join(cell(r) for r in rows) + f" | {target} |")
+
+    def first_cell(how: str) -> Callable[[dict[str, Any]], str]:
+        def cell(r: dict[str, Any]) -> str:
+            ours, stock = r[f"ours.first_{how}"], r[f"stock.first_{how}"]
+            return f"{_time(ours)} / {_time(stock)} ({ours - stock:+.2f} s)"
+
+        return cell
+
+    for how in ("cold", "warm"):
+        row(f"first cell after a restart, {how}: ours / stock (difference)",
+            first_cell(how), "<= +0.5 s")  # fmt: skip
+    row(
+        "kernel RSS after the first cell: ours (share of the state) / stock",
+        lambda r: (
+            f"{_size(r['ours.rss_cold'])} ({r['ours.rss_cold'] / r['state']:.0%}) / "
+            f"{_size(r['stock.rss'])}"
+        ),
+        "<= 25% of the state",
+    )
+    row(
+        "sum of the first GiB, cold: ours (lazy) / np.fromfile + sum (ratio)",
+        lambda r: (
+            f"{_time(r['ours.sum_cold'])} / {_time(r['stock.sum_cold'])} "
+            f"({r['ours.sum_cold'] / r['stock.sum_cold']:.2f}x)"
+        ),
+        "<= 1.3x",
+    )
+    row("kernel RSS after that sum", lambda r: _size(r["ours.rss_after_sum"]), "reported")
+    return "\n".join(lines)
+
+
+def main_resume(args: argparse.Namespace, sizes: list[float]) -> int:
+    """``--resume``: time to the first cell and memory after a restart, by size."""
+    bench = Bench(args)
+    log(f"temp dir {bench.root}; resume at {sizes} GiB")
+    try:
+        rows = resume_state(bench, sizes)
+    finally:
+        bench.cleanup()
+        log("cleaned up")
+    table = resume_table(rows)
+    print(table)
+    path = HERE / "resume_results.json"
+    result = {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment(),
+        "rows": rows,
+        "table": table,
+    }
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    log(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat (smoke run)")
@@ -1231,7 +1391,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="only the large-state measures, at these sizes in GiB (e.g. 1,4,8)",
     )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        help="only the first cell and memory after a restart, at these sizes in GiB (1,4,8)",
+    )
     args = parser.parse_args(argv)
+    if args.resume:
+        return main_resume(args, [float(x) for x in args.resume.split(",")])
     if args.large:
         return main_large(args, [float(x) for x in args.large.split(",")])
     gib = args.gib if args.gib is not None else (0.05 if args.quick else 1.0)

@@ -65,6 +65,8 @@ _MSG = 32  # sizeof(struct uffd_msg)
 _COPY_MODE_WP = 1 << 1
 #: Verified chunks kept for other processes' faults and read-ahead.
 _CACHED = 4
+#: Chunks after the one read ahead that the disk is asked to read into its cache.
+_ADVISED = 2
 #: How often forked children are checked for having ended (seconds).
 _PROBE = 2.0
 #: Threads reading and checking chunks.
@@ -191,6 +193,7 @@ class Server:
         self.filled: set[tuple[int, int, int]] = set()  # (fd, buffer id, chunk)
         self.busy: dict[tuple[int, int], list[int]] = {}  # (buffer, chunk) -> fds waiting
         self.cache: OrderedDict[tuple[int, int], mmap.mmap | None] = OrderedDict()
+        self.loading: dict[tuple[int, int], threading.Event] = {}
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(THREADS, thread_name_prefix="pages")
         self.pending: dict[str, Any] | None = None  # a map whose descriptors are arriving
@@ -278,14 +281,38 @@ class Server:
             self.pool.submit(self.fill, buffer, index)
             if index + 1 < len(buffer.sizes):  # read ahead: the next chunk, checked
                 self.pool.submit(self.verified, buffer, index + 1)
+            for ahead in range(index + 2, min(index + 2 + _ADVISED, len(buffer.sizes))):
+                with contextlib.suppress(OSError):  # and the disk reads the ones after
+                    os.posix_fadvise(buffer.fds[ahead], 0, 0, os.POSIX_FADV_WILLNEED)
 
     def verified(self, buffer: Buffer, index: int) -> mmap.mmap | None:
-        """Chunk *index*'s bytes in a page-aligned buffer, checked; None if damaged."""
+        """Chunk *index*'s bytes in a page-aligned buffer, checked; None if damaged.
+        A chunk being read by another thread (read ahead) is waited for, not read twice."""
         key = (buffer.id, index)
+        while True:
+            with self.lock:
+                if key in self.cache:
+                    self.cache.move_to_end(key)
+                    return self.cache[key]
+                loading = self.loading.get(key)
+                if loading is None:
+                    self.loading[key] = threading.Event()
+                    break
+            loading.wait()  # then taken from the cache (or read again if already evicted)
+        try:
+            result = self._read(buffer, index)
+        except BaseException:
+            with self.lock:
+                self.loading.pop(key).set()
+            raise
         with self.lock:
-            if key in self.cache:
-                self.cache.move_to_end(key)
-                return self.cache[key]
+            self.cache[key] = result
+            while len(self.cache) > _CACHED:
+                self.cache.popitem(last=False)  # freed once no copy uses it
+            self.loading.pop(key).set()
+        return result
+
+    def _read(self, buffer: Buffer, index: int) -> mmap.mmap | None:
         size = buffer.sizes[index]
         data = mmap.mmap(-1, rounded(size), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         view = memoryview(data)
@@ -303,17 +330,7 @@ class Server:
             good = False
         finally:
             view.release()
-        result = data if good else None
-        if not good:
-            data.close()
-        with self.lock:
-            self.cache[key] = result
-            while len(self.cache) > _CACHED:
-                _, old = self.cache.popitem(last=False)
-                if old is not None and old is not result:
-                    with contextlib.suppress(BufferError):
-                        old.close()
-        return result
+        return data if good else None
 
     def fill(self, buffer: Buffer, index: int) -> None:
         """Copy chunk *index* into every process waiting for it."""
@@ -335,10 +352,14 @@ class Server:
                 if error == errno.EEXIST:
                     error = self.ioctl.wake(fd, start, end - start)
             else:
-                source = ctypes.addressof(ctypes.c_char.from_buffer(data))
-                error = self.ioctl.copy(fd, start, source, end - start, protect=True)
+                anchor = ctypes.c_char.from_buffer(data)  # keeps *data* mapped while copied
+                error = self.ioctl.copy(fd, start, ctypes.addressof(anchor), end - start, True)
+                del anchor
             if error == errno.ESRCH:
                 self.drop(fd)
+                continue
+            if error:  # let the thread touch it again: a new fault, a new attempt
+                self.ioctl.wake(fd, start, end - start)
                 continue
             with self.lock:
                 self.filled.add((fd, buffer.id, index))
