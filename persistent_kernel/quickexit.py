@@ -33,7 +33,10 @@ only while its descriptor is open, so when every descriptor open for writing
 (files, pipes, terminals) points where one already did when the kernel was
 made (:func:`mark_start`, before IPython's startup files, ``exec_lines`` and
 the cells ran), no file the notebook opened is left open, and the walk of
-everything is skipped.
+everything is skipped. Descriptors the kernel opened for itself since, which
+no Python file object wraps (a standby's control pipe, open whenever a cell
+changed the namespace: :func:`own_descriptor`), do not count: otherwise every
+stop after such a cell would walk them all (about 100 ms for a million objects).
 
 Limits: ``__del__`` methods of objects still alive at exit do not run (Python
 does not promise that they do), and a buffered writer that is not a Python
@@ -66,6 +69,8 @@ _kept: list[Any] = []
 _files: list[Any] = []
 #: (device, inode) of what was open for writing at mark_start().
 _known: frozenset[tuple[int, int]] | None = None
+#: The kernel's own descriptors (see own_descriptor): descriptor -> its (device, inode).
+_own: dict[int, tuple[int, int]] = {}
 _installed = False
 _armed = False
 _noted = False
@@ -88,9 +93,22 @@ def install() -> bool:
     return True
 
 
+def own_descriptor(fd: int) -> None:
+    """Note *fd*, opened by the kernel for itself, as one no Python file object wraps
+    (so nothing is buffered for it): while it stays open on what it points to now, it
+    is left out of :func:`writable_targets`. A descriptor number reused for something
+    else after it was closed counts again."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return
+    _own[fd] = (st.st_dev, st.st_ino)
+
+
 def writable_targets() -> frozenset[tuple[int, int]] | None:
     """(device, inode) of every file, pipe or terminal this process has open for
-    writing; None where ``/proc/self/fd`` cannot be read (not Linux)."""
+    writing, but the kernel's own (:func:`own_descriptor`); None where
+    ``/proc/self/fd`` cannot be read (not Linux)."""
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:
@@ -104,8 +122,11 @@ def writable_targets() -> frozenset[tuple[int, int]] | None:
             st = os.fstat(fd)
         except OSError:  # closed since the listing (the listing's own, for one)
             continue
+        target = (st.st_dev, st.st_ino)
+        if _own.get(fd) == target:
+            continue
         if stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode):
-            found.add((st.st_dev, st.st_ino))
+            found.add(target)
     return frozenset(found)
 
 

@@ -40,6 +40,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import quickexit
+
 Job = Callable[[], dict[str, Any]]
 
 DEADLINE_GRACE = 2.0  # seconds a writer lives past its deadline when nobody kills it
@@ -516,6 +518,7 @@ def start_standby(
         finally:
             os._exit(code)
     os.close(rfd)
+    quickexit.own_descriptor(wfd)  # a raw pipe: the exit has nothing to flush there
     return Standby(pid, wfd, epoch)
 
 

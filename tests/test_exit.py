@@ -233,6 +233,34 @@ def test_the_walk_for_open_files_is_skipped_only_when_none_is_new(tmp_path: Path
     assert done.stdout.strip() == "[False, True, False, True, False, False]"
 
 
+def test_a_standbys_pipe_asks_for_no_walk_and_its_number_reused_does(tmp_path: Path) -> None:
+    # A standby is kept whenever a cell changed the namespace: its control pipe is a
+    # raw descriptor of the kernel's own, with nothing buffered for it, so the stop
+    # after such a cell skips the walk. A file opened later on the same number counts.
+    done = _run(
+        """
+        import os, sys
+        from persistent_kernel import quickexit, snapshot
+        quickexit.mark_start()
+        standby = snapshot.start_standby(lambda: {})
+        seen = [quickexit.needs_walk()]
+        fd = standby._control
+        standby.drop()
+        while not standby.reap():
+            pass
+        seen.append(quickexit.needs_walk())
+        mine = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)
+        os.dup2(mine, fd)  # the notebook's file, on the pipe's old number
+        os.close(mine)
+        seen.append(quickexit.needs_walk())
+        print(seen)
+        """,
+        str(tmp_path / "f.txt"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[False, False, True]"
+
+
 def test_a_file_opened_by_exec_lines_is_flushed_at_exit(
     kernels: KernelHarness, tmp_path: Path
 ) -> None:
