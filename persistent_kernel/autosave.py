@@ -225,6 +225,8 @@ class Autosaver:
         self._kills: list[str] = []  # culprits of the writer deaths in a row
         self._pending: list[CarriedGroup] = []
         self.has_checkpoint = False  # a generation exists on disk for this notebook
+        #: the epoch when the first cell that ran during the start-up restore started
+        self._during_restore: int | None = None
 
     # -- changes --------------------------------------------------------------------
 
@@ -499,6 +501,12 @@ class Autosaver:
 
     # -- pending groups (not loaded by an interrupted restore) ------------------------
 
+    def cell_during_restore(self) -> None:
+        """A cell (started already) runs while the start-up restore still binds names."""
+        with self._lock:
+            if self._during_restore is None:
+                self._during_restore = self._epoch
+
     def restored(
         self,
         pending: Iterable[CarriedGroup],
@@ -507,7 +515,9 @@ class Autosaver:
     ) -> None:
         """The start-up restore ended: what it did not load is pending.
 
-        What was loaded is on disk already: nothing to write until a change.
+        What was loaded is on disk already: nothing to write until a change;
+        but what cells that ran during the restore changed is not (see
+        :meth:`cell_during_restore`): it counts as unsaved.
         A restore writes nothing: the interval counts from when the newest
         generation was written, *written_ago* seconds ago (by the kernel before,
         which may have ended hours ago: then the next change is saved at the next
@@ -520,7 +530,8 @@ class Autosaver:
             ago = math.inf if written_ago is None else max(0.0, written_ago)
             self._last_write = self.clock() - ago
         with self._lock:
-            self._saved = self._epoch
+            during, self._during_restore = self._during_restore, None
+            self._saved = self._epoch if during is None else min(during, self._epoch)
 
     def carry(self, bound: Iterable[str]) -> list[CarriedGroup]:
         """Pending groups to keep in the next checkpoint.

@@ -374,6 +374,13 @@ class Checkpointer:
             self._hold_standby(anew=autosaver.user_threads_alive())
         self.standby.cell(source or "")
 
+    def cell_during_restore(self) -> None:
+        """A cell runs before the start-up restore has ended (it needs none of the names
+        still to come): what it changes is on no disk, so the restore's end must not
+        count it as saved (see :meth:`Autosaver.restored`). No checkpoint is written
+        before that end (there is no target): it would save a partial namespace."""
+        self.autosaver.cell_during_restore()
+
     def cell_finished(self, interrupted: bool) -> None:
         """A cell ended (*interrupted*: by an interrupt or a shutdown). Thread-safe.
 

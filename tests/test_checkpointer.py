@@ -356,6 +356,48 @@ def test_after_a_restore_the_first_change_is_saved_at_the_next_idle(tmp_path: Pa
     assert first.session.generations() == [1, 2]
 
 
+def test_cells_that_ran_during_the_restore_are_saved_once_it_ended(tmp_path: Path) -> None:
+    first = Rig(tmp_path / "store", checkpoint_interval=0.0)
+    first.cell(x=1)
+    assert first.session.generations() == [1]
+    clock, host = first.clock, Host(first.loop)
+    config = Settings(checkpoint_dir=str(tmp_path), background="inline", checkpoint_interval=0)
+    checkpointer = Checkpointer(host, config, Autosaver(clock, 0.0, threads=lambda: False))
+    # the next kernel is still restoring generation 1 when a cell that needs none of
+    # its names runs: nothing is written while the restore binds (no target) ...
+    checkpointer.cell_started()
+    checkpointer.cell_during_restore()
+    host.user_ns["y"] = 2
+    checkpointer.cell_finished(interrupted=False)
+    checkpointer.maybe_checkpoint()
+    checkpointer.final(shutdown_restart=None)
+    assert first.session.generations() == [1]
+    # ... and once it has ended, the cell's change is unsaved, not taken as restored
+    host.user_ns.update(first.saved())
+    target = first.checkpointer.target
+    assert target is not None
+    checkpointer.attach(target, has_checkpoint=True, written_at=0.0)
+    assert checkpointer.autosaver.dirty
+    checkpointer.maybe_checkpoint()
+    assert first.session.generations() == [1, 2]
+    values, _ = load_generation(first.session)
+    assert values == {"x": 1, "y": 2}
+
+
+def test_a_restore_with_no_cell_beside_it_leaves_nothing_unsaved(tmp_path: Path) -> None:
+    clock = Clock()
+    host = Host(Loop(clock))
+    config = Settings(checkpoint_dir=str(tmp_path), background="inline")
+    checkpointer = Checkpointer(host, config, Autosaver(clock, 30.0, threads=lambda: False))
+    checkpointer.cell_started()  # the first cell, waiting for the whole restore
+    rig = Rig(tmp_path / "store")
+    assert rig.checkpointer.target is not None
+    checkpointer.attach(rig.checkpointer.target, has_checkpoint=True)
+    assert not checkpointer.autosaver.dirty
+    checkpointer.cell_finished(interrupted=False)  # it ran after the restore: a change
+    assert checkpointer.autosaver.dirty
+
+
 def test_the_exclusion_is_named_by_who_made_it(tmp_path: Path) -> None:
     rig = Rig(tmp_path / "store", checkpoint_interval=0.0, exclude=("cfg_*",))
     rig.checkpointer.update_notebook_settings({"exclude": ["token"]})
