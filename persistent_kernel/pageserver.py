@@ -47,6 +47,7 @@ import json
 import mmap
 import os
 import select
+import signal
 import socket
 import struct
 import sys
@@ -78,7 +79,6 @@ def _iowr(kind: int, number: int, size: int) -> int:
 
 
 UFFDIO_COPY = _iowr(0xAA, 0x03, 40)
-UFFDIO_ZEROPAGE = _iowr(0xAA, 0x04, 32)
 UFFDIO_WAKE = (2 << 30) | (16 << 16) | (0xAA << 8) | 0x02
 UFFDIO_WRITEPROTECT = _iowr(0xAA, 0x06, 24)
 
@@ -194,6 +194,8 @@ class Server:
         self.busy: dict[tuple[int, int], list[int]] = {}  # (buffer, chunk) -> fds waiting
         self.cache: OrderedDict[tuple[int, int], mmap.mmap | None] = OrderedDict()
         self.loading: dict[tuple[int, int], threading.Event] = {}
+        self.told: set[tuple[int, int]] = set()  # damaged chunks the kernel was told of
+        self._zeros: mmap.mmap | None = None
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(THREADS, thread_name_prefix="pages")
         self.pending: dict[str, Any] | None = None  # a map whose descriptors are arriving
@@ -270,8 +272,7 @@ class Server:
         index = buffer.chunk_at(address)
         with self.lock:
             if (fd, buffer.id, index) in self.filled:
-                start, end = buffer.span(index)
-                self.ioctl.wake(fd, start, end - start)
+                self.pool.submit(self.refill, fd, buffer, index, address)
                 return
             waiting = self.busy.setdefault((buffer.id, index), [])
             first = not waiting
@@ -334,35 +335,57 @@ class Server:
 
     def fill(self, buffer: Buffer, index: int) -> None:
         """Copy chunk *index* into every process waiting for it."""
+        start, end = buffer.span(index)
+        with self.lock:
+            fds = self.busy.pop((buffer.id, index), [])
+        for fd in fds:
+            if self.place(fd, buffer, index, start, end):
+                with self.lock:
+                    self.filled.add((fd, buffer.id, index))
+
+    def refill(self, fd: int, buffer: Buffer, index: int, address: int) -> None:
+        """A fault in a chunk already placed: a late event of the first touch (the page
+        is there), or a page the process discarded since (``MADV_DONTNEED``), which
+        gets its chunk's bytes again."""
+        page = address // PAGE * PAGE
+        self.place(fd, buffer, index, page, page + PAGE)
+
+    def place(self, fd: int, buffer: Buffer, index: int, start: int, end: int) -> bool:
+        """Copy ``[start, end)`` of chunk *index* into the process of *fd*, pages already
+        there kept; a damaged chunk's pages are zeros, left writable (so the next
+        checkpoint hashes them anew). Whether it was placed."""
         try:
             data = self.verified(buffer, index)
         except Exception:  # a stopped thread must go on: treat as damaged
             data = None
-        start, end = buffer.span(index)
-        with self.lock:
-            fds = self.busy.pop((buffer.id, index), [])
+        damaged = data is None
         if data is None:
-            self.tell(
-                {"op": "damaged", "id": buffer.id, "chunk": index, "name": buffer.names[index]}
-            )
-        for fd in fds:
-            if data is None:  # zeros, writable: the next checkpoint hashes them anew
-                arg = (ctypes.c_uint64 * 4)(start, end - start, 0, 0)
-                error = self.ioctl.call(fd, UFFDIO_ZEROPAGE, arg)
-                if error == errno.EEXIST:
-                    error = self.ioctl.wake(fd, start, end - start)
-            else:
-                anchor = ctypes.c_char.from_buffer(data)  # keeps *data* mapped while copied
-                error = self.ioctl.copy(fd, start, ctypes.addressof(anchor), end - start, True)
-                del anchor
-            if error == errno.ESRCH:
-                self.drop(fd)
-                continue
-            if error:  # let the thread touch it again: a new fault, a new attempt
-                self.ioctl.wake(fd, start, end - start)
-                continue
-            with self.lock:
-                self.filled.add((fd, buffer.id, index))
+            key = (buffer.id, index)
+            if key not in self.told:
+                self.told.add(key)
+                name = buffer.names[index]
+                self.tell({"op": "damaged", "id": buffer.id, "chunk": index, "name": name})
+            data = self.zeros(end - start)
+            offset = 0
+        else:
+            offset = start - (buffer.address + buffer.offsets[index])
+        anchor = ctypes.c_char.from_buffer(data, offset)  # keeps *data* mapped while copied
+        error = self.ioctl.copy(fd, start, ctypes.addressof(anchor), end - start, not damaged)
+        del anchor
+        if error == errno.ESRCH:
+            self.drop(fd)
+            return False
+        if error:  # let the thread touch it again: a new fault, a new attempt
+            self.ioctl.wake(fd, start, end - start)
+            return False
+        return True
+
+    def zeros(self, size: int) -> mmap.mmap:
+        """A zero-filled source of at least *size* bytes (page-aligned)."""
+        with self.lock:
+            if self._zeros is None or len(self._zeros) < size:
+                self._zeros = mmap.mmap(-1, rounded(size))
+            return self._zeros
 
     def drop(self, fd: int) -> None:
         """A forked child ended: forget its descriptor."""
@@ -413,7 +436,20 @@ class Server:
         return bool(page) and self.ioctl.alive(self.kernel_fd, page)
 
 
+def steady() -> None:
+    """Keep serving through what would end a process of the kernel's: the terminal's
+    signals (the kernel's own end is seen on the socket), and the OOM killer, which
+    would otherwise leave threads of the kernel waiting for pages (this process holds
+    a few chunks; root may spare it, others keep the default)."""
+    for name in ("SIGINT", "SIGHUP", "SIGTERM", "SIGQUIT"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    with contextlib.suppress(OSError):  # not allowed: the default score stays
+        os.write(fd := os.open("/proc/self/oom_score_adj", os.O_WRONLY), b"-1000")
+        os.close(fd)
+
+
 def main(argv: list[str]) -> int:
+    steady()
     uffd, sock_fd = int(argv[0]), int(argv[1])
     sock = socket.socket(fileno=sock_fd)
     os.set_blocking(uffd, False)

@@ -26,6 +26,7 @@ from persistent_kernel.content import parse
 from persistent_kernel.lazypages import PageServer
 from persistent_kernel.restore import RestoreProgress, restore_checkpoint
 from persistent_kernel.store import SessionStore, chunks
+from persistent_kernel.store.sessions import BlobRef
 
 from .harness import Kernel, KernelHarness
 from .helpers import INFO, flip_a_bit, wait_until
@@ -315,3 +316,59 @@ def test_the_page_server_outlives_a_killed_kernel_only_while_its_children_live(
         return Path(f"/proc/{server}/stat").read_text().split()[2] == "Z"
 
     wait_until(gone, 30, "the page server to end with its kernel")
+
+
+class Refusing:
+    """Pages that must not be asked (a guard is under test)."""
+
+    def map(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("asked to map")
+
+
+def test_chunks_that_share_a_page_are_read_not_mapped(session: SessionStore) -> None:
+    odd = [BlobRef("a" * 64, 5000, (5000,)), BlobRef("b" * 64, 4096, (4096,))]  # older cuts
+    assert chunks.map_chunked(session, odd, Refusing()) is None
+
+
+def test_a_damaged_chunk_is_told_in_the_kernel(kernels: KernelHarness) -> None:
+    lazy_or_skip().close()
+    kernel = kernels.start()
+    kernel.run("import numpy as np\nbig = np.arange(4 << 20, dtype=np.float64) + 1").check()
+    kernel.run("%persist save").check()
+    kernel.shutdown()
+    kernel.wait_dead()
+    session = kernels.session()
+    (part,) = [
+        p
+        for g in parse(session.read_manifest(session.generations()[-1])).groups
+        for p in g.parts
+        if p.blob is None
+    ]
+    first = part.refs()[0]
+    flip_a_bit(session.objects_dir / first.hash)
+    kernel = kernels.start()
+    shown = [kernel.run("print(float(big[0]))").check().stdout]
+    assert shown[0].splitlines()[-1] == "0.0"  # never the damaged bytes
+    shown.append(kernel.run("print(float(big[-1]))").check().stdout)
+    assert shown[1].splitlines()[-1] == str(float(4 << 20))  # the rest is exact
+    sentence = "1.0 MiB of big were damaged on disk and read as zeros"
+    wait_until(
+        lambda: sentence in "".join(shown) or shown.append(kernel.run("pass").stdout),
+        30, "the damage to be told above a cell",
+    )  # fmt: skip
+    assert "".join(shown).count(sentence) == 1  # told once
+    assert not (session.objects_dir / first.hash).exists()  # quarantined
+
+
+def test_a_discarded_page_gets_its_bytes_again(session: SessionStore, pages: PageServer) -> None:
+    import ctypes
+
+    values = arrays(1, 32 * MB)
+    saved(session, values)
+    into = restored(session, pages)
+    a0 = into["a0"]
+    assert a0[1000] == values["a0"][1000]  # placed
+    libc = ctypes.CDLL(None, use_errno=True)
+    start = pagewrites.address_of(a0) + 2 * pagewrites.PAGE
+    assert libc.madvise(ctypes.c_void_p(start), pagewrites.PAGE, 4) == 0  # MADV_DONTNEED
+    assert np.array_equal(a0[:8192], values["a0"][:8192])  # the chunk's bytes, not zeros

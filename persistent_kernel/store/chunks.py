@@ -29,13 +29,20 @@ with the buffer) reads as it always did. Cuts of another size do not share
 chunks with this release's, so the first checkpoint after such a restore
 writes the buffer once more in full.
 
-Chunking also lets the hash run on two cores: the writer hashes chunks on
-:data:`THREADS` threads (created in the writer itself: a pool made before a
-fork would hang in the child) while :data:`WRITERS` threads write the chunks
-already hashed, so that waiting for one chunk's fsync does not stop the
-others; a restore reads and hashes chunks on two threads, each straight into
-its slice of one destination buffer, so the array comes back
-in one piece with no copy. BLAKE3 releases the GIL while it hashes.
+Chunking also lets the hash run on two cores: the writer stores chunks on
+:data:`WRITERS` threads (created in the writer itself: a pool made before a
+fork would hang in the child), each hashing and writing its chunk, so that
+while one thread waits for its chunk's fsync the others hash and write. A
+chunk whose name is unknown is hashed first and written only if no blob has
+that name, except after :data:`NEW_RUN` new chunks in a row (fresh data):
+then it is written to a temp file and hashed piece by piece in the same pass
+(:meth:`.SessionStore.write_new_blob`), its bytes read from memory once, not
+twice, and named once written; a chunk found already stored sends the next
+ones back to hashing first, so an unchanged buffer is never rewritten and a
+changed region costs at most one needless write. A restore reads and hashes
+chunks on two threads, each straight into its slice of one destination
+buffer, so the array comes back in one piece with no copy. BLAKE3 releases
+the GIL while it hashes.
 
 Limits: only buffers of at least :data:`THRESHOLD` bytes are chunked (below
 it one blob is cheaper than several); the pickle stream is never chunked.
@@ -45,6 +52,7 @@ releases refuse as newer rather than misread.
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -53,8 +61,9 @@ from typing import Any, Protocol
 
 from .. import blobio
 from ..errors import CorruptCheckpoint
-from .sessions import HASH, BlobRef, SessionStore, blob_hash, hasher
+from .sessions import HASH, BlobRef, SessionStore, hasher
 
+PAGE = mmap.PAGESIZE
 #: The largest chunk, for buffers of 256 MiB or more (see the module docstring).
 CHUNK = 8 << 20
 #: The smallest chunk (a buffer of :data:`THRESHOLD` bytes is 16 of them).
@@ -63,13 +72,16 @@ MIN_CHUNK = 1 << 20
 SHARE = 32
 #: Buffers of at least this many bytes are chunked.
 THRESHOLD = 16 << 20
-#: Threads hashing (writer) or reading and hashing (restore) chunks.
+#: Threads reading and hashing chunks (restore).
 THREADS = 2
-#: Threads writing chunks. Each chunk's file is written, fsynced and renamed;
-#: with one thread every fsync stops the writing, with several the disk confirms
-#: some chunks while others are written (1 GiB: 1.4-2.0x a single file written
-#: and fsynced with one thread, 1.0-1.1x with four, on this project's VM).
+#: Threads hashing and writing chunks. Each chunk's file is written, fsynced and
+#: renamed; with one thread every fsync stops the writing, with several the disk
+#: confirms some chunks while others are hashed and written (1 GiB: 1.4-2.0x a
+#: single file written and fsynced with one thread, 1.0-1.1x with four, on this
+#: project's VM).
 WRITERS = 4
+#: New chunks in a row after which the next is written and hashed in one pass.
+NEW_RUN = 2
 
 
 @dataclass(frozen=True)
@@ -119,8 +131,8 @@ def write_part(
     """Store one part: one blob if small (or *chunk* is false), else chunks.
 
     Only chunks not already stored are written. Hold the session's lock.
-    Chunks are hashed on :data:`THREADS` threads and written, each as soon as
-    it is hashed, on :data:`WRITERS` threads; the result lists them in order.
+    Chunks are hashed and written on :data:`WRITERS` threads, fresh ones in
+    one pass (see the module docstring); the result lists them in order.
     *known*: the name of each chunk where the caller knows it already (the
     bytes are those an earlier checkpoint hashed; see :mod:`..pagewrites`),
     None where it must be hashed. A known chunk missing from the store is
@@ -136,27 +148,40 @@ def write_part(
     cuts = spans(view.nbytes)
     if len(known) != len(cuts):
         known = [None] * len(cuts)
-    names = dict(zip(cuts, known, strict=True))
-    hashed = sum(end - start for (start, end), name in names.items() if name is None)
+    hashed = sum(
+        end - start for (start, end), name in zip(cuts, known, strict=True) if name is None
+    )
+    guess = _Guess()
 
-    def digest(span: tuple[int, int]) -> str:
-        return names[span] or blob_hash([view[span[0] : span[1]]])
-
-    def store(span: tuple[int, int], name: str) -> BlobRef:
-        ref = session.write_blob([view[span[0] : span[1]]], digest=name)
+    def store(span: tuple[int, int], name: str | None) -> BlobRef:
+        piece = [view[span[0] : span[1]]]
+        if name is not None:
+            ref = session.write_blob(piece, digest=name)
+        else:
+            ref = session.write_new_blob(piece) if guess.fresh() else session.write_blob(piece)
+            guess.saw(new=ref.written > 0)
         if on_stored is not None:
             on_stored(span[1] - span[0])
         return ref
 
-    with (
-        ThreadPoolExecutor(THREADS, thread_name_prefix="persistent-kernel-hash") as hashing,
-        ThreadPoolExecutor(WRITERS, thread_name_prefix="persistent-kernel-write") as writing,
-    ):
-        stored = [
-            writing.submit(store, span, name)
-            for span, name in zip(cuts, hashing.map(digest, cuts), strict=True)
-        ]
+    with ThreadPoolExecutor(WRITERS, thread_name_prefix="persistent-kernel-write") as writing:
+        stored = [writing.submit(store, span, name) for span, name in zip(cuts, known, strict=True)]
         return Chunked(tuple(future.result() for future in stored), hashed)
+
+
+class _Guess:
+    """Whether the next chunk to hash is probably new: after :data:`NEW_RUN` new
+    ones in a row. Updated from several threads: a stale read costs at most
+    one chunk stored the other way, never a wrong name."""
+
+    def __init__(self) -> None:
+        self.new_in_a_row = 0
+
+    def fresh(self) -> bool:
+        return self.new_in_a_row >= NEW_RUN
+
+    def saw(self, new: bool) -> None:
+        self.new_in_a_row = self.new_in_a_row + 1 if new else 0
 
 
 def read_chunked(
@@ -227,6 +252,8 @@ def map_chunked(
     :func:`read_chunked` would for a chunk that is missing, of the wrong size or
     unreadable; a chunk whose bytes do not match its name is found on first
     touch (and quarantined)."""
+    if any(ref.size % PAGE for ref in chunks[:-1]):
+        return None  # chunks that share a page cannot be placed one at a time
     files: list[int] = []
     try:
         for ref in chunks:
