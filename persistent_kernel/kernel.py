@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import signal
 import threading
@@ -33,7 +34,7 @@ from traitlets import (
     observe,
 )
 
-from . import identity, lazypages, panel, quickexit, render, serializer
+from . import cellnames, identity, lazypages, panel, quickexit, render, serializer
 from .checkpointer import Checkpointer, Settings
 from .kernelconfig import default_checkpoint_dir
 from .restore import RestoreReport
@@ -44,6 +45,11 @@ from .writerwatch import Loop, TornadoLoop
 # Seconds an interrupted cell's state waits before it counts as a change: a
 # restart interrupts the running cell and sends shutdown_request at once.
 INTERRUPT_GRACE = 3.0
+
+# Seconds a kernel stopping during its restore waits for the restore to stop at
+# its next group, so that the final checkpoint carries the groups not loaded:
+# jupyter_client sends SIGTERM 2.5 s after the shutdown request, SIGKILL at 5 s.
+RESTORE_END_WAIT = 2.0
 
 
 class PersistentKernel(IPythonKernel):
@@ -188,6 +194,7 @@ class PersistentKernel(IPythonKernel):
         self._restore_done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.restore_report: RestoreReport | None = None
         self._unshown: RestoreReport | None = None  # the report, until a cell shows it
+        self._unshown_lock = threading.Lock()  # set by the restore's thread, taken by cells
         self._notices: list[str] = []  # sentences for the user, shown above the next cell
         self._told: set[tuple[str, str]] = set()  # the failures of ours told (see guarded)
         self._names_at_start: frozenset[str] = frozenset()
@@ -215,9 +222,10 @@ class PersistentKernel(IPythonKernel):
         The restore starts here, not in ``__init__`` (ipykernel hides whatever
         is in the namespace before its init code runs), in a thread, so that
         ``kernel_info`` is answered at once however large the checkpoint
-        (servers give up on a kernel that stays silent for 60 s). No cell
-        runs before the restore is done: :meth:`execute_request` waits for it
-        and shows its progress.
+        (servers give up on a kernel that stays silent for 60 s). A cell
+        runs before the restore is done only if none of the names it may use
+        is still to come: :meth:`execute_request` waits for those (or for the
+        whole restore) and shows its progress.
         """
         super().start()
         checkpointer = self.checkpointer
@@ -286,10 +294,15 @@ class PersistentKernel(IPythonKernel):
                 "it, and checkpoints are not written until it restarts."
             )
         finally:
+            startup.progress.names.finish()  # nothing more is bound: no cell waits for it
             self._restore_done.set_result(None)
             loop = getattr(self, "io_loop", None)
             if loop is not None:  # the panel learns the restore ended
                 loop.add_callback(self.guarded, "the state panel", self.panel.changed)
+                # what cells changed while it ran is on no disk yet
+                checkpointer = self.checkpointer
+                assert checkpointer is not None
+                loop.add_callback(self.guarded, "the checkpoint", checkpointer.maybe_checkpoint)
 
     def _started(self, outcome: Outcome) -> None:
         """The start-up restore ended: checkpoints go where it decided from now on."""
@@ -304,46 +317,75 @@ class PersistentKernel(IPythonKernel):
             # kernel's other start-up notices.
             for line in render.restore_summary(report).splitlines():
                 self.log.warning("%s", line)
-            self._unshown = report
+            with self._unshown_lock:
+                self._unshown = report
 
-    async def _wait_for_restore(self, startup: Startup) -> None:
-        """Hold the first cell until the restore is done; show one progress line.
+    async def _wait_for_restore(self, startup: Startup, code: str) -> None:
+        """Hold a cell while a name it may use is still to be restored; show one
+        progress line while it waits.
 
+        The names are :func:`cellnames.names_used`; where it cannot tell, or
+        before the restore has chosen its generation, the cell waits for the
+        whole restore, as every first cell once did. They are asked again after
+        each wait: a notebook function loaded meanwhile may lead to more.
         The line says what is happening (waiting for the previous kernel's
         writer, then restoring) and is replaced by the restore report (or
-        removed) when the restore ends, so it is not left in the notebook.
-        An interrupt stops the wait or the restore and keeps what is loaded.
+        removed) when the wait ends, so it is not left in the notebook.
+        An interrupt stops the wait and the restore and keeps what is loaded.
         """
         done = asyncio.wrap_future(self._restore_done)
+        pending = startup.progress.names
+        loop = asyncio.get_running_loop()
         previous = signal.getsignal(signal.SIGINT)
         main = threading.current_thread() is threading.main_thread()
         if main:
             signal.signal(signal.SIGINT, lambda signum, frame: startup.cancel())
         shown = None
         try:
-            while True:
-                try:
-                    await asyncio.wait_for(asyncio.shield(done), timeout=1.0)
-                    break
-                except asyncio.TimeoutError:
-                    text = render.progress_text(startup.progress, startup.waited())
-                    if shown is None:
-                        shown = display({"text/plain": text}, raw=True, display_id=True)
-                    else:
-                        shown.update({"text/plain": text}, raw=True)
+            while not done.done():
+                needed: set[str] | None = set()  # before the choice: wait for the choice
+                if pending.chosen:
+                    needed = self._names_needed(code)
+                    if needed is not None and not pending.pending(needed):
+                        break
+                if needed is None:
+                    try:
+                        await asyncio.wait_for(asyncio.shield(done), timeout=1.0)
+                        break
+                    except asyncio.TimeoutError:
+                        pass
+                elif await loop.run_in_executor(None, pending.wait_for, needed, 1.0):
+                    continue  # those came: ask again, the cell may lead to more
+                waits_for = pending.pending(needed) if needed else None
+                text = render.progress_text(startup.progress, startup.waited(), waits_for)
+                if shown is None:
+                    shown = display({"text/plain": text}, raw=True, display_id=True)
+                else:
+                    shown.update({"text/plain": text}, raw=True)
         finally:
             if main:
                 signal.signal(signal.SIGINT, previous)
+        if self.restoring:  # the cell runs beside the restore
+            checkpointer = self.checkpointer
+            assert checkpointer is not None
+            checkpointer.cell_during_restore()
         if shown is not None:
-            report = self._take_report()
+            report = self._take_report() if done.done() else None
             if report is not None:
                 shown.update(render.restore_data(report), raw=True)
             else:
                 clear_output()
 
+    def _names_needed(self, code: str) -> set[str] | None:
+        """The names the cell *code* may use (None: it cannot tell); see cellnames."""
+        shell = self.shell
+        assert shell is not None
+        return cellnames.names_used(code, shell.user_ns, shell.transform_cell)
+
     def _take_report(self) -> RestoreReport | None:
         """The restore report, if it is still to be shown (once)."""
-        report, self._unshown = self._unshown, None
+        with self._unshown_lock:
+            report, self._unshown = self._unshown, None
         return report
 
     def _first_cell_ready(self, startup: Startup, content: dict[str, Any]) -> bool:
@@ -424,11 +466,13 @@ class PersistentKernel(IPythonKernel):
                 )  # fmt: skip
 
     async def _hold_for_restore(self, startup: Startup, content: dict[str, Any]) -> None:
-        """The first cell waits for the restore; a fault of ours in the wait is told,
-        and the cell still waits (without progress) before it runs."""
+        """A cell waits for the names it uses (see :meth:`_wait_for_restore`); a fault
+        of ours in the wait is told, and the cell waits for the whole restore (without
+        progress) before it runs."""
         try:
             if self._first_cell_ready(startup, content):
-                await self._wait_for_restore(startup)
+                code = content.get("code", "")
+                await self._wait_for_restore(startup, code if isinstance(code, str) else "")
         except Exception as exc:
             self._failed("showing the restore's progress", exc)
             await asyncio.wrap_future(self._restore_done)
@@ -472,6 +516,11 @@ class PersistentKernel(IPythonKernel):
             quickexit.note_files()  # before any fork: see quickexit
         if self.startup is not None and self.restoring:
             self.startup.cancel()  # it waits for nothing more: the kernel ends
+            # Stopped at its next group, it carries the groups it did not load into
+            # the final checkpoint, byte for byte; stopped later than that, nothing is
+            # written (the checkpointer has no target): never a partial namespace.
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                self._restore_done.result(timeout=RESTORE_END_WAIT)
         assert self.checkpointer is not None
         try:
             self.checkpointer.final(self._shutdown_restart)

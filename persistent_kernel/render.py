@@ -13,7 +13,7 @@ import errno
 import html
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from . import namespace
@@ -512,9 +512,14 @@ def restore_data(report: RestoreReport) -> dict[str, str]:
     return {"text/plain": restore_text(report), "text/html": restore_html(report)}
 
 
-def progress_text(progress: RestoreProgress, waited: tuple[float, float] | None) -> str:
-    """The one line shown while the first cell waits for the start-up restore:
-    *waited* (seconds so far, at most) while it waits for the previous kernel's writer."""
+def progress_text(
+    progress: RestoreProgress,
+    waited: tuple[float, float] | None,
+    needed: Collection[str] | None = None,
+) -> str:
+    """The one line shown while a cell waits for the start-up restore:
+    *waited* (seconds so far, at most) while it waits for the previous kernel's writer;
+    *needed*: the names still to come that the cell waits for (None: all of them)."""
     if waited is not None:
         return (
             "persistent-kernel: waiting for the previous kernel to finish writing its "
@@ -524,8 +529,11 @@ def progress_text(progress: RestoreProgress, waited: tuple[float, float] | None)
     total = progress.total
     done = min(progress.done, total)
     fraction = done / total if total else 0.0
+    names = sorted(needed or ())
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return (
         f"persistent-kernel: restoring checkpoint {progress.generation or ''}: "
         f"{human_size(done)} of {human_size(total)} ({fraction:.0%}); "
-        "interrupt to stop and keep what is loaded"
+        + (f"this cell waits for {shown}; " if names else "")
+        + "interrupt to stop and keep what is loaded"
     )

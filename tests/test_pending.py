@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from persistent_kernel import render
 from persistent_kernel.checkpoint import write_checkpoint
 from persistent_kernel.restore import Pending, RestoreProgress, restore_checkpoint
 from persistent_kernel.store import SessionStore
@@ -95,3 +96,13 @@ def test_an_interrupt_carries_exactly_the_groups_not_bound(session: SessionStore
     carried = sorted(n for g in report.carried for n in g.record["names"])
     assert carried == ["big", "mid"]
     assert progress.names.done and progress.names.pending(NAMES) == set()
+
+
+def test_the_progress_line_names_what_the_cell_waits_for() -> None:
+    progress = RestoreProgress()
+    progress.generation, progress.total, progress.done = 3, 2048, 1024
+    line = render.progress_text(progress, None, {"big", "df"})
+    assert "restoring checkpoint 3: 1.0 KiB of 2.0 KiB (50%); this cell waits for big, df;" in line
+    assert "waits for" not in render.progress_text(progress, None)
+    many = render.progress_text(progress, None, {f"v{i}" for i in range(8)})
+    assert "v0, v1, v2, v3, v4 and 3 more;" in many
