@@ -30,7 +30,8 @@ from persistent_kernel.store import SessionStore
 #: The backend's methods that touch storage (see :class:`.backend.Backend`).
 IO = frozenset({
     "ensure", "generations", "read_manifest", "write_manifest", "delete_manifest",
-    "blob_size", "read_blob_bytes", "read_blob", "read_blob_into", "write_blob", "blobs",
+    "blob_size", "read_blob_bytes", "read_blob", "read_blob_into", "write_blob",
+    "write_blob_hashing", "blobs",
     "delete_blob", "quarantine_blob", "read_file", "write_file", "delete_file",
     "sweep_temporaries", "exists", "remove", "clear", "disk_usage", "modified",
 })  # fmt: skip

@@ -21,6 +21,7 @@ it below zero so that its prunes see every blob, as they would an hour later.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,6 +49,7 @@ from persistent_kernel.store import (
     blob_hash,
     rename,
 )
+from persistent_kernel.store.local import LocalBackend
 from persistent_kernel.store.sessions import hasher
 from persistent_kernel.store.trust import Signer
 from persistent_kernel.store.where import find_session, open_store
@@ -173,6 +175,26 @@ def test_blobs_are_stored_whole_and_read_by_parts(session: SessionStore) -> None
     digest = hasher()
     backend.read_blob_into(name, memoryview(into), digest)
     assert into == b"abcdef" and digest.hexdigest() == name
+
+
+def test_a_blob_hashed_as_it_is_written_is_named_by_its_bytes(session: SessionStore) -> None:
+    backend = session.backend
+    data = bytes(range(256)) * 4096  # 1 MiB: several pieces where the disk hashes as it writes
+    asked: list[str] = []
+
+    def stored(name: str) -> bool:
+        asked.append(name)
+        return False
+
+    parts = [data[:1000], memoryview(data)[1000:]]
+    name, known = backend.write_blob_hashing(parts, hasher(), stored)
+    assert (name, known) == (blob_hash([data]), False) and asked == [name]
+    assert bytes(backend.read_blob_bytes(name)) == data
+    # Already stored: what was written for nothing is dropped, temp file and all.
+    assert backend.write_blob_hashing([data], hasher(), lambda n: True) == (name, True)
+    assert backend.blobs() == [name]
+    if isinstance(backend, LocalBackend):
+        assert os.listdir(backend.objects_dir) == [name]
 
 
 def test_a_missing_blob_is_none_then_corrupt(session: SessionStore) -> None:

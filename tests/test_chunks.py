@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import itertools
+import os
+import signal
 from typing import Any
 
 import numpy as np
 import pytest
 
+from persistent_kernel import snapshot
 from persistent_kernel.checkpoint import CheckpointResult, write_checkpoint
 from persistent_kernel.content import parse
 from persistent_kernel.restore import load_generation, restore_checkpoint
-from persistent_kernel.store import SessionStore, chunks
+from persistent_kernel.store import SessionStore, blob_hash, chunks, fs
 
 from .harness import KernelHarness
 from .helpers import INFO, flip_a_bit
@@ -117,6 +122,89 @@ def test_a_damaged_chunk_is_refused_and_rewritten(session: SessionStore) -> None
     chunk = chunks.chunk_size(array.nbytes)
     assert chunk <= result.written <= chunk + MB  # the damaged chunk alone, written again
     np.testing.assert_array_equal(restore(session)["a"], array)
+
+
+def named_by_their_bytes(session: SessionStore) -> list[str]:
+    """The blobs stored (temp files aside), each checked to be named by the hash of its bytes."""
+    names = session.backend.blobs()
+    for name in names:
+        assert blob_hash([(session.objects_dir / name).read_bytes()]) == name
+    return names
+
+
+def temporaries(session: SessionStore) -> list[str]:
+    return [p.name for p in session.objects_dir.iterdir() if p.name.startswith(fs.TMP)]
+
+
+def test_fresh_chunks_are_hashed_as_they_are_written(
+    session: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New chunks after the first few are written and hashed in one pass, each named by
+    the hash of its bytes; an unchanged buffer is then hashed again, never rewritten."""
+    one_pass: list[int] = []
+    original = SessionStore.write_new_blob
+
+    def spy(self: SessionStore, parts: Any) -> Any:
+        one_pass.append(1)
+        return original(self, parts)
+
+    monkeypatch.setattr(SessionStore, "write_new_blob", spy)
+    array = np.random.default_rng(5).random(48 * MB // 8)
+    cuts = chunks.spans(array.nbytes)
+    first = write(session, {"a": array})
+    assert first.written >= array.nbytes
+    assert len(one_pass) >= len(cuts) // 2
+    assert len(named_by_their_bytes(session)) >= len(cuts) and not temporaries(session)
+
+    one_pass.clear()
+    second = write(session, {"a": array, "b": 1})
+    assert second.written < MB and not one_pass
+    np.testing.assert_array_equal(restore(session)["a"], array)
+
+
+def test_a_write_failing_midway_leaves_no_blob_under_a_name(
+    session: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chunks, "NEW_RUN", 0)  # every chunk in one pass
+    calls, real = itertools.count(1), fs._write_all
+
+    def fill_up(fd: int, view: memoryview) -> None:
+        if next(calls) == 41:  # within the chunk of 1 MiB a thread is writing
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, view)
+
+    monkeypatch.setattr(fs, "_write_all", fill_up)
+    with pytest.raises(OSError, match="No space"):
+        write(session, {"a": np.random.default_rng(6).random(48 * MB // 8)})
+    named_by_their_bytes(session)  # the chunks stored before are whole
+    assert not temporaries(session) and session.generations() == []
+
+
+def test_a_writer_killed_midway_leaves_no_blob_under_a_name(session: SessionStore) -> None:
+    array = np.random.default_rng(7).random(48 * MB // 8)
+    pid = snapshot.fork()
+    if pid == 0:  # pragma: no cover - the writer, killed while it writes
+        try:
+            chunks.NEW_RUN = 0
+            calls, real = itertools.count(1), fs._write_all
+
+            def die(fd: int, view: memoryview) -> None:
+                if next(calls) == 41:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                real(fd, view)
+
+            fs._write_all = die  # type: ignore[assignment]
+            with session.locks.locked(10):
+                chunks.write_part(session, array)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert named_by_their_bytes(session)  # some were stored, each whole
+    assert temporaries(session)  # the ones cut short kept their temp names ...
+    session.prune(keep=1)
+    assert not temporaries(session)  # ... which the next prune sweeps
+    assert session.generations() == []
 
 
 def test_format_2_readers_are_not_given_chunks(session: SessionStore) -> None:

@@ -49,8 +49,10 @@ WALK = {"generations", "read_manifest"}
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunk buffers of 1 MiB and more, so that the arrays here take the chunked path
-    (each chunk a blob of its own, read into place) without costing seconds a run."""
+    (each chunk a blob of its own, read into place) without costing seconds a run;
+    chunks not yet stored are hashed as they are written from the first one on."""
     monkeypatch.setattr(chunks, "THRESHOLD", 1 << 20)
+    monkeypatch.setattr(chunks, "NEW_RUN", 0)
 
 
 def same(values: dict[str, Any], expected: dict[str, Any]) -> bool:

@@ -9,7 +9,7 @@ methods and the format code does not change.
 
 What every backend promises:
 
-* ``write_blob`` and ``write_manifest`` are atomic: a reader sees the whole
+* ``write_blob``, ``write_blob_hashing`` and ``write_manifest`` are atomic: a reader sees the whole
   object or none. ``write_manifest`` makes every blob written before it
   durable first, so a manifest never names a blob a crash can lose.
 * ``read_*`` refuse what is not provably the user's own with
@@ -112,6 +112,29 @@ class Backend(ABC):
     @abstractmethod
     def write_blob(self, name: str, parts: Sequence[bytes | memoryview]) -> None:
         """Store a blob atomically (durable once the next manifest is written)."""
+
+    def write_blob_hashing(
+        self,
+        parts: Sequence[bytes | memoryview],
+        digest: Digest,
+        stored: Callable[[str], bool],
+    ) -> tuple[str, bool]:
+        """Store a blob named by its hash, *digest* updated with its bytes in order.
+
+        For a blob that is probably new: a backend that can write before it
+        knows the name (the local disk) hashes each piece as it writes it, one
+        pass over the bytes instead of two. Once the name is known, *stored*
+        says whether a blob of that name is stored already: then what was
+        written is dropped. Returns the name and that answer. This default
+        hashes first and writes only if *stored* is false.
+        """
+        for part in parts:
+            digest.update(part)
+        name = digest.hexdigest()
+        known = stored(name)
+        if not known:
+            self.write_blob(name, parts)
+        return name, known
 
     @abstractmethod
     def blobs(self) -> list[str]:

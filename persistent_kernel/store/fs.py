@@ -7,6 +7,8 @@ One implementation of each, used by the store, the secret and export:
 * :func:`write_atomic` and :func:`atomic_file` write a uniquely named temp
   file beside the target, fsync it and rename it over the target: the target
   is whole or untouched, never half written.
+* :func:`write_hashing` writes a file whose name is the hash of its bytes,
+  hashing each piece as it is written, and renames it to that name.
 * :func:`write_new` creates a file whole, and only if no file has that name
   (link, not rename): two processes racing to create it agree on one copy.
 * :func:`fsync_dir` makes renames in a directory durable.
@@ -19,15 +21,21 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from .backend import Digest
 
 #: Prefix of every temp file: never a valid blob, manifest or settings name.
 TMP = ".tmp-"
 #: Largest single write: bounds one system call.
 CHUNK = 1 << 26
+#: Bytes written, then hashed, at a time by :func:`write_hashing`: small enough that the
+#: hash reads them from the core's cache where the write just left them.
+PIECE = 1 << 18
 
 
 def private_dir(path: Path) -> Path:
@@ -97,6 +105,51 @@ def write_atomic(
         with suppress(OSError):
             tmp.unlink()
         raise
+
+
+def write_hashing(
+    directory: Path,
+    parts: Sequence[bytes | memoryview],
+    digest: Digest,
+    stored: Callable[[str], bool] = lambda name: False,
+) -> tuple[str, bool]:
+    """Write *parts* to a file named by their hash, in one pass over their bytes.
+
+    Each piece of :data:`PIECE` bytes is written to a uniquely named temp
+    file and then given to *digest*, so the bytes are read from memory once
+    for both. Once all are written the file is named ``digest.hexdigest()``:
+    if *stored* is true of that name (a blob of it is stored already) the temp
+    file is removed unsynced, else it is fsynced and renamed to it. Returns
+    the name and whether it was stored already. The name is the hash of the
+    bytes written (given bytes no other thread changes meanwhile: a forked
+    writer's); a crash or error leaves at most the temp file, never a file
+    under a name.
+    """
+    tmp = _temp_path(directory)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            for part in parts:
+                view = memoryview(part).cast("B")
+                for start in range(0, len(view), PIECE):
+                    piece = view[start : start + PIECE]
+                    _write_all(fd, piece)
+                    digest.update(piece)
+            name = digest.hexdigest()
+            known = stored(name)
+            if not known:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if known:
+            tmp.unlink()
+        else:
+            os.replace(tmp, directory / name)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+    return name, known
 
 
 def write_new(directory: Path, name: str, data: bytes) -> bool:

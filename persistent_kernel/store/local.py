@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 from .. import blobio
 from ..errors import CorruptCheckpoint, NoCheckpoint, ShortRead, UntrustedCheckpoint
 from .backend import Backend, Digest
-from .fs import TMP, fsync_dir, private_dir, write_atomic
+from .fs import TMP, fsync_dir, private_dir, write_atomic, write_hashing
 from .trust import check_private, check_private_path, read_private
 
 #: Session files removed by :meth:`LocalBackend.clear` (settings outlive a clear).
@@ -147,6 +147,14 @@ class LocalBackend(Backend):
 
     def write_blob(self, name: str, parts: Sequence[bytes | memoryview]) -> None:
         write_atomic(self.objects_dir, name, parts)
+
+    def write_blob_hashing(
+        self,
+        parts: Sequence[bytes | memoryview],
+        digest: Digest,
+        stored: Callable[[str], bool],
+    ) -> tuple[str, bool]:
+        return write_hashing(self.objects_dir, parts, digest, stored)
 
     def blobs(self) -> list[str]:
         try:

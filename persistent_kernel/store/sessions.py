@@ -418,6 +418,22 @@ class SessionStore:
         self.backend.write_blob(digest, parts)
         return BlobRef(digest, size, sizes, written=size)
 
+    def write_new_blob(self, parts: Sequence[bytes | memoryview]) -> BlobRef:
+        """Store a blob that is probably not stored yet, hashed as it is written.
+
+        The same blob as :meth:`write_blob` would store, named by its
+        :func:`blob_hash`; the bytes are read once, for the write and the hash
+        together (see :meth:`.Backend.write_blob_hashing`). If a blob of that
+        name is stored already, what was written is dropped and ``written``
+        is 0: guessing wrong costs a write, never a second copy.
+        """
+        sizes = tuple(memoryview(p).nbytes for p in parts)
+        size = sum(sizes)
+        digest, known = self.backend.write_blob_hashing(
+            parts, hasher(), lambda name: self._intact(name, size)
+        )
+        return BlobRef(digest, size, sizes, written=0 if known else size)
+
     def migrate_blob(self, ref: BlobRef, hash: str) -> BlobRef:
         """Store again, named by :data:`HASH`, a blob named by the older *hash*.
 
