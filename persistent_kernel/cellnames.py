@@ -40,6 +40,7 @@ from __future__ import annotations
 import ast
 import functools
 import types
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -72,10 +73,13 @@ def names_used(
     except Exception:
         return None  # IPython may still make something of it: do not guess
     try:
-        tree = ast.parse(source)
-        compiled = compile(
-            tree, "<cell>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True
-        )
+        with warnings.catch_warnings():
+            # IPython warns when it compiles the cell (an invalid escape): not twice
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
+            compiled = compile(
+                tree, "<cell>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True
+            )
     except (SyntaxError, ValueError):
         return set()  # IPython compiles the same text, and fails the same way
     except Exception:

@@ -96,6 +96,8 @@ def test_classes_and_instances_lead_to_their_methods_globals() -> None:
         "import __main__",
         "import sys\nsys._getframe().f_globals",
         "from os.path import *",
+        "%persist save",
+        "%matplotlib inline",
     ],
 )
 def test_where_it_cannot_know_it_says_so(code: str) -> None:
@@ -110,6 +112,11 @@ def test_a_notebook_function_that_looks_names_up_makes_the_cell_wait_for_all() -
 
 def test_a_cell_that_does_not_compile_needs_nothing() -> None:
     assert needs("def (:") == set()
+
+
+def test_a_cell_that_warns_as_it_compiles_is_read_without_a_warning() -> None:
+    found = needs('pattern = "\\d" + suffix')  # an invalid escape: a warning, errors here
+    assert found is not None and {"pattern", "suffix"} <= found
 
 
 def test_top_level_await_compiles() -> None:
