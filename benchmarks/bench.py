@@ -905,14 +905,16 @@ def build_rows(med: dict[str, dict[str, Any]], wls: list[Workload]) -> list[Row]
             _time,
         )
         for key, what in (("noop", "changed nothing"), ("small", "changed `x_small`")):
+            # Many small objects after an unchanged cell: issue 25 asks for 1.1x.
+            limit = 1.1 if (w.key, key) == ("objects", "noop") else 1.2
             add(
                 f"{t}: restart after a cell that {what}, to first cell done",
                 m.get(f"ours.restart_{key}"),
                 m.get("raw.start_e2e"),
                 f"stock start + {read_name}",
                 _time,
-                target="<= 1.2x",
-                check=lambda o, p: p is not None and o <= 1.2 * p,
+                target=f"<= {limit}x",
+                check=lambda o, p, limit=limit: p is not None and o <= limit * p,
             )
         if w.latency:
             add(
