@@ -432,11 +432,11 @@ class PersistentKernel(IPythonKernel):
         source = content.get("code", "")
         self.guarded("preparing the checkpoint of this cell", checkpointer.cell_started, source)
         before = getattr(self.shell, "last_execution_result", None)
-        ended = False
+        ended = beside = False
         try:
             startup = self.startup
             if self.restoring and startup is not None:
-                await self._hold_for_restore(startup, content)
+                beside = await self._hold_for_restore(startup, content)
             await super().execute_request(stream, ident, parent)
             ended = True
         finally:
@@ -450,6 +450,8 @@ class PersistentKernel(IPythonKernel):
                 or isinstance(error, KeyboardInterrupt)
             )
             self.guarded("recording the cell", checkpointer.cell_finished, interrupted)
+            if beside and isinstance(error, NameError):
+                self.guarded("looking at the cell's error", self._missed_name, error)
             loop = getattr(self, "io_loop", None)
             if loop is not None and threading.current_thread() is threading.main_thread():
                 # Before the kernel reports idle: once a client sees it idle, the
@@ -465,10 +467,10 @@ class PersistentKernel(IPythonKernel):
                     checkpointer.accept_interrupted,
                 )  # fmt: skip
 
-    async def _hold_for_restore(self, startup: Startup, content: dict[str, Any]) -> None:
+    async def _hold_for_restore(self, startup: Startup, content: dict[str, Any]) -> bool:
         """A cell waits for the names it uses (see :meth:`_wait_for_restore`); a fault
         of ours in the wait is told, and the cell waits for the whole restore (without
-        progress) before it runs."""
+        progress) before it runs. True if the cell runs beside the restore."""
         try:
             if self._first_cell_ready(startup, content):
                 code = content.get("code", "")
@@ -476,6 +478,17 @@ class PersistentKernel(IPythonKernel):
         except Exception as exc:
             self._failed("showing the restore's progress", exc)
             await asyncio.wrap_future(self._restore_done)
+        return self.restoring
+
+    def _missed_name(self, error: NameError) -> None:
+        """A cell that ran beside the restore failed on a name the restore had not bound
+        yet: it reached the name in a way :func:`cellnames.names_used` cannot see (a
+        function kept in a container, a library reading ``__main__``). Say so."""
+        name, startup, shell = getattr(error, "name", None), self.startup, self.shell
+        if not isinstance(name, str) or startup is None or shell is None:
+            return
+        if startup.progress.names.pending([name]) or name in shell.user_ns:
+            self.notice(render.missed_name_sentence(name))
 
     def guarded(self, what: str, hook: Callable[..., object], *args: Any) -> None:
         """Run *hook*, one of ours on a cell's path: a failure is told, never raised.

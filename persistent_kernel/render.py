@@ -512,6 +512,16 @@ def restore_data(report: RestoreReport) -> dict[str, str]:
     return {"text/plain": restore_text(report), "text/html": restore_html(report)}
 
 
+def missed_name_sentence(name: str) -> str:
+    """A cell that ran during the restore failed on *name*, which it was still loading."""
+    return (
+        f"persistent-kernel: {name} was not restored yet when the last cell ran: the cell "
+        "reached it in a way the kernel cannot see before a cell runs (a function kept in "
+        "a container, a library), so it did not wait for it; run the cell again once the "
+        "restore is done."
+    )
+
+
 def progress_text(
     progress: RestoreProgress,
     waited: tuple[float, float] | None,

@@ -84,9 +84,10 @@ class Cell:
 
 
 def seed(kernels: KernelHarness, gates: Path, count: int) -> Kernel:
-    """A kernel whose newest generation holds ``small`` and *count* gated variables,
-    each in a group of its own, in the order they load; restarted, restoring."""
-    code = "small = 7\n" + "".join(
+    """A kernel whose newest generation holds ``small``, ``table`` (a function that
+    reads ``slow_1``, kept in a dict) and *count* gated variables, each in a group of
+    its own, in the order they load; restarted, restoring."""
+    code = "small = 7\ntable = {'get': lambda: slow_1}\n" + "".join(
         GATED.format(n=n, value=VALUES[n], gate=str(gates / str(n))) for n in range(1, count + 1)
     )
     kernel = kernels.start(args=NOW)
@@ -95,10 +96,10 @@ def seed(kernels: KernelHarness, gates: Path, count: int) -> Kernel:
     kernels.wait_generations(session, 1)
     content = session.latest()[0].content
     group: dict[str, Any] = {}
-    for name in ["small", *(f"slow_{n}" for n in range(1, count + 1))]:
+    for name in ["small", "table", *(f"slow_{n}" for n in range(1, count + 1))]:
         group[name] = content["groups"][content["variables"][name]["group"]]
     sizes = [g["size"] for g in group.values()]
-    assert sizes == sorted(sizes) and len({id(g) for g in group.values()}) == count + 1
+    assert sizes == sorted(sizes) and len({id(g) for g in group.values()}) == count + 2
     kernel.restart()
     return kernel
 
@@ -122,12 +123,16 @@ def test_a_cell_waits_only_for_the_names_it_uses(kernels: KernelHarness, tmp_pat
         assert not started(gates, 2)  # nothing after slow_1 was loaded either
         # a cell binding a new name runs now too, and its change is saved later
         kernel.run("added = small + 1").check()
+        # a function kept in a dict is beyond what a cell can be seen to use: the cell
+        # runs, fails, and the next cell says why
+        assert "NameError: name 'slow_1'" in (kernel.run("table['get']()").error or "")
         # a cell naming slow_1 waits for it, showing the progress, and sees it
         cell = Cell(kernel, "print(slow_1)")
         cell.waiting()
         assert "this cell waits for slow_1;" in cell.results[0]
         opened(gates, 1)
         assert "one" in cell.done().text and cell.error is None
+        assert "slow_1 was not restored yet when the last cell ran" in cell.text
         # a cell binding a pending name waits for its group: its own value wins
         wait_until(lambda: started(gates, 2), what="slow_2 to be loading")
         cell = Cell(kernel, "slow_2 = 'mine'")
