@@ -90,8 +90,10 @@ class PageServer:
     fails its check; *on_lost* once, if the server ends while the kernel runs.
     """
 
-    def __init__(self, uffd: int, libc: ctypes.CDLL) -> None:
-        self._uffd, self._libc = uffd, libc
+    def __init__(self, libc: ctypes.CDLL, number: int) -> None:
+        self._libc, self._number = libc, number
+        self._uffd: int | None = None  # made at the first map: most kernels never need it
+        self._refused: OSError | None = None  # why it could not be made
         self._sock: socket.socket | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
@@ -105,6 +107,8 @@ class PageServer:
 
     @classmethod
     def open(cls) -> PageServer | None:
+        """A page server where this system may have one (see the module's docstring);
+        whether it does is known at the first :meth:`map`, which raises OSError if not."""
         number = _SYSCALL.get(platform.machine())
         if number is None or not sys.platform.startswith("linux"):
             return None
@@ -115,26 +119,51 @@ class PageServer:
             libc.ioctl.restype = ctypes.c_int
         except (OSError, AttributeError):
             return None
-        uffd = int(libc.syscall(number, os.O_CLOEXEC | os.O_NONBLOCK))
+        return cls(libc, number)
+
+    def _userfaultfd(self) -> int:
+        """This kernel's userfaultfd, made once; OSError where it cannot be had."""
+        if self._uffd is not None:
+            return self._uffd
+        if self._refused is not None:
+            raise self._refused
+        try:
+            self._uffd = self._make_userfaultfd()
+        except OSError as exc:
+            self._refused = exc  # asked once: every later buffer is read in full
+            raise
+        return self._uffd
+
+    def _make_userfaultfd(self) -> int:
+        uffd = int(self._libc.syscall(self._number, os.O_CLOEXEC | os.O_NONBLOCK))
         if uffd < 0:  # EPERM: user-mode faults only, or none at all
-            return None
+            error = ctypes.get_errno()
+            raise OSError(error, f"no userfaultfd for lazy restore: {os.strerror(error)}")
         wanted = _FEATURE_WP_ASYNC | _FEATURE_EVENT_FORK
         api = (ctypes.c_uint64 * 3)(_UFFD_API, wanted, 0)
-        if libc.ioctl(uffd, _UFFDIO_API, ctypes.addressof(api)) != 0 or (
+        if self._libc.ioctl(uffd, _UFFDIO_API, ctypes.addressof(api)) != 0 or (
             int(api[1]) & wanted != wanted
         ):
             os.close(uffd)
-            return None
-        return cls(uffd, libc)
+            raise OSError("this system's userfaultfd lacks fork events or async write-protect")
+        return uffd
 
-    def _start(self) -> socket.socket:
+    def usable(self) -> bool:
+        """Whether :meth:`map` can work here (makes the userfaultfd if it can)."""
+        try:
+            self._userfaultfd()
+        except OSError:
+            return False
+        return True
+
+    def _start(self, uffd: int) -> socket.socket:
         if self._sock is not None:
             return self._sock
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "persistent_kernel.pageserver", str(self._uffd),
+            [sys.executable, "-m", "persistent_kernel.pageserver", str(uffd),
              str(theirs.fileno())],
-            pass_fds=(self._uffd, theirs.fileno()),
+            pass_fds=(uffd, theirs.fileno()),
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # an interrupt of the kernel's group must not reach it
         )  # fmt: skip
@@ -150,28 +179,30 @@ class PageServer:
         to the server (and closed here). *quarantine* is called with the name of a
         chunk found damaged (before the user is told). Raises OSError if it cannot
         be set up."""
+        uffd = self._userfaultfd()
         total = sum(sizes)
         buffer = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
         register = (ctypes.c_uint64 * 4)(address, rounded(total), _MODE_MISSING | _MODE_WP, 0)
-        if self._libc.ioctl(self._uffd, _UFFDIO_REGISTER, ctypes.addressof(register)) != 0:
+        if self._libc.ioctl(uffd, _UFFDIO_REGISTER, ctypes.addressof(register)) != 0:
             error = ctypes.get_errno()
             buffer.close()
             raise OSError(error, os.strerror(error))
         try:
-            self._hand_over(address, files, sizes, names, hash, (label, list(sizes), quarantine))
+            about = (label, list(sizes), quarantine)
+            self._hand_over(uffd, address, files, sizes, names, hash, about)
         except BaseException:
             span = (ctypes.c_uint64 * 2)(address, rounded(total))
-            self._libc.ioctl(self._uffd, _UFFDIO_UNREGISTER, ctypes.addressof(span))
+            self._libc.ioctl(uffd, _UFFDIO_UNREGISTER, ctypes.addressof(span))
             buffer.close()
             raise
         self.mapped_bytes += total
         return buffer
 
-    def _hand_over(self, address: int, files: Sequence[int], sizes: Sequence[int],
+    def _hand_over(self, uffd: int, address: int, files: Sequence[int], sizes: Sequence[int],
                    names: Sequence[str], hash: str, about: _About) -> None:  # fmt: skip
         with self._lock:
-            sock = self._start()
+            sock = self._start(uffd)
             ident = self._next
             self._next += 1
             self._about[ident] = about
@@ -226,5 +257,6 @@ class PageServer:
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.close()
-        with contextlib.suppress(OSError):
-            os.close(self._uffd)
+        if self._uffd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._uffd)

@@ -346,11 +346,14 @@ class Server:
     def refill(self, fd: int, buffer: Buffer, index: int, address: int) -> None:
         """A fault in a chunk already placed: a late event of the first touch (the page
         is there), or a page the process discarded since (``MADV_DONTNEED``), which
-        gets its chunk's bytes again."""
+        gets its chunk's bytes again, writable: the write tracker counts it as
+        written, since what the chunk held last may be other bytes."""
         page = address // PAGE * PAGE
-        self.place(fd, buffer, index, page, page + PAGE)
+        self.place(fd, buffer, index, page, page + PAGE, protect=False)
 
-    def place(self, fd: int, buffer: Buffer, index: int, start: int, end: int) -> bool:
+    def place(
+        self, fd: int, buffer: Buffer, index: int, start: int, end: int, protect: bool = True
+    ) -> bool:
         """Copy ``[start, end)`` of chunk *index* into the process of *fd*, pages already
         there kept; a damaged chunk's pages are zeros, left writable (so the next
         checkpoint hashes them anew). Whether it was placed."""
@@ -370,7 +373,8 @@ class Server:
         else:
             offset = start - (buffer.address + buffer.offsets[index])
         anchor = ctypes.c_char.from_buffer(data, offset)  # keeps *data* mapped while copied
-        error = self.ioctl.copy(fd, start, ctypes.addressof(anchor), end - start, not damaged)
+        protect = protect and not damaged
+        error = self.ioctl.copy(fd, start, ctypes.addressof(anchor), end - start, protect)
         del anchor
         if error == errno.ESRCH:
             self.drop(fd)
