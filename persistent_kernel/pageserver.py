@@ -53,6 +53,7 @@ import struct
 import sys
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -272,19 +273,33 @@ class Server:
         index = buffer.chunk_at(address)
         with self.lock:
             if (fd, buffer.id, index) in self.filled:
-                self.pool.submit(self.refill, fd, buffer, index, address)
+                self.pool.submit(self.job, self.refill, fd, buffer, index, address)
                 return
             waiting = self.busy.setdefault((buffer.id, index), [])
             first = not waiting
             if fd not in waiting:
                 waiting.append(fd)
         if first:
-            self.pool.submit(self.fill, buffer, index)
+            self.pool.submit(self.job, self.fill, buffer, index)
             if index + 1 < len(buffer.sizes):  # read ahead: the next chunk, checked
-                self.pool.submit(self.verified, buffer, index + 1)
+                self.pool.submit(self.job, self.verified, buffer, index + 1)
             for ahead in range(index + 2, min(index + 2 + _ADVISED, len(buffer.sizes))):
                 with contextlib.suppress(OSError):  # and the disk reads the ones after
                     os.posix_fadvise(buffer.fds[ahead], 0, 0, os.POSIX_FADV_WILLNEED)
+
+    def job(self, work: Callable[..., object], *args: Any) -> None:
+        """Run *work* on a pool thread: a failure is printed (to the kernel's log) and
+        every thread waiting on that buffer is woken, to fault again and be served by
+        a new attempt, never left stopped."""
+        try:
+            work(*args)
+        except Exception:
+            traceback.print_exc()
+            buffer = next(a for a in args if isinstance(a, Buffer))
+            with self.lock:
+                fds = list(self.fds)
+            for fd in fds:
+                self.ioctl.wake(fd, buffer.address, buffer.end - buffer.address)
 
     def verified(self, buffer: Buffer, index: int) -> mmap.mmap | None:
         """Chunk *index*'s bytes in a page-aligned buffer, checked; None if damaged.
@@ -424,16 +439,29 @@ class Server:
                     poller.unregister(fd)
             polled = wanted
             for fd, _mask in poller.poll(_PROBE * 1000):
-                if fd == self.sock.fileno():
-                    self.receive()
-                elif fd in self.fds:
-                    self.events(fd)
+                try:
+                    if fd == self.sock.fileno():
+                        self.receive()
+                    elif fd in self.fds:
+                        self.events(fd)
+                except Exception:  # the kernel's threads depend on this loop going on
+                    traceback.print_exc()
             if clock() - last_probe >= _PROBE:
                 last_probe = clock()
                 self.probe()
                 if not self.open and self.kernel_fd in self.fds and not self.kernel_alive():
                     self.fds.discard(self.kernel_fd)
+        self.close()
+
+    def close(self) -> None:
+        """Stop the threads and close what this process holds."""
         self.pool.shutdown(wait=True)
+        for buffer in self.buffers:
+            for fd in buffer.fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.buffers = []
+        self.sock.close()
 
     def kernel_alive(self) -> bool:
         page = self.buffers[0].address if self.buffers else 0

@@ -7,6 +7,7 @@ restarted with the page cache dropped.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -248,15 +249,21 @@ def test_a_large_state_resumes_at_once_and_grows_with_what_is_touched(
     session = kernels.session()
     blobs = {p.name for p in session.objects_dir.iterdir()}
 
-    cold = drop_page_cache()
-    stock_time = stock_first_cell(kernels)
-    if cold:
+    # The state is not read before the first cell: a stock start, give or take half a
+    # second, cold (each side the better of two starts: a loaded machine's spikes).
+    stock_times, ours_times = [], []
+    for attempt in range(2):
         drop_page_cache()
-    kernel, ours_time, text = first_cell(kernels)
-    assert "{'rows': 12}" in text
-    # The state is not read before the first cell: a stock start, give or take half a second.
-    assert ours_time < stock_time + 0.5, (ours_time, stock_time)
-    assert rss(kernel) < STATE_GIB * GiB / 4
+        stock_times.append(stock_first_cell(kernels))
+        drop_page_cache()
+        kernel, elapsed, text = first_cell(kernels)
+        ours_times.append(elapsed)
+        assert "{'rows': 12}" in text
+        assert rss(kernel) < STATE_GIB * GiB / 4
+        if attempt == 0:
+            kernel.shutdown()
+            kernel.wait_dead()
+    assert min(ours_times) < min(stock_times) + 0.5, (ours_times, stock_times)
 
     touched = kernel.run(
         "print(blake3.blake3(memoryview(big[0]).cast('B')).hexdigest() == sums[0], big[1][7])"
@@ -372,3 +379,87 @@ def test_a_discarded_page_gets_its_bytes_again(session: SessionStore, pages: Pag
     start = pagewrites.address_of(a0) + 2 * pagewrites.PAGE
     assert libc.madvise(ctypes.c_void_p(start), pagewrites.PAGE, 4) == 0  # MADV_DONTNEED
     assert np.array_equal(a0[:8192], values["a0"][:8192])  # the chunk's bytes, not zeros
+
+
+# -- the page server's bookkeeping, in process (its system calls faked) --------------------
+
+
+class RecordingIoctl:
+    """The userfaultfd calls of a :class:`Server`, recorded; *failing* copies fail once
+    with that errno (a fault the real calls cannot be made to produce on demand)."""
+
+    def __init__(self, failing: int = 0) -> None:
+        self.copies: list[tuple[int, int, bytes, bool]] = []
+        self.wakes: list[tuple[int, int, int]] = []
+        self.failing = failing
+
+    def copy(self, fd: int, dst: int, src: int, length: int, protect: bool) -> int:
+        import ctypes
+
+        if self.failing:
+            error, self.failing = self.failing, 0
+            return error
+        self.copies.append((fd, dst, ctypes.string_at(src, length), protect))
+        return 0
+
+    def wake(self, fd: int, start: int, length: int) -> int:
+        self.wakes.append((fd, start, length))
+        return 0
+
+
+def serve_files(tmp_path: Path, blobs: list[bytes], ioctl: Any) -> tuple[Any, Any, list[str]]:
+    """A Server over chunk files holding *blobs*, its kernel end of the socket, the names."""
+    import socket
+
+    from persistent_kernel.pageserver import Server
+
+    names = [blake3.blake3(b).hexdigest() for b in blobs]
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server = Server(-1, theirs, ioctl)
+    files = []
+    for name, blob in zip(names, blobs, strict=True):
+        (tmp_path / name).write_bytes(blob)
+        files.append(os.open(tmp_path / name, os.O_RDONLY))
+    header = {"op": "map", "id": 0, "address": 1 << 30, "hash": "blake3", "chunks": len(files)}
+    socket.send_fds(ours, [json.dumps(header).encode()], [])
+    message = {"op": "chunks", "id": 0, "sizes": [len(b) for b in blobs], "names": names}
+    socket.send_fds(ours, [json.dumps(message).encode()], files)
+    for fd in files:
+        os.close(fd)
+    return server, ours, names
+
+
+def test_a_fault_before_its_buffer_is_known_is_served_once_it_is(tmp_path: Path) -> None:
+    ioctl = RecordingIoctl()
+    blobs = [bytes([1]) * 8192, bytes([2]) * 8192]
+    server, ours, _ = serve_files(tmp_path, blobs, ioctl)
+    server.fault(7, (1 << 30) + 8192 + 5)  # the map's messages not read yet
+    assert server.deferred and not ioctl.copies
+    server.receive()
+    server.receive()
+    server.pool.shutdown(wait=True)
+    assert (7, (1 << 30) + 8192, blobs[1], True) in ioctl.copies
+    server.close()
+    ours.close()
+
+
+def test_a_failed_copy_wakes_the_thread_to_fault_again(tmp_path: Path) -> None:
+    import errno
+
+    ioctl = RecordingIoctl(failing=errno.ENOMEM)
+    blobs = [bytes([3]) * 8192]
+    server, ours, _ = serve_files(tmp_path, blobs, ioctl)
+    server.receive()
+    server.receive()
+    server.fault(7, 1 << 30)
+    server.pool.shutdown(wait=True)
+    assert not ioctl.copies and ioctl.wakes == [(7, 1 << 30, 8192)]
+    assert (7, 0, 0) not in server.filled  # not taken for placed: the next fault places it
+    from concurrent.futures import ThreadPoolExecutor
+
+    server.pool = ThreadPoolExecutor(1)
+    server.fault(7, 1 << 30)
+    server.pool.shutdown(wait=True)
+    assert ioctl.copies == [(7, 1 << 30, blobs[0], True)]
+    server.close()
+    ours.close()
