@@ -167,16 +167,18 @@ def raw_write(path: str, names: list[str], kind: str) -> None:
     values = [ns[n] for n in names]
     layout: list[tuple[str, int]] = []
     dumps = 0.0
+    cpu: float | None = None
     if kind == "arrays":
         arrays = [a for v in values for a in _arrays_of(v)]
         layout = [(a.dtype.str, int(a.size)) for a in arrays]
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         with open(path, "wb") as f:
             for a in arrays:
                 a.tofile(f)
             f.flush()
             os.fsync(f.fileno())
         elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu
     else:
         start = time.perf_counter()
         data = pickle.dumps(dict(zip(names, values, strict=True)), protocol=5)
@@ -187,7 +189,32 @@ def raw_write(path: str, names: list[str], kind: str) -> None:
             os.fsync(f.fileno())
         elapsed = time.perf_counter() - start
         del data
-    _emit({"elapsed": elapsed, "dumps": dumps, "size": os.path.getsize(path), "layout": layout})
+    size = os.path.getsize(path)
+    _emit({"elapsed": elapsed, "dumps": dumps, "size": size, "layout": layout, "cpu": cpu})
+
+
+def hash_alone(names: list[str]) -> None:
+    """The hash a checkpoint of these arrays pays, alone: BLAKE3 of each chunk the
+    writer cuts them into (our kernel only), on one thread and on two.
+
+    The floor under a checkpoint of fresh arrays beside ``raw_write``: the
+    writer does this and the write too, on this machine's cores.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from persistent_kernel.store import blob_hash, chunks
+
+    ns = _user_ns()
+    views = [memoryview(a).cast("B") for n in names for a in _arrays_of(ns[n])]
+    pieces = [v[s:e] for v in views for s, e in chunks.spans(v.nbytes)]
+    out: dict[str, Any] = {"size": sum(v.nbytes for v in views)}
+    for threads in (1, 2):
+        cpu, start = time.process_time(), time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda p: blob_hash([p]), pieces))
+        out[f"threads{threads}"] = time.perf_counter() - start
+        out[f"threads{threads}.cpu"] = time.process_time() - cpu
+    _emit(out)
 
 
 def raw_read(path: str, kind: str, layout: list[tuple[str, int]]) -> None:

@@ -458,7 +458,10 @@ def watched_save(k: Kernel) -> tuple[dict[str, Any], int, int]:
     written), is sampled for the writer's peak memory (with the first's
     reported figure, the larger is returned, and the number of samples).
     """
-    timed = k.call("persist_save()")["result"]
+    got = k.call("persist_save()")
+    timed = got["result"]
+    if timed is not None:  # what the cell waited for: the fork, the writer, its report
+        timed["blocking"] = got["magic_wall"]
     with WriterSampler(k.pid) as sampler:
         watched = k.call("persist_save()")["result"]
     reported = [r.get("writer_private_bytes") or 0 for r in (timed, watched) if r]
@@ -1061,7 +1064,10 @@ def large_state(bench: Bench, sizes: list[float]) -> list[dict[str, Any]]:
        after): does freezing the collector's objects shorten the pause or
        spare the writer copy-on-write pages?
     4. the peer: the same arrays written raw (``tofile`` + fsync) in the
-       same kernel, the file removed after;
+       same kernel, the file removed after; then BLAKE3 of the arrays the
+       save of step 1 wrote, alone, on one thread and on two: what the save
+       pays beyond the raw write (the blocking save, from the cell's start
+       to its end, is compared with the raw write per byte written);
     5. the checkpoint directory's size, every generation kept so far;
     6. once the kernel is gone, a cold restore (page cache dropped) of the
        generation saved at each size, in this process, against a cold
@@ -1076,9 +1082,10 @@ def large_state(bench: Bench, sizes: list[float]) -> list[dict[str, Any]]:
         k.run("import numpy as np")
         for gib in sizes:
             m: dict[str, Any] = {"gib": gib}
+            new = 0
             while built * BLOCK < gib * GiB:
                 k.run(f"big_{built} = np.random.default_rng({built}).random({BLOCK // 8})")
-                built += 1
+                built, new = built + 1, new + 1
             names = [f"big_{i}" for i in range(built)]
             m["rss"] = k.call("rss()")["VmRSS"]
             log(f"large {gib} GiB: save")
@@ -1088,6 +1095,7 @@ def large_state(bench: Bench, sizes: list[float]) -> list[dict[str, Any]]:
                 r, peak, _ = watched_save(k)
                 bench._check_ok(r, what)
                 m[f"{what}.pause"], m[f"{what}.elapsed"] = r["pause"], r["elapsed"]
+                m[f"{what}.blocking"] = r.get("blocking")
                 m[f"{what}.written"] = _written(before, _tree(ckdir))
                 m[f"{what}.private"] = r["writer_private_bytes"]
                 m[f"{what}.hashed"] = r.get("hashed")
@@ -1102,11 +1110,19 @@ def large_state(bench: Bench, sizes: list[float]) -> list[dict[str, Any]]:
             save("frozen")
             k.run("__import__('gc').unfreeze()")
             log(f"large {gib} GiB: raw write")
+            bench.prefault(1.5 * BLOCK)  # as before the save
             raw = k.call(f"raw_write({str(raw_file)!r}, {names!r}, 'arrays')")
             kept = raw_file.with_name(f"large-{gib:g}.raw")  # read back cold below
             raw_file.rename(kept)
             m["raw.elapsed"], m["raw.size"] = raw["elapsed"], raw["size"]
             m["raw.file"], m["raw.layout"] = str(kept), raw["layout"]
+            m["raw.cpu"] = raw.get("cpu")
+            fresh = [f"big_{i}" for i in range(built - new, built)]  # what the save wrote
+            hashed = k.call(f"hash_alone({fresh!r})")
+            m["hash.size"] = hashed["size"]
+            for threads in (1, 2):
+                m[f"hash.threads{threads}"] = hashed[f"threads{threads}"]
+                m[f"hash.threads{threads}.cpu"] = hashed[f"threads{threads}.cpu"]
             m["disk"] = sum(size for size, _ in _tree(ckdir).values())
             m["generations"] = len(list((ckdir).glob("**/generations/*.json")))
             rows.append(m)
@@ -1163,6 +1179,17 @@ def cold_restore(bench: Bench, ckdir: Path, m: dict[str, Any]) -> None:
     del arrays
 
 
+def blocking(m: dict[str, Any]) -> str:
+    """The cell's wait for ``%persist save`` of fresh arrays against the raw write, per
+    byte (at sizes after the first the save writes only the arrays added)."""
+    wall, written = m.get("save.blocking"), m.get("save.written")
+    if not wall or not written:
+        return "-"
+    ratio = (wall / written) / (m["raw.elapsed"] / m["raw.size"])
+    verdict = "met" if ratio <= 1.5 else "missed"
+    return f"{_time(wall)} for {_size(written)}: {ratio:.2f}x raw ({verdict})"
+
+
 def large_table(rows: list[dict[str, Any]]) -> str:
     """The large-state measures as a Markdown table, one column per size."""
 
@@ -1175,6 +1202,10 @@ def large_table(rows: list[dict[str, Any]]) -> str:
             _size(m["rss"]),
             _time(raw_t),
             _time(m["save.elapsed"]),
+            blocking(m),
+            f"{_time(m.get('hash.threads1'))} / {_time(m.get('hash.threads2'))} "
+            f"(of {_size(m.get('hash.size'))}; CPU {_time(m.get('hash.threads1.cpu'))}, "
+            f"the raw write's CPU {_time(m.get('raw.cpu'))})",
             f"{_time(m['save.pause'])} ({pct(m['save.pause'], raw_t)} of raw)",
             f"{_time(m['frozen.pause'])} ({pct(m['frozen.pause'], raw_t)} of raw)",
             f"{_size(m['save.private'])} / {_size(m['save.private_peak'])}",
@@ -1197,6 +1228,9 @@ def large_table(rows: list[dict[str, Any]]) -> str:
         "state (RSS)",
         "raw write + fsync (peer)",
         "our checkpoint of the grown state (arrays added since the last size)",
+        "blocking `%persist save` of those fresh arrays vs raw write + fsync, per byte "
+        "(target <= 1.5x)",
+        "BLAKE3 of those bytes alone, 1 thread / 2 threads (the hash the save cannot skip)",
         "fork pause",
         "fork pause, gc.freeze() first",
         "writer private memory (reported / sampled peak)",
