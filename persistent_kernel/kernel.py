@@ -51,6 +51,12 @@ INTERRUPT_GRACE = 3.0
 # jupyter_client sends SIGTERM 2.5 s after the shutdown request, SIGKILL at 5 s.
 RESTORE_END_WAIT = 2.0
 
+# A cell whose names are there while at most this many bytes of groups are left to
+# load waits for the restore's end (at most ENDING_WAIT seconds): its report then
+# shows above that cell, and the few milliseconds left cost nothing.
+ENDING_BYTES = 1 << 20
+ENDING_WAIT = 0.3
+
 
 class PersistentKernel(IPythonKernel):
     """An IPython kernel whose namespace survives restarts, crashes and shutdowns."""
@@ -326,8 +332,12 @@ class PersistentKernel(IPythonKernel):
 
         The names are :func:`cellnames.names_used`; where it cannot tell, or
         before the restore has chosen its generation, the cell waits for the
-        whole restore, as every first cell once did. They are asked again after
-        each wait: a notebook function loaded meanwhile may lead to more.
+        whole restore, as every first cell once did. Once its names are there
+        with little left to load (``ENDING_BYTES``), it waits a moment more
+        (``ENDING_WAIT`` at most) for the restore's end, so that on a small
+        state the report shows above this first cell. The names are asked
+        again after each wait: a notebook function loaded meanwhile may lead
+        to more.
         The line says what is happening (waiting for the previous kernel's
         writer, then restoring) and is replaced by the restore report (or
         removed) when the wait ends, so it is not left in the notebook.
@@ -341,13 +351,24 @@ class PersistentKernel(IPythonKernel):
         if main:
             signal.signal(signal.SIGINT, lambda signum, frame: startup.cancel())
         shown = None
+        ending: float | None = None  # until when the cell waits for the restore's end
         try:
             while not done.done():
                 needed: set[str] | None = set()  # before the choice: wait for the choice
                 if pending.chosen:
                     needed = self._names_needed(code)
                     if needed is not None and not pending.pending(needed):
-                        break
+                        # Little left to load: the restore ends in a moment, and its
+                        # report and notices go above this cell, not a later one.
+                        if pending.bytes_left > ENDING_BYTES:
+                            break
+                        now = loop.time()
+                        ending = ending or now + ENDING_WAIT
+                        if now >= ending:
+                            break
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(asyncio.shield(done), ending - now)
+                        continue
                 if needed is None:
                     try:
                         await asyncio.wait_for(asyncio.shield(done), timeout=1.0)

@@ -68,6 +68,7 @@ class Pending:
         self._chosen = False
         self._done = False
         self._names: set[str] = set()
+        self._bytes = 0
         self._waiting: list[set[str]] = []  # the names each waiting cell waits for
 
     @property
@@ -80,21 +81,30 @@ class Pending:
         """Whether the restore ended: nothing more will be bound."""
         return self._done
 
-    def choose(self, names: Iterable[str]) -> None:
+    @property
+    def bytes_left(self) -> int:
+        """The stored size of the groups still to be bound (0 before the choice)."""
+        return self._bytes
+
+    def choose(self, names: Iterable[str], nbytes: int = 0) -> None:
+        """The generation is chosen: *names* are to come, in groups of *nbytes* in all."""
         with self._changed:
             if not self._done:
-                self._names = set(names)
+                self._names, self._bytes = set(names), nbytes
                 self._chosen = True
             self._changed.notify_all()
 
-    def settled(self, names: Iterable[str]) -> None:
+    def settled(self, names: Iterable[str], nbytes: int = 0) -> None:
+        """*names* (of a group of *nbytes*) are bound, skipped or carried."""
         with self._changed:
             self._names.difference_update(names)
+            self._bytes = max(0, self._bytes - nbytes)
             self._changed.notify_all()
 
     def finish(self) -> None:
         with self._changed:
             self._names.clear()
+            self._bytes = 0
             self._chosen = self._done = True
             self._changed.notify_all()
 
@@ -516,7 +526,7 @@ def _load(
         manifest.size,
     )
     if pending is not None and blobs is not None:
-        pending.choose(content.variables)
+        pending.choose(content.variables, sum(group.size for group in content.groups))
     report.versions = version_changes(manifest)
     ended = manifest.raw.get("ended")
     report.ended = ended if isinstance(ended, dict) and ended.get("how") else None
@@ -558,7 +568,7 @@ def _load(
                         reuse, poisoned, [g for g, _ in left])  # fmt: skip
         finally:
             if pending is not None:
-                pending.settled(group.names)
+                pending.settled(group.names, group.size)
     report.restored.sort()
     report.reused.sort()
     if markers and not session.end_loading():  # one removal failed: try once more

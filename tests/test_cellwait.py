@@ -37,7 +37,9 @@ class Gated_{n}:
 slow_{n} = Gated_{n}({value!r}, {gate!r})
 """
 
-VALUES = {1: "one", 2: "two" * 50_000, 3: "three" * 100_000}  # loaded in this order
+# loaded in this order; more than a MiB left to load when a cell needs none of it: it
+# runs beside the restore at once (see kernel.ENDING_BYTES)
+VALUES = {1: "one", 2: "two" * 400_000, 3: "three" * 400_000}
 
 
 class Cell:
@@ -219,3 +221,14 @@ def test_a_shutdown_during_the_restore_carries_what_was_not_loaded(
     finally:
         for n in VALUES:
             opened(gates, n)
+
+
+def test_on_a_small_state_the_first_cell_shows_the_report(kernels: KernelHarness) -> None:
+    kernel = kernels.start(args=NOW)
+    kernel.run("a = 1\nb = {'k': 2}\nc = list(range(1000))").check()
+    kernels.wait_generations(kernels.session(), 1)
+    kernel.restart()
+    # the cell's names come first, then the rest (a few bytes): it waits for the end
+    out = kernel.run("print(c[-1])").check()
+    assert "999" in out.stdout
+    assert "restored 3 variables from checkpoint 1" in out.text, out.text

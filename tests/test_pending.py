@@ -44,15 +44,15 @@ def test_nothing_is_known_before_the_choice_and_all_is_released_at_the_end() -> 
     pending = Pending()
     assert not pending.chosen and not pending.done
     assert pending.wait_for(set(), timeout=0) is False  # not chosen: every name counts
-    pending.choose(["a", "b"])
-    assert pending.chosen and pending.pending(["a", "c"]) == {"a"}
+    pending.choose(["a", "b"], nbytes=30)
+    assert pending.chosen and pending.pending(["a", "c"]) == {"a"} and pending.bytes_left == 30
     assert pending.wait_for(["c"], timeout=0) is True
     assert pending.wait_for(["a"], timeout=0) is False
-    pending.settled(["a"])
-    assert pending.wait_for(["a"], timeout=0) is True
+    pending.settled(["a"], nbytes=10)
+    assert pending.wait_for(["a"], timeout=0) is True and pending.bytes_left == 20
     assert pending.wait_for(None, timeout=0) is False  # None: the whole restore
     pending.finish()
-    assert pending.done and pending.pending(["b"]) == set()
+    assert pending.done and pending.pending(["b"]) == set() and pending.bytes_left == 0
     assert pending.wait_for(None, timeout=0) is True
     pending.choose(["late"])  # after the end nothing becomes pending again
     assert pending.pending(["late"]) == set()
