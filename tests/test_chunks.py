@@ -6,6 +6,8 @@ import errno
 import itertools
 import os
 import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,7 @@ from persistent_kernel.checkpoint import CheckpointResult, write_checkpoint
 from persistent_kernel.content import parse
 from persistent_kernel.restore import load_generation, restore_checkpoint
 from persistent_kernel.store import SessionStore, blob_hash, chunks, fs
+from persistent_kernel.store.sessions import hasher
 
 from .harness import KernelHarness
 from .helpers import INFO, flip_a_bit
@@ -160,6 +163,23 @@ def test_fresh_chunks_are_hashed_as_they_are_written(
     second = write(session, {"a": array, "b": 1})
     assert second.written < MB and not one_pass
     np.testing.assert_array_equal(restore(session)["a"], array)
+
+
+def test_the_disk_starts_writing_a_fresh_chunk_before_its_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = np.random.default_rng(8).bytes(3 * fs.KICK + 5)
+    if sys.platform.startswith("linux"):  # the real call, on a real file: a hint, no error
+        assert fs.start_writeback is not None
+        fs.write_hashing(tmp_path, [data], hasher())
+    kicks: list[tuple[int, int]] = []
+    monkeypatch.setattr(fs, "start_writeback", lambda fd, offset, n: kicks.append((offset, n)))
+    (tmp_path / "again").mkdir()
+    name, known = fs.write_hashing(tmp_path / "again", [data], hasher())
+    assert (name, known) == (blob_hash([data]), False)
+    assert kicks == [(i * fs.KICK, fs.KICK) for i in range(3)]  # each MiB as it is written
+    assert os.listdir(tmp_path / "again") == [name]
+    assert (tmp_path / "again" / name).read_bytes() == data
 
 
 def test_a_write_failing_midway_leaves_no_blob_under_a_name(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -36,6 +37,31 @@ CHUNK = 1 << 26
 #: Bytes written, then hashed, at a time by :func:`write_hashing`: small enough that the
 #: hash reads them from the core's cache where the write just left them.
 PIECE = 1 << 18
+#: Bytes after which :func:`write_hashing` asks the disk to start writing what it wrote.
+KICK = 1 << 20
+
+
+def _sync_file_range() -> Callable[[int, int, int], None] | None:
+    """Linux's ``sync_file_range(fd, offset, n, SYNC_FILE_RANGE_WRITE)``: start writing
+    those bytes to disk and return at once. Resolved on import, in the kernel, so
+    that a forked writer never loads a library (the loader's lock may be held by a
+    thread that the fork left behind). None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return lambda fd, offset, n: call(fd, offset, n, 2)  # SYNC_FILE_RANGE_WRITE
+
+
+#: Starts the write-back of a range of a file (a hint: the fsync after it is what
+#: makes the bytes durable); None where the system has no such call.
+start_writeback = _sync_file_range()
 
 
 def private_dir(path: Path) -> Path:
@@ -117,24 +143,33 @@ def write_hashing(
 
     Each piece of :data:`PIECE` bytes is written to a uniquely named temp
     file and then given to *digest*, so the bytes are read from memory once
-    for both. Once all are written the file is named ``digest.hexdigest()``:
-    if *stored* is true of that name (a blob of it is stored already) the temp
-    file is removed unsynced, else it is fsynced and renamed to it. Returns
-    the name and whether it was stored already. The name is the hash of the
-    bytes written (given bytes no other thread changes meanwhile: a forked
-    writer's); a crash or error leaves at most the temp file, never a file
-    under a name.
+    for both; every :data:`KICK` bytes the disk is asked to start writing
+    them (:data:`start_writeback`), so that it works while the rest is
+    hashed and the fsync at the end waits for the last bytes only (on this
+    project's VM, 1 GiB of fresh chunks on four threads: 1.0x a raw write and
+    fsync of the same bytes with it, 1.2x without). Once all are written the
+    file is named ``digest.hexdigest()``: if *stored* is true of that name (a
+    blob of it is stored already) the temp file is removed unsynced, else it
+    is fsynced and renamed to it. Returns the name and whether it was stored
+    already. The name is the hash of the bytes written (given bytes no other
+    thread changes meanwhile: a forked writer's); a crash or error leaves at
+    most the temp file, never a file under a name.
     """
     tmp = _temp_path(directory)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         try:
+            written = kicked = 0
             for part in parts:
                 view = memoryview(part).cast("B")
                 for start in range(0, len(view), PIECE):
                     piece = view[start : start + PIECE]
                     _write_all(fd, piece)
                     digest.update(piece)
+                    written += len(piece)
+                    if start_writeback is not None and written - kicked >= KICK:
+                        start_writeback(fd, kicked, written - kicked)
+                        kicked = written
             name = digest.hexdigest()
             known = stored(name)
             if not known:
