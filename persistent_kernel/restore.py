@@ -102,6 +102,7 @@ class Pending:
             self._changed.notify_all()
 
     def finish(self) -> None:
+        """The restore ended (or never began): nothing is pending, no one waits."""
         with self._changed:
             self._names.clear()
             self._bytes = 0
