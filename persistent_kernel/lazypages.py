@@ -51,28 +51,14 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from . import uffd
 from .pageserver import rounded
 
-_SYSCALL = {"x86_64": 323, "aarch64": 282}
-_UFFD_API = 0xAA
-_FEATURE_EVENT_FORK = 1 << 1
-_FEATURE_WP_ASYNC = 1 << 15
-_MODE_MISSING = 1 << 0
-_MODE_WP = 1 << 1
 #: Descriptors per message (the kernel's limit is 253).
 _FDS_PER_MESSAGE = 200
-
-
-def _iowr(kind: int, number: int, size: int) -> int:
-    return (3 << 30) | (size << 16) | (kind << 8) | number
-
-
-_UFFDIO_API = _iowr(0xAA, 0x3F, 24)
-_UFFDIO_REGISTER = _iowr(0xAA, 0x00, 32)
-_UFFDIO_UNREGISTER = (2 << 30) | (16 << 16) | (0xAA << 8) | 0x01
 
 
 #: What the kernel knows of a mapped buffer: its label, its chunks' sizes, and what
@@ -109,7 +95,7 @@ class PageServer:
     def open(cls) -> PageServer | None:
         """A page server where this system may have one (see the module's docstring);
         whether it does is known at the first :meth:`map`, which raises OSError if not."""
-        number = _SYSCALL.get(platform.machine())
+        number = uffd.SYSCALL.get(platform.machine())
         if number is None or not sys.platform.startswith("linux"):
             return None
         try:
@@ -135,18 +121,18 @@ class PageServer:
         return self._uffd
 
     def _make_userfaultfd(self) -> int:
-        uffd = int(self._libc.syscall(self._number, os.O_CLOEXEC | os.O_NONBLOCK))
-        if uffd < 0:  # EPERM: user-mode faults only, or none at all
+        fd = int(self._libc.syscall(self._number, os.O_CLOEXEC | os.O_NONBLOCK))
+        if fd < 0:  # EPERM: user-mode faults only, or none at all
             error = ctypes.get_errno()
             raise OSError(error, f"no userfaultfd for lazy restore: {os.strerror(error)}")
-        wanted = _FEATURE_WP_ASYNC | _FEATURE_EVENT_FORK
-        api = (ctypes.c_uint64 * 3)(_UFFD_API, wanted, 0)
-        if self._libc.ioctl(uffd, _UFFDIO_API, ctypes.addressof(api)) != 0 or (
+        wanted = uffd.FEATURE_WP_ASYNC | uffd.FEATURE_EVENT_FORK
+        api = (ctypes.c_uint64 * 3)(uffd.API, wanted, 0)
+        if self._libc.ioctl(fd, uffd.UFFDIO_API, ctypes.addressof(api)) != 0 or (
             int(api[1]) & wanted != wanted
         ):
-            os.close(uffd)
+            os.close(fd)
             raise OSError("this system's userfaultfd lacks fork events or async write-protect")
-        return uffd
+        return fd
 
     def usable(self) -> bool:
         """Whether :meth:`map` can work here (makes the userfaultfd if it can)."""
@@ -156,14 +142,14 @@ class PageServer:
             return False
         return True
 
-    def _start(self, uffd: int) -> socket.socket:
+    def _start(self, fd: int) -> socket.socket:
         if self._sock is not None:
             return self._sock
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "persistent_kernel.pageserver", str(uffd),
+            [sys.executable, "-m", "persistent_kernel.pageserver", str(fd),
              str(theirs.fileno())],
-            pass_fds=(uffd, theirs.fileno()),
+            pass_fds=(fd, theirs.fileno()),
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # an interrupt of the kernel's group must not reach it
         )  # fmt: skip
@@ -172,50 +158,63 @@ class PageServer:
         threading.Thread(target=self._listen, name="persistent-kernel-pages", daemon=True).start()
         return ours
 
-    def map(self, files: Sequence[int], sizes: Sequence[int], names: Sequence[str], hash: str,
-            label: str = "", quarantine: Callable[[str], None] | None = None) -> Any:  # fmt: skip
-        """Memory of ``sum(sizes)`` bytes whose chunk *i* is filled from *files[i]*
-        (checked against *names[i]*) when first touched. The descriptors are handed
-        to the server (and closed here). *quarantine* is called with the name of a
+    def map(self, files: Iterable[Sequence[int]], sizes: Sequence[int], names: Sequence[str],
+            hash: str, label: str = "",
+            quarantine: Callable[[str], None] | None = None) -> Any:  # fmt: skip
+        """Memory of ``sum(sizes)`` bytes whose chunk *i* is filled from the *i*-th
+        file descriptor (checked against *names[i]*) when first touched. *files*
+        yields the descriptors in batches, each handed to the server and closed here
+        before the next is asked for (so a large buffer never holds thousands open at
+        once); an exception from it aborts the map. *quarantine* is called with the name of a
         chunk found damaged (before the user is told). Raises OSError if it cannot
         be set up."""
-        uffd = self._userfaultfd()
+        fd = self._userfaultfd()
         total = sum(sizes)
         buffer = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
-        register = (ctypes.c_uint64 * 4)(address, rounded(total), _MODE_MISSING | _MODE_WP, 0)
-        if self._libc.ioctl(uffd, _UFFDIO_REGISTER, ctypes.addressof(register)) != 0:
+        modes = uffd.MODE_MISSING | uffd.MODE_WP
+        register = (ctypes.c_uint64 * 4)(address, rounded(total), modes, 0)
+        if self._libc.ioctl(fd, uffd.UFFDIO_REGISTER, ctypes.addressof(register)) != 0:
             error = ctypes.get_errno()
             buffer.close()
             raise OSError(error, os.strerror(error))
         try:
             about = (label, list(sizes), quarantine)
-            self._hand_over(uffd, address, files, sizes, names, hash, about)
+            self._hand_over(fd, address, files, sizes, names, hash, about)
         except BaseException:
             span = (ctypes.c_uint64 * 2)(address, rounded(total))
-            self._libc.ioctl(uffd, _UFFDIO_UNREGISTER, ctypes.addressof(span))
+            self._libc.ioctl(fd, uffd.UFFDIO_UNREGISTER, ctypes.addressof(span))
             buffer.close()
             raise
         self.mapped_bytes += total
         return buffer
 
-    def _hand_over(self, uffd: int, address: int, files: Sequence[int], sizes: Sequence[int],
-                   names: Sequence[str], hash: str, about: _About) -> None:  # fmt: skip
+    def _hand_over(self, fd: int, address: int, files: Iterable[Sequence[int]],
+                   sizes: Sequence[int], names: Sequence[str], hash: str,
+                   about: _About) -> None:  # fmt: skip
         with self._lock:
-            sock = self._start(uffd)
+            sock = self._start(fd)
             ident = self._next
             self._next += 1
             self._about[ident] = about
             header = {"op": "map", "id": ident, "address": address, "hash": hash,
-                      "chunks": len(files)}  # fmt: skip
+                      "chunks": len(sizes)}  # fmt: skip
             socket.send_fds(sock, [json.dumps(header).encode()], [])
-            for at in range(0, len(files), _FDS_PER_MESSAGE):
-                batch = slice(at, at + _FDS_PER_MESSAGE)
-                message = {"op": "chunks", "id": ident, "sizes": list(sizes[batch]),
-                           "names": list(names[batch])}  # fmt: skip
-                socket.send_fds(sock, [json.dumps(message).encode()], list(files[batch]))
-        for fd in files:  # the server holds its own
-            os.close(fd)
+            at = 0
+            try:
+                for batch in files:
+                    for part in range(0, len(batch), _FDS_PER_MESSAGE):
+                        fds = list(batch[part : part + _FDS_PER_MESSAGE])
+                        span = slice(at, at + len(fds))
+                        message = {"op": "chunks", "id": ident, "sizes": list(sizes[span]),
+                                   "names": list(names[span])}  # fmt: skip
+                        socket.send_fds(sock, [json.dumps(message).encode()], fds)
+                        at += len(fds)
+                    for file in batch:  # the server holds its own
+                        os.close(file)
+            except BaseException:
+                socket.send_fds(sock, [json.dumps({"op": "abort", "id": ident}).encode()], [])
+                raise
 
     def _listen(self) -> None:
         sock = self._sock

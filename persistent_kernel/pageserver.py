@@ -31,9 +31,10 @@ still read its pages).
 Protocol (one datagram a message, ``SOCK_SEQPACKET``): the kernel sends
 ``{"op": "map", "id", "address", "hash", "chunks"}``, then
 ``{"op": "chunks", "id", "sizes", "names"}`` messages carrying those chunks'
-files' descriptors until all are there. The kernel does not wait for the
-server (which may still be starting): a fault in a buffer whose messages
-have not arrived yet is served once they have. The server sends
+files' descriptors until all are there (or ``{"op": "abort", "id"}``). The
+kernel does not wait for the server (which may still be starting): a fault in
+a buffer whose messages have not arrived yet is served once they have. The
+server sends
 ``{"op": "damaged", "id", "chunk", "name"}`` when a chunk fails its check.
 """
 
@@ -60,11 +61,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import uffd
+
 PAGE = mmap.PAGESIZE
-_EVENT_PAGEFAULT = 0x12
-_EVENT_FORK = 0x13
-_MSG = 32  # sizeof(struct uffd_msg)
-_COPY_MODE_WP = 1 << 1
 #: Verified chunks kept for other processes' faults and read-ahead.
 _CACHED = 4
 #: Chunks after the one read ahead that the disk is asked to read into its cache.
@@ -73,15 +72,6 @@ _ADVISED = 2
 _PROBE = 2.0
 #: Threads reading and checking chunks.
 THREADS = 2
-
-
-def _iowr(kind: int, number: int, size: int) -> int:
-    return (3 << 30) | (size << 16) | (kind << 8) | number
-
-
-UFFDIO_COPY = _iowr(0xAA, 0x03, 40)
-UFFDIO_WAKE = (2 << 30) | (16 << 16) | (0xAA << 8) | 0x02
-UFFDIO_WRITEPROTECT = _iowr(0xAA, 0x06, 24)
 
 
 def hasher(name: str) -> Any:
@@ -155,9 +145,9 @@ class Ioctl:
         done = 0
         while done < length:
             arg = (ctypes.c_uint64 * 5)(
-                dst + done, src + done, length - done, _COPY_MODE_WP if protect else 0, 0
+                dst + done, src + done, length - done, uffd.COPY_MODE_WP if protect else 0, 0
             )
-            error = self.call(fd, UFFDIO_COPY, arg)
+            error = self.call(fd, uffd.UFFDIO_COPY, arg)
             copied = ctypes.c_int64(arg[4]).value
             if error == 0:
                 return 0
@@ -173,23 +163,23 @@ class Ioctl:
         return 0
 
     def wake(self, fd: int, start: int, length: int) -> int:
-        return self.call(fd, UFFDIO_WAKE, (ctypes.c_uint64 * 2)(start, length))
+        return self.call(fd, uffd.UFFDIO_WAKE, (ctypes.c_uint64 * 2)(start, length))
 
     def alive(self, fd: int, page: int) -> bool:
         """Whether the process served through *fd* still exists: a no-op write-protect
         change of one page fails with ESRCH once its memory is gone."""
         arg = (ctypes.c_uint64 * 3)(page, PAGE, 0)
-        return self.call(fd, UFFDIO_WRITEPROTECT, arg) != errno.ESRCH
+        return self.call(fd, uffd.UFFDIO_WRITEPROTECT, arg) != errno.ESRCH
 
 
 class Server:
     """Serves page faults on the kernel's userfaultfd and its children's."""
 
-    def __init__(self, uffd: int, sock: socket.socket, ioctl: Ioctl | None = None) -> None:
+    def __init__(self, kernel_fd: int, sock: socket.socket, ioctl: Ioctl | None = None) -> None:
         self.sock = sock
         self.ioctl = ioctl or Ioctl()
-        self.kernel_fd = uffd
-        self.fds: set[int] = {uffd}  # the kernel's and each forked child's
+        self.kernel_fd = kernel_fd
+        self.fds: set[int] = {kernel_fd}  # the kernel's and each forked child's
         self.buffers: list[Buffer] = []  # sorted by address
         self.filled: set[tuple[int, int, int]] = set()  # (fd, buffer id, chunk)
         self.busy: dict[tuple[int, int], list[int]] = {}  # (buffer, chunk) -> fds waiting
@@ -220,6 +210,10 @@ class Server:
             self.pending["sizes"].extend(message["sizes"])
             self.pending["names"].extend(message["names"])
             self.pending["fds"].extend(fds)
+        elif message["op"] == "abort" and self.pending is not None:
+            for fd in self.pending["fds"]:  # the kernel could not open them all
+                os.close(fd)
+            self.pending = None
         pending = self.pending
         if pending is not None and len(pending["fds"]) >= pending["chunks"]:
             self.pending = None
@@ -241,7 +235,7 @@ class Server:
     def events(self, fd: int) -> None:
         while True:
             try:
-                data = os.read(fd, _MSG * 16)
+                data = os.read(fd, uffd.MSG_SIZE * 16)
             except BlockingIOError:
                 return
             except OSError:
@@ -249,13 +243,13 @@ class Server:
                 return
             if not data:
                 return
-            for at in range(0, len(data) - _MSG + 1, _MSG):
+            for at in range(0, len(data) - uffd.MSG_SIZE + 1, uffd.MSG_SIZE):
                 event = data[at]
-                if event == _EVENT_FORK:
+                if event == uffd.EVENT_FORK:
                     (child,) = struct.unpack_from("I", data, at + 8)
                     os.set_blocking(child, False)
                     self.fds.add(child)
-                elif event == _EVENT_PAGEFAULT:
+                elif event == uffd.EVENT_PAGEFAULT:
                     _flags, address = struct.unpack_from("QQ", data, at + 8)
                     self.fault(fd, address)
 
@@ -482,10 +476,10 @@ def steady() -> None:
 
 def main(argv: list[str]) -> int:
     steady()
-    uffd, sock_fd = int(argv[0]), int(argv[1])
+    kernel_fd, sock_fd = int(argv[0]), int(argv[1])
     sock = socket.socket(fileno=sock_fd)
-    os.set_blocking(uffd, False)
-    Server(uffd, sock).run()
+    os.set_blocking(kernel_fd, False)
+    Server(kernel_fd, sock).run()
     return 0
 
 

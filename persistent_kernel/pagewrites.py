@@ -75,13 +75,9 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from . import uffd
+
 PAGE = mmap.PAGESIZE
-#: ``userfaultfd`` system call numbers.
-_SYSCALL = {"x86_64": 323, "aarch64": 282}
-_UFFD_API = 0xAA
-_UFFD_USER_MODE_ONLY = 1
-_FEATURE_WP_ASYNC = 1 << 15
-_MODE_WP = 1 << 1
 _SCAN_WP_MATCHING = 1 << 0
 _SCAN_CHECK_WPASYNC = 1 << 1
 _PAGE_IS_WRITTEN = 1 << 1
@@ -89,16 +85,6 @@ _PAGE_IS_WRITTEN = 1 << 1
 _REGIONS = 256
 #: Scans kept while no writer commits; past this the chunk names are forgotten.
 _MAX_REPORTS = 64
-
-
-def _iowr(kind: int, number: int, size: int) -> int:
-    return (3 << 30) | (size << 16) | (kind << 8) | number
-
-
-_UFFDIO_API = _iowr(0xAA, 0x3F, 24)
-_UFFDIO_REGISTER = _iowr(0xAA, 0x00, 32)
-_UFFDIO_UNREGISTER = (2 << 30) | (16 << 16) | (0xAA << 8) | 0x01
-_PAGEMAP_SCAN = _iowr(ord("f"), 16, 96)
 
 
 def page_span(address: int, size: int) -> tuple[int, int]:
@@ -171,12 +157,12 @@ class Watcher:
     where the kernel lacks either, or forbids them.
     """
 
-    def __init__(self, uffd: int, pagemap: int, libc: ctypes.CDLL) -> None:
-        self._uffd, self._pagemap, self._libc = uffd, pagemap, libc
+    def __init__(self, fd: int, pagemap: int, libc: ctypes.CDLL) -> None:
+        self._uffd, self._pagemap, self._libc = fd, pagemap, libc
 
     @classmethod
     def open(cls) -> Watcher | None:
-        number = _SYSCALL.get(platform.machine())
+        number = uffd.SYSCALL.get(platform.machine())
         if number is None or not sys.platform.startswith("linux"):
             return None
         try:
@@ -186,19 +172,19 @@ class Watcher:
             libc.ioctl.restype = ctypes.c_int
         except (OSError, AttributeError):
             return None
-        uffd = int(libc.syscall(number, os.O_CLOEXEC | os.O_NONBLOCK | _UFFD_USER_MODE_ONLY))
-        if uffd < 0:
+        fd = int(libc.syscall(number, os.O_CLOEXEC | os.O_NONBLOCK | uffd.USER_MODE_ONLY))
+        if fd < 0:
             return None
-        api = (ctypes.c_uint64 * 3)(_UFFD_API, _FEATURE_WP_ASYNC, 0)
-        if libc.ioctl(uffd, _UFFDIO_API, ctypes.addressof(api)) != 0:
-            os.close(uffd)
+        api = (ctypes.c_uint64 * 3)(uffd.API, uffd.FEATURE_WP_ASYNC, 0)
+        if libc.ioctl(fd, uffd.UFFDIO_API, ctypes.addressof(api)) != 0:
+            os.close(fd)
             return None
         try:
             pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            os.close(uffd)
+            os.close(fd)
             return None
-        watcher = cls(uffd, pagemap, libc)
+        watcher = cls(fd, pagemap, libc)
         if not watcher._works():
             watcher.close()
             return None
@@ -228,8 +214,8 @@ class Watcher:
         ``/proc/self/maps`` as just read (see :func:`memory_map`)."""
         if not private_anonymous(start, end, lines):
             return False
-        register = (ctypes.c_uint64 * 4)(start, end - start, _MODE_WP, 0)
-        if self._libc.ioctl(self._uffd, _UFFDIO_REGISTER, ctypes.addressof(register)) != 0:
+        register = (ctypes.c_uint64 * 4)(start, end - start, uffd.MODE_WP, 0)
+        if self._libc.ioctl(self._uffd, uffd.UFFDIO_REGISTER, ctypes.addressof(register)) != 0:
             # Registered already by the page server (a lazily restored buffer, see
             # lazypages), in asynchronous write-protect mode too: the scan works on it.
             return ctypes.get_errno() == errno.EBUSY and self.written(start, end) is not None
@@ -240,7 +226,7 @@ class Watcher:
 
     def unwatch(self, start: int, end: int) -> None:
         span = (ctypes.c_uint64 * 2)(start, end - start)
-        self._libc.ioctl(self._uffd, _UFFDIO_UNREGISTER, ctypes.addressof(span))
+        self._libc.ioctl(self._uffd, uffd.UFFDIO_UNREGISTER, ctypes.addressof(span))
 
     def written(self, start: int, end: int) -> list[tuple[int, int]] | None:
         """``[start, end)`` ranges of pages written since the last call, which are
@@ -254,7 +240,7 @@ class Watcher:
                 96, _SCAN_WP_MATCHING | _SCAN_CHECK_WPASYNC, at, end, 0,
                 ctypes.addressof(regions), _REGIONS, 0, 0, _PAGE_IS_WRITTEN, 0, _PAGE_IS_WRITTEN,
             )  # fmt: skip
-            count = self._libc.ioctl(self._pagemap, _PAGEMAP_SCAN, ctypes.addressof(arg))
+            count = self._libc.ioctl(self._pagemap, uffd.PAGEMAP_SCAN, ctypes.addressof(arg))
             if count < 0:
                 if ctypes.get_errno() == errno.EINTR:
                     continue

@@ -463,3 +463,38 @@ def test_a_failed_copy_wakes_the_thread_to_fault_again(tmp_path: Path) -> None:
     assert ioctl.copies == [(7, 1 << 30, blobs[0], True)]
     server.close()
     ours.close()
+
+
+def test_a_buffer_of_more_chunks_than_files_may_be_open_is_handed_over_in_batches(
+    session: SessionStore, pages: PageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import resource
+
+    values = arrays(1, 32 * MB)  # 32 chunks of 1 MiB
+    saved(session, values)
+    monkeypatch.setattr(chunks, "OPEN_BATCH", 4)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 24, hard))  # fewer than 32 free
+    try:
+        into = restored(session, pages)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert pages.mapped_bytes == 32 * MB
+    assert digest(into["a0"]) == digest(values["a0"])
+
+
+def test_a_missing_chunk_file_is_found_at_the_restore(
+    session: SessionStore, pages: PageServer
+) -> None:
+    values = {**arrays(1, 32 * MB), "small": 1}
+    saved(session, values)
+    manifest = session.read_manifest(session.generations()[-1])
+    (part,) = [p for g in parse(manifest).groups for p in g.parts if p.blob is None]
+    (session.objects_dir / part.refs()[5].hash).unlink()
+    into: dict[str, Any] = {}
+    progress = RestoreProgress()
+    progress.pages = pages
+    report = restore_checkpoint(session, into, progress)
+    assert into == {"small": 1} and "a0" in report.skipped  # as a full read would say
+    assert "missing" in report.skipped["a0"]
