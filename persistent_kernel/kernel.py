@@ -273,15 +273,19 @@ class PersistentKernel(IPythonKernel):
         if pages is None:
             return None
 
-        def damaged(label: str, name: str, size: int) -> None:
-            self.log.error("persistent-kernel: chunk %s of %s is damaged", name, label)
-            self.notice(render.damaged_chunk_sentence(label, size))
+        def damaged(label: str, reason: str, size: int) -> None:
+            self.log.error("persistent-kernel: a chunk of %s is damaged: %s", label, reason)
+            self.notice(render.damaged_chunk_sentence(label, size, reason))
+
+        def unreadable(label: str, reason: str) -> None:
+            self.log.error("persistent-kernel: a chunk of %s cannot be read: %s", label, reason)
+            self.notice(render.unreadable_chunk_sentence(label, reason))
 
         def lost() -> None:
             self.log.error("persistent-kernel: the page server ended")
             self.notice(render.page_server_lost_sentence())
 
-        pages.on_damaged, pages.on_lost = damaged, lost
+        pages.on_damaged, pages.on_unreadable, pages.on_lost = damaged, unreadable, lost
         return pages
 
     @property

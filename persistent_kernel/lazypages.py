@@ -51,14 +51,14 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import uffd
 from .pageserver import rounded
 
-#: Descriptors per message (the kernel's limit is 253).
-_FDS_PER_MESSAGE = 200
+#: Chunks per message (a message of 8 GiB's 1024 chunks would be 200 KB).
+_PER_MESSAGE = 200
 
 
 #: What the kernel knows of a mapped buffer: its label, its chunks' sizes, and what
@@ -72,8 +72,11 @@ class PageServer:
     :meth:`open` returns None where lazy restore cannot be had (see the
     module's docstring). The server process starts with the first
     :meth:`map`. *on_damaged* is called (from a thread of ours) with the
-    label given to :meth:`map`, the chunk's name and its size when a chunk
-    fails its check; *on_lost* once, if the server ends while the kernel runs.
+    label given to :meth:`map`, the reason and the chunk's size when a chunk is
+    damaged or missing (its pages read as zeros); *on_unreadable* with the label
+    and the reason when a chunk cannot be read now (EIO, EACCES: the thread
+    that touched it waits while the server tries again); *on_lost* once, if the
+    server ends while the kernel runs.
     """
 
     def __init__(self, libc: ctypes.CDLL, number: int) -> None:
@@ -87,6 +90,7 @@ class PageServer:
         self._next = 0
         self.closing = False
         self.on_damaged: Callable[[str, str, int], None] | None = None
+        self.on_unreadable: Callable[[str, str], None] | None = None
         self.on_lost: Callable[[], None] | None = None
         #: bytes mapped lazily so far
         self.mapped_bytes = 0
@@ -158,14 +162,12 @@ class PageServer:
         threading.Thread(target=self._listen, name="persistent-kernel-pages", daemon=True).start()
         return ours
 
-    def map(self, files: Iterable[Sequence[int]], sizes: Sequence[int], names: Sequence[str],
+    def map(self, paths: Sequence[str], sizes: Sequence[int], names: Sequence[str],
             hash: str, label: str = "",
             quarantine: Callable[[str], None] | None = None) -> Any:  # fmt: skip
-        """Memory of ``sum(sizes)`` bytes whose chunk *i* is filled from the *i*-th
-        file descriptor (checked against *names[i]*) when first touched. *files*
-        yields the descriptors in batches, each handed to the server and closed here
-        before the next is asked for (so a large buffer never holds thousands open at
-        once); an exception from it aborts the map. *quarantine* is called with the name of a
+        """Memory of ``sum(sizes)`` bytes whose chunk *i* is filled from the file
+        *paths[i]* (opened by the server at once, and checked against *names[i]*)
+        when first touched. *quarantine* is called with the name of a
         chunk found damaged (before the user is told). Raises OSError if it cannot
         be set up."""
         fd = self._userfaultfd()
@@ -180,7 +182,7 @@ class PageServer:
             raise OSError(error, os.strerror(error))
         try:
             about = (label, list(sizes), quarantine)
-            self._hand_over(fd, address, files, sizes, names, hash, about)
+            self._hand_over(fd, address, paths, sizes, names, hash, about)
         except BaseException:
             span = (ctypes.c_uint64 * 2)(address, rounded(total))
             self._libc.ioctl(fd, uffd.UFFDIO_UNREGISTER, ctypes.addressof(span))
@@ -189,9 +191,8 @@ class PageServer:
         self.mapped_bytes += total
         return buffer
 
-    def _hand_over(self, fd: int, address: int, files: Iterable[Sequence[int]],
-                   sizes: Sequence[int], names: Sequence[str], hash: str,
-                   about: _About) -> None:  # fmt: skip
+    def _hand_over(self, fd: int, address: int, paths: Sequence[str], sizes: Sequence[int],
+                   names: Sequence[str], hash: str, about: _About) -> None:  # fmt: skip
         with self._lock:
             sock = self._start(fd)
             ident = self._next
@@ -199,22 +200,12 @@ class PageServer:
             self._about[ident] = about
             header = {"op": "map", "id": ident, "address": address, "hash": hash,
                       "chunks": len(sizes)}  # fmt: skip
-            socket.send_fds(sock, [json.dumps(header).encode()], [])
-            at = 0
-            try:
-                for batch in files:
-                    for part in range(0, len(batch), _FDS_PER_MESSAGE):
-                        fds = list(batch[part : part + _FDS_PER_MESSAGE])
-                        span = slice(at, at + len(fds))
-                        message = {"op": "chunks", "id": ident, "sizes": list(sizes[span]),
-                                   "names": list(names[span])}  # fmt: skip
-                        socket.send_fds(sock, [json.dumps(message).encode()], fds)
-                        at += len(fds)
-                    for file in batch:  # the server holds its own
-                        os.close(file)
-            except BaseException:
-                socket.send_fds(sock, [json.dumps({"op": "abort", "id": ident}).encode()], [])
-                raise
+            sock.send(json.dumps(header).encode())
+            for at in range(0, len(sizes), _PER_MESSAGE):
+                batch = slice(at, at + _PER_MESSAGE)
+                message = {"op": "chunks", "id": ident, "sizes": list(sizes[batch]),
+                           "names": list(names[batch]), "paths": list(paths[batch])}  # fmt: skip
+                sock.send(json.dumps(message).encode())
 
     def _listen(self) -> None:
         sock = self._sock
@@ -228,13 +219,15 @@ class PageServer:
                 break
             try:
                 message = json.loads(data)
-                if message["op"] == "damaged":
-                    label, sizes, quarantine = self._about[int(message["id"])]
-                    chunk, name = int(message["chunk"]), str(message["name"])
-                    if quarantine is not None:
-                        quarantine(name)  # never named again by a later checkpoint
-                    if self.on_damaged is not None:
-                        self.on_damaged(label, name, sizes[chunk])
+                op, chunk = message["op"], int(message["chunk"])
+                label, sizes, quarantine = self._about[int(message["id"])]
+                name, reason = str(message["name"]), str(message["reason"])
+                if op == "damaged" and message.get("quarantine") and quarantine is not None:
+                    quarantine(name)  # never named again by a later checkpoint
+                if op == "damaged" and self.on_damaged is not None:
+                    self.on_damaged(label, reason, sizes[chunk])
+                elif op == "unreadable" and self.on_unreadable is not None:
+                    self.on_unreadable(label, reason)
             except Exception:  # one bad message must not stop the listening
                 logging.getLogger(__name__).exception("persistent-kernel: page server message")
         if not self.closing and self.on_lost is not None:

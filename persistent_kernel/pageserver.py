@@ -17,12 +17,16 @@ GIL, and a handler in the same interpreter would need it to run. This
 process has its own interpreter, does nothing but read files and copy
 pages, and imports only the standard library and the hash.
 
-A chunk whose bytes do not match its name is never copied: its pages are
-filled with zeros, left writable (so the next checkpoint hashes them anew
-rather than reusing the damaged name) and the kernel is told, which tells
-the user. The chunk files are opened by the kernel at restore and held open
-here, so pruning or replacing a file afterwards changes nothing this process
-reads.
+A chunk whose bytes do not match its name, or whose file is missing, of
+the wrong size or not private, is never copied: its pages are filled with
+zeros, left writable (so the next checkpoint hashes them anew rather than
+reusing the damaged name) and the kernel is told, which tells the user. A
+chunk that cannot be read now (EIO, EACCES, a folder in its file's place:
+no proof of damage) keeps the thread that touched it waiting, and is tried
+again every :data:`RETRY` seconds. The chunk files are opened here as soon
+as a buffer arrives (not by the kernel: thousands of opens, each reading an
+inode from a cold disk, would make the first cell wait) and held open, so
+pruning or replacing a file afterwards changes nothing this process reads.
 
 It ends when the kernel's end of its socket closes and no forked child it
 serves is still alive (a kernel's standby may outlive the kernel, and must
@@ -30,12 +34,11 @@ still read its pages).
 
 Protocol (one datagram a message, ``SOCK_SEQPACKET``): the kernel sends
 ``{"op": "map", "id", "address", "hash", "chunks"}``, then
-``{"op": "chunks", "id", "sizes", "names"}`` messages carrying those chunks'
-files' descriptors until all are there (or ``{"op": "abort", "id"}``). The
-kernel does not wait for the server (which may still be starting): a fault in
-a buffer whose messages have not arrived yet is served once they have. The
-server sends
-``{"op": "damaged", "id", "chunk", "name"}`` when a chunk fails its check.
+``{"op": "chunks", "id", "sizes", "names", "paths"}`` messages until all the
+chunks are there. The kernel does not wait for the server (which may still
+be starting): a fault in a buffer whose messages have not arrived yet is
+served once they have. The server sends ``{"op": "damaged" | "unreadable",
+"id", "chunk", "name", "reason", "quarantine"}`` once per chunk and kind.
 """
 
 from __future__ import annotations
@@ -47,9 +50,11 @@ import errno
 import json
 import mmap
 import os
+import resource
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -66,6 +71,8 @@ from . import uffd
 PAGE = mmap.PAGESIZE
 #: Verified chunks kept for other processes' faults and read-ahead.
 _CACHED = 4
+#: Seconds before a chunk that could not be read (EIO, EACCES) is tried again.
+RETRY = 1.0
 #: Chunks after the one read ahead that the disk is asked to read into its cache.
 _ADVISED = 2
 #: How often forked children are checked for having ended (seconds).
@@ -101,10 +108,17 @@ class Buffer:
     sizes: list[int]
     names: list[str]
     hash: str
-    fds: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    #: each chunk's open file, once opened (None: not yet, or it failed: see problems)
+    fds: list[int | None] = field(default_factory=list)
+    #: chunk -> why its file is no good (missing, wrong size, not yours)
+    problems: dict[int, str] = field(default_factory=dict)
+    #: chunks whose file is there but holds other bytes (to be quarantined)
+    spoiled: set[int] = field(default_factory=set)
     offsets: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.fds = [None] * len(self.sizes)
         at, self.offsets = 0, []
         for size in self.sizes:
             self.offsets.append(at)
@@ -185,7 +199,7 @@ class Server:
         self.busy: dict[tuple[int, int], list[int]] = {}  # (buffer, chunk) -> fds waiting
         self.cache: OrderedDict[tuple[int, int], mmap.mmap | None] = OrderedDict()
         self.loading: dict[tuple[int, int], threading.Event] = {}
-        self.told: set[tuple[int, int]] = set()  # damaged chunks the kernel was told of
+        self.told: set[tuple[int, int, str]] = set()  # (buffer, chunk, what) told
         self._zeros: mmap.mmap | None = None
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(THREADS, thread_name_prefix="pages")
@@ -204,24 +218,23 @@ class Server:
             self.open = False
             return
         message = json.loads(data)
+        for fd in fds:  # none are sent: the files are opened here
+            os.close(fd)
         if message["op"] == "map":
-            self.pending = {**message, "sizes": [], "names": [], "fds": []}
+            self.pending = {**message, "sizes": [], "names": [], "paths": []}
         elif message["op"] == "chunks" and self.pending is not None:
             self.pending["sizes"].extend(message["sizes"])
             self.pending["names"].extend(message["names"])
-            self.pending["fds"].extend(fds)
-        elif message["op"] == "abort" and self.pending is not None:
-            for fd in self.pending["fds"]:  # the kernel could not open them all
-                os.close(fd)
-            self.pending = None
+            self.pending["paths"].extend(message["paths"])
         pending = self.pending
-        if pending is not None and len(pending["fds"]) >= pending["chunks"]:
+        if pending is not None and len(pending["paths"]) >= pending["chunks"]:
             self.pending = None
             buffer = Buffer(
                 pending["id"], pending["address"], pending["sizes"], pending["names"],
-                pending["hash"], pending["fds"],
+                pending["hash"], pending["paths"],
             )  # fmt: skip
             bisect.insort(self.buffers, buffer, key=lambda b: b.address)
+            self.pool.submit(self.job, self.open_all, buffer)
             deferred, self.deferred = self.deferred, []
             for fd, address in deferred:
                 self.fault(fd, address)
@@ -278,8 +291,10 @@ class Server:
             if index + 1 < len(buffer.sizes):  # read ahead: the next chunk, checked
                 self.pool.submit(self.job, self.verified, buffer, index + 1)
             for ahead in range(index + 2, min(index + 2 + _ADVISED, len(buffer.sizes))):
-                with contextlib.suppress(OSError):  # and the disk reads the ones after
-                    os.posix_fadvise(buffer.fds[ahead], 0, 0, os.POSIX_FADV_WILLNEED)
+                file = buffer.fds[ahead]  # not opened yet: the read ahead will
+                if file is not None:
+                    with contextlib.suppress(OSError):  # and the disk reads the ones after
+                        os.posix_fadvise(file, 0, 0, os.POSIX_FADV_WILLNEED)
 
     def job(self, work: Callable[..., object], *args: Any) -> None:
         """Run *work* on a pool thread: a failure is printed (to the kernel's log) and
@@ -322,24 +337,99 @@ class Server:
             self.loading.pop(key).set()
         return result
 
+    def open_all(self, buffer: Buffer) -> None:
+        """Open every chunk file of a new buffer at once, so that a file pruned or
+        replaced later still gives the bytes it had; past this process's limit of
+        open files the rest are opened when read (see :meth:`_read`)."""
+        for index in range(len(buffer.paths)):
+            try:
+                self.file(buffer, index)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    return
+                # EIO, EACCES: told when the chunk is touched, tried again then
+
+    def file(self, buffer: Buffer, index: int) -> int | None:
+        """Chunk *index*'s file, opened once and checked as the store checks a blob:
+        never through a symbolic link, owned by this user, writable by nobody else,
+        of the size the manifest says. None (and the reason in ``problems``) if not."""
+        if buffer.fds[index] is not None or index in buffer.problems:
+            return buffer.fds[index]
+        try:
+            fd = os.open(buffer.paths[index], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            problem: str | None = "its file is missing"
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise  # EACCES, EIO: not proof of damage (see place)
+            problem = "its file is a symbolic link"
+        else:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # a folder in its place: no proof of damage
+                os.close(fd)
+                raise IsADirectoryError(errno.EISDIR, "it is not a file", buffer.paths[index])
+            problem = None
+            if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                problem = "its file is not private to you"
+            elif st.st_size != buffer.sizes[index]:
+                problem = f"its file is {st.st_size} bytes, not {buffer.sizes[index]}"
+                buffer.spoiled.add(index)
+            if problem is None:
+                with self.lock:
+                    if buffer.fds[index] is None:
+                        buffer.fds[index] = fd
+                        return fd
+            os.close(fd)
+        with self.lock:
+            if problem is not None:
+                buffer.problems[index] = problem
+            return buffer.fds[index]
+
     def _read(self, buffer: Buffer, index: int) -> mmap.mmap | None:
+        """The chunk's bytes if they match its name; None if damaged. OSError (EIO,
+        EACCES) where it cannot be read now."""
+        try:
+            fd = self.file(buffer, index)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            return self._read_once(buffer, index)  # too many open: open it for this read
+        if fd is None:
+            return None
+        return self._read_from(fd, buffer, index)
+
+    def _read_once(self, buffer: Buffer, index: int) -> mmap.mmap | None:
+        fd = os.open(buffer.paths[index], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                with self.lock:
+                    buffer.problems.setdefault(index, "its file is not private to you")
+                return None
+            return self._read_from(fd, buffer, index)
+        finally:
+            os.close(fd)
+
+    def _read_from(self, fd: int, buffer: Buffer, index: int) -> mmap.mmap | None:
         size = buffer.sizes[index]
         data = mmap.mmap(-1, rounded(size), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         view = memoryview(data)
         try:
             done = 0
             while done < size:
-                n = os.preadv(buffer.fds[index], [view[done:size]], done)
+                n = os.preadv(fd, [view[done:size]], done)
                 if n <= 0:
                     break
                 done += n
             digest = hasher(buffer.hash)
             digest.update(view[:size])
             good = done == size and digest.hexdigest() == buffer.names[index]
-        except OSError:
-            good = False
         finally:
             view.release()
+        if not good:
+            with self.lock:
+                buffer.problems.setdefault(index, "its bytes do not match their hash")
+                buffer.spoiled.add(index)
         return data if good else None
 
     def fill(self, buffer: Buffer, index: int) -> None:
@@ -368,15 +458,19 @@ class Server:
         checkpoint hashes them anew). Whether it was placed."""
         try:
             data = self.verified(buffer, index)
-        except Exception:  # a stopped thread must go on: treat as damaged
+        except OSError as exc:  # EIO, EACCES: no proof of damage; the thread waits
+            self.tell_once(buffer, index, "unreadable", exc.strerror or str(exc))
+            time.sleep(RETRY)
+            self.ioctl.wake(fd, start, end - start)  # to fault again: a new attempt
+            return False
+        except Exception as exc:  # a stopped thread must go on: treat as damaged
+            traceback.print_exc()
+            with self.lock:
+                buffer.problems.setdefault(index, f"it could not be read ({exc})")
             data = None
         damaged = data is None
         if data is None:
-            key = (buffer.id, index)
-            if key not in self.told:
-                self.told.add(key)
-                name = buffer.names[index]
-                self.tell({"op": "damaged", "id": buffer.id, "chunk": index, "name": name})
+            self.tell_once(buffer, index, "damaged", buffer.problems.get(index, "damaged"))
             data = self.zeros(end - start)
             offset = 0
         else:
@@ -392,6 +486,18 @@ class Server:
             self.ioctl.wake(fd, start, end - start)
             return False
         return True
+
+    def tell_once(self, buffer: Buffer, index: int, op: str, reason: str) -> None:
+        """Tell the kernel, once per chunk and kind, that a chunk is damaged (its pages
+        read as zeros) or cannot be read now (a thread waits for it)."""
+        key = (buffer.id, index, op)
+        with self.lock:
+            if key in self.told:
+                return
+            self.told.add(key)
+        name, spoiled = buffer.names[index], index in buffer.spoiled
+        self.tell({"op": op, "id": buffer.id, "chunk": index, "name": name, "reason": reason,
+                   "quarantine": spoiled})  # fmt: skip
 
     def zeros(self, size: int) -> mmap.mmap:
         """A zero-filled source of at least *size* bytes (page-aligned)."""
@@ -452,14 +558,23 @@ class Server:
         self.pool.shutdown(wait=True)
         for buffer in self.buffers:
             for fd in buffer.fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
         self.buffers = []
         self.sock.close()
 
     def kernel_alive(self) -> bool:
         page = self.buffers[0].address if self.buffers else 0
         return bool(page) and self.ioctl.alive(self.kernel_fd, page)
+
+
+def more_files() -> None:
+    """Allow as many open files as the system lets this user (a chunk file is held
+    open for each 8 MiB of arrays; this process waits in poll, not select)."""
+    with contextlib.suppress(OSError, ValueError):  # not allowed: opened when read
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def steady() -> None:
@@ -476,6 +591,7 @@ def steady() -> None:
 
 def main(argv: list[str]) -> int:
     steady()
+    more_files()
     kernel_fd, sock_fd = int(argv[0]), int(argv[1])
     sock = socket.socket(fileno=sock_fd)
     os.set_blocking(kernel_fd, False)

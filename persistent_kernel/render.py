@@ -89,12 +89,22 @@ def pending_sentence(names: list[str]) -> str:
     )
 
 
-def damaged_chunk_sentence(label: str, size: int) -> str:
-    """A chunk of a lazily restored array failed its check when first touched."""
+def damaged_chunk_sentence(label: str, size: int, reason: str) -> str:
+    """A chunk of a lazily restored array, when first touched, was found damaged or
+    missing (*reason*: "its file is missing", ...); its pages read as zeros."""
     return (
-        f"persistent-kernel: {human_size(size)} of {label or 'an array'} were damaged on disk "
-        "and read as zeros (the rest is exact); re-run the cell that made it, or "
-        "%persist rerun NAME."
+        f"persistent-kernel: {human_size(size)} of {label or 'an array'} could not be "
+        f"restored ({reason}) and read as zeros (the rest is exact); re-run the cell "
+        "that made it, or %persist rerun NAME."
+    )
+
+
+def unreadable_chunk_sentence(label: str, reason: str) -> str:
+    """A chunk of a lazily restored array cannot be read now (EIO, EACCES)."""
+    return (
+        f"persistent-kernel: part of {label or 'an array'} cannot be read from disk now "
+        f"({reason}); a cell that touches it waits, and the read is tried again every "
+        "second (interrupting does not stop that wait: restart the kernel to give up)."
     )
 
 

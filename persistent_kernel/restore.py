@@ -545,9 +545,10 @@ def _load(
     for name, reason in content.skipped.items():
         report.skipped[name] = f"not saved: {reason}"
         report.details[name] = {"type": content.skipped_types.get(name, ""), "size": None}
-    for name, variable in content.variables.items():
-        module = variable.module
-        if module:
+    modules = {name: v.module for name, v in content.variables.items() if v.module}
+
+    def bind_modules() -> None:
+        for name, module in modules.items():
             try:
                 into[name] = serializer.import_module(module)
                 report.restored.append(name)
@@ -555,21 +556,32 @@ def _load(
                 report.skipped[name] = f"module {module} could not be imported ({exc})"
             if pending is not None:
                 pending.settled([name])
+        modules.clear()
+
     if blobs is None:
+        bind_modules()
         report.restored.sort()
         report.carried.extend(_carry(content, g) for g in content.groups)
         raise RestoreInterrupted
     poisoned = session.poisoned() if markers else set()
     # sorted is stable: groups of one size keep the manifest's order
     left = sorted(zip(content.groups, blobs, strict=True), key=lambda item: item[0].size)
-    while left:
-        group, parts = left.pop(_next_group(left, pending))
-        try:
-            _load_group(session, content, group, parts, into, report, progress, main, markers,
-                        reuse, poisoned, [g for g, _ in left])  # fmt: skip
-        finally:
-            if pending is not None:
-                pending.settled(group.names, group.size)
+    try:
+        while left:
+            # Modules after the small groups (importing numpy from a cold disk takes
+            # longer than they all do), or at once when a waiting cell names one.
+            wanted = pending.wanted() if pending is not None else set()
+            if modules and (left[0][0].size >= SMALL_GROUP or wanted & modules.keys()):
+                bind_modules()
+            group, parts = left.pop(_next_group(left, pending))
+            try:
+                _load_group(session, content, group, parts, into, report, progress, main,
+                            markers, reuse, poisoned, [g for g, _ in left])  # fmt: skip
+            finally:
+                if pending is not None:
+                    pending.settled(group.names, group.size)
+    finally:
+        bind_modules()  # also when interrupted: a module is no group to carry
     report.restored.sort()
     report.reused.sort()
     if markers and not session.end_loading():  # one removal failed: try once more
@@ -577,6 +589,10 @@ def _load(
             "the marker of the data being loaded could not be removed; the next start may "
             "leave the last group loaded alone, and will say so"
         )
+
+
+#: Groups smaller than this are bound before the modules are imported.
+SMALL_GROUP = 1 << 20
 
 
 def _next_group(left: list[tuple[Group, Parts]], pending: Pending | None) -> int:

@@ -7,6 +7,7 @@ restarted with the page cache dropped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -155,7 +156,7 @@ def test_a_damaged_chunk_is_never_seen_and_is_told(
     bad = slice(2 * step // 8, 3 * step // 8)
     assert not a0[bad].any()  # zeros, never the damaged bytes
     wait_until(lambda: told, 10, "the damage to be told")
-    assert told == [("a0", names[2], step)]
+    assert told == [("a0", "its bytes do not match their hash", step)]
     assert not (session.objects_dir / names[2]).exists()  # quarantined: never named again
     good = np.r_[0 : 2 * step // 8, 3 * step // 8 : a0.size]
     assert np.array_equal(a0[good], values["a0"][good])
@@ -167,6 +168,17 @@ def test_a_chunk_pruned_after_the_restore_still_serves(
     values = arrays(1, 32 * MB)
     saved(session, values)
     into = restored(session, pages)
+    chunk_files = {str(p) for p in session.objects_dir.iterdir()}
+
+    def held() -> bool:  # the server opens a buffer's files as soon as it arrives
+        opened = set()
+        for fd in Path(f"/proc/{pages.pid}/fd").iterdir():
+            with contextlib.suppress(OSError):  # closed meanwhile
+                opened.add(os.readlink(fd))
+        small = {p for p in chunk_files if os.path.getsize(p) < MB}  # the pickles
+        return chunk_files <= opened | small
+
+    wait_until(held, 10, "the page server to open the chunk files")
     for path in session.objects_dir.iterdir():  # pruned, or replaced by a later writer
         path.unlink()
     assert digest(into["a0"]) == digest(values["a0"])
@@ -358,7 +370,7 @@ def test_a_damaged_chunk_is_told_in_the_kernel(kernels: KernelHarness) -> None:
     assert shown[0].splitlines()[-1] == "0.0"  # never the damaged bytes
     shown.append(kernel.run("print(float(big[-1]))").check().stdout)
     assert shown[1].splitlines()[-1] == str(float(4 << 20))  # the rest is exact
-    sentence = "1.0 MiB of big were damaged on disk and read as zeros"
+    sentence = "1.0 MiB of big could not be restored (its bytes do not match their hash)"
     wait_until(
         lambda: sentence in "".join(shown) or shown.append(kernel.run("pass").stdout),
         30, "the damage to be told above a cell",
@@ -416,16 +428,15 @@ def serve_files(tmp_path: Path, blobs: list[bytes], ioctl: Any) -> tuple[Any, An
     names = [blake3.blake3(b).hexdigest() for b in blobs]
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     server = Server(-1, theirs, ioctl)
-    files = []
+    paths = []
     for name, blob in zip(names, blobs, strict=True):
         (tmp_path / name).write_bytes(blob)
-        files.append(os.open(tmp_path / name, os.O_RDONLY))
-    header = {"op": "map", "id": 0, "address": 1 << 30, "hash": "blake3", "chunks": len(files)}
-    socket.send_fds(ours, [json.dumps(header).encode()], [])
-    message = {"op": "chunks", "id": 0, "sizes": [len(b) for b in blobs], "names": names}
-    socket.send_fds(ours, [json.dumps(message).encode()], files)
-    for fd in files:
-        os.close(fd)
+        paths.append(str(tmp_path / name))
+    header = {"op": "map", "id": 0, "address": 1 << 30, "hash": "blake3", "chunks": len(paths)}
+    ours.send(json.dumps(header).encode())
+    message = {"op": "chunks", "id": 0, "sizes": [len(b) for b in blobs], "names": names,
+               "paths": paths}  # fmt: skip
+    ours.send(json.dumps(message).encode())
     return server, ours, names
 
 
@@ -465,26 +476,7 @@ def test_a_failed_copy_wakes_the_thread_to_fault_again(tmp_path: Path) -> None:
     ours.close()
 
 
-def test_a_buffer_of_more_chunks_than_files_may_be_open_is_handed_over_in_batches(
-    session: SessionStore, pages: PageServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import resource
-
-    values = arrays(1, 32 * MB)  # 32 chunks of 1 MiB
-    saved(session, values)
-    monkeypatch.setattr(chunks, "OPEN_BATCH", 4)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    in_use = len(os.listdir("/proc/self/fd"))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 24, hard))  # fewer than 32 free
-    try:
-        into = restored(session, pages)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert pages.mapped_bytes == 32 * MB
-    assert digest(into["a0"]) == digest(values["a0"])
-
-
-def test_a_missing_chunk_file_is_found_at_the_restore(
+def test_a_missing_chunk_file_is_told_and_reads_as_zeros(
     session: SessionStore, pages: PageServer
 ) -> None:
     values = {**arrays(1, 32 * MB), "small": 1}
@@ -492,9 +484,39 @@ def test_a_missing_chunk_file_is_found_at_the_restore(
     manifest = session.read_manifest(session.generations()[-1])
     (part,) = [p for g in parse(manifest).groups for p in g.parts if p.blob is None]
     (session.objects_dir / part.refs()[5].hash).unlink()
-    into: dict[str, Any] = {}
-    progress = RestoreProgress()
-    progress.pages = pages
-    report = restore_checkpoint(session, into, progress)
-    assert into == {"small": 1} and "a0" in report.skipped  # as a full read would say
-    assert "missing" in report.skipped["a0"]
+    told: list[tuple[str, str, int]] = []
+    pages.on_damaged = lambda label, reason, size: told.append((label, reason, size))
+    into = restored(session, pages)  # not looked for at the restore: that costs an inode each
+    a0 = into["a0"]
+    step = chunks.chunk_size(a0.nbytes) // 8
+    assert not a0[5 * step : 6 * step].any()
+    assert np.array_equal(a0[: 5 * step], values["a0"][: 5 * step])
+    wait_until(lambda: told, 10, "the missing file to be told")
+    assert told == [("a0", "its file is missing", 8 * step)]
+
+
+def test_a_chunk_that_cannot_be_read_now_keeps_its_thread_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from persistent_kernel import pageserver
+
+    monkeypatch.setattr(pageserver, "RETRY", 0.01)
+    ioctl = RecordingIoctl()
+    blobs = [bytes([4]) * 8192]
+    server, ours, names = serve_files(tmp_path, blobs, ioctl)
+    (tmp_path / names[0]).unlink()
+    (tmp_path / names[0]).mkdir()  # read() fails with EISDIR: no proof of damage
+    server.receive()
+    server.receive()
+    server.pool.shutdown(wait=True)  # the files opened at once (this one fails when read)
+    from concurrent.futures import ThreadPoolExecutor
+
+    server.pool = ThreadPoolExecutor(1)
+    server.fault(7, 1 << 30)
+    server.pool.shutdown(wait=True)
+    assert not ioctl.copies  # never zeros: the thread is woken to fault again
+    assert ioctl.wakes == [(7, 1 << 30, 8192)]
+    told = json.loads(ours.recv(1 << 16))
+    assert told["op"] == "unreadable" and told["reason"] == "it is not a file"
+    server.close()
+    ours.close()

@@ -102,11 +102,10 @@ class Backend(ABC):
         (part,) = self.read_blob(name, [len(view)], digest)
         view[:] = memoryview(part).cast("B")
 
-    def open_blob(self, name: str, size: int) -> int | None:
-        """A read-only file descriptor of blob *name* on local disk, checked to be
-        *size* bytes and private (the caller closes it); None where the backend keeps
-        no local file for it. Raises as :meth:`read_blob_into` would for a missing or
-        damaged blob, without reading or hashing its bytes."""
+    def blob_path(self, name: str) -> str | None:
+        """Where blob *name* is on local disk, for a reader that opens it itself (and
+        checks it as :meth:`read_blob_into` does); None where the backend keeps no
+        local file for it. The file may be missing."""
         return None
 
     @abstractmethod

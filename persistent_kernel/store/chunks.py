@@ -53,8 +53,7 @@ releases refuse as newer rather than misread.
 from __future__ import annotations
 
 import mmap
-import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -80,8 +79,6 @@ THREADS = 2
 #: single file written and fsynced with one thread, 1.0-1.1x with four, on this
 #: project's VM).
 WRITERS = 4
-#: Threads opening the chunk files of a lazily restored buffer.
-OPENERS = 16
 #: New chunks in a row after which the next is written and hashed in one pass.
 NEW_RUN = 2
 
@@ -235,7 +232,7 @@ class Pages(Protocol):
 
     def map(
         self,
-        files: Iterable[Sequence[int]],
+        paths: Sequence[str],
         sizes: Sequence[int],
         names: Sequence[str],
         hash: str,
@@ -256,57 +253,12 @@ def map_chunked(
     touch (and quarantined)."""
     if any(ref.size % PAGE for ref in chunks[:-1]):
         return None  # chunks that share a page cannot be placed one at a time
+    paths = [session.backend.blob_path(c.hash) for c in chunks]
+    if any(path is None for path in paths):
+        return None  # not on local disk: read it
     try:
-        return pages.map(_opened(session, chunks), [c.size for c in chunks],
+        return pages.map([str(p) for p in paths], [c.size for c in chunks],
                          [c.hash for c in chunks], hash, label,
                          session.backend.quarantine_blob)  # fmt: skip
-    except _NoFile:
-        return None
-    except _OpenFailed as failed:
-        raise failed.error from None  # a chunk file missing or unreadable: as read_chunked
     except OSError:
         return None  # no lazy mapping here or now: read it
-
-
-class _NoFile(Exception):
-    """The backend keeps no local file for a chunk."""
-
-
-class _OpenFailed(Exception):
-    """Opening a chunk's file failed with :attr:`error` (told apart from a failure
-    of the mapping itself, which only means: read it)."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-#: Chunk files opened at a time (each batch handed over before the next).
-OPEN_BATCH = 128
-_openers: ThreadPoolExecutor | None = None
-
-
-def _opened(session: SessionStore, chunks: Sequence[BlobRef]) -> Iterator[list[int]]:
-    """Checked descriptors of the chunks' files, in batches of :data:`OPEN_BATCH`,
-    each opened on :data:`OPENERS` threads (a file not in the cache costs a read of
-    its inode: one after the other, that grew with the state, 0.5 s at 8 GiB). An
-    error is raised once the batch's other descriptors are closed."""
-    global _openers
-    if _openers is None:  # one pool for the kernel's restore (never used in a fork)
-        _openers = ThreadPoolExecutor(OPENERS, thread_name_prefix="persistent-kernel-open")
-    for at in range(0, len(chunks), OPEN_BATCH):
-        batch = chunks[at : at + OPEN_BATCH]
-        futures = [_openers.submit(session.backend.open_blob, c.hash, c.size) for c in batch]
-        files: list[int | None] = []
-        error: BaseException | None = None
-        for future in futures:
-            try:
-                files.append(future.result())
-            except BaseException as exc:  # raised below, after the others are closed
-                error = error or exc
-        opened = [fd for fd in files if fd is not None]
-        if error is not None or len(opened) != len(files):
-            for fd in opened:
-                os.close(fd)
-            raise _OpenFailed(error) if error is not None else _NoFile()
-        yield opened

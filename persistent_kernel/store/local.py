@@ -109,9 +109,8 @@ class LocalBackend(Backend):
             raise
         return f
 
-    def open_blob(self, name: str, size: int) -> int | None:
-        with self._open_blob(name, size) as f:
-            return os.dup(f.fileno())
+    def blob_path(self, name: str) -> str | None:
+        return str(self.objects_dir / name)
 
     def read_blob_into(self, name: str, view: memoryview, digest: Digest) -> None:
         # Read and hash a piece at a time: the hash reads each piece while it
