@@ -1387,26 +1387,7 @@ def resume_table(rows: list[dict[str, Any]]) -> str:
 
 def main_resume(args: argparse.Namespace, sizes: list[float]) -> int:
     """``--resume``: time to the first cell and memory after a restart, by size."""
-    bench = Bench(args)
-    log(f"temp dir {bench.root}; resume at {sizes} GiB")
-    try:
-        rows = resume_state(bench, sizes)
-    finally:
-        bench.cleanup()
-        log("cleaned up")
-    table = resume_table(rows)
-    print(table)
-    path = HERE / "resume_results.json"
-    result = {
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "environment": environment(),
-        "rows": rows,
-        "table": table,
-    }
-    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    log(f"wrote {path}")
-    return 0
+    return _by_size(args, sizes, "resume", resume_state, resume_table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1514,16 +1495,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def main_large(args: argparse.Namespace, sizes: list[float]) -> int:
     """``--large``: the fork pause, writer memory and chunked small changes by size."""
+    return _by_size(args, sizes, "large", large_state, large_table)
+
+
+def _by_size(
+    args: argparse.Namespace,
+    sizes: list[float],
+    what: str,
+    measure: Callable[[Bench, list[float]], list[dict[str, Any]]],
+    table_of: Callable[[list[dict[str, Any]]], str],
+) -> int:
+    """Run one by-size section, print its table, keep it in ``<what>_results.json``."""
     bench = Bench(args)
-    log(f"temp dir {bench.root}; large state at {sizes} GiB")
+    log(f"temp dir {bench.root}; {what} at {sizes} GiB")
     try:
-        rows = large_state(bench, sizes)
+        rows = measure(bench, sizes)
     finally:
         bench.cleanup()
         log("cleaned up")
-    table = large_table(rows)
+    table = table_of(rows)
     print(table)
-    path = HERE / "large_results.json"
+    path = HERE / f"{what}_results.json"
     result = {
         "command": shlex.join([sys.executable, *sys.argv]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -46,7 +46,6 @@ import json
 import logging
 import mmap
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -99,16 +98,10 @@ class PageServer:
     def open(cls) -> PageServer | None:
         """A page server where this system may have one (see the module's docstring);
         whether it does is known at the first :meth:`map`, which raises OSError if not."""
-        number = uffd.SYSCALL.get(platform.machine())
-        if number is None or not sys.platform.startswith("linux"):
+        found = uffd.libc()
+        if found is None:
             return None
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.syscall.restype = ctypes.c_long
-            libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
-            libc.ioctl.restype = ctypes.c_int
-        except (OSError, AttributeError):
-            return None
+        libc, number = found
         return cls(libc, number)
 
     def _userfaultfd(self) -> int:

@@ -65,7 +65,6 @@ import itertools
 import json
 import mmap
 import os
-import platform
 import select
 import sys
 import time
@@ -162,16 +161,10 @@ class Watcher:
 
     @classmethod
     def open(cls) -> Watcher | None:
-        number = uffd.SYSCALL.get(platform.machine())
-        if number is None or not sys.platform.startswith("linux"):
+        found = uffd.libc()
+        if found is None:
             return None
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.syscall.restype = ctypes.c_long
-            libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
-            libc.ioctl.restype = ctypes.c_int
-        except (OSError, AttributeError):
-            return None
+        libc, number = found
         fd = int(libc.syscall(number, os.O_CLOEXEC | os.O_NONBLOCK | uffd.USER_MODE_ONLY))
         if fd < 0:
             return None

@@ -8,6 +8,10 @@ and ``linux/fs.h``.
 
 from __future__ import annotations
 
+import ctypes
+import platform
+import sys
+
 #: ``userfaultfd`` system call numbers.
 SYSCALL = {"x86_64": 323, "aarch64": 282}
 API = 0xAA
@@ -39,3 +43,19 @@ UFFDIO_WAKE = ior(0xAA, 0x02, 16)
 UFFDIO_COPY = iowr(0xAA, 0x03, 40)
 UFFDIO_WRITEPROTECT = iowr(0xAA, 0x06, 24)
 PAGEMAP_SCAN = iowr(ord("f"), 16, 96)
+
+
+def libc() -> tuple[ctypes.CDLL, int] | None:
+    """The C library, set up for ``syscall`` and ``ioctl``, and this machine's
+    ``userfaultfd`` system call number; None off Linux x86-64 and arm64."""
+    number = SYSCALL.get(platform.machine())
+    if number is None or not sys.platform.startswith("linux"):
+        return None
+    try:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.syscall.restype = ctypes.c_long
+        lib.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+        lib.ioctl.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return lib, number

@@ -308,26 +308,29 @@ def test_a_large_state_resumes_at_once_and_grows_with_what_is_touched(
 
 
 def test_lazy_restore_off_reads_every_array(kernels: KernelHarness) -> None:
-    kernel = kernels.start()
-    kernel.run("import numpy as np\nbig = np.arange(8 << 20, dtype=np.float64)\nsmall = 1").check()
-    kernel.run("%persist save").check()
-    kernel.shutdown()
-    kernel.wait_dead()
+    saved_by_a_kernel(
+        kernels, "import numpy as np\nbig = np.arange(8 << 20, dtype=np.float64)\nsmall = 1"
+    )
     kernel = kernels.start(args=["--PersistentKernel.lazy_restore=False"])
     assert kernel.value("small") == "1"
     assert rss(kernel) > 64 * MB  # read in full at the restore
     assert kernel.value("int(big[-1])") == str((8 << 20) - 1)
 
 
+def saved_by_a_kernel(kernels: KernelHarness, code: str) -> None:
+    """Run *code* in a kernel, save, and stop it."""
+    kernel = kernels.start()
+    kernel.run(code).check()
+    kernel.run("%persist save").check()
+    kernel.shutdown()
+    kernel.wait_dead()
+
+
 def test_the_page_server_outlives_a_killed_kernel_only_while_its_children_live(
     kernels: KernelHarness,
 ) -> None:
     lazy_or_skip().close()
-    kernel = kernels.start()
-    kernel.run("import numpy as np\nbig = np.arange(8 << 20, dtype=np.float64)\nsmall = 1").check()
-    kernel.run("%persist save").check()
-    kernel.shutdown()
-    kernel.wait_dead()
+    saved_by_a_kernel(kernels, "import numpy as np\nbig = np.arange(8 << 20, dtype=np.float64)")
     kernel = kernels.start()
     server = int(kernel.value("get_ipython().kernel.startup.progress.pages.pid"))
     os.kill(kernel.pid, signal.SIGKILL)
@@ -357,11 +360,7 @@ def test_chunks_that_share_a_page_are_read_not_mapped(session: SessionStore) -> 
 
 def test_a_damaged_chunk_is_told_in_the_kernel(kernels: KernelHarness) -> None:
     lazy_or_skip().close()
-    kernel = kernels.start()
-    kernel.run("import numpy as np\nbig = np.arange(4 << 20, dtype=np.float64) + 1").check()
-    kernel.run("%persist save").check()
-    kernel.shutdown()
-    kernel.wait_dead()
+    saved_by_a_kernel(kernels, "import numpy as np\nbig = np.arange(4 << 20, dtype=np.float64) + 1")
     session = kernels.session()
     (part,) = [
         p
