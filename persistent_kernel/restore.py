@@ -568,12 +568,18 @@ def _load(
     left = sorted(zip(content.groups, blobs, strict=True), key=lambda item: item[0].size)
     try:
         while left:
-            # Modules after the small groups (importing numpy from a cold disk takes
-            # longer than they all do), or at once when a waiting cell names one.
+            index = _next_group(left, pending)
+            group, parts = left[index]
+            # The modules the namespace holds are imported before the first group
+            # that may use them while it is unpickled: one of dill's (a notebook
+            # function in a reducer calls `time.sleep` through the namespace). The C
+            # pickler's groups name only importable things, so small ones go first:
+            # a cold `numpy` import would hold the first cell longer than they all.
             wanted = pending.wanted() if pending is not None else set()
-            if modules and (left[0][0].size >= SMALL_GROUP or wanted & modules.keys()):
+            if modules and (group.pickler != "pickle" or wanted & modules.keys()):
                 bind_modules()
-            group, parts = left.pop(_next_group(left, pending))
+                continue  # that took a while: a cell may wait for another group now
+            left.pop(index)
             try:
                 _load_group(session, content, group, parts, into, report, progress, main,
                             markers, reuse, poisoned, [g for g, _ in left])  # fmt: skip
@@ -589,10 +595,6 @@ def _load(
             "the marker of the data being loaded could not be removed; the next start may "
             "leave the last group loaded alone, and will say so"
         )
-
-
-#: Groups smaller than this are bound before the modules are imported.
-SMALL_GROUP = 1 << 20
 
 
 def _next_group(left: list[tuple[Group, Parts]], pending: Pending | None) -> int:

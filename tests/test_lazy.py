@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -305,6 +306,9 @@ def test_a_large_state_resumes_at_once_and_grows_with_what_is_touched(
         "for i, (b, s) in enumerate(zip(big, sums)) if i != 2))"
     ).check()
     assert check.stdout.split() == ["-1.0", "True"]
+    kernel.shutdown()
+    kernel.wait_dead()
+    shutil.rmtree(kernels.root)  # 3 GiB of chunks: the suite's disk is not endless
 
 
 def test_lazy_restore_off_reads_every_array(kernels: KernelHarness) -> None:
