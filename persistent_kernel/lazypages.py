@@ -29,13 +29,14 @@ Where it is used, and why only there:
   only in a bucket are read at restore.
 * ``PersistentKernel.lazy_restore = False`` reads every buffer at restore.
 
-Limits: the chunk files are held open from the restore until the kernel
-ends (a file descriptor each: 128 for 1 GiB), so a pruned or replaced file
-still serves its bytes; a damaged chunk is found only when touched, and its
-pages read as zeros (the user is told, and the next checkpoint stores them
-as changed); if the page server dies, a thread touching a page not yet
-placed waits until the kernel is restarted (the checkpoint on disk is
-whole), which the kernel tells the user when it sees the server gone.
+Limits: the page server holds the chunk files open from the moment it gets
+a buffer until the kernel ends (a file descriptor each: 128 for 1 GiB), so a
+pruned or replaced file still serves its bytes; a damaged or missing chunk
+is found only when touched, and its pages read as zeros (the user is told,
+and the next checkpoint stores them as changed); if the page server dies,
+a thread touching a page not yet placed waits until the kernel is
+restarted (the checkpoint on disk is whole), which the kernel tells the
+user when it sees the server gone.
 """
 
 from __future__ import annotations
@@ -230,10 +231,6 @@ class PageServer:
     def pid(self) -> int | None:
         """The server's process id, once started."""
         return None if self._process is None else self._process.pid
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     def close(self) -> None:
         """Stop serving (the kernel ends): the server ends once the kernel and every

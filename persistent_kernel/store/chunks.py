@@ -246,11 +246,12 @@ def map_chunked(
     label: str = "",
 ) -> Any | None:  # fmt: skip
     """Like :func:`read_chunked`, but each chunk is read and checked when first
-    touched (:mod:`..lazypages`); None where the backend has no local file for
-    every chunk, or where it cannot be mapped now (read it then). Raises as
-    :func:`read_chunked` would for a chunk that is missing, of the wrong size or
-    unreadable; a chunk whose bytes do not match its name is found on first
-    touch (and quarantined)."""
+    touched (:mod:`..lazypages`); None where the backend keeps no local file
+    for the chunks, or where they cannot be mapped now (read them then).
+    Nothing is opened here: a chunk whose file is missing, of the wrong size
+    or not private, or whose bytes do not match its name, is found on first
+    touch, told, and read as zeros (one that cannot be read now, EIO, is
+    waited for)."""
     if any(ref.size % PAGE for ref in chunks[:-1]):
         return None  # chunks that share a page cannot be placed one at a time
     paths = [session.backend.blob_path(c.hash) for c in chunks]
