@@ -94,6 +94,13 @@ def hasher(name: str) -> Any:
     raise ValueError(f"unknown hash {name!r}")
 
 
+def private(st: os.stat_result) -> bool:
+    """Whether a file is this user's and nobody else may write it: the store's rule
+    for a blob (``store.trust.check_private``, not imported: this process loads
+    nothing of the store's)."""
+    return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
 def rounded(size: int) -> int:
     """*size* rounded up to whole pages."""
     return -(-size // PAGE) * PAGE
@@ -369,7 +376,7 @@ class Server:
                 os.close(fd)
                 raise IsADirectoryError(errno.EISDIR, "it is not a file", buffer.paths[index])
             problem = None
-            if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            if not private(st):
                 problem = "its file is not private to you"
             elif st.st_size != buffer.sizes[index]:
                 problem = f"its file is {st.st_size} bytes, not {buffer.sizes[index]}"
@@ -401,8 +408,7 @@ class Server:
     def _read_once(self, buffer: Buffer, index: int) -> mmap.mmap | None:
         fd = os.open(buffer.paths[index], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            st = os.fstat(fd)
-            if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            if not private(os.fstat(fd)):
                 with self.lock:
                     buffer.problems.setdefault(index, "its file is not private to you")
                 return None
