@@ -150,6 +150,7 @@ def write_checkpoint(
     urgent: bool = False,
     known: Mapping[tuple[int, int], Sequence[str | None]] | None = None,
     skipped_types: Mapping[str, str] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> CheckpointResult:
     """Serialise *values* and commit them as a new generation of *session*.
 
@@ -171,6 +172,9 @@ def write_checkpoint(
     *known*: names of chunks of large buffers, by the buffer's (address,
     size), that no write has touched since they were hashed (see
     :mod:`.pagewrites`); None where a chunk must be hashed.
+    *before_commit*: called once everything is stored, before the commit; it
+    raises if what was read cannot be trusted (see ``lazypages.PageServer.serving``),
+    and nothing is committed.
     Raises only for storage failures (the previous generation is intact).
     """
     start = time.monotonic()
@@ -231,6 +235,8 @@ def write_checkpoint(
         else:
             blobs = [r for parts in refs for r in parts]
             chunked = any(isinstance(p, dict) for g in content["groups"] for p in g["parts"])
+            if before_commit is not None:
+                before_commit()
             manifest = session.commit(content, blobs, {**environment_info(), **info}, chunked)
             pruned = session.prune(keep)
             notes.extend(pruned.notes())

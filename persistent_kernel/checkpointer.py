@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from . import checkpoint, namespace, notebook, pagewrites, render, serializer, snapshot
 from .autosave import Autosaver, Failure, Ticket
 from .checkpoint import CarriedGroup, CheckpointResult
-from .errors import PersistentKernelError, UnreadableSettings
+from .errors import PagesLost, PersistentKernelError, UnreadableSettings
 from .store import SessionStore, Store, chunks, follow, is_disk_error
 from .writerwatch import Loop, WriterWatch, deadline_for
 
@@ -169,8 +169,10 @@ class _Standby:
         deadline: float,
         epoch: int = 0,
         note: Callable[[dict[str, Any]], None] | None = None,
+        inherit: Iterable[int] = (),
     ) -> None:
-        """Fork a standby holding the state of change count *epoch* (see :meth:`holds`)."""
+        """Fork a standby holding the state of change count *epoch* (see :meth:`holds`);
+        it keeps *inherit* open besides its lock."""
         began = time.perf_counter()
         for old in list(self.exited):
             if old.reap():
@@ -191,7 +193,7 @@ class _Standby:
 
         try:
             self.current = snapshot.start_standby(
-                announced, [registration[0]], deadline, epoch, note
+                announced, [registration[0], *inherit], deadline, epoch, note
             )
         finally:
             if registration[0] >= 0:
@@ -241,6 +243,30 @@ class _Standby:
             self.exited.append(standby)
 
 
+class Served(Protocol):
+    """Who serves the pages of lazily restored arrays (``lazypages.PageServer``): a
+    forked writer checks, before it commits, that the server that served it when
+    it was forked still runs (where it ended, pages not placed read as zeros)."""
+
+    def current(self) -> int | None:
+        """A pidfd of the serving process (None: none), for :meth:`serving`."""
+        ...
+
+    def serving(self, pidfd: int | None) -> bool:
+        """Whether the process of *pidfd* still serves."""
+        ...
+
+    def descriptors(self) -> list[int]:
+        """The pidfds a forked writer keeps open."""
+        ...
+
+    @property
+    def lost(self) -> bool:
+        """No server is left: a fork would wait forever for one to read its event,
+        and a page not placed yet cannot be read."""
+        ...
+
+
 class Checkpointer:
     """Checkpoints of one kernel: when (the policy), how (jobs, writers) and what came of it."""
 
@@ -268,6 +294,8 @@ class Checkpointer:
         #: so that a watcher (the kernel's state comm) reads the state again.
         self.listeners: list[Callable[[], None]] = []
         self._listener_failed = False  # told once
+        #: The server of lazily restored arrays, once a restore mapped one (see Served).
+        self.pages: Served | None = None
 
     # -- configuration and target -----------------------------------------------------
 
@@ -430,6 +458,14 @@ class Checkpointer:
             return
         self._hold_standby()
 
+    def pages_replaced(self) -> None:
+        """A page server ended and its spare took over (see :class:`Served`): the
+        standby forked before would fail its check, so it is let go, and one is forked
+        anew for the changes of the cells that finished (at the running cell's end,
+        if one runs). A running writer fails its check and is written again."""
+        self.standby.drop()
+        self._keep_standby()
+
     def _hold_standby(self, anew: bool = False) -> None:
         """Have a standby hold the namespace as it is now: the one kept if it holds this
         state already, else a new one (*anew*: always a new one, as a user thread may
@@ -503,6 +539,7 @@ class Checkpointer:
         if tracker is not None:
             arrays = pagewrites.top_level_buffers(values, chunks.THRESHOLD)
             self.tracking.step(tracker.watch_new, arrays)
+        before_commit = self._served_check() if forked else None
 
         def job() -> dict[str, Any]:
             # Chunks are named, and buffers watched, by address only where the memory is
@@ -529,6 +566,7 @@ class Checkpointer:
                 urgent=final,
                 known=names,
                 skipped_types=types,
+                before_commit=before_commit,
             ).to_dict()
             # only a forked writer's buffers are watched (see _settle)
             result["buffers"] = holdings.reported(result["buffers"]) if holdings else []
@@ -542,6 +580,26 @@ class Checkpointer:
             return result
 
         return job
+
+    def _served_check(self) -> Callable[[], None] | None:
+        """What a writer forked next runs before it commits: a check that the page
+        server that serves it then has not ended (see :class:`Served`)."""
+        pages = self.pages
+        if pages is None:
+            return None
+        pidfd = pages.current()
+        if pidfd is None:
+            return None
+
+        def check() -> None:
+            if not pages.serving(pidfd):
+                raise PagesLost(render.pages_lost_in_writer_sentence())
+
+        return check
+
+    def inherited(self) -> list[int]:
+        """Descriptors a forked writer or standby keeps (see :class:`Served`)."""
+        return self.pages.descriptors() if self.pages is not None else []
 
     def _uploader(
         self, target: Target, final: bool = False
@@ -608,6 +666,11 @@ class Checkpointer:
         pipe: tuple[int, int] | None,
     ) -> snapshot.Writer:
         """Run *job*, forked unless not *forked*; *pipe*: see :meth:`_job`."""
+        if self.pages is not None and self.pages.lost:
+            refused = PagesLost(render.pages_lost_sentence())
+            writer = snapshot.Writer(None, None, snapshot.failure(refused))
+            self._settle(ticket, writer)
+            return writer
         if not forked:
             writer = snapshot.run_inline(job)
             writer.pause = time.perf_counter() - began
@@ -630,7 +693,7 @@ class Checkpointer:
                 session.locks.release_writer(*registration)
 
         deadline = self._deadline()
-        inherit = [registration[0], *(pipe[:1] if pipe else ())]
+        inherit = [registration[0], *(pipe[:1] if pipe else ()), *self.inherited()]
         try:
             writer = snapshot.start_forked(announced_job, inherit, deadline)
         finally:
@@ -794,7 +857,7 @@ class Checkpointer:
         settings, target = self.settings, self.target
         if not (settings.autosave and settings.standby and self.forked()):
             return
-        if target is None or target.ephemeral:
+        if target is None or target.ephemeral or (self.pages is not None and self.pages.lost):
             return
         self.follow_renames()
         refused = snapshot.prefer_oom_kill()  # the kernel, not its standby, is killed first
@@ -803,8 +866,9 @@ class Checkpointer:
         ended: dict[str, Any] = {}  # filled in the standby: how the kernel ended
         job = self._job(None, final=True, ended=ended)  # written only at the end
         self.standby.start(
-            target.session, job, self._deadline(), self.autosaver.epoch, ended.update
-        )
+            target.session, job, self._deadline(), self.autosaver.epoch, ended.update,
+            self.inherited(),
+        )  # fmt: skip
 
     def write_standby_if_running(self) -> bool:
         """A cell runs while the kernel stops: have the standby write the state from

@@ -62,6 +62,12 @@ class CheckpointFailed(PersistentKernelError, RuntimeError):
     """
 
 
+class PagesLost(PersistentKernelError, RuntimeError):
+    """A forked writer's page server ended before it committed: the arrays it read
+    may hold zeros where chunks were not placed (see lazypages), so it committed
+    nothing."""
+
+
 class NoSuchVariable(PersistentKernelError, LookupError):
     """A generation was asked for a variable it never held."""
 

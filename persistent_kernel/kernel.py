@@ -281,12 +281,30 @@ class PersistentKernel(IPythonKernel):
             self.log.error("persistent-kernel: a chunk of %s cannot be read: %s", label, reason)
             self.notice(render.unreadable_chunk_sentence(label, reason))
 
-        def lost() -> None:
-            self.log.error("persistent-kernel: the page server ended")
-            self.notice(render.page_server_lost_sentence())
+        def replaced() -> None:
+            self.log.warning("persistent-kernel: a page server ended; its spare serves")
+            loop, checkpointer = getattr(self, "io_loop", None), self.checkpointer
+            if loop is not None and checkpointer is not None:
+                loop.add_callback(self.guarded, "a new standby", checkpointer.pages_replaced)
 
-        pages.on_damaged, pages.on_unreadable, pages.on_lost = damaged, unreadable, lost
+        def lost() -> None:
+            self.log.error("persistent-kernel: the page server ended, and no spare is left")
+            self.notice(render.page_server_lost_sentence())
+            loop = getattr(self, "io_loop", None)
+            if loop is not None:  # traits are set on the kernel's thread
+                loop.add_callback(self.guarded, "turning checkpoints off", self._pages_lost)
+
+        pages.on_damaged, pages.on_unreadable = damaged, unreadable
+        pages.on_replaced, pages.on_lost = replaced, lost
+        assert self.checkpointer is not None
+        self.checkpointer.pages = pages
         return pages
+
+    def _pages_lost(self) -> None:
+        """No page server is left: a fork would wait for one forever (its fork event
+        is never read), so no writer or standby is forked until the kernel restarts."""
+        self.autosave = False
+        self.standby = False
 
     @property
     def restoring(self) -> bool:

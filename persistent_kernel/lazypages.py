@@ -33,10 +33,18 @@ Limits: the page server holds the chunk files open from the moment it gets
 a buffer until the kernel ends (a file descriptor each: 128 for 1 GiB), so a
 pruned or replaced file still serves its bytes; a damaged or missing chunk
 is found only when touched, and its pages read as zeros (the user is told,
-and the next checkpoint stores them as changed); if the page server dies,
-a thread touching a page not yet placed waits until the kernel is
-restarted (the checkpoint on disk is whole), which the kernel tells the
-user when it sees the server gone.
+and the next checkpoint stores them as changed).
+
+A server that ends (SIGKILL: it ignores the terminal's signals and, as root,
+the OOM killer) is replaced by a spare that waits for that: the kernel
+cannot start one then, as its next fork waits, holding the GIL, until a
+server reads the fork event. Processes forked before lose their server:
+the pages it had not placed read as zeros there, so a checkpoint writer
+checks :meth:`PageServer.serving` before it commits, and fails (to be written
+again) rather than store zeros; a ``multiprocessing`` child has no such
+check. With no server left (both ended, or :data:`LAUNCHES` started), a
+thread touching a page not yet placed waits until the kernel is restarted
+(the checkpoint on disk is whole), and the user is told.
 """
 
 from __future__ import annotations
@@ -47,11 +55,14 @@ import json
 import logging
 import mmap
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from . import uffd
@@ -66,6 +77,24 @@ _PER_MESSAGE = 200
 _About = tuple[str, list[int], "Callable[[str], None] | None"]
 
 
+#: Server processes a kernel starts at most (the first two, then one for each that
+#: ends): past that, one that keeps failing is not started again and again.
+LAUNCHES = 8
+
+
+@dataclass
+class _Process:
+    """One server process: the kernel's end of its socket, and its pidfd."""
+
+    popen: subprocess.Popen[bytes]
+    sock: socket.socket
+    pidfd: int
+
+    def send(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):  # it ended: its listener sees that
+            self.sock.send(data)
+
+
 class PageServer:
     """This kernel's lazily restored buffers, and the process that fills them.
 
@@ -75,23 +104,29 @@ class PageServer:
     label given to :meth:`map`, the reason and the chunk's size when a chunk is
     damaged or missing (its pages read as zeros); *on_unreadable* with the label
     and the reason when a chunk cannot be read now (EIO, EACCES: the thread
-    that touched it waits while the server tries again); *on_lost* once, if the
-    server ends while the kernel runs.
+    that touched it waits while the server tries again); *on_replaced* when
+    the spare took over from a server that ended; *on_lost* once, if no server
+    is left while the kernel runs.
     """
 
     def __init__(self, libc: ctypes.CDLL, number: int) -> None:
         self._libc, self._number = libc, number
         self._uffd: int | None = None  # made at the first map: most kernels never need it
         self._refused: OSError | None = None  # why it could not be made
-        self._sock: socket.socket | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
+        self._primary: _Process | None = None  # the server that serves
+        self._spare: _Process | None = None  # the one that takes over if it ends
+        self._launched = 0
+        self._sent: list[bytes] = []  # every map message so far, for a new spare
+        self._pidfds: list[int] = []
+        self._lost = False
+        self._lock = threading.RLock()
         self._about: dict[int, _About] = {}
         self._next = 0
         self.closing = False
         self.on_damaged: Callable[[str, str, int], None] | None = None
         self.on_unreadable: Callable[[str, str], None] | None = None
         self.on_lost: Callable[[], None] | None = None
+        self.on_replaced: Callable[[], None] | None = None
         #: bytes mapped lazily so far
         self.mapped_bytes = 0
 
@@ -140,21 +175,39 @@ class PageServer:
             return False
         return True
 
-    def _start(self, fd: int) -> socket.socket:
-        if self._sock is not None:
-            return self._sock
+    def _start(self, fd: int) -> None:
+        if self._primary is None and not self._lost:
+            self._primary = self._launch(fd, None)
+            self._spare = self._launch(fd, self._primary)
+
+    def _launch(self, fd: int, primary: _Process | None) -> _Process | None:
+        """A server process (a spare if it stands in for *primary*), sent every
+        buffer mapped so far; None once :data:`LAUNCHES` have been started."""
+        if self._launched >= LAUNCHES:
+            return None
+        self._launched += 1
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "persistent_kernel.pageserver", str(fd),
-             str(theirs.fileno())],
-            pass_fds=(fd, theirs.fileno()),
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # an interrupt of the kernel's group must not reach it
-        )  # fmt: skip
-        theirs.close()
-        self._sock = ours
-        threading.Thread(target=self._listen, name="persistent-kernel-pages", daemon=True).start()
-        return ours
+        argv = [sys.executable, "-m", "persistent_kernel.pageserver", str(fd),
+                str(theirs.fileno())]  # fmt: skip
+        keep = [fd, theirs.fileno()]
+        if primary is not None:
+            argv.append(str(primary.pidfd))
+            keep.append(primary.pidfd)
+        try:
+            popen = subprocess.Popen(
+                argv, pass_fds=keep, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # an interrupt of the kernel's group must not reach it
+            )  # fmt: skip
+        finally:
+            theirs.close()
+        process = _Process(popen, ours, os.pidfd_open(popen.pid))
+        self._pidfds.append(process.pidfd)  # kept open: see serving()
+        for message in self._sent:
+            process.send(message)
+        threading.Thread(
+            target=self._listen, args=(process,), name="persistent-kernel-pages", daemon=True
+        ).start()
+        return process
 
     def map(self, paths: Sequence[str], sizes: Sequence[int], names: Sequence[str],
             hash: str, label: str = "",
@@ -188,31 +241,39 @@ class PageServer:
     def _hand_over(self, fd: int, address: int, paths: Sequence[str], sizes: Sequence[int],
                    names: Sequence[str], hash: str, about: _About) -> None:  # fmt: skip
         with self._lock:
-            sock = self._start(fd)
+            self._start(fd)
+            if self._primary is None or self._primary.popen.poll() is not None:
+                raise OSError("no page server runs")
             ident = self._next
             self._next += 1
             self._about[ident] = about
             header = {"op": "map", "id": ident, "address": address, "hash": hash,
                       "chunks": len(sizes)}  # fmt: skip
-            sock.send(json.dumps(header).encode())
+            messages = [json.dumps(header).encode()]
             for at in range(0, len(sizes), _PER_MESSAGE):
                 batch = slice(at, at + _PER_MESSAGE)
                 message = {"op": "chunks", "id": ident, "sizes": list(sizes[batch]),
                            "names": list(names[batch]), "paths": list(paths[batch])}  # fmt: skip
-                sock.send(json.dumps(message).encode())
+                messages.append(json.dumps(message).encode())
+            self._sent.extend(messages)  # for a spare started later
+            for process in (self._primary, self._spare):
+                for data in messages:
+                    if process is not None:
+                        process.send(data)
 
-    def _listen(self) -> None:
-        sock = self._sock
-        assert sock is not None
+    def _listen(self, process: _Process) -> None:
         while True:
             try:
-                data = sock.recv(1 << 16)
+                data = process.sock.recv(1 << 16)
             except OSError:
                 data = b""
             if not data:
                 break
             try:
                 message = json.loads(data)
+                if message["op"] == "serving":
+                    self._promote(process)
+                    continue
                 op, chunk = message["op"], int(message["chunk"])
                 label, sizes, quarantine = self._about[int(message["id"])]
                 name, reason = str(message["name"]), str(message["reason"])
@@ -224,21 +285,97 @@ class PageServer:
                     self.on_unreadable(label, reason)
             except Exception:  # one bad message must not stop the listening
                 logging.getLogger(__name__).exception("persistent-kernel: page server message")
-        if not self.closing and self.on_lost is not None:
+        with contextlib.suppress(OSError):
+            process.sock.close()
+        if not self.closing:
+            process.popen.wait()  # its end of the socket closed as it ended
+            self._ended(process)
+
+    def _promote(self, process: _Process) -> None:
+        """The spare serves: the server before it ended. A new spare stands in for it."""
+        with self._lock:
+            if process is not self._spare or self.closing:
+                return
+            self._primary, self._spare = process, None
+            if self._uffd is not None:
+                self._spare = self._launch(self._uffd, process)
+        if self.on_replaced is not None:
+            self.on_replaced()
+
+    def _ended(self, process: _Process) -> None:
+        """A server process ended. The spare takes over from a server that ends (its
+        message is on its way); a spare that ends is started anew. Lost when
+        neither is left (or :data:`LAUNCHES` have been started)."""
+        with self._lock:
+            if self.closing:
+                return
+            if process is self._spare:
+                self._spare = None
+                if self._primary is not None and self._uffd is not None:
+                    # for a server that ended meanwhile, the new spare takes over at once
+                    self._spare = self._launch(self._uffd, self._primary)
+            lost = process is self._primary and self._spare is None
+            if lost:
+                self._primary, self._lost = None, True
+        if lost and self.on_lost is not None:
             self.on_lost()
+
+    def serving(self, pidfd: int | None) -> bool:
+        """Whether the server process of *pidfd* (from :meth:`current`) still runs:
+        checked by a forked writer before it commits, since a forked process is
+        served by the server that ran when it was forked, and once that server has
+        ended, the pages it had not placed read as zeros there. False also for a
+        descriptor that is no pidfd (closed and reused in a forked process)."""
+        if pidfd is None:
+            return True
+        try:
+            signal.pidfd_send_signal(pidfd, 0)
+        except OSError:  # ESRCH: it ended and was reaped; EBADF, EINVAL: not a pidfd
+            return False
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return not poller.poll(0)  # a pidfd reads as ready once its process has ended
+
+    @property
+    def lost(self) -> bool:
+        """No server is left while the kernel runs (see :attr:`on_lost`)."""
+        return self._lost
+
+    def current(self) -> int | None:
+        """The pidfd of the server that serves now (None: none was started), for
+        :meth:`serving` in a process forked next."""
+        primary = self._primary
+        return None if primary is None else primary.pidfd
+
+    def descriptors(self) -> list[int]:
+        """Every pidfd :meth:`current` may have returned: a forked writer keeps them."""
+        return list(self._pidfds)
 
     @property
     def pid(self) -> int | None:
-        """The server's process id, once started."""
-        return None if self._process is None else self._process.pid
+        """The serving process's id, once started."""
+        primary = self._primary
+        return None if primary is None else primary.popen.pid
+
+    @property
+    def spare_pid(self) -> int | None:
+        """The spare's process id, while there is one."""
+        spare = self._spare
+        return None if spare is None else spare.popen.pid
 
     def close(self) -> None:
         """Stop serving (the kernel ends): the server ends once the kernel and every
-        forked child it serves are gone."""
+        forked child it serves are gone; the spare ends at once."""
         self.closing = True
-        if self._sock is not None:
+        with self._lock:
+            processes = [p for p in (self._primary, self._spare) if p is not None]
+        for process in processes:
             with contextlib.suppress(OSError):
-                self._sock.close()
+                process.sock.close()
+        for pidfd in self._pidfds:  # the kernel ends: no writer is forked after this
+            with contextlib.suppress(OSError):
+                os.close(pidfd)
+        self._pidfds = []
         if self._uffd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._uffd)

@@ -32,13 +32,21 @@ It ends when the kernel's end of its socket closes and no forked child it
 serves is still alive (a kernel's standby may outlive the kernel, and must
 still read its pages).
 
+A second process, the spare (started with a third argument: the pidfd of the
+server it stands in for), gets the same messages, opens the same files and
+serves nothing until that server ends; then it serves (see
+:meth:`Server.take_over`). The kernel cannot start a new server at that
+moment: a fork of the kernel waits, holding Python's GIL, until a server
+reads its fork event, and a thread that touched a page waits for the page.
+
 Protocol (one datagram a message, ``SOCK_SEQPACKET``): the kernel sends
 ``{"op": "map", "id", "address", "hash", "chunks"}``, then
 ``{"op": "chunks", "id", "sizes", "names", "paths"}`` messages until all the
 chunks are there. The kernel does not wait for the server (which may still
 be starting): a fault in a buffer whose messages have not arrived yet is
 served once they have. The server sends ``{"op": "damaged" | "unreadable",
-"id", "chunk", "name", "reason", "quarantine"}`` once per chunk and kind.
+"id", "chunk", "name", "reason", "quarantine"}`` once per chunk and kind,
+and a spare ``{"op": "serving"}`` when it takes over.
 """
 
 from __future__ import annotations
@@ -196,11 +204,21 @@ class Ioctl:
 class Server:
     """Serves page faults on the kernel's userfaultfd and its children's."""
 
-    def __init__(self, kernel_fd: int, sock: socket.socket, ioctl: Ioctl | None = None) -> None:
+    def __init__(
+        self,
+        kernel_fd: int,
+        sock: socket.socket,
+        ioctl: Ioctl | None = None,
+        primary: int | None = None,
+    ) -> None:
         self.sock = sock
         self.ioctl = ioctl or Ioctl()
         self.kernel_fd = kernel_fd
-        self.fds: set[int] = {kernel_fd}  # the kernel's and each forked child's
+        #: a spare's: the pidfd of the server it stands in for (None: serving)
+        self.primary = primary
+        # the kernel's and each forked child's (a spare reads none until it serves)
+        self.fds: set[int] = {kernel_fd} if primary is None else set()
+        self.took_over = False
         self.buffers: list[Buffer] = []  # sorted by address
         self.filled: set[tuple[int, int, int]] = set()  # (fd, buffer id, chunk)
         self.busy: dict[tuple[int, int], list[int]] = {}  # (buffer, chunk) -> fds waiting
@@ -242,6 +260,8 @@ class Server:
             )  # fmt: skip
             bisect.insort(self.buffers, buffer, key=lambda b: b.address)
             self.pool.submit(self.job, self.open_all, buffer)
+            if self.took_over:  # the server before may have read a fault in it: again
+                self.ioctl.wake(self.kernel_fd, buffer.address, buffer.end - buffer.address)
             deferred, self.deferred = self.deferred, []
             for fd, address in deferred:
                 self.fault(fd, address)
@@ -530,6 +550,21 @@ class Server:
             if not self.ioctl.alive(fd, page):
                 self.drop(fd)
 
+    def take_over(self) -> None:
+        """The server this spare stood in for ended: serve the kernel from now on. A
+        fault it had read but not served left a thread stopped; waking every buffer
+        makes each such thread touch its page again, a fault read here. Forked
+        children it served are not served again: their descriptors ended with it."""
+        if self.primary is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.primary)
+        self.primary = None
+        self.took_over = True
+        self.fds.add(self.kernel_fd)
+        for buffer in self.buffers:
+            self.ioctl.wake(self.kernel_fd, buffer.address, buffer.end - buffer.address)
+        self.tell({"op": "serving"})
+
     # -- the loop -----------------------------------------------------------------------
 
     def run(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -538,6 +573,8 @@ class Server:
         last_probe = clock()
         while self.open or self.fds:
             wanted = set(self.fds) | ({self.sock.fileno()} if self.open else set())
+            if self.primary is not None:
+                wanted.add(self.primary)
             for fd in wanted - polled:
                 poller.register(fd, select.POLLIN)
             for fd in polled - wanted:
@@ -548,6 +585,8 @@ class Server:
                 try:
                     if fd == self.sock.fileno():
                         self.receive()
+                    elif fd == self.primary:  # a pidfd reads as ready once its process ends
+                        self.take_over()
                     elif fd in self.fds:
                         self.events(fd)
                 except Exception:  # the kernel's threads depend on this loop going on
@@ -599,9 +638,10 @@ def main(argv: list[str]) -> int:
     steady()
     more_files()
     kernel_fd, sock_fd = int(argv[0]), int(argv[1])
+    primary = int(argv[2]) if len(argv) > 2 else None
     sock = socket.socket(fileno=sock_fd)
     os.set_blocking(kernel_fd, False)
-    Server(kernel_fd, sock).run()
+    Server(kernel_fd, sock, primary=primary).run()
     return 0
 
 

@@ -54,7 +54,7 @@ def failure_sentence(error: str, errno_: int | None, directory: str) -> str:
     if errno_ == errno.ENOENT:
         return f"{directory} has vanished, so no checkpoint could be written"
     kind, _, message = error.partition(": ")
-    if kind == "UnreadableSettings":  # its own sentence: saving stopped on purpose
+    if kind in ("UnreadableSettings", "PagesLost"):  # their own sentences
         return message
     if kind in ("CorruptCheckpoint", "NewerFormat", "UntrustedCheckpoint"):
         return f"no checkpoint could be written: {message}"  # the store's own sentence
@@ -108,12 +108,29 @@ def unreadable_chunk_sentence(label: str, reason: str) -> str:
     )
 
 
+def pages_lost_in_writer_sentence() -> str:
+    """A forked writer's page server ended before it committed (see lazypages)."""
+    return (
+        "the process that read restored arrays for this checkpoint ended before it was "
+        "written, so it may have read zeros; nothing was stored, and the next checkpoint "
+        "is written by a new one"
+    )
+
+
+def pages_lost_sentence() -> str:
+    """No checkpoint is started once no page server is left (see lazypages)."""
+    return (
+        "the processes that read this kernel's restored arrays from disk ended, so no "
+        "checkpoint can be written until the kernel restarts"
+    )
+
+
 def page_server_lost_sentence() -> str:
     """The process that fills lazily restored arrays ended while the kernel runs."""
     return (
-        "persistent-kernel: the process that reads restored arrays from disk ended; a cell "
-        "that touches a part not read yet will wait until you restart the kernel (the "
-        "checkpoint on disk is whole)."
+        "persistent-kernel: the processes that read restored arrays from disk ended; a cell "
+        "that touches a part not read yet will wait, and checkpoints are off, until you "
+        "restart the kernel (the checkpoint on disk is whole)."
     )
 
 

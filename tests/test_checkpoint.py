@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from persistent_kernel.checkpoint import CheckpointResult, write_checkpoint
-from persistent_kernel.errors import NoSuchVariable
+from persistent_kernel.errors import NoSuchVariable, PagesLost
 from persistent_kernel.restore import (
     RestoreReport,
     load_generation,
@@ -171,6 +171,27 @@ def test_identical_state_commits_nothing(session: SessionStore) -> None:
     assert not third.unchanged
     assert third.generation == 2
     assert session.generations() == [1, 2]
+
+
+def test_a_refusal_before_the_commit_commits_nothing(session: SessionStore) -> None:
+    """A forked writer whose page server ended (see lazypages) refuses to commit:
+    the newest generation stays the one before, and restores as it was."""
+    write(session, sample_state())
+
+    def refuse() -> None:
+        raise PagesLost("the arrays read may hold zeros")
+
+    with pytest.raises(PagesLost):
+        write_checkpoint(session, {**sample_state(), "n": 44}, {}, INFO, keep=5,
+                         before_commit=refuse)  # fmt: skip
+    assert session.generations() == [1]
+    into: dict[str, Any] = {}
+    restore_checkpoint(session, into)
+    assert into["n"] == sample_state()["n"]
+    seen: list[bool] = []
+    write_checkpoint(session, {**sample_state(), "n": 44}, {}, INFO, keep=5,
+                     before_commit=lambda: seen.append(True))  # fmt: skip
+    assert seen == [True] and session.generations() == [1, 2]
 
 
 def test_small_change_next_to_a_big_array_writes_little(session: SessionStore) -> None:

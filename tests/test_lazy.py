@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 from jupyter_client.manager import KernelManager
 
-from persistent_kernel import pagewrites
+from persistent_kernel import lazypages, pagewrites, render
 from persistent_kernel.checkpoint import write_checkpoint
 from persistent_kernel.content import parse
 from persistent_kernel.lazypages import PageServer
@@ -33,6 +34,8 @@ from persistent_kernel.store.sessions import BlobRef
 
 from .harness import Kernel, KernelHarness
 from .helpers import INFO, flip_a_bit, wait_until
+from .test_checkpointer import Rig
+from .test_kernel_safety import quiet_value
 
 MB = 1 << 20
 GiB = 1 << 30
@@ -351,6 +354,171 @@ def test_the_page_server_outlives_a_killed_kernel_only_while_its_children_live(
         return Path(f"/proc/{server}/stat").read_text().split()[2] == "Z"
 
     wait_until(gone, 30, "the page server to end with its kernel")
+
+
+def chunk_names(session: SessionStore) -> list[str]:
+    """The chunks of the newest generation's one chunked buffer, in order."""
+    manifest = session.read_manifest(session.generations()[-1])
+    (part,) = [p for g in parse(manifest).groups for p in g.parts if p.blob is None]
+    return [ref.hash for ref in part.refs()]
+
+
+def ended(pid: int) -> bool:
+    """Whether process *pid* has ended (gone, or a zombie not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_server_that_is_killed_is_replaced_and_its_waiting_thread_served(
+    session: SessionStore, pages: PageServer, tmp_path: Path
+) -> None:
+    values = arrays(1, 32 * MB)
+    saved(session, values)
+    step = chunks.chunk_size(32 * MB)
+    path = session.objects_dir / chunk_names(session)[2]
+    aside = path.with_name("aside")
+    path.rename(aside)
+    path.mkdir()  # EISDIR when read: no proof of damage, the touching thread waits
+    told: list[str] = []
+    replaced: list[int | None] = []
+    pages.on_unreadable = lambda label, reason: told.append(reason)
+    pages.on_replaced = lambda: replaced.append(pages.pid)
+    a0 = restored(session, pages)["a0"]
+    first, spare = pages.pid, pages.spare_pid
+    assert first is not None and spare is not None
+    page = memoryview(a0).cast("B")[2 * step : 2 * step + 4096]
+    out = os.open(tmp_path / "page", os.O_WRONLY | os.O_CREAT)
+    # write() reads the page inside the system call, with the GIL released: the test
+    # goes on while the thread waits (a thread touching it in Python would hold the GIL)
+    touching = threading.Thread(target=os.write, args=(out, page))
+    touching.start()
+    wait_until(lambda: told, 10, "the thread to wait for a chunk it cannot read now")
+    os.kill(first, signal.SIGKILL)  # the fault it read is never served by it
+    wait_until(lambda: replaced, 10, "the spare to take over")
+    assert replaced == [spare] and not pages.lost
+    wait_until(lambda: pages.spare_pid not in (None, spare), 10, "a new spare")
+    path.rmdir()
+    aside.rename(path)
+    touching.join(timeout=30)
+    assert not touching.is_alive(), "the thread that touched the page still waits"
+    os.close(out)
+    assert (tmp_path / "page").read_bytes() == values["a0"].tobytes()[2 * step : 2 * step + 4096]
+    assert digest(a0) == digest(values["a0"])
+
+
+def test_a_process_forked_before_its_server_ended_is_told_not_to_commit(
+    session: SessionStore, pages: PageServer
+) -> None:
+    """Why a writer checks before it commits: in a process forked while a server
+    served, the pages that server had not placed read as zeros once it ends."""
+    values = arrays(1, 32 * MB)
+    saved(session, values)
+    a0 = restored(session, pages)["a0"]
+    served_by = pages.current()
+    first = pages.pid
+    assert first is not None
+    go_read, go_write = os.pipe()
+    out_read, out_write = os.pipe()
+    child = os.fork()
+    if child == 0:  # a writer: forked, then reads after the server ended
+        try:
+            os.read(go_read, 1)
+            serving = pages.serving(served_by)
+            os.write(out_write, json.dumps([serving, float(a0[-1])]).encode())
+        finally:
+            os._exit(0)
+    os.close(out_write)
+    try:
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: ended(first), 10, "the server to end")
+        wait_until(lambda: pages.pid != first, 10, "the spare to take over")
+        os.write(go_write, b"x")
+        with os.fdopen(out_read, "rb") as pipe:
+            serving, last = json.loads(pipe.read())
+    finally:
+        os.waitpid(child, 0)
+    assert serving is False
+    assert last == 0.0  # the hazard the check guards against
+    assert pages.serving(pages.current())  # the kernel itself is served again
+    assert float(a0[-1]) == values["a0"][-1]
+
+
+def test_with_no_server_left_lazy_mapping_and_checkpoints_stop(
+    session: SessionStore, pages: PageServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(lazypages, "LAUNCHES", 2)  # the first server and one spare
+    values = arrays(1, 32 * MB)
+    saved(session, values)
+    lost: list[bool] = []
+    pages.on_lost = lambda: lost.append(True)
+    a0 = restored(session, pages)["a0"]
+    assert a0[0] == values["a0"][0]
+    first, spare = pages.pid, pages.spare_pid
+    assert first is not None and spare is not None
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: pages.pid == spare, 10, "the spare to take over")
+    assert pages.spare_pid is None  # no more launches
+    assert float(a0[-1]) == values["a0"][-1]
+    os.kill(spare, signal.SIGKILL)
+    wait_until(lambda: lost, 10, "the loss to be told")
+    assert pages.lost and pages.pid is None
+    with pytest.raises(OSError):  # a later restore reads its arrays in full
+        pages.map(["x"], [8 * MB], ["y"], "blake3")
+    # a fork would wait forever for a server to read its event: no checkpoint starts
+    rig = Rig(tmp_path / "other", checkpoint_interval=0.0)
+    rig.checkpointer.pages = pages
+    rig.cell(x=1)
+    assert rig.session.generations() == []
+    assert rig.checkpointer.last_failure == render.pages_lost_sentence()
+    (told,) = rig.host.notices
+    assert told.startswith(f"persistent-kernel: {render.pages_lost_sentence()}. ")
+
+
+BIG = "import numpy as np\nbig = np.arange(8 << 20, dtype=np.float64)"
+BIG_SUM = float(np.arange(8 << 20, dtype=np.float64).sum())
+SERVER = "get_ipython().kernel.startup.progress.pages.pid"
+STANDBY = "getattr(get_ipython().kernel.checkpointer.standby.current, 'pid', None)"
+
+
+def test_a_kernel_whose_page_server_is_killed_goes_on(kernels: KernelHarness) -> None:
+    lazy_or_skip().close()
+    saved_by_a_kernel(kernels, BIG)
+    kernel = kernels.start()
+    first = int(kernel.value(SERVER))
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: int(quiet_value(kernel, SERVER)) != first, 30, "the spare to serve")
+    assert float(kernel.value("float(big.sum())")) == BIG_SUM  # every chunk, from the spare
+    kernel.run("changed = 1").check()  # forks a standby: the spare reads its fork event
+    assert "written" in kernel.run("%persist save").check().stdout
+    kernel.shutdown()
+    kernel.wait_dead()
+    again = kernels.start()
+    assert again.value("(changed, float(big.sum()))") == f"(1, {BIG_SUM!r})"
+
+
+def test_the_standby_forked_before_a_server_ended_is_forked_anew(
+    kernels: KernelHarness,
+) -> None:
+    """A standby forked while the killed server served could not commit (its check
+    fails): one is forked anew, and a kill of the kernel still keeps the last change."""
+    lazy_or_skip().close()
+    saved_by_a_kernel(kernels, BIG)
+    kernel = kernels.start(args=["--PersistentKernel.checkpoint_interval=3600"])
+    first = int(kernel.value(SERVER))
+    kernel.run("changed = 2").check()
+    held = quiet_value(kernel, STANDBY)
+    assert held != "None"
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: quiet_value(kernel, STANDBY) not in ("None", held), 30, "a new standby")
+    session = kernels.session()
+    before = session.generations()
+    kernel.kill()
+    session.locks.wait_for_writers(60)
+    assert len(session.generations()) == len(before) + 1  # the new standby wrote
+    again = kernels.start()
+    assert again.value("(changed, float(big.sum()))") == f"(2, {BIG_SUM!r})"
 
 
 class Refusing:
