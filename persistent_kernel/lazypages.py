@@ -55,6 +55,7 @@ import json
 import logging
 import mmap
 import os
+import queue
 import select
 import signal
 import socket
@@ -62,7 +63,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import uffd
@@ -84,15 +85,30 @@ LAUNCHES = 8
 
 @dataclass
 class _Process:
-    """One server process: the kernel's end of its socket, and its pidfd."""
+    """One server process: the kernel's end of its socket, and its pidfd.
+
+    Messages go out from a thread of their own: a socket's buffer holds about
+    200 KB, the messages of 8 GiB of arrays, and a restore must not wait while a
+    server that is still starting reads them."""
 
     popen: subprocess.Popen[bytes]
     sock: socket.socket
     pidfd: int
+    outbox: queue.SimpleQueue[bytes] = field(default_factory=queue.SimpleQueue)
 
     def send(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):  # it ended: its listener sees that
-            self.sock.send(data)
+        self.outbox.put(data)
+
+    def sending(self) -> None:
+        """Send what :meth:`send` queues, until :meth:`stop` or the server ends."""
+        while data := self.outbox.get():
+            try:
+                self.sock.send(data)
+            except OSError:  # it ended, or the kernel closed: its listener sees that
+                return
+
+    def stop(self) -> None:
+        self.outbox.put(b"")
 
 
 class PageServer:
@@ -178,7 +194,19 @@ class PageServer:
     def _start(self, fd: int) -> None:
         if self._primary is None and not self._lost:
             self._primary = self._launch(fd, None)
-            self._spare = self._launch(fd, self._primary)
+            self._spare = self._launch_spare(self._primary)
+
+    def _launch_spare(self, primary: _Process | None) -> _Process | None:
+        """A spare for *primary* (one that takes over at once if it has ended already);
+        None if it cannot be started (told in the log: the kernel is served as long as
+        *primary* runs)."""
+        if primary is None or self._uffd is None:
+            return None
+        try:
+            return self._launch(self._uffd, primary)
+        except OSError:
+            logging.getLogger(__name__).exception("persistent-kernel: no spare page server")
+            return None
 
     def _launch(self, fd: int, primary: _Process | None) -> _Process | None:
         """A server process (a spare if it stands in for *primary*), sent every
@@ -204,9 +232,9 @@ class PageServer:
         self._pidfds.append(process.pidfd)  # kept open: see serving()
         for message in self._sent:
             process.send(message)
-        threading.Thread(
-            target=self._listen, args=(process,), name="persistent-kernel-pages", daemon=True
-        ).start()
+        name = "persistent-kernel-pages"
+        threading.Thread(target=process.sending, name=name, daemon=True).start()
+        threading.Thread(target=self._listen, args=(process,), name=name, daemon=True).start()
         return process
 
     def map(self, paths: Sequence[str], sizes: Sequence[int], names: Sequence[str],
@@ -285,6 +313,7 @@ class PageServer:
                     self.on_unreadable(label, reason)
             except Exception:  # one bad message must not stop the listening
                 logging.getLogger(__name__).exception("persistent-kernel: page server message")
+        process.stop()
         with contextlib.suppress(OSError):
             process.sock.close()
         if not self.closing:
@@ -296,24 +325,23 @@ class PageServer:
         with self._lock:
             if process is not self._spare or self.closing:
                 return
-            self._primary, self._spare = process, None
-            if self._uffd is not None:
-                self._spare = self._launch(self._uffd, process)
+            self._primary, self._spare = process, self._launch_spare(process)
         if self.on_replaced is not None:
             self.on_replaced()
 
     def _ended(self, process: _Process) -> None:
         """A server process ended. The spare takes over from a server that ends (its
-        message is on its way); a spare that ends is started anew. Lost when
-        neither is left (or :data:`LAUNCHES` have been started)."""
+        message is on its way); a spare that ends is started anew, and so is one for
+        a server that had none (it takes over at once, if this thread gets the GIL:
+        a thread stopped on a page may hold it). Lost when none can be started
+        (:data:`LAUNCHES` have been)."""
         with self._lock:
             if self.closing:
                 return
-            if process is self._spare:
-                self._spare = None
-                if self._primary is not None and self._uffd is not None:
-                    # for a server that ended meanwhile, the new spare takes over at once
-                    self._spare = self._launch(self._uffd, self._primary)
+            if process is self._spare:  # (for a server that ended meanwhile, the new
+                self._spare = self._launch_spare(self._primary)  # spare takes over at once)
+            elif process is self._primary and self._spare is None:
+                self._spare = self._launch_spare(process)  # it takes over at once
             lost = process is self._primary and self._spare is None
             if lost:
                 self._primary, self._lost = None, True

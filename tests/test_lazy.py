@@ -408,6 +408,27 @@ def test_a_server_that_is_killed_is_replaced_and_its_waiting_thread_served(
     assert digest(a0) == digest(values["a0"])
 
 
+def test_a_server_and_its_spare_killed_together_are_replaced(
+    session: SessionStore, pages: PageServer, tmp_path: Path
+) -> None:
+    values = arrays(1, 32 * MB)
+    saved(session, values)
+    a0 = restored(session, pages)["a0"]
+    first, spare = pages.pid, pages.spare_pid
+    assert first is not None and spare is not None
+    os.kill(first, signal.SIGKILL)
+    os.kill(spare, signal.SIGKILL)
+    wait_until(lambda: pages.pid not in (first, spare, None), 10, "a new server to serve")
+    out = os.open(tmp_path / "all", os.O_WRONLY | os.O_CREAT)
+    reading = threading.Thread(target=os.write, args=(out, memoryview(a0).cast("B")))
+    reading.start()  # in a system call, GIL released: a wait that never ends fails here
+    reading.join(timeout=30)
+    assert not reading.is_alive(), "an untouched page was never served"
+    os.close(out)
+    assert digest(np.fromfile(tmp_path / "all", dtype=np.float64)) == digest(values["a0"])
+    assert not pages.lost
+
+
 def test_a_process_forked_before_its_server_ended_is_told_not_to_commit(
     session: SessionStore, pages: PageServer
 ) -> None:
