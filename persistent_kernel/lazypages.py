@@ -55,7 +55,6 @@ import json
 import logging
 import mmap
 import os
-import queue
 import select
 import signal
 import socket
@@ -63,7 +62,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import uffd
@@ -81,34 +80,26 @@ _About = tuple[str, list[int], "Callable[[str], None] | None"]
 #: Server processes a kernel starts at most (the first two, then one for each that
 #: ends): past that, one that keeps failing is not started again and again.
 LAUNCHES = 8
+#: Seconds after the first buffer arrives before the spare starts (see :meth:`_start`).
+SPARE_AFTER = 2.0
 
 
 @dataclass
 class _Process:
     """One server process: the kernel's end of its socket, and its pidfd.
 
-    Messages go out from a thread of their own: a socket's buffer holds about
-    200 KB, the messages of 8 GiB of arrays, and a restore must not wait while a
-    server that is still starting reads them."""
+    Messages are sent at once, by the thread that maps the buffer, never queued
+    for another thread: once :meth:`PageServer.map` returns, a thread may touch
+    the buffer while holding the GIL and wait for its page, and the message that
+    lets the server serve it must be in the socket already."""
 
     popen: subprocess.Popen[bytes]
     sock: socket.socket
     pidfd: int
-    outbox: queue.SimpleQueue[bytes] = field(default_factory=queue.SimpleQueue)
 
     def send(self, data: bytes) -> None:
-        self.outbox.put(data)
-
-    def sending(self) -> None:
-        """Send what :meth:`send` queues, until :meth:`stop` or the server ends."""
-        while data := self.outbox.get():
-            try:
-                self.sock.send(data)
-            except OSError:  # it ended, or the kernel closed: its listener sees that
-                return
-
-    def stop(self) -> None:
-        self.outbox.put(b"")
+        with contextlib.suppress(OSError):  # it ended: its listener sees that
+            self.sock.send(data)
 
 
 class PageServer:
@@ -135,6 +126,7 @@ class PageServer:
         self._sent: list[bytes] = []  # every map message so far, for a new spare
         self._pidfds: list[int] = []
         self._lost = False
+        self._closed = threading.Event()
         self._lock = threading.RLock()
         self._about: dict[int, _About] = {}
         self._next = 0
@@ -194,7 +186,20 @@ class PageServer:
     def _start(self, fd: int) -> None:
         if self._primary is None and not self._lost:
             self._primary = self._launch(fd, None)
-            self._spare = self._launch_spare(self._primary)
+            threading.Thread(
+                target=self._first_spare, name="persistent-kernel-pages", daemon=True
+            ).start()
+
+    def _first_spare(self) -> None:
+        """Start the spare :data:`SPARE_AFTER` seconds after the server: not at once, as a
+        restart from a cold disk would share the disk and both cores with it. (A
+        thread of this module's, not a ``threading.Timer``: the checkpointer counts
+        threads of other modules as the user's, which may change the namespace.)"""
+        if self._closed.wait(SPARE_AFTER):
+            return
+        with self._lock:
+            if self._spare is None and not self.closing and not self._lost:
+                self._spare = self._launch_spare(self._primary)
 
     def _launch_spare(self, primary: _Process | None) -> _Process | None:
         """A spare for *primary* (one that takes over at once if it has ended already);
@@ -232,9 +237,9 @@ class PageServer:
         self._pidfds.append(process.pidfd)  # kept open: see serving()
         for message in self._sent:
             process.send(message)
-        name = "persistent-kernel-pages"
-        threading.Thread(target=process.sending, name=name, daemon=True).start()
-        threading.Thread(target=self._listen, args=(process,), name=name, daemon=True).start()
+        threading.Thread(
+            target=self._listen, args=(process,), name="persistent-kernel-pages", daemon=True
+        ).start()
         return process
 
     def map(self, paths: Sequence[str], sizes: Sequence[int], names: Sequence[str],
@@ -313,7 +318,6 @@ class PageServer:
                     self.on_unreadable(label, reason)
             except Exception:  # one bad message must not stop the listening
                 logging.getLogger(__name__).exception("persistent-kernel: page server message")
-        process.stop()
         with contextlib.suppress(OSError):
             process.sock.close()
         if not self.closing:
@@ -395,6 +399,7 @@ class PageServer:
         """Stop serving (the kernel ends): the server ends once the kernel and every
         forked child it serves are gone; the spare ends at once."""
         self.closing = True
+        self._closed.set()
         with self._lock:
             processes = [p for p in (self._primary, self._spare) if p is not None]
         for process in processes:

@@ -22,13 +22,15 @@ from typing import Any
 
 from .reducers import lost, note_position
 
-#: Names IPython and ipykernel put into every namespace.
+#: Names IPython and ipykernel put into every namespace, and Python's record of the
+#: warnings a cell has shown (``__warningregistry__``: restored, it would keep them
+#: from being shown again).
 INTERNAL_NAMES = frozenset(
     {
         "In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_oh", "_ih", "_dh",
         "get_ipython", "exit", "quit", "__session__", "__builtins__", "__builtin__",
         "__name__", "__doc__", "__package__", "__loader__", "__spec__", "__file__",
-        "__cached__", "__annotations__",
+        "__cached__", "__annotations__", "__warningregistry__",
     }
 )  # fmt: skip
 

@@ -14,6 +14,7 @@ from persistent_kernel.namespace import select
 INTERNALS = [
     "In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_i3", "_3", "_i12", "_45",
     "_oh", "_ih", "_dh", "get_ipython", "exit", "quit", "__builtins__", "__name__",
+    "__warningregistry__",
 ]  # fmt: skip
 
 KERNEL_MODULES = [
