@@ -36,7 +36,8 @@ is found only when touched, and its pages read as zeros (the user is told,
 and the next checkpoint stores them as changed).
 
 A server that ends (SIGKILL: it ignores the terminal's signals and, as root,
-the OOM killer) is replaced by a spare that waits for that: the kernel
+the OOM killer) is replaced by a spare that waits for that (started
+:data:`SPARE_AFTER` seconds after the server): the kernel
 cannot start one then, as its next fork waits, holding the GIL, until a
 server reads the fork event. Processes forked before lose their server:
 the pages it had not placed read as zeros there, so a checkpoint writer
