@@ -597,6 +597,10 @@ class Checkpointer:
 
         return check
 
+    def _unserved(self) -> bool:
+        """No page server is left (see :attr:`Served.lost`): nothing may be forked."""
+        return self.pages is not None and self.pages.lost
+
     def inherited(self) -> list[int]:
         """Descriptors a forked writer or standby keeps (see :class:`Served`)."""
         return self.pages.descriptors() if self.pages is not None else []
@@ -666,7 +670,7 @@ class Checkpointer:
         pipe: tuple[int, int] | None,
     ) -> snapshot.Writer:
         """Run *job*, forked unless not *forked*; *pipe*: see :meth:`_job`."""
-        if self.pages is not None and self.pages.lost:
+        if self._unserved():
             refused = PagesLost(render.pages_lost_sentence())
             writer = snapshot.Writer(None, None, snapshot.failure(refused))
             self._settle(ticket, writer)
@@ -857,7 +861,7 @@ class Checkpointer:
         settings, target = self.settings, self.target
         if not (settings.autosave and settings.standby and self.forked()):
             return
-        if target is None or target.ephemeral or (self.pages is not None and self.pages.lost):
+        if target is None or target.ephemeral or self._unserved():
             return
         self.follow_renames()
         refused = snapshot.prefer_oom_kill()  # the kernel, not its standby, is killed first
